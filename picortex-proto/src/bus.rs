@@ -1,0 +1,67 @@
+//! The `org.picortex.Provision1` interface of the root helper, defined once: the gateway uses the
+//! proxy below, the helper implements the same names, and `busctl introspect` shows both.
+
+use std::collections::HashMap;
+use zbus::{proxy, OwnedFd, Variant};
+
+pub const PROVISION_NAME: &str = "org.picortex.Provision1";
+pub const PROVISION_PATH: &str = "/org/picortex/Provision1";
+pub const PROVISION_IFACE: &str = "org.picortex.Provision1";
+pub const ERROR_PREFIX: &str = "org.picortex.Provision1.Error";
+
+/// polkit actions, one per kind of privileged operation (`polkit/org.picortex.provision.policy`).
+pub mod actions {
+    pub const ENSURE_CHAT: &str = "org.picortex.provision.ensure-chat";
+    pub const START_TURN: &str = "org.picortex.provision.start-turn";
+    pub const MANAGE_CHAT: &str = "org.picortex.provision.manage-chat";
+}
+
+/// Limits the gateway may ask for in `StartTurn`'s `limits` dictionary. The helper clamps to
+/// these bounds and refuses keys it does not know.
+pub mod limits {
+    pub const MEMORY_MAX: &str = "MemoryMax";
+    pub const TASKS_MAX: &str = "TasksMax";
+    pub const RUNTIME_MAX_USEC: &str = "RuntimeMaxUSec";
+    pub const CPU_WEIGHT: &str = "CPUWeight";
+
+    pub const MEMORY_MAX_DEFAULT: u64 = 1 << 30;
+    pub const MEMORY_MAX_MIN: u64 = 32 << 20;
+    pub const MEMORY_MAX_MAX: u64 = 64 << 30;
+    pub const TASKS_MAX_DEFAULT: u64 = 256;
+    pub const TASKS_MAX_MIN: u64 = 8;
+    pub const TASKS_MAX_MAX: u64 = 16384;
+    pub const RUNTIME_MAX_USEC_DEFAULT: u64 = 600_000_000;
+    pub const RUNTIME_MAX_USEC_MIN: u64 = 1_000_000;
+    pub const RUNTIME_MAX_USEC_MAX: u64 = 24 * 3600 * 1_000_000;
+    pub const CPU_WEIGHT_DEFAULT: u64 = 100;
+}
+
+#[proxy(
+    interface = "org.picortex.Provision1",
+    default_service = "org.picortex.Provision1",
+    default_path = "/org/picortex/Provision1"
+)]
+pub trait Provision {
+    /// Create (or repair) the chat's Unix user, 0700 home and slice. Idempotent.
+    /// Returns (user name, uid, home, slice).
+    fn ensure_chat(&self, chat_id: &str) -> zbus::Result<(String, u32, String, String)>;
+
+    /// Start `picortex-turn-<turn_id>.service` for the chat. `request` becomes the unit's stdin
+    /// (a `TurnRequest`), `result` its stdout (where picortex-run writes a `TurnResult`).
+    /// Returns the unit name. Fails with `…Error.UnitExists` if the turn was already started.
+    fn start_turn(
+        &self,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<String>;
+
+    /// Stop and forget a finished turn's unit (it is kept, RemainAfterExit, until the gateway has
+    /// read its outcome).
+    fn release_turn(&self, turn_id: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
