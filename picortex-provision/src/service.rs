@@ -1,0 +1,213 @@
+//! The `org.picortex.Provision1` object. Each method: validate the input, identify the caller,
+//! ask polkit, do the work through `users`/`units`, and write one audit record, whatever happens.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use picortex_proto::bus::actions;
+use picortex_proto::ids::{ChatId, TurnId};
+use zbus::message::Header;
+use zbus::{fdo, interface, Connection, OwnedFd, OwnedVariant};
+
+use crate::audit::{self, Caller};
+use crate::authz::{self, AuthzError};
+use crate::units::{self, Limits, UnitError};
+use crate::users;
+
+/// Calls in flight and the time of the last one, for the idle exit.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self { in_flight: AtomicUsize::new(0), last: Mutex::new(Instant::now()) }
+    }
+}
+
+impl Activity {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().map(|t| t.elapsed()).unwrap_or(Duration::ZERO)
+    }
+    fn enter(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+}
+
+struct CallGuard(Arc<Activity>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last.lock() {
+            *t = Instant::now();
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct Provision {
+    activity: Arc<Activity>,
+}
+
+impl Provision {
+    pub fn new(activity: Arc<Activity>) -> Self {
+        Self { activity }
+    }
+}
+
+/// Identify and authorise the caller; on refusal, audit and return AccessDenied.
+async fn authorize(
+    conn: &Connection,
+    hdr: &Header<'_>,
+    op: &str,
+    action: &str,
+    chat: &str,
+    turn: &str,
+) -> Result<Caller, fdo::Error> {
+    let caller = authz::caller(conn, hdr)
+        .await
+        .map_err(|e| fdo::Error::AccessDenied(e.to_string()))?;
+    let details = HashMap::from([("chat_id", chat), ("turn_id", turn)]);
+    match authz::check(conn, hdr, action, &details).await {
+        Ok(()) => Ok(caller),
+        Err(e @ AuthzError::Denied { .. }) => {
+            audit::record(op, &caller, chat, turn, "refused", &e.to_string());
+            Err(fdo::Error::AccessDenied(e.to_string()))
+        }
+        Err(e) => {
+            audit::record(op, &caller, chat, turn, "failed", &e.to_string());
+            Err(fdo::Error::Failed(e.to_string()))
+        }
+    }
+}
+
+fn bad_input(op: &str, hdr: &Header<'_>, chat: &str, turn: &str, msg: String) -> fdo::Error {
+    let caller = Caller { bus_name: hdr.sender().map(|s| s.to_string()).unwrap_or_default(), uid: None };
+    audit::record(op, &caller, chat, turn, "failed", &msg);
+    fdo::Error::InvalidArgs(msg)
+}
+
+#[interface(name = "org.picortex.Provision1")]
+impl Provision {
+    /// Create (or repair) a chat's user, home and slice; idempotent.
+    /// Returns (user name, uid, home, slice).
+    async fn ensure_chat(
+        &self,
+        chat_id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, u32, String, String)> {
+        let _g = self.activity.enter();
+        const OP: &str = "EnsureChat";
+        let chat = ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
+        let caller = authorize(conn, &hdr, OP, actions::ENSURE_CHAT, chat.as_str(), "").await?;
+        let c = chat.clone();
+        let r = tokio::task::spawn_blocking(move || users::ensure(&c))
+            .await
+            .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        match r {
+            Ok(a) => {
+                audit::record(OP, &caller, chat.as_str(), "", "ok", &format!("user {} uid {} home {}", a.user, a.uid, a.home));
+                Ok((a.user, a.uid, a.home, a.tag.slice()))
+            }
+            Err(e) => {
+                audit::record(OP, &caller, chat.as_str(), "", "failed", &e.to_string());
+                Err(fdo::Error::Failed(e.to_string()))
+            }
+        }
+    }
+
+    /// Start `picortex-turn-<turn_id>.service` for a provisioned chat. `request` becomes its stdin,
+    /// `result` its stdout. `limits` may hold MemoryMax, TasksMax, RuntimeMaxUSec, CPUWeight (t).
+    /// Fails with org.freedesktop.DBus.Error.FileExists if that turn was started before.
+    async fn start_turn(
+        &self,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<String, OwnedVariant>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
+        const OP: &str = "StartTurn";
+        let chat = ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", turn_id, e.to_string()))?;
+        let turn = TurnId::parse(turn_id).map_err(|e| bad_input(OP, &hdr, chat.as_str(), "", e.to_string()))?;
+        let limits = Limits::from_dict(&limits).map_err(|e| bad_input(OP, &hdr, chat.as_str(), turn.as_str(), e))?;
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, chat.as_str(), turn.as_str()).await?;
+        let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = (request.into(), result.into());
+        let fail = |msg: String| {
+            audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &msg);
+            fdo::Error::Failed(msg)
+        };
+        units::check_fds(&request, &result).map_err(|e| {
+            audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &e);
+            fdo::Error::InvalidArgs(e)
+        })?;
+        // The chat must have been provisioned through EnsureChat; a turn never creates users.
+        let c = chat.clone();
+        let acct = tokio::task::spawn_blocking(move || -> Result<Option<users::ChatAccount>, users::UserError> {
+            match users::existing_tag(&c)? {
+                Some(_) => users::ensure(&c).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail(format!("chat {chat} is not provisioned; call EnsureChat first")))?;
+        match units::start_turn(conn, &acct, &chat, &turn, &limits, request, result).await {
+            Ok(unit) => {
+                audit::record(OP, &caller, chat.as_str(), turn.as_str(), "ok", &format!(
+                    "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={}", acct.user, limits.memory_max, limits.runtime_max_usec));
+                Ok(unit)
+            }
+            Err(UnitError::Exists(m)) => {
+                audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &m);
+                Err(fdo::Error::FileExists(m))
+            }
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
+
+    /// Stop and forget a finished turn's unit.
+    async fn release_turn(
+        &self,
+        turn_id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<()> {
+        let _g = self.activity.enter();
+        const OP: &str = "ReleaseTurn";
+        let turn = TurnId::parse(turn_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, "", turn.as_str()).await?;
+        match units::release_turn(conn, &turn).await {
+            Ok(()) => {
+                audit::record(OP, &caller, "", turn.as_str(), "ok", "");
+                Ok(())
+            }
+            Err(e) => {
+                audit::record(OP, &caller, "", turn.as_str(), "failed", &e.to_string());
+                Err(fdo::Error::Failed(e.to_string()))
+            }
+        }
+    }
+
+    /// The helper's version.
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+}

@@ -1,0 +1,225 @@
+//! Chat users and homes (SPEC P1, P5). One Unix user `chat-<tag>` and one home
+//! `/var/lib/picortex/chats/<tag>` (0700, owned by that user) per chat id.
+//!
+//! The tag is the first 8 hex of sha256(chat id); a registry in the helper's own state directory
+//! (`/var/lib/picortex-provision/chats/<tag>`, root-only) records which chat owns which tag, so a
+//! collision is detected and resolved by taking more hex, and a user that exists without a
+//! registry entry (not ours) is never adopted. The registry entry is written before the user, so
+//! a helper killed midway leaves a state the next call completes.
+//!
+//! Homes are created through file descriptors (`openat` with `O_NOFOLLOW`, `mkdirat`, `fchown`),
+//! never by path, so a chat user cannot redirect the helper with a symlink.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::fcntl::{open, openat, OFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+use nix::unistd::{fchown, Gid, Uid, User};
+use picortex_proto::ids::{ChatId, ChatTag, CHATS_DIR};
+
+const REGISTRY_DIR: &str = "/var/lib/picortex-provision/chats";
+const USERADD: &str = "/usr/sbin/useradd";
+const NOLOGIN: &str = "/usr/sbin/nologin";
+const GATEWAY_USER: &str = "picortex";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("no free user name for this chat: tags of 8 to 16 hex characters are all taken")]
+    Exhausted,
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Sys { path: String, source: nix::Error },
+    #[error("useradd for {user} failed: {detail}")]
+    Useradd { user: String, detail: String },
+    #[error("{0}")]
+    Unsafe(String),
+}
+
+fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> UserError {
+    let path = path.into();
+    move |source| UserError::Io { path, source }
+}
+fn sys(path: impl Into<String>) -> impl FnOnce(nix::Error) -> UserError {
+    let path = path.into();
+    move |source| UserError::Sys { path, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatAccount {
+    pub tag: ChatTag,
+    pub user: String,
+    pub uid: u32,
+    pub home: String,
+}
+
+/// What the registry says about a tag.
+enum Claim {
+    Ours,
+    Theirs,
+    Free,
+}
+
+fn registry_path(tag: &ChatTag) -> PathBuf {
+    Path::new(REGISTRY_DIR).join(tag.as_str())
+}
+
+fn claim_of(tag: &ChatTag, chat: &ChatId) -> Result<Claim, UserError> {
+    let p = registry_path(tag);
+    match std::fs::read_to_string(&p) {
+        Ok(s) if s.trim_end() == chat.as_str() => Ok(Claim::Ours),
+        Ok(_) => Ok(Claim::Theirs),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Claim::Free),
+        Err(e) => Err(io(p.display().to_string())(e)),
+    }
+}
+
+fn write_claim(tag: &ChatTag, chat: &ChatId) -> Result<(), UserError> {
+    std::fs::create_dir_all(REGISTRY_DIR).map_err(io(REGISTRY_DIR))?;
+    let p = registry_path(tag);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(&p)
+        .map_err(io(p.display().to_string()))?;
+    writeln!(f, "{chat}").and_then(|_| f.sync_all()).map_err(io(p.display().to_string()))
+}
+
+fn libc_o_nofollow() -> i32 {
+    OFlag::O_NOFOLLOW.bits()
+}
+
+/// Find the tag this chat owns, claiming one if it has none yet.
+pub fn resolve_tag(chat: &ChatId) -> Result<ChatTag, UserError> {
+    for len in 8..=16 {
+        let tag = chat.tag_with_len(len);
+        match claim_of(&tag, chat)? {
+            Claim::Ours => return Ok(tag),
+            Claim::Theirs => {
+                tracing::warn!(chat = %chat, tag = %tag, "tag collision with another chat; trying a longer tag");
+            }
+            Claim::Free => {
+                if User::from_name(&tag.user_name()).map_err(sys(tag.user_name()))?.is_some() {
+                    tracing::warn!(chat = %chat, user = %tag.user_name(),
+                        "user exists but is not registered to any chat; not adopting it, trying a longer tag");
+                    continue;
+                }
+                write_claim(&tag, chat)?;
+                return Ok(tag);
+            }
+        }
+    }
+    Err(UserError::Exhausted)
+}
+
+/// The tag a chat already owns, without claiming one.
+pub fn existing_tag(chat: &ChatId) -> Result<Option<ChatTag>, UserError> {
+    for len in 8..=16 {
+        let tag = chat.tag_with_len(len);
+        if let Claim::Ours = claim_of(&tag, chat)? {
+            return Ok(Some(tag));
+        }
+    }
+    Ok(None)
+}
+
+/// Create or repair the chat's user and home. Idempotent.
+pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
+    let tag = resolve_tag(chat)?;
+    let name = tag.user_name();
+    let user = match User::from_name(&name).map_err(sys(name.clone()))? {
+        Some(u) => u,
+        None => {
+            useradd(&tag)?;
+            User::from_name(&name)
+                .map_err(sys(name.clone()))?
+                .ok_or_else(|| UserError::Useradd { user: name.clone(), detail: "user not found after useradd".into() })?
+        }
+    };
+    if user.dir != Path::new(&tag.home()) {
+        return Err(UserError::Unsafe(format!(
+            "user {name} has home {} instead of {}; refusing to touch it",
+            user.dir.display(),
+            tag.home()
+        )));
+    }
+    make_home(&tag, user.uid, user.gid)?;
+    Ok(ChatAccount { user: name, uid: user.uid.as_raw(), home: tag.home(), tag })
+}
+
+fn useradd(tag: &ChatTag) -> Result<(), UserError> {
+    let name = tag.user_name();
+    let out = Command::new(USERADD)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(["--system", "--user-group", "--no-create-home"])
+        .args(["--home-dir", &tag.home()])
+        .args(["--shell", NOLOGIN])
+        .args(["--comment", &format!("picortex chat {tag}")])
+        .arg(&name)
+        .output()
+        .map_err(io(USERADD))?;
+    if out.status.success() {
+        tracing::info!(user = %name, "created user");
+        Ok(())
+    } else {
+        Err(UserError::Useradd {
+            user: name,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Open a directory path component by component without following symlinks. Every component
+/// must be owned by root or by the gateway user and writable by nobody else, and the last one
+/// (the chats directory) by root alone: the gateway owns its state directory, so it could swap a
+/// `chats` of its own in, and this refuses that.
+fn open_trusted_dir(path: &str) -> Result<OwnedFd, UserError> {
+    let gateway_uid = User::from_name(GATEWAY_USER).ok().flatten().map(|u| u.uid.as_raw());
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let mut fd = open("/", flags, Mode::empty()).map_err(sys("/"))?;
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, comp) in comps.iter().enumerate() {
+        if *comp == ".." || *comp == "." {
+            return Err(UserError::Unsafe(format!("{path}: relative component")));
+        }
+        let next = openat(&fd, *comp, flags, Mode::empty()).map_err(sys(format!("{path} ({comp})")))?;
+        let st = fstat(&next).map_err(sys(path.to_owned()))?;
+        let last = i + 1 == comps.len();
+        let owner_ok = st.st_uid == 0 || (!last && Some(st.st_uid) == gateway_uid);
+        if !owner_ok || st.st_mode & 0o022 != 0 {
+            return Err(UserError::Unsafe(format!(
+                "{path}: {comp} must be owned by root{} and writable only by its owner (it is uid {} mode {:o}); see tmpfiles.d/picortex.conf",
+                if last { "" } else { " or picortex" },
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
+        }
+        fd = next;
+    }
+    Ok(fd)
+}
+
+fn make_home(tag: &ChatTag, uid: Uid, gid: Gid) -> Result<(), UserError> {
+    let parent = open_trusted_dir(CHATS_DIR)?;
+    let name = tag.as_str();
+    match mkdirat(&parent, name, Mode::S_IRWXU) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(sys(tag.home())(e)),
+    }
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let home = openat(&parent, name, flags, Mode::empty()).map_err(sys(tag.home()))?;
+    let st = fstat(&home).map_err(sys(tag.home()))?;
+    if st.st_uid != 0 && st.st_uid != uid.as_raw() {
+        return Err(UserError::Unsafe(format!("{} is owned by uid {}, not {}", tag.home(), st.st_uid, uid)));
+    }
+    fchown(&home, Some(uid), Some(gid)).map_err(sys(tag.home()))?;
+    fchmod(&home, Mode::S_IRWXU).map_err(sys(tag.home()))?;
+    Ok(())
+}
