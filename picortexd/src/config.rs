@@ -1,0 +1,259 @@
+//! `/etc/picortex/picortexd.toml` (SPEC O5): every key has a default, unknown keys and bad values
+//! are refused with the key named, and secrets never live here: they come from systemd
+//! credentials (`$CREDENTIALS_DIRECTORY`), see `Secrets`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/picortex/picortexd.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("{path}: {key}: {msg}")]
+    Invalid { path: String, key: &'static str, msg: String },
+    #[error("credential {name:?} not found in {dir}: {source} (install it with LoadCredential=, see README)")]
+    Credential { name: &'static str, dir: String, source: std::io::Error },
+    #[error("no credentials directory: run under systemd (LoadCredential=) or pass --credentials-dir")]
+    NoCredentials,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub linq: LinqConfig,
+    pub owner: OwnerConfig,
+    pub http: HttpConfig,
+    pub turns: TurnsConfig,
+    /// Read by picortex-run, not by the gateway; accepted here so one file serves both.
+    pub agent: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinqConfig {
+    /// Linq partner API base, without the `/v3` part.
+    pub api_base: String,
+    /// Seconds a webhook timestamp may differ from our clock (SPEC L1: 5 minutes).
+    pub timestamp_tolerance_s: u64,
+    /// Seconds per request to Linq.
+    pub request_timeout_s: u64,
+    /// Longest reply part, in characters; longer replies are split.
+    pub max_part_chars: usize,
+    /// Names the bot answers to in groups when a sender's client carries no mention entities.
+    pub bot_names: Vec<String>,
+}
+
+impl Default for LinqConfig {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.linqapp.com/api/partner".into(),
+            timestamp_tolerance_s: 300,
+            request_timeout_s: 30,
+            max_part_chars: 4000,
+            bot_names: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnerConfig {
+    /// The owner's handles (E.164 numbers or emails).
+    pub handles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for `--foreground` runs without socket activation.
+    pub listen: String,
+    /// Largest webhook body accepted; bigger ones get 413 before they are read whole.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8470".into(), max_body_bytes: 256 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnsConfig {
+    /// Turns of different chats that may run at once.
+    pub max_concurrent: usize,
+    /// Per-chat memory cap (the chat slice's MemoryMax), e.g. "1G", "512M".
+    pub memory_max: String,
+    pub tasks_max: u64,
+    /// Longest a turn may run before systemd stops it.
+    pub runtime_max_s: u64,
+    /// The agent's `--permission-mode`, pinned on every turn.
+    pub permission_mode: String,
+}
+
+impl Default for TurnsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            memory_max: "1G".into(),
+            tasks_max: 256,
+            runtime_max_s: 600,
+            permission_mode: "default".into(),
+        }
+    }
+}
+
+const PERMISSION_MODES: &[&str] = &["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"];
+
+/// Parse "512M", "1G", "1073741824" into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 512M or 1G"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            // A missing file means defaults: the credentials are what must be present.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ConfigError::Read { path: p, source }),
+        };
+        Self::parse(&text, &p)
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key, msg: String| Err(ConfigError::Invalid { path: path.into(), key, msg });
+        if !(self.linq.api_base.starts_with("https://") || self.linq.api_base.starts_with("http://")) {
+            return bad("linq.api_base", format!("{:?} is not an http(s) URL", self.linq.api_base));
+        }
+        if !(1..=3600).contains(&self.linq.timestamp_tolerance_s) {
+            return bad("linq.timestamp_tolerance_s", "must be 1..=3600".into());
+        }
+        if !(100..=10_000).contains(&self.linq.max_part_chars) {
+            return bad("linq.max_part_chars", "must be 100..=10000 (Linq's text limit)".into());
+        }
+        if !(1024..=64 << 20).contains(&self.http.max_body_bytes) {
+            return bad("http.max_body_bytes", "must be 1 KiB..=64 MiB".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("http.listen", format!("{:?} is not an address like 127.0.0.1:8470", self.http.listen));
+        }
+        if !(1..=256).contains(&self.turns.max_concurrent) {
+            return bad("turns.max_concurrent", "must be 1..=256".into());
+        }
+        match parse_size(&self.turns.memory_max) {
+            Ok(n) if (32 << 20..=64 << 30).contains(&n) => {}
+            Ok(_) => return bad("turns.memory_max", "must be between 32M and 64G".into()),
+            Err(e) => return bad("turns.memory_max", e),
+        }
+        if !(8..=16384).contains(&self.turns.tasks_max) {
+            return bad("turns.tasks_max", "must be 8..=16384".into());
+        }
+        if !(1..=86400).contains(&self.turns.runtime_max_s) {
+            return bad("turns.runtime_max_s", "must be 1..=86400".into());
+        }
+        if !PERMISSION_MODES.contains(&self.turns.permission_mode.as_str()) {
+            return bad("turns.permission_mode", format!("must be one of {}", PERMISSION_MODES.join(", ")));
+        }
+        Ok(())
+    }
+
+    pub fn memory_max_bytes(&self) -> u64 {
+        parse_size(&self.turns.memory_max).unwrap_or(1 << 30)
+    }
+    pub fn runtime_max(&self) -> Duration {
+        Duration::from_secs(self.turns.runtime_max_s)
+    }
+}
+
+/// Secrets, read from systemd credentials (SPEC L5): `linq-token` (the partner API bearer token)
+/// and `linq-webhook-secret` (`whsec_…`).
+pub struct Secrets {
+    pub linq_token: String,
+    pub webhook_secret: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+impl Secrets {
+    pub fn load(dir: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let dir = dir
+            .or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+            .ok_or(ConfigError::NoCredentials)?;
+        let read = |name: &'static str| {
+            std::fs::read_to_string(dir.join(name))
+                .map(|s| s.trim().to_owned())
+                .map_err(|source| ConfigError::Credential { name, dir: dir.display().to_string(), source })
+        };
+        Ok(Self { linq_token: read("linq-token")?, webhook_secret: read("linq-webhook-secret")? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.memory_max_bytes(), 1 << 30);
+        assert_eq!(c.turns.max_concurrent, 4);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[turns]\nmemory_max = \"lots\"", "turns.memory_max"),
+            ("[turns]\nmax_concurrent = 0", "turns.max_concurrent"),
+            ("[turns]\npermission_mode = \"yolo\"", "turns.permission_mode"),
+            ("[linq]\napi_base = \"ftp://x\"", "linq.api_base"),
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+        ] {
+            let e = Config::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = Config::parse("[turns]\nmemroy_max = \"1G\"", "t").unwrap_err().to_string();
+        assert!(e.contains("memroy_max"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! The HTTP side (SPEC L1, L2, O2, O4): `POST /api/linq/inbound` takes Linq's webhooks and
+//! `GET /health` reports. A webhook is read with a size limit, verified, parsed, stored and
+//! answered; everything after that (turns, replies) happens elsewhere, so Linq gets its 2xx fast.
+//! Every response carries `X-Request-ID`, and every log line of a request carries `REQUEST_ID`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::gate;
+use crate::linq::events::{parse_event, Event, MessageEvent};
+use crate::linq::verify::Verifier;
+use crate::store::queries::{self, Inbound, Ingested};
+use crate::store::Store;
+
+pub struct App {
+    pub store: Store,
+    pub verifier: Verifier,
+    pub cfg: Arc<Config>,
+    pub bus: Arc<Bus>,
+    pub turns_wake: Arc<Notify>,
+    pub started: Instant,
+}
+
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/linq/inbound", post(inbound))
+        .route("/health", get(health))
+        .fallback(|| async { reject(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(app)
+        .layer(middleware::from_fn(request_id))
+}
+
+fn valid_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Take the caller's `X-Request-ID` if it is sane, or make one; put it on the response and on
+/// every log line of the request.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| valid_request_id(s))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn reject(status: StatusCode, msg: &str) -> Response {
+    (status, Json(json!({ "status": "rejected", "error": msg }))).into_response()
+}
+
+/// Refuse a webhook: log why (the journal is where an operator looks) and say it plainly.
+fn refuse(status: StatusCode, why: &str) -> Response {
+    tracing::warn!(status = status.as_u16(), reason = why, "webhook rejected: {why}");
+    reject(status, why)
+}
+
+async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max} bytes")));
+    }
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max} bytes")))
+        }
+        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, &format!("could not read body: {e}"))),
+    }
+}
+
+async fn inbound(
+    State(app): State<Arc<App>>,
+    axum::Extension(RequestId(rid)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let json_ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_ct {
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json");
+    }
+    let body = match read_limited(&headers, body, app.cfg.http.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let verified = match app.verifier.verify(&headers, &body, now) {
+        Ok(v) => v,
+        Err(e) => return refuse(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), &e.to_string()),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "body is not UTF-8");
+    };
+    let env = match parse_event(&body) {
+        Ok(e) => e,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a Linq event: {e}")),
+    };
+    if let Some(hid) = &verified.event_id {
+        if hid != &env.event_id {
+            return refuse(StatusCode::BAD_REQUEST, "webhook-id header and body event_id differ");
+        }
+    }
+    if !env.is_expected_version() {
+        tracing::warn!(version = env.webhook_version.as_deref().unwrap_or("none"), "unexpected webhook payload version; pin ?version=2026-02-03 on the subscription");
+    }
+    let event_id = env.event_id.clone();
+    let event_type = env.event_type.clone();
+    let span = tracing::info_span!("event", event_id = %event_id, event_type = %event_type, chat = env.data.chat_id().unwrap_or(""));
+    async move {
+        let stored = match &env.data {
+            Event::MessageReceived(m) | Event::MessageSent(m) => {
+                store_message(&app, m, &event_id, &event_type, &rid, text).await
+            }
+            _ => {
+                let (e, t, r, b) = (event_id.clone(), event_type.clone(), rid.clone(), text.to_owned());
+                app.store
+                    .call(move |tx| queries::record_event(tx, &e, &t, &r, &b))
+                    .await
+                    .map(|new| if new { Ingested::Stored { turn_id: None, reason: "recorded".into() } } else { Ingested::Duplicate })
+            }
+        };
+        match stored {
+            Ok(Ingested::Duplicate) => refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again"),
+            Ok(Ingested::Stored { turn_id, reason }) => {
+                if let Event::Unknown { .. } = env.data {
+                    tracing::info!("unknown event type acknowledged and ignored");
+                }
+                if let Some(t) = &turn_id {
+                    tracing::info!(turn = %t, gate = %reason, "message stored; turn queued");
+                    app.turns_wake.notify_one();
+                } else {
+                    tracing::info!(gate = %reason, "event stored; no turn");
+                }
+                (StatusCode::OK, Json(json!({ "status": "accepted", "event_id": event_id, "turn": turn_id.is_some() }))).into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store event; answering 503 so Linq retries");
+                reject(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable; retry")
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn store_message(
+    app: &App,
+    m: &MessageEvent,
+    event_id: &str,
+    event_type: &str,
+    rid: &str,
+    body: &str,
+) -> Result<Ingested, crate::store::StoreError> {
+    let text = m.text();
+    let d = gate::decide(&gate::Facts {
+        is_group: m.chat.is_group,
+        from_bot: m.is_from_bot(),
+        reconciled: m.is_reconciled(),
+        mentions_bot: m.mentions_bot(),
+        text: &text,
+        bot_names: &app.cfg.linq.bot_names,
+    });
+    let inbound = Inbound {
+        event_id: event_id.to_owned(),
+        event_type: event_type.to_owned(),
+        request_id: rid.to_owned(),
+        body: body.to_owned(),
+        chat_id: m.chat.id.clone(),
+        is_group: m.chat.is_group,
+        bot_handle: m.chat.owner_handle.as_ref().map(|h| h.handle.clone()),
+        sender: m.sender_handle.handle.clone(),
+        linq_id: m.id.clone(),
+        text,
+        reply_to: m.reply_to_id().map(str::to_owned),
+        answer: d.answer,
+        reason: d.reason.to_owned(),
+        answer_if_reply_to_bot: d.answer_if_reply_to_bot,
+    };
+    app.store.call(move |t| queries::ingest_message(t, &inbound)).await
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let (db_ok, bus_ok) = tokio::join!(app.store.ping(), app.bus.ok());
+    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": app.started.elapsed().as_secs(),
+            "db_ok": db_ok,
+            "bus_ok": bus_ok,
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,124 @@
+//! The outbox sender (SPEC L4): replies are written to the `outbox` table in the same transaction
+//! that records the turn, and this loop sends them. Each part carries a stable Linq
+//! `idempotency_key`, so a part re-sent after a crash between "Linq accepted" and "we recorded it"
+//! is not delivered twice. Parts of one chat go out in order; chats are sent concurrently.
+//! Retryable failures (429 with its Retry-After, 5xx, network) back off; other 4xx give up at once.
+//! Linq's 30-messages-per-60-seconds per-pair limit is kept locally so we rarely meet its 429.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+
+use crate::linq::client::{backoff, LinqClient};
+use crate::store::queries::{self, Outgoing};
+use crate::store::{now_ms, Store};
+
+const PAIR_LIMIT: usize = 30;
+const PAIR_WINDOW: Duration = Duration::from_secs(60);
+/// After this many attempts a retryable failure is given up on (about an hour of backoff).
+const MAX_ATTEMPTS: u32 = 70;
+
+pub struct Outbox {
+    store: Store,
+    linq: Arc<LinqClient>,
+    wake: Arc<Notify>,
+    sent_times: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Outbox {
+    pub fn new(store: Store, linq: Arc<LinqClient>, wake: Arc<Notify>) -> Self {
+        Self { store, linq, wake, sent_times: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let due = match self.store.call(|t| queries::due_outbox(t, now_ms(), 64)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let n = due.len();
+            join_all(due.into_iter().map(|o| self.send(o))).await;
+            if n > 0 {
+                continue; // a chat's next part may be due right away
+            }
+            let next = self.store.call(|t| queries::next_outbox_due(t)).await.ok().flatten();
+            let sleep = match next {
+                Some(at) => Duration::from_millis((at - now_ms()).clamp(10, 30_000) as u64),
+                None => Duration::from_secs(30),
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// How long until this chat may send again under the per-pair limit (zero: now).
+    fn pair_wait(&self, chat: &str) -> Duration {
+        let Ok(mut m) = self.sent_times.lock() else { return Duration::ZERO };
+        let q = m.entry(chat.to_owned()).or_default();
+        let now = Instant::now();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= PAIR_WINDOW) {
+            q.pop_front();
+        }
+        if q.len() < PAIR_LIMIT {
+            Duration::ZERO
+        } else {
+            q.front().map(|t| PAIR_WINDOW.saturating_sub(now.duration_since(*t))).unwrap_or_default()
+        }
+    }
+
+    fn note_sent(&self, chat: &str) {
+        if let Ok(mut m) = self.sent_times.lock() {
+            m.entry(chat.to_owned()).or_default().push_back(Instant::now());
+        }
+    }
+
+    async fn send(&self, o: Outgoing) {
+        let span = tracing::info_span!("outbox", chat = %o.chat_id, outbox_id = o.id);
+        let _g = span.enter();
+        let wait = self.pair_wait(&o.chat_id);
+        if !wait.is_zero() {
+            tracing::info!(wait_ms = wait.as_millis() as u64, "holding reply: 30 messages per minute to this chat already");
+            let (id, at) = (o.id, now_ms() + wait.as_millis() as i64);
+            // Not an attempt: just move its due time.
+            let _ = self.store.call(move |t| {
+                t.execute("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1", rusqlite::params![id, at])?;
+                Ok(())
+            }).await;
+            return;
+        }
+        drop(_g);
+        let r = self.linq.send_message(&o.chat_id, &o.text, o.reply_to.as_deref(), &o.idempotency_key).await;
+        let _g = span.enter();
+        match r {
+            Ok(sent) => {
+                self.note_sent(&o.chat_id);
+                tracing::info!(linq_message = %sent.message_id, attempts = o.attempts + 1, "reply sent");
+                let (oo, mid) = (o.clone(), sent.message_id.clone());
+                if let Err(e) = self.store.call(move |t| queries::outbox_sent(t, &oo, &mid)).await {
+                    // Linq has it; the idempotency key makes the re-send after restart harmless.
+                    tracing::error!(error = %e, "reply sent but not recorded");
+                }
+            }
+            Err(e) if e.is_retryable() && o.attempts + 1 < MAX_ATTEMPTS => {
+                let delay = backoff(o.attempts, e.retry_after());
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempts = o.attempts + 1, "reply not sent; will retry");
+                let (id, at, msg) = (o.id, now_ms() + delay.as_millis() as i64, e.to_string());
+                let _ = self.store.call(move |t| queries::outbox_retry(t, id, at, &msg)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, attempts = o.attempts + 1, "reply given up: Linq will not accept it");
+                let (id, msg) = (o.id, e.to_string());
+                let _ = self.store.call(move |t| queries::outbox_failed(t, id, &msg)).await;
+            }
+        }
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,153 @@
+//! What the chat is told when a turn ends (SPEC T4): the agent's answer, or one short, specific,
+//! honest sentence about what went wrong. The stored `outcome` names the case for operators.
+
+use picortex_proto::turn::{Outcome, TurnResult};
+
+use crate::bus::UnitEnd;
+use crate::config::Config;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub outcome: &'static str,
+    pub text: String,
+    /// For the log: why it was not an answer.
+    pub error: Option<String>,
+}
+
+fn human_size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GB", bytes >> 30)
+    } else {
+        format!("{} MB", bytes >> 20)
+    }
+}
+
+fn minutes(secs: u64) -> String {
+    if secs >= 120 {
+        format!("{} minutes", secs / 60)
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
+/// The reply for a failure that has no agent output to go on.
+pub fn for_failure(outcome: &str, cfg: &Config) -> String {
+    match outcome {
+        "timeout" => format!("That took too long (over {}), so I stopped it. Try a smaller request?", minutes(cfg.turns.runtime_max_s)),
+        "out_of_memory" => format!("I ran out of memory (this chat's limit is {}) and had to stop. Try a smaller request?", human_size(cfg.memory_max_bytes())),
+        "helper_unavailable" | "helper_denied" => "I can't start work right now: my system helper isn't available. The operator has been told.".into(),
+        "unit_failed_to_start" => "I couldn't start the agent for this chat. The operator has been told.".into(),
+        "interrupted" => "I was interrupted (the server restarted) before I could finish that. Please send it again.".into(),
+        "empty_output" => "The agent finished without an answer. Please try again.".into(),
+        "bad_output" => "The agent's answer came back garbled, so I dropped it. Please try again.".into(),
+        "refused" => "I couldn't run the agent for this chat (a setup problem). The operator has been told.".into(),
+        "agent_failed" => "The agent stopped unexpectedly before answering. Please try again.".into(),
+        _ => "Something went wrong on my side and I couldn't answer. The operator has been told.".into(),
+    }
+}
+
+/// Say what an agent error means in a sentence, without passing on raw internals.
+fn agent_error_text(text: &str) -> String {
+    let l = text.to_lowercase();
+    if l.contains("rate limit") || l.contains("429") || l.contains("session limit") || l.contains("overloaded") {
+        "The AI service is rate-limiting me right now. Try again in a few minutes.".into()
+    } else if l.contains("not logged in") || l.contains("invalid api key") || l.contains("login expired") || l.contains("apikeyhelper") || l.contains("authentication") {
+        "I can't reach the AI service: my credentials were refused. The operator has to fix that.".into()
+    } else if l.contains("budget") || l.contains("credit") || l.contains("billing") {
+        "I've hit my spending limit, so I can't answer until it's raised.".into()
+    } else {
+        let short: String = text.chars().take(200).collect();
+        format!("The agent reported an error: {short}")
+    }
+}
+
+pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config) -> Reply {
+    let unit_result = end.map(|e| e.result.as_str()).unwrap_or("");
+    let fail = |outcome: &'static str, error: String| Reply { outcome, text: for_failure(outcome, cfg), error: Some(error) };
+    if unit_result == "timeout" {
+        return fail("timeout", format!("unit exceeded RuntimeMaxSec={}", cfg.turns.runtime_max_s));
+    }
+    if unit_result == "oom-kill" || result.is_some_and(|r| r.outcome == Outcome::OutOfMemory) {
+        return fail("out_of_memory", "killed by the kernel OOM killer at the chat's MemoryMax".into());
+    }
+    let Some(r) = result else {
+        return match end {
+            // picortex-run itself never ran (exec failure, user missing, …).
+            Some(e) if e.exec_main_code == 1 && e.exec_main_status >= 200 => {
+                fail("unit_failed_to_start", format!("unit {} with status {} (systemd could not start picortex-run)", e.result, e.exec_main_status))
+            }
+            Some(e) => fail("agent_failed", format!("no result; unit {} (code {}, status {})", e.result, e.exec_main_code, e.exec_main_status)),
+            None => fail("interrupted", "no unit and no result".into()),
+        };
+    };
+    let mut reply = match r.outcome {
+        Outcome::Ok => match r.text.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => Reply { outcome: "ok", text: t.to_owned(), error: None },
+            _ => fail("empty_output", "agent answered with empty text".into()),
+        },
+        Outcome::AgentError => {
+            let t = r.text.clone().or_else(|| r.error.clone()).unwrap_or_default();
+            Reply { outcome: "agent_error", text: agent_error_text(&t), error: Some(t) }
+        }
+        Outcome::EmptyOutput => fail("empty_output", r.error.clone().unwrap_or_else(|| "agent printed nothing".into())),
+        Outcome::BadOutput => fail("bad_output", r.error.clone().unwrap_or_default()),
+        Outcome::Refused => fail("refused", r.error.clone().unwrap_or_default()),
+        Outcome::AgentFailed => fail("agent_failed", r.error.clone().unwrap_or_default()),
+        Outcome::OutOfMemory => fail("out_of_memory", r.error.clone().unwrap_or_default()),
+    };
+    if r.new_session && reply.outcome == "ok" {
+        reply.text = format!("(I had lost our earlier conversation, so I started a fresh one.)\n\n{}", reply.text);
+    }
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse("", "t").unwrap()
+    }
+    fn end(result: &str, code: i32, status: i32) -> UnitEnd {
+        UnitEnd { active_state: "failed".into(), result: result.into(), exec_main_code: code, exec_main_status: status }
+    }
+    fn res(outcome: Outcome, text: Option<&str>) -> TurnResult {
+        let mut r = TurnResult::failure("t", outcome, "e");
+        r.text = text.map(str::to_owned);
+        r
+    }
+
+    #[test]
+    fn answers_pass_through() {
+        let r = compose(Some(&end("success", 1, 0)), Some(&res(Outcome::Ok, Some(" hi "))), &cfg());
+        assert_eq!((r.outcome, r.text.as_str()), ("ok", "hi"));
+    }
+
+    #[test]
+    fn each_failure_has_its_own_words() {
+        let c = cfg();
+        let cases = [
+            (compose(Some(&end("timeout", 2, 15)), None, &c), "timeout", "too long"),
+            (compose(Some(&end("oom-kill", 2, 9)), None, &c), "out_of_memory", "memory"),
+            (compose(Some(&end("signal", 2, 9)), Some(&res(Outcome::OutOfMemory, None)), &c), "out_of_memory", "1 GB"),
+            (compose(Some(&end("exit-code", 1, 217)), None, &c), "unit_failed_to_start", "couldn't start"),
+            (compose(Some(&end("success", 1, 0)), Some(&res(Outcome::EmptyOutput, None)), &c), "empty_output", "without an answer"),
+            (compose(Some(&end("success", 1, 0)), Some(&res(Outcome::AgentError, Some("API Error: Rate limit reached"))), &c), "agent_error", "rate-limiting"),
+            (compose(Some(&end("success", 1, 0)), Some(&res(Outcome::AgentError, Some("Invalid API key · Fix external API key"))), &c), "agent_error", "credentials"),
+            (compose(None, None, &c), "interrupted", "interrupted"),
+        ];
+        for (r, outcome, words) in cases {
+            assert_eq!(r.outcome, outcome);
+            assert!(r.text.contains(words), "{outcome}: {:?}", r.text);
+        }
+    }
+
+    #[test]
+    fn a_new_session_is_told_once() {
+        let mut r = res(Outcome::Ok, Some("answer"));
+        r.new_session = true;
+        let out = compose(Some(&end("success", 1, 0)), Some(&r), &cfg());
+        assert!(out.text.starts_with("(I had lost our earlier conversation"));
+        assert!(out.text.ends_with("answer"));
+    }
+}

@@ -1,0 +1,435 @@
+//! The log's operations, as plain functions over a transaction. Each is called through
+//! `Store::call`, so it runs inside one savepoint of a group commit.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now_ms, StoreError};
+
+/// A `message.received` worth storing, with the gate's decision already made.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub event_id: String,
+    pub event_type: String,
+    pub request_id: String,
+    pub body: String,
+    pub chat_id: String,
+    pub is_group: bool,
+    pub bot_handle: Option<String>,
+    pub sender: String,
+    pub linq_id: String,
+    pub text: String,
+    pub reply_to: Option<String>,
+    /// Whether to answer (before the reply-to-bot rule, which needs the log) and why.
+    pub answer: bool,
+    pub reason: String,
+    /// Group messages answer when they reply to one of the bot's messages.
+    pub answer_if_reply_to_bot: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// The event id was seen before: nothing was written.
+    Duplicate,
+    /// Stored; a turn was queued if the gate said so.
+    Stored { turn_id: Option<String>, reason: String },
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Record an event we accept but do not act on beyond logging. Returns false for a replay.
+pub fn record_event(t: &Connection, event_id: &str, event_type: &str, request_id: &str, body: &str) -> Result<bool, StoreError> {
+    let n = t.execute(
+        "INSERT OR IGNORE INTO events (event_id, event_type, received_at, request_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![event_id, event_type, now_ms(), request_id, body],
+    )?;
+    Ok(n == 1)
+}
+
+pub fn event_seen(t: &Connection, event_id: &str) -> Result<bool, StoreError> {
+    Ok(t.query_row("SELECT 1 FROM events WHERE event_id = ?1", [event_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn ensure_chat(t: &Connection, chat_id: &str, is_group: bool, bot_handle: Option<&str>) -> Result<(), StoreError> {
+    let now = now_ms();
+    t.execute(
+        "INSERT INTO chats (id, kind, bot_handle, session_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT(id) DO UPDATE SET bot_handle = COALESCE(excluded.bot_handle, bot_handle), updated_at = excluded.updated_at",
+        params![chat_id, if is_group { "group" } else { "direct" }, bot_handle, uuid::Uuid::new_v4().to_string(), now],
+    )?;
+    Ok(())
+}
+
+/// Store an inbound message and, if it is to be answered, queue its turn. Idempotent on the
+/// event id and on Linq's message id.
+pub fn ingest_message(t: &Connection, m: &Inbound) -> Result<Ingested, StoreError> {
+    if !record_event(t, &m.event_id, &m.event_type, &m.request_id, &m.body)? {
+        return Ok(Ingested::Duplicate);
+    }
+    ensure_chat(t, &m.chat_id, m.is_group, m.bot_handle.as_deref())?;
+    t.execute(
+        "INSERT OR IGNORE INTO participants (chat_id, handle, is_me) VALUES (?1, ?2, 0)",
+        params![m.chat_id, m.sender],
+    )?;
+    let mut answer = m.answer;
+    let mut reason = m.reason.clone();
+    if !answer && m.answer_if_reply_to_bot {
+        if let Some(r) = &m.reply_to {
+            let to_bot = t
+                .query_row("SELECT 1 FROM messages WHERE linq_id = ?1 AND direction = 'outbound'", [r], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if to_bot {
+                answer = true;
+                reason = "reply to the bot".into();
+            }
+        }
+    }
+    let n = t.execute(
+        "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, event_id, gate, created_at)
+         VALUES (?1, ?2, 'inbound', ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![m.linq_id, m.chat_id, m.sender, m.text, m.reply_to, m.event_id, reason, now_ms()],
+    )?;
+    if n == 0 {
+        // Same Linq message under a new event id: stored once, answered once.
+        return Ok(Ingested::Stored { turn_id: None, reason: "message already stored under another event".into() });
+    }
+    let message_id = t.last_insert_rowid();
+    let turn_id = if answer {
+        let id = new_id();
+        t.execute(
+            "INSERT INTO turns (id, chat_id, message_id, status, created_at) VALUES (?1, ?2, ?3, 'queued', ?4)",
+            params![id, m.chat_id, message_id, now_ms()],
+        )?;
+        Some(id)
+    } else {
+        None
+    };
+    Ok(Ingested::Stored { turn_id, reason })
+}
+
+#[derive(Debug, Clone)]
+pub struct Chat {
+    pub id: String,
+    pub is_group: bool,
+    pub unix_user: Option<String>,
+    pub home: Option<String>,
+    pub session_id: String,
+    pub session_started: bool,
+    pub memory_max: Option<u64>,
+}
+
+pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
+    Ok(t.query_row(
+        "SELECT id, kind, unix_user, home, session_id, session_started, memory_max FROM chats WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Chat {
+                id: r.get(0)?,
+                is_group: r.get::<_, String>(1)? == "group",
+                unix_user: r.get(2)?,
+                home: r.get(3)?,
+                session_id: r.get(4)?,
+                session_started: r.get::<_, i64>(5)? != 0,
+                memory_max: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+            })
+        },
+    )
+    .optional()?)
+}
+
+pub fn set_provisioned(t: &Connection, id: &str, user: &str, uid: u32, home: &str) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE chats SET unix_user = ?2, uid = ?3, home = ?4, updated_at = ?5 WHERE id = ?1",
+        params![id, user, uid, home, now_ms()],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnJob {
+    pub turn_id: String,
+    pub chat_id: String,
+    pub status: String,
+    pub prompt: String,
+    /// Linq id of the inbound message, which the reply answers in-thread.
+    pub reply_to: Option<String>,
+    pub started_at: Option<i64>,
+}
+
+const TURN_COLS: &str = "t.id, t.chat_id, t.status, m.text, m.linq_id, t.started_at";
+
+fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
+    Ok(TurnJob {
+        turn_id: r.get(0)?,
+        chat_id: r.get(1)?,
+        status: r.get(2)?,
+        prompt: r.get(3)?,
+        reply_to: r.get(4)?,
+        started_at: r.get(5)?,
+    })
+}
+
+/// The oldest queued turn of each chat that has no turn in flight, oldest chats first, at most
+/// `limit`, skipping chats in `busy` (in flight in this process but perhaps not yet recorded).
+pub fn runnable_turns(t: &Connection, limit: usize, busy: &[String]) -> Result<Vec<TurnJob>, StoreError> {
+    let mut st = t.prepare_cached(&format!(
+        "SELECT {TURN_COLS} FROM turns t JOIN messages m ON m.id = t.message_id
+         WHERE t.status = 'queued'
+           AND t.created_at = (SELECT MIN(created_at) FROM turns q WHERE q.chat_id = t.chat_id AND q.status = 'queued')
+           AND NOT EXISTS (SELECT 1 FROM turns a WHERE a.chat_id = t.chat_id AND a.status IN ('starting', 'running'))
+         ORDER BY t.created_at LIMIT ?1"
+    ))?;
+    let rows = st.query_map([(limit + busy.len()) as i64], turn_job)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let j = r?;
+        if !busy.contains(&j.chat_id) && out.len() < limit {
+            out.push(j);
+        }
+    }
+    Ok(out)
+}
+
+/// Turns that were starting or running when the gateway last stopped.
+pub fn inflight_turns(t: &Connection) -> Result<Vec<TurnJob>, StoreError> {
+    let mut st = t.prepare(&format!(
+        "SELECT {TURN_COLS} FROM turns t JOIN messages m ON m.id = t.message_id WHERE t.status IN ('starting', 'running') ORDER BY t.created_at"
+    ))?;
+    let v = st.query_map([], turn_job)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
+pub fn set_turn_status(t: &Connection, id: &str, status: &str, unit: Option<&str>) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE turns SET status = ?2, unit = COALESCE(?3, unit), started_at = CASE WHEN ?2 = 'starting' THEN ?4 ELSE started_at END WHERE id = ?1",
+        params![id, status, unit, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// How a turn ended, ready to be recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    pub outcome: String,
+    pub unit_result: Option<String>,
+    pub error: Option<String>,
+    pub session_id: Option<String>,
+    pub new_session: bool,
+    /// Whether the agent session now exists (it ran at least once under this id).
+    pub session_exists: bool,
+    pub cost_usd: Option<f64>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub duration_ms: Option<u64>,
+}
+
+/// Record a turn's end and queue its reply parts in the outbox, atomically.
+pub fn finish_turn(t: &Connection, job: &TurnJob, f: &Finished, parts: &[String]) -> Result<(), StoreError> {
+    let now = now_ms();
+    let changed = t.execute(
+        "UPDATE turns SET status = 'done', outcome = ?2, unit_result = ?3, error = ?4, session_id = ?5, new_session = ?6,
+            cost_usd = ?7, input_tokens = ?8, output_tokens = ?9, duration_ms = ?10, finished_at = ?11
+         WHERE id = ?1 AND status != 'done'",
+        params![
+            job.turn_id, f.outcome, f.unit_result, f.error, f.session_id, f.new_session as i64, f.cost_usd,
+            f.input_tokens.map(|v| v as i64), f.output_tokens.map(|v| v as i64), f.duration_ms.map(|v| v as i64), now
+        ],
+    )?;
+    if changed == 0 {
+        return Ok(()); // already finished (a second collector after a restart): nothing to add
+    }
+    if f.session_exists {
+        t.execute(
+            "UPDATE chats SET session_started = 1, session_id = COALESCE(?2, session_id), updated_at = ?3 WHERE id = ?1",
+            params![job.chat_id, f.session_id, now],
+        )?;
+    }
+    for (i, p) in parts.iter().enumerate() {
+        t.execute(
+            "INSERT INTO outbox (chat_id, turn_id, part, text, reply_to, idempotency_key, status, next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+            params![job.chat_id, job.turn_id, i as i64, p, if i == 0 { job.reply_to.clone() } else { None }, format!("picortex-{}-{i}", job.turn_id), now],
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: i64,
+    pub chat_id: String,
+    pub text: String,
+    pub reply_to: Option<String>,
+    pub idempotency_key: String,
+    pub attempts: u32,
+}
+
+/// The oldest pending part of each chat, if it is due (parts of one chat go out in order).
+pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+    let mut st = t.prepare_cached(
+        "SELECT o.id, o.chat_id, o.text, o.reply_to, o.idempotency_key, o.attempts FROM outbox o
+         WHERE o.status = 'pending' AND o.next_attempt_at <= ?1
+           AND o.id = (SELECT MIN(id) FROM outbox p WHERE p.chat_id = o.chat_id AND p.status = 'pending')
+         ORDER BY o.id LIMIT ?2",
+    )?;
+    let v = st
+        .query_map(params![now, limit as i64], |r| {
+            Ok(Outgoing {
+                id: r.get(0)?,
+                chat_id: r.get(1)?,
+                text: r.get(2)?,
+                reply_to: r.get(3)?,
+                idempotency_key: r.get(4)?,
+                attempts: r.get::<_, i64>(5)? as u32,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
+/// When the next pending part becomes due, if any.
+pub fn next_outbox_due(t: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(t.query_row("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'", [], |r| r.get(0))?)
+}
+
+pub fn outbox_sent(t: &Connection, o: &Outgoing, linq_id: &str) -> Result<(), StoreError> {
+    let now = now_ms();
+    t.execute(
+        "UPDATE outbox SET status = 'sent', attempts = attempts + 1, linq_message_id = ?2, sent_at = ?3 WHERE id = ?1",
+        params![o.id, linq_id, now],
+    )?;
+    t.execute(
+        "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, status, sent_at, created_at)
+         VALUES (?1, ?2, 'outbound', NULL, ?3, ?4, 'sent', ?5, ?5)",
+        params![linq_id, o.chat_id, o.text, o.reply_to, now],
+    )?;
+    Ok(())
+}
+
+pub fn outbox_retry(t: &Connection, id: i64, next_at: i64, error: &str) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+        params![id, next_at, error],
+    )?;
+    Ok(())
+}
+
+pub fn outbox_failed(t: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+        params![id, error],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counts {
+    pub chats: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub outbox_pending: i64,
+}
+
+pub fn counts(t: &Connection) -> Result<Counts, StoreError> {
+    Ok(t.query_row(
+        "SELECT (SELECT COUNT(*) FROM chats),
+                (SELECT COUNT(*) FROM turns WHERE status = 'queued'),
+                (SELECT COUNT(*) FROM turns WHERE status IN ('starting', 'running')),
+                (SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
+        [],
+        |r| Ok(Counts { chats: r.get(0)?, queued: r.get(1)?, running: r.get(2)?, outbox_pending: r.get(3)? }),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+
+    fn inbound(event: &str, chat: &str, msg: &str, answer: bool) -> Inbound {
+        Inbound {
+            event_id: event.into(),
+            event_type: "message.received".into(),
+            request_id: "r".into(),
+            body: "{}".into(),
+            chat_id: chat.into(),
+            is_group: false,
+            bot_handle: Some("+15550001000".into()),
+            sender: "+15550002000".into(),
+            linq_id: msg.into(),
+            text: format!("text of {msg}"),
+            reply_to: None,
+            answer,
+            reason: "test".into(),
+            answer_if_reply_to_bot: false,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("t.db")).unwrap();
+        (d, s)
+    }
+
+    #[tokio::test]
+    async fn a_replayed_event_is_stored_once_and_queues_one_turn() {
+        let (_d, s) = store().await;
+        let m = inbound("e1", "c1", "m1", true);
+        let m2 = m.clone();
+        let a = s.call(move |t| ingest_message(t, &m)).await.unwrap();
+        let b = s.call(move |t| ingest_message(t, &m2)).await.unwrap();
+        assert!(matches!(a, Ingested::Stored { turn_id: Some(_), .. }));
+        assert_eq!(b, Ingested::Duplicate);
+        let c = s.call(|t| counts(t)).await.unwrap();
+        assert_eq!((c.chats, c.queued), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn turns_of_one_chat_run_one_at_a_time_in_order() {
+        let (_d, s) = store().await;
+        for (e, c, m) in [("e1", "c1", "m1"), ("e2", "c1", "m2"), ("e3", "c2", "m3")] {
+            let x = inbound(e, c, m, true);
+            s.call(move |t| ingest_message(t, &x)).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let r = s.call(|t| runnable_turns(t, 10, &[])).await.unwrap();
+        let got: Vec<_> = r.iter().map(|j| (j.chat_id.as_str(), j.reply_to.clone().unwrap())).collect();
+        assert_eq!(got, vec![("c1", "m1".to_owned()), ("c2", "m3".to_owned())]);
+        let first = r[0].turn_id.clone();
+        s.call(move |t| set_turn_status(t, &first, "running", Some("u"))).await.unwrap();
+        let r = s.call(|t| runnable_turns(t, 10, &[])).await.unwrap();
+        assert_eq!(r.iter().map(|j| j.chat_id.as_str()).collect::<Vec<_>>(), vec!["c2"], "c1 is busy");
+        let busy = vec!["c2".to_owned()];
+        let r = s.call(move |t| runnable_turns(t, 10, &busy)).await.unwrap();
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn finishing_a_turn_queues_its_reply_once() {
+        let (_d, s) = store().await;
+        let m = inbound("e1", "c1", "m1", true);
+        s.call(move |t| ingest_message(t, &m)).await.unwrap();
+        let job = s.call(|t| runnable_turns(t, 1, &[])).await.unwrap().remove(0);
+        let f = Finished { outcome: "ok".into(), session_exists: true, ..Default::default() };
+        let parts = vec!["one".to_owned(), "two".to_owned()];
+        for _ in 0..2 {
+            let (j, f, p) = (job.clone(), f.clone(), parts.clone());
+            s.call(move |t| finish_turn(t, &j, &f, &p)).await.unwrap();
+        }
+        let due = s.call(|t| due_outbox(t, i64::MAX, 10)).await.unwrap();
+        assert_eq!(due.len(), 1, "one part per chat at a time");
+        assert_eq!(due[0].text, "one");
+        assert_eq!(due[0].reply_to.as_deref(), Some("m1"));
+        let o = due[0].clone();
+        s.call(move |t| outbox_sent(t, &o, "out1")).await.unwrap();
+        let due = s.call(|t| due_outbox(t, i64::MAX, 10)).await.unwrap();
+        assert_eq!(due.iter().map(|o| o.text.as_str()).collect::<Vec<_>>(), vec!["two"]);
+        assert_eq!(due[0].reply_to, None);
+        let c = s.call(|t| chat(t, "c1")).await.unwrap().unwrap();
+        assert!(c.session_started);
+    }
+}

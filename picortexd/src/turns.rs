@@ -1,0 +1,354 @@
+//! The per-chat turn queue and its runner (SPEC §2 steps 5–8, T1, T4, T5). Turns wait in SQLite
+//! (`turns.status = 'queued'`); the dispatcher starts the oldest queued turn of each idle chat, up
+//! to `turns.max_concurrent` at once, so one chat's turns never overlap and chats run in parallel.
+//!
+//! A turn's life: provision the chat if needed → write the request into a sealed memfd and create
+//! the result file → `StartTurn` through the helper → watch the unit → read the result file and the
+//! unit's `Result` → record the outcome and the reply parts in one transaction → release the unit.
+//! Each step is recorded before the next, so after a crash `recover` resumes every turn from where
+//! it was: a turn whose unit is still known to systemd is watched again; one whose unit is gone
+//! ends honestly as interrupted.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use picortex_proto::bus::limits as L;
+use picortex_proto::ids::TurnId;
+use picortex_proto::turn::{Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES};
+use tokio::sync::Notify;
+
+use crate::bus::{Bus, BusError, Started, UnitEnd};
+use crate::config::Config;
+use crate::linq::client::LinqClient;
+use crate::linq::split::split_reply;
+use crate::reply;
+use crate::store::queries::{self, Finished, TurnJob};
+use crate::store::Store;
+
+pub struct Turns {
+    pub store: Store,
+    pub bus: Arc<Bus>,
+    pub linq: Arc<LinqClient>,
+    pub cfg: Arc<Config>,
+    pub results_dir: PathBuf,
+    pub wake: Arc<Notify>,
+    pub outbox_wake: Arc<Notify>,
+    /// Chats with a turn in flight in this process.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl Turns {
+    pub fn new(store: Store, bus: Arc<Bus>, linq: Arc<LinqClient>, cfg: Arc<Config>, results_dir: PathBuf, wake: Arc<Notify>, outbox_wake: Arc<Notify>) -> Self {
+        Self { store, bus, linq, cfg, results_dir, wake, outbox_wake, busy: Mutex::new(HashSet::new()) }
+    }
+
+    fn busy_chats(&self) -> Vec<String> {
+        self.busy.lock().map(|b| b.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn claim(&self, chat: &str) -> bool {
+        self.busy.lock().map(|mut b| b.insert(chat.to_owned())).unwrap_or(false)
+    }
+
+    fn unclaim(&self, chat: &str) {
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(chat);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Resume turns that were in flight when the gateway stopped, then dispatch forever.
+    pub async fn run(self: Arc<Self>) {
+        match self.store.call(|t| queries::inflight_turns(t)).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    if self.claim(&job.chat_id) {
+                        tracing::info!(chat = %job.chat_id, turn = %job.turn_id, status = %job.status, "resuming turn after restart");
+                        let me = self.clone();
+                        tokio::spawn(async move { me.resume(job).await });
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read in-flight turns"),
+        }
+        loop {
+            self.dispatch().await;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>) {
+        let busy = self.busy_chats();
+        let free = self.cfg.turns.max_concurrent.saturating_sub(busy.len());
+        if free == 0 {
+            return;
+        }
+        let jobs = match self.store.call(move |t| queries::runnable_turns(t, free, &busy)).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the turn queue");
+                return;
+            }
+        };
+        for job in jobs {
+            if self.claim(&job.chat_id) {
+                let me = self.clone();
+                tokio::spawn(async move { me.start(job).await });
+            }
+        }
+    }
+
+    async fn start(self: Arc<Self>, job: TurnJob) {
+        let chat = job.chat_id.clone();
+        let span = tracing::info_span!("turn", chat = %job.chat_id, turn = %job.turn_id);
+        let _e = span.enter();
+        drop(_e);
+        let r = tracing::Instrument::instrument(self.clone().start_inner(job.clone()), span.clone()).await;
+        if let Err(reason) = r {
+            tracing::Instrument::instrument(self.finish_without_unit(&job, reason), span).await;
+        }
+        self.unclaim(&chat);
+    }
+
+    async fn resume(self: Arc<Self>, job: TurnJob) {
+        let chat = job.chat_id.clone();
+        let span = tracing::info_span!("turn", chat = %job.chat_id, turn = %job.turn_id);
+        tracing::Instrument::instrument(self.clone().resume_inner(job), span).await;
+        self.unclaim(&chat);
+    }
+
+    async fn resume_inner(self: Arc<Self>, job: TurnJob) {
+        let unit = match TurnId::parse(&job.turn_id) {
+            Ok(t) => t.unit_name(),
+            Err(e) => return self.finish_without_unit(&job, Failure::internal(e.to_string())).await,
+        };
+        match self.bus.unit_exists(&unit).await {
+            Ok(true) => self.watch_and_finish(job, unit).await,
+            Ok(false) if job.status == "starting" => {
+                // Never reached systemd (or vanished before it ran): start it afresh.
+                tracing::info!("turn was not started before the restart; starting it now");
+                if let Err(reason) = self.clone().start_inner(job.clone()).await {
+                    self.finish_without_unit(&job, reason).await;
+                }
+            }
+            Ok(false) => {
+                // The unit is gone: systemd restarted, or someone released it. The result file
+                // may still hold a complete answer.
+                match self.read_result(&job.turn_id) {
+                    Some(r) => self.finish(job, None, Some(r)).await,
+                    None => self.finish_without_unit(&job, Failure::interrupted()).await,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask systemd about the turn; will retry");
+                let _ = self.store.call({
+                    let id = job.turn_id.clone();
+                    move |t| queries::set_turn_status(t, &id, "starting", None)
+                }).await;
+            }
+        }
+    }
+
+    async fn start_inner(self: Arc<Self>, job: TurnJob) -> Result<(), Failure> {
+        let chat = {
+            let id = job.chat_id.clone();
+            self.store.call(move |t| queries::chat(t, &id)).await.map_err(Failure::store)?
+        }
+        .ok_or_else(|| Failure::internal("chat row missing".into()))?;
+
+        if chat.unix_user.is_none() {
+            let (user, uid, home, slice) = self.bus.ensure_chat(&chat.id).await.map_err(Failure::bus)?;
+            tracing::info!(user = %user, uid, home = %home, slice = %slice, "chat provisioned");
+            let id = chat.id.clone();
+            self.store.call(move |t| queries::set_provisioned(t, &id, &user, uid, &home)).await.map_err(Failure::store)?;
+        }
+
+        {
+            let id = job.turn_id.clone();
+            self.store.call(move |t| queries::set_turn_status(t, &id, "starting", None)).await.map_err(Failure::store)?;
+        }
+        if !chat.is_group {
+            let (linq, id) = (self.linq.clone(), chat.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = linq.start_typing(&id).await {
+                    tracing::debug!(error = %e, "typing indicator");
+                }
+            });
+        }
+
+        let request = TurnRequest {
+            turn_id: job.turn_id.clone(),
+            chat_id: chat.id.clone(),
+            session_id: chat.session_id.clone(),
+            resume: chat.session_started,
+            prompt: job.prompt.clone(),
+            permission_mode: self.cfg.turns.permission_mode.clone(),
+            append_system_prompt: None,
+        };
+        let req_fd = request_memfd(&request).map_err(|e| Failure::internal(format!("request memfd: {e}")))?;
+        let res_fd = self.create_result_file(&job.turn_id).map_err(|e| Failure::internal(format!("result file: {e}")))?;
+        let limits = [
+            (L::MEMORY_MAX, chat.memory_max.unwrap_or_else(|| self.cfg.memory_max_bytes())),
+            (L::TASKS_MAX, self.cfg.turns.tasks_max),
+            (L::RUNTIME_MAX_USEC, self.cfg.turns.runtime_max_s * 1_000_000),
+        ];
+        let unit = match self.bus.start_turn(&chat.id, &job.turn_id, req_fd, res_fd, &limits).await.map_err(Failure::bus)? {
+            Started::Started(u) => u,
+            Started::AlreadyRunning(u) => {
+                tracing::info!(unit = %u, "turn unit already exists; watching it");
+                u
+            }
+        };
+        tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
+        {
+            let (id, u) = (job.turn_id.clone(), unit.clone());
+            self.store.call(move |t| queries::set_turn_status(t, &id, "running", Some(&u))).await.map_err(Failure::store)?;
+        }
+        self.watch_and_finish(job, unit).await;
+        Ok(())
+    }
+
+    async fn watch_and_finish(&self, job: TurnJob, unit: String) {
+        // systemd enforces RuntimeMaxUSec; this only bounds our wait if it somehow did not.
+        let give_up = self.cfg.runtime_max() + Duration::from_secs(60);
+        match self.bus.wait_unit(&unit, give_up).await {
+            Ok(end) => {
+                let result = self.read_result(&job.turn_id);
+                self.finish(job, Some(end), result).await;
+            }
+            Err(e) => {
+                tracing::error!(unit = %unit, error = %e, "lost track of the turn unit");
+                self.finish_without_unit(&job, Failure { outcome: "unit_lost", error: e.to_string() }).await;
+            }
+        }
+    }
+
+    fn result_path(&self, turn_id: &str) -> PathBuf {
+        self.results_dir.join(format!("{turn_id}.json"))
+    }
+
+    fn create_result_file(&self, turn_id: &str) -> std::io::Result<OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(self.result_path(turn_id))?;
+        Ok(f.into())
+    }
+
+    /// The result document picortex-run wrote, if it is complete and for this turn. Untrusted:
+    /// size-limited, parsed strictly, turn id checked.
+    fn read_result(&self, turn_id: &str) -> Option<TurnResult> {
+        let f = std::fs::File::open(self.result_path(turn_id)).ok()?;
+        let mut buf = String::new();
+        f.take(MAX_RESULT_BYTES).read_to_string(&mut buf).ok()?;
+        let line = buf.lines().rev().find(|l| !l.trim().is_empty())?;
+        match serde_json::from_str::<TurnResult>(line) {
+            Ok(r) if r.turn_id == turn_id => Some(r),
+            Ok(_) => {
+                tracing::warn!("result file names another turn; ignoring it");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "result file is not a turn result");
+                None
+            }
+        }
+    }
+
+    async fn finish(&self, job: TurnJob, end: Option<UnitEnd>, result: Option<TurnResult>) {
+        let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg);
+        let fin = Finished {
+            outcome: r.outcome.to_owned(),
+            unit_result: end.as_ref().map(|e| e.result.clone()),
+            error: r.error.clone(),
+            session_id: result.as_ref().and_then(|r| r.session_id.clone()),
+            new_session: result.as_ref().is_some_and(|r| r.new_session),
+            session_exists: result.as_ref().is_some_and(|r| r.session_id.is_some() && r.outcome != Outcome::Refused),
+            cost_usd: result.as_ref().and_then(|r| r.cost_usd),
+            input_tokens: result.as_ref().and_then(|r| r.usage.as_ref().map(|u| u.input_tokens)),
+            output_tokens: result.as_ref().and_then(|r| r.usage.as_ref().map(|u| u.output_tokens)),
+            duration_ms: result.as_ref().and_then(|r| r.duration_ms),
+        };
+        self.record(&job, fin, &r.text).await;
+        if end.is_some() {
+            if let Err(e) = self.bus.release_turn(&job.turn_id).await {
+                tracing::warn!(error = %e, "could not release the turn unit");
+            }
+        }
+    }
+
+    async fn finish_without_unit(&self, job: &TurnJob, f: Failure) {
+        tracing::error!(outcome = f.outcome, error = %f.error, "turn failed");
+        let text = reply::for_failure(f.outcome, &self.cfg);
+        let fin = Finished { outcome: f.outcome.to_owned(), error: Some(f.error), ..Default::default() };
+        self.record(job, fin, &text).await;
+    }
+
+    async fn record(&self, job: &TurnJob, fin: Finished, text: &str) {
+        let parts = split_reply(text, self.cfg.linq.max_part_chars);
+        let (j, f) = (job.clone(), fin.clone());
+        match self.store.call(move |t| queries::finish_turn(t, &j, &f, &parts)).await {
+            Ok(()) => {
+                let level_ok = fin.outcome == "ok";
+                if level_ok {
+                    tracing::info!(outcome = %fin.outcome, cost_usd = fin.cost_usd.unwrap_or(0.0), duration_ms = fin.duration_ms.unwrap_or(0), "turn finished");
+                } else {
+                    tracing::warn!(outcome = %fin.outcome, error = fin.error.as_deref().unwrap_or(""), "turn finished without an answer");
+                }
+                let _ = std::fs::remove_file(self.result_path(&job.turn_id));
+                self.outbox_wake.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record the turn's end; it will be resumed after a restart"),
+        }
+    }
+}
+
+/// Why a turn could not run; `outcome` is the stored outcome, which picks the reply.
+#[derive(Debug)]
+pub struct Failure {
+    pub outcome: &'static str,
+    pub error: String,
+}
+
+impl Failure {
+    fn internal(error: String) -> Self {
+        Self { outcome: "internal_error", error }
+    }
+    fn store(e: crate::store::StoreError) -> Self {
+        Self { outcome: "internal_error", error: e.to_string() }
+    }
+    fn bus(e: BusError) -> Self {
+        let outcome = match e {
+            BusError::Unavailable(_) => "helper_unavailable",
+            BusError::Denied(_) => "helper_denied",
+            BusError::Helper(_) | BusError::Systemd(_) => "unit_failed_to_start",
+        };
+        Self { outcome, error: e.to_string() }
+    }
+    fn interrupted() -> Self {
+        Self { outcome: "interrupted", error: "the turn's unit disappeared before it reported (system restart?)".into() }
+    }
+}
+
+/// A sealed memfd holding the request, rewound: it becomes the unit's stdin.
+fn request_memfd(req: &TurnRequest) -> std::io::Result<OwnedFd> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create("picortex-turn-request", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&serde_json::to_vec(req)?)?;
+    f.rewind()?;
+    let seals = nix::fcntl::SealFlag::F_SEAL_WRITE | nix::fcntl::SealFlag::F_SEAL_GROW | nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_SEAL;
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(f.into())
+}
