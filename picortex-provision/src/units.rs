@@ -22,7 +22,12 @@ use zbus_systemd::systemd1::ManagerProxy;
 
 use crate::users::ChatAccount;
 
-pub const RUN_BIN: &str = "/usr/libexec/picortex/picortex-run";
+/// Where `make install` put picortex-run; fixed at build time so no caller can choose what the
+/// turn executes.
+pub const RUN_BIN: &str = match option_env!("PICORTEX_RUN_BIN") {
+    Some(p) => p,
+    None => "/usr/libexec/picortex/picortex-run",
+};
 
 /// A unit property value, independent of the bus library so it can be inspected in tests.
 #[derive(Debug, Clone, PartialEq)]

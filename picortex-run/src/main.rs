@@ -1,1 +1,160 @@
-fn main() {}
+//! `picortex-run --turn <32 hex> [--config PATH]`: systemd's ExecStart for one turn unit, run as
+//! the chat's user with a `TurnRequest` on stdin and the result file as stdout. It checks where
+//! it runs, checks the request, runs the agent through `picortex_run::run_turn` and writes
+//! exactly one `TurnResult` line. `--config` exists for tests; the unit never passes it.
+//!
+//! Exit status: 0 the agent answered, 1 the turn failed (the result says why), 2 refused,
+//! 3 the result could not be written.
+
+#![deny(unsafe_code)]
+
+use picortex_proto::ids::TurnId;
+use picortex_proto::turn::{Outcome, TurnResult};
+use picortex_run::config::{load_config, DEFAULT_CONFIG_PATH};
+use picortex_run::request::{check_chat, read_request, validate_request};
+use picortex_run::turn::result_line;
+use picortex_run::{
+    audit, preflight, run_turn, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
+};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+struct Cli {
+    turn: String,
+    config: PathBuf,
+}
+
+/// Exactly `--turn <id>`, optionally `--config <path>`; nothing else.
+fn parse_cli(args: &[String]) -> Result<Cli, String> {
+    let mut turn = None;
+    let mut config = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let slot = match a.as_str() {
+            "--turn" => &mut turn,
+            "--config" => &mut config,
+            other => {
+                return Err(format!(
+                    "unexpected argument {:?}",
+                    other.chars().take(64).collect::<String>()
+                ))
+            }
+        };
+        if slot.is_some() {
+            return Err(format!("{a} given twice"));
+        }
+        *slot = Some(
+            it.next()
+                .ok_or_else(|| format!("{a} needs a value"))?
+                .clone(),
+        );
+    }
+    Ok(Cli {
+        turn: turn.ok_or("missing --turn")?,
+        config: config.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), PathBuf::from),
+    })
+}
+
+fn write_result(r: &TurnResult) -> bool {
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(result_line(r).as_bytes())
+        .and_then(|_| out.flush())
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(turn = %r.turn_id, "cannot write the result: {e}");
+            false
+        }
+    }
+}
+
+fn refuse(turn: &str, chat: Option<&str>, reason: &str) -> ExitCode {
+    audit::turn_refused(turn, chat, reason);
+    let turn: String = turn.chars().take(64).collect();
+    if write_result(&TurnResult::failure(&turn, Outcome::Refused, reason)) {
+        ExitCode::from(EXIT_REFUSED)
+    } else {
+        ExitCode::from(EXIT_NO_RESULT)
+    }
+}
+
+fn main() -> ExitCode {
+    audit::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse_cli(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                "",
+                None,
+                &format!("usage: picortex-run --turn <turn id>: {e}"),
+            )
+        }
+    };
+    let turn = match TurnId::parse(&cli.turn) {
+        Ok(t) => t,
+        Err(e) => return refuse(&cli.turn, None, &e.to_string()),
+    };
+    let identity = match preflight() {
+        Ok(i) => i,
+        Err(e) => return refuse(turn.as_str(), None, &e.0),
+    };
+    let request = match read_request(std::io::stdin().lock()) {
+        Ok(r) => r,
+        Err(e) => return refuse(turn.as_str(), None, &e.0),
+    };
+    if let Err(e) =
+        validate_request(&request, &turn).and_then(|_| check_chat(&request, &identity.tag))
+    {
+        return refuse(turn.as_str(), Some(&request.chat_id), &e.0);
+    }
+    let config = match load_config(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                turn.as_str(),
+                Some(&request.chat_id),
+                &format!("configuration: {e}"),
+            )
+        }
+    };
+    // Files the agent creates are the chat's alone, whatever the unit's UMask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+
+    let result = run_turn(&config, &request, &identity);
+    if !write_result(&result) {
+        return ExitCode::from(EXIT_NO_RESULT);
+    }
+    match result.outcome {
+        Outcome::Ok => ExitCode::from(EXIT_OK),
+        Outcome::Refused => ExitCode::from(EXIT_REFUSED),
+        _ => ExitCode::from(EXIT_TURN_FAILED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(a: &[&str]) -> Result<Cli, String> {
+        parse_cli(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn only_turn_and_config() {
+        let c = cli(&["--turn", "ab"]).unwrap();
+        assert_eq!(
+            (c.turn.as_str(), c.config),
+            ("ab", PathBuf::from(DEFAULT_CONFIG_PATH))
+        );
+        let c = cli(&["--config", "/x.toml", "--turn", "ab"]).unwrap();
+        assert_eq!(c.config, PathBuf::from("/x.toml"));
+        assert!(cli(&[]).is_err());
+        assert!(cli(&["--turn"]).is_err());
+        assert!(cli(&["--turn", "a", "--turn", "b"]).is_err());
+        assert!(cli(&["--turn", "a", "extra"]).is_err());
+        assert!(cli(&["--turn=a"]).is_err());
+    }
+}

@@ -28,28 +28,13 @@ done
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
+# Read-only, as container managers do: the machine must not change the host's kernel settings.
+mount -o remount,bind,ro "$root/sys"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 ip link set lo up
 hostname "$name"
 echo "$name" > "$root/etc/hostname"
 echo "$$" > "$work/pid.inner"
-# Enter a cgroup namespace rooted at the subtree above, and mount the cgroup filesystems afresh
-# inside it so systemd sees its subtree as the root.
-exec unshare --cgroup /bin/bash -c '
-set -euo pipefail
-root=$1; shift
-umount -R "$root/sys/fs/cgroup" 2>/dev/null || true
-mount -t tmpfs -o mode=0755 cgroup "$root/sys/fs/cgroup"
-for h in "$@"; do
-  b=$(basename "$h")
-  if [ "$h" = /sys/fs/cgroup ]; then mount -t cgroup2 cgroup2 "$root/sys/fs/cgroup"; continue; fi
-  mkdir -p "$root/sys/fs/cgroup/$b"
-  case $b in
-    unified) mount -t cgroup2 cgroup2 "$root/sys/fs/cgroup/unified" ;;
-    systemd) mount -t cgroup -o none,name=systemd cgroup "$root/sys/fs/cgroup/systemd" ;;
-    *) mount -t cgroup -o "$b" cgroup "$root/sys/fs/cgroup/$b" ;;
-  esac
-done
-exec chroot "$root" env container=picortex-test /lib/systemd/systemd --system --log-target=console
-' boot "$root" "${hier[@]}"
+# Enter a cgroup namespace rooted at the subtree above; boot-inner.sh does the rest.
+exec unshare --cgroup "$(dirname "$0")/boot-inner.sh" "$root" "$name" "${hier[@]}"

@@ -1,1 +1,236 @@
+//! The integration-test harness: boots a throwaway systemd (tests/harness/machine.sh) with the
+//! staged `make install` inside, and drives it from outside the way an operator would: systemctl,
+//! busctl, journalctl, /proc, /etc/passwd, and the Linq simulator's control socket.
+//!
+//! Every `Machine` is powered off and cleaned up when dropped; if the test is failing, the
+//! machine's journal is printed first.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use serde_json::json;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn script() -> PathBuf {
+    repo().join("tests/harness/machine.sh")
+}
+
+pub struct Machine {
+    pub pid: u32,
+    pub name: String,
+}
+
+/// What a command inside the machine did.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Machine {
+    /// Boot a machine with the staged install (`PICORTEX_STAGE`, default `build/stage`).
+    pub fn boot() -> Machine {
+        assert!(
+            Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false),
+            "integration tests boot a systemd in namespaces and must run as root"
+        );
+        let stage = std::env::var_os("PICORTEX_STAGE").map(PathBuf::from).unwrap_or_else(|| repo().join("build/stage"));
+        assert!(stage.join("usr/bin/picortexd").exists(), "no staged install at {} — run `make stage PROFILE=dev` (make test does)", stage.display());
+        let name = format!("pxt-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let out = Command::new(script()).args(["boot"]).arg(&stage).arg(&name).output().expect("run machine.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "boot failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        let pid = stdout.trim().lines().last().unwrap_or("").parse().expect("machine pid");
+        if !out.stderr.is_empty() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Machine { pid, name }
+    }
+
+    /// Run a bash script inside the machine as root.
+    pub fn sh(&self, script: &str) -> Out {
+        Command::new(self::script())
+            .args(["exec", &self.pid.to_string(), "/bin/bash", "-c", script])
+            .output()
+            .expect("nsenter")
+            .into()
+    }
+
+    /// Run a script that must succeed; returns its stdout.
+    pub fn ok(&self, script: &str) -> String {
+        let o = self.sh(script);
+        assert_eq!(o.code, 0, "`{script}` failed ({}):\n{}{}", o.code, o.stdout, o.stderr);
+        o.stdout
+    }
+
+    /// A path inside the machine, as the host can reach it.
+    pub fn path(&self, p: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{}", self.pid, p))
+    }
+
+    pub fn read(&self, p: &str) -> String {
+        std::fs::read_to_string(self.path(p)).unwrap_or_else(|e| panic!("read {p}: {e}"))
+    }
+
+    pub fn journal(&self, args: &str) -> String {
+        self.sh(&format!("journalctl --no-pager -o cat {args}")).stdout
+    }
+
+    /// Poll `f` until it returns Some, or fail after `timeout` saying what was awaited.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start the Linq simulator and enable the gateway's socket (the gateway itself starts on
+    /// the first connection).
+    pub fn start_picortex(&self) {
+        self.ok("systemctl start linq-sim.service && systemctl enable --now picortexd.socket");
+    }
+
+    /// The Linq simulator's control interface.
+    pub fn sim(&self) -> Sim {
+        Sim { sock: self.path("/run/linq-sim/control.sock") }
+    }
+
+    /// The unit's main PID's /proc/<pid>/status.
+    pub fn unit_status(&self, unit: &str) -> String {
+        let pid = self.ok(&format!("systemctl show -P MainPID {unit}"));
+        self.ok(&format!("cat /proc/{}/status", pid.trim()))
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- journal of {} (last 400 lines) ----", self.name);
+            eprintln!("{}", self.sh("journalctl --no-pager -o short-precise -n 400").stdout);
+        }
+        let _ = Command::new(script()).args(["stop", &self.pid.to_string(), &self.name]).status();
+    }
+}
+
+/// `chat-<first 8 hex of sha256(chat id)>` (SPEC P1).
+pub fn chat_tag(chat_id: &str) -> String {
+    hex::encode(Sha256::digest(chat_id.as_bytes()))[..8].to_owned()
+}
+
+/// A minimal HTTP/1.1 client over the simulator's Unix control socket.
+pub struct Sim {
+    sock: PathBuf,
+}
+
+impl Sim {
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut s = UnixStream::connect(&self.sock).unwrap_or_else(|e| panic!("connect {}: {e}", self.sock.display()));
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read");
+        let text = String::from_utf8_lossy(&raw);
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        let (st, v) = self.request("POST", path, Some(&body));
+        assert!((200..300).contains(&st), "POST {path} -> {st}: {v}");
+        v
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (st, v) = self.request("GET", path, None);
+        assert!((200..300).contains(&st), "GET {path} -> {st}: {v}");
+        v
+    }
+
+    /// A handle writes `text` to the bot; returns the simulator's answer (chat_id, message_id, …).
+    pub fn text(&self, from: &str, chat_id: Option<&str>, text: &str) -> Value {
+        let mut b = json!({ "from": from, "text": text });
+        if let Some(c) = chat_id {
+            b["chat_id"] = json!(c);
+        }
+        self.post("/control/inbound", b)
+    }
+
+    /// What the bot has sent in a chat, oldest first.
+    pub fn sent(&self, chat_id: &str) -> Vec<Value> {
+        match self.get(&format!("/control/sent?chat_id={chat_id}")) {
+            Value::Array(v) => v,
+            Value::Object(mut o) => match o.remove("messages") {
+                Some(Value::Array(v)) => v,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Standard Webhooks and legacy signatures, as Linq makes them, for tests that forge or replay.
+pub fn sign(secret: &str, id: &str, ts: i64, body: &str) -> (String, String) {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim().trim_start_matches("whsec_"))
+        .expect("secret");
+    let mut m = Hmac::<Sha256>::new_from_slice(&key).expect("key");
+    m.update(format!("{id}.{ts}.{body}").as_bytes());
+    let std = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes()));
+    let mut l = Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes()).expect("key");
+    l.update(format!("{ts}.{body}").as_bytes());
+    (std, hex::encode(l.finalize().into_bytes()))
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

@@ -1,0 +1,386 @@
+//! The agent's command line, environment and process: a fixed argv (no shell), an environment
+//! built from nothing, the prompt written to a pipe that is then closed (an open stdin can hang
+//! `claude -p`, research/claude-cli.md §1), stdout captured with a cap, stderr passed on to the
+//! journal while its tail is kept for the session-recovery checks.
+
+use crate::config::{AgentConfig, AGENT_PATH};
+use crate::preflight::Identity;
+use picortex_proto::turn::TurnRequest;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+
+/// Agent stdout beyond this is discarded and the turn reported as bad output.
+pub const MAX_AGENT_STDOUT: usize = 16 << 20;
+/// How much of the agent's stderr is kept (it is all forwarded to the journal).
+pub const STDERR_TAIL_BYTES: usize = 64 << 10;
+
+/// How the agent is told which session to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionArg {
+    /// First turn of a session: `--session-id <uuid>`.
+    New(String),
+    /// A later turn: `--resume <uuid>`.
+    Resume(String),
+}
+
+impl SessionArg {
+    pub fn id(&self) -> &str {
+        match self {
+            SessionArg::New(s) | SessionArg::Resume(s) => s,
+        }
+    }
+    pub fn is_resume(&self) -> bool {
+        matches!(self, SessionArg::Resume(_))
+    }
+}
+
+/// `<command> -p --output-format json --disable-slash-commands --permission-mode <mode>
+/// [--model M] [--append-system-prompt S] <extra_args…> (--session-id|--resume) <uuid>`.
+/// The prompt is not in it: it goes to stdin.
+pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        config.command.clone(),
+        "-p".into(),
+        "--output-format".into(),
+        "json".into(),
+        "--disable-slash-commands".into(),
+        "--permission-mode".into(),
+        req.permission_mode.clone(),
+    ];
+    if let Some(m) = &config.model {
+        argv.extend(["--model".into(), m.clone()]);
+    }
+    if let Some(s) = &req.append_system_prompt {
+        argv.extend(["--append-system-prompt".into(), s.clone()]);
+    }
+    argv.extend(config.extra_args.iter().cloned());
+    match session {
+        SessionArg::New(id) => argv.extend(["--session-id".into(), id.clone()]),
+        SessionArg::Resume(id) => argv.extend(["--resume".into(), id.clone()]),
+    }
+    argv
+}
+
+/// Variables passed through from picortex-run's own environment when set: systemd's
+/// `$CREDENTIALS_DIRECTORY` is how an `apiKeyHelper` finds the turn's credentials (SPEC T2); its
+/// path changes with every turn unit, so it cannot be written into the configuration.
+pub fn passthrough_env() -> Vec<(String, String)> {
+    match std::env::var("CREDENTIALS_DIRECTORY") {
+        Ok(v) if v.starts_with('/') && !v.contains(['\n', '\0']) => {
+            vec![("CREDENTIALS_DIRECTORY".into(), v)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The agent's whole environment. Nothing is inherited (no `CLAUDECODE`,
+/// `CLAUDE_CODE_ENTRYPOINT`, proxies or keys from the unit), except `passthrough`.
+pub fn build_env(identity: &Identity, passthrough: &[(String, String)]) -> Vec<(String, String)> {
+    let home = identity.home.to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = [
+        ("HOME", home.clone()),
+        ("USER", identity.user.clone()),
+        ("LOGNAME", identity.user.clone()),
+        ("PATH", AGENT_PATH.to_owned()),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("SHELL", "/bin/sh".to_owned()),
+        ("TMPDIR", "/tmp".to_owned()),
+        ("CLAUDE_CONFIG_DIR", format!("{home}/.claude")),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("CLAUDE_CODE_DISABLE_TERMINAL_TITLE", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(passthrough.iter().cloned());
+    env
+}
+
+/// The argv as one line for the audit log, quoted so it reads back unambiguously.
+pub fn display_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What one run of the agent left behind.
+#[derive(Debug)]
+pub struct Capture {
+    pub stdout: Vec<u8>,
+    /// stdout was longer than [`MAX_AGENT_STDOUT`]; the rest was discarded.
+    pub stdout_overflow: bool,
+    /// The last [`STDERR_TAIL_BYTES`] of stderr.
+    pub stderr_tail: String,
+    pub status: ExitStatus,
+}
+
+/// Run `program` with `argv[1..]` (`argv[0]` is what the agent sees as its name), the given
+/// environment only, in `cwd`, with `prompt` on stdin.
+pub fn run_agent(
+    program: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    prompt: &str,
+) -> std::io::Result<Capture> {
+    let mut cmd = Command::new(program);
+    if let Some(name) = argv.first() {
+        cmd.arg0(name);
+    }
+    cmd.args(argv.iter().skip(1))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    std::thread::scope(|s| {
+        // The prompt is written from its own thread so a prompt larger than the pipe buffer
+        // cannot deadlock against an agent that is busy filling its stdout; dropping the pipe
+        // closes it. An agent that exits without reading gives EPIPE, which is fine.
+        if let Some(mut pipe) = stdin {
+            s.spawn(move || {
+                let _ = pipe.write_all(prompt.as_bytes());
+            });
+        }
+        let tail = s.spawn(move || stderr.map(tee_stderr).unwrap_or_default());
+        let (out, overflow) = stdout.map(read_capped).unwrap_or_default();
+        let status = child.wait()?;
+        let stderr_tail = tail.join().unwrap_or_default();
+        Ok(Capture {
+            stdout: out,
+            stdout_overflow: overflow,
+            stderr_tail,
+            status,
+        })
+    })
+}
+
+fn read_capped(mut r: impl Read) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut overflow = false;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = MAX_AGENT_STDOUT.saturating_sub(out.len());
+                if n > room {
+                    overflow = true;
+                }
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    (out, overflow)
+}
+
+/// Copy the agent's stderr to ours (the journal) as it comes, keeping the tail.
+fn tee_stderr(mut r: impl Read) -> String {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8 << 10];
+    let mut ours = std::io::stderr();
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let _ = ours.write_all(&buf[..n]);
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_TAIL_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use picortex_proto::ids::ChatTag;
+    use std::path::PathBuf;
+
+    fn req() -> TurnRequest {
+        TurnRequest {
+            turn_id: "0123456789abcdef0123456789abcdef".into(),
+            chat_id: "c1".into(),
+            session_id: "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10".into(),
+            resume: true,
+            prompt: "the prompt".into(),
+            permission_mode: "dontAsk".into(),
+            append_system_prompt: None,
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            user: "chat-deadbeef".into(),
+            uid: 60100,
+            gid: 60100,
+            tag: ChatTag::parse("deadbeef").unwrap(),
+            home: PathBuf::from("/var/lib/picortex/chats/deadbeef"),
+        }
+    }
+
+    const SID: &str = "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10";
+
+    #[test]
+    fn minimal_argv() {
+        let argv = build_argv(
+            &AgentConfig::default(),
+            &req(),
+            &SessionArg::New(SID.into()),
+        );
+        assert_eq!(
+            argv,
+            [
+                "claude",
+                "-p",
+                "--output-format",
+                "json",
+                "--disable-slash-commands",
+                "--permission-mode",
+                "dontAsk",
+                "--session-id",
+                SID
+            ]
+        );
+        assert!(
+            !argv.iter().any(|a| a.contains("the prompt")),
+            "the prompt goes to stdin"
+        );
+    }
+
+    #[test]
+    fn full_argv_orders_model_system_prompt_extra_args_then_session() {
+        let config = AgentConfig {
+            command: "/usr/bin/claude".into(),
+            extra_args: vec!["--max-turns".into(), "8".into()],
+            model: Some("sonnet".into()),
+        };
+        let r = TurnRequest {
+            append_system_prompt: Some("-be brief".into()),
+            ..req()
+        };
+        let argv = build_argv(&config, &r, &SessionArg::Resume(SID.into()));
+        assert_eq!(
+            argv,
+            [
+                "/usr/bin/claude",
+                "-p",
+                "--output-format",
+                "json",
+                "--disable-slash-commands",
+                "--permission-mode",
+                "dontAsk",
+                "--model",
+                "sonnet",
+                "--append-system-prompt",
+                "-be brief",
+                "--max-turns",
+                "8",
+                "--resume",
+                SID
+            ]
+        );
+        assert_eq!(
+            display_argv(&argv[..3]),
+            "/usr/bin/claude -p --output-format"
+        );
+        assert_eq!(
+            display_argv(&["a b".into(), "it's".into(), "".into()]),
+            r"'a b' 'it'\''s' ''"
+        );
+    }
+
+    #[test]
+    fn environment_is_exactly_the_list() {
+        let env = build_env(&identity(), &[]);
+        let mut names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+                "CLAUDE_CODE_DISABLE_TERMINAL_TITLE",
+                "CLAUDE_CONFIG_DIR",
+                "DISABLE_AUTOUPDATER",
+                "DISABLE_ERROR_REPORTING",
+                "DISABLE_TELEMETRY",
+                "HOME",
+                "LANG",
+                "LOGNAME",
+                "PATH",
+                "SHELL",
+                "TMPDIR",
+                "USER"
+            ]
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("HOME"), Some("/var/lib/picortex/chats/deadbeef"));
+        assert_eq!(
+            get("CLAUDE_CONFIG_DIR"),
+            Some("/var/lib/picortex/chats/deadbeef/.claude")
+        );
+        assert_eq!(get("USER"), Some("chat-deadbeef"));
+        assert_eq!(get("PATH"), Some("/usr/local/bin:/usr/bin:/bin"));
+        let with = build_env(
+            &identity(),
+            &[("CREDENTIALS_DIRECTORY".into(), "/run/credentials/x".into())],
+        );
+        assert_eq!(with.len(), env.len() + 1);
+    }
+
+    #[test]
+    fn runs_with_a_closed_stdin_and_a_clean_environment() {
+        // `cat` reads the prompt to EOF: it only exits because the pipe is closed.
+        let dir = std::env::temp_dir();
+        let big = "x".repeat(1 << 20);
+        let c = run_agent(Path::new("/bin/cat"), &["cat".into()], &[], &dir, &big).unwrap();
+        assert!(c.status.success());
+        assert_eq!(c.stdout.len(), big.len());
+
+        let c = run_agent(
+            Path::new("/bin/sh"),
+            &[
+                "sh".into(),
+                "-c".into(),
+                "env; echo oops >&2; exit 3".into(),
+            ],
+            &[("ONLY".into(), "this".into())],
+            &dir,
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.status.code(), Some(3));
+        let out = String::from_utf8_lossy(&c.stdout);
+        assert!(out.contains("ONLY=this"));
+        assert!(!out.contains("HOME="), "{out}");
+        assert_eq!(c.stderr_tail, "oops\n");
+    }
+}

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 machine:
+# systemd, dbus, polkitd and iproute2 for the throwaway systemd; python3-venv for the Linq
+# client compatibility test; cargo-nextest. Quiet when everything is already there.
+set -euo pipefail
+need=()
+[ -x /lib/systemd/systemd ] || need+=(systemd)
+command -v dbus-daemon >/dev/null || need+=(dbus)
+[ -x /usr/lib/polkit-1/polkitd ] || need+=(polkitd)
+command -v pkaction >/dev/null || need+=(pkexec)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v curl >/dev/null || need+=(curl)
+command -v useradd >/dev/null || need+=(passwd)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest >&2
+fi

@@ -1,0 +1,75 @@
+#!/bin/bash
+# A throwaway systemd for tests and the demo (SPEC §4). Never touches the host root: the machine
+# runs on an overlay of / with a tmpfs upper layer, in its own PID, mount, UTS, IPC, network and
+# cgroup namespaces, so useradd, tmpfiles and units all stay inside it.
+#
+#   machine.sh boot STAGE NAME     boot one; prints its PID (as the host sees PID 1 of the machine)
+#   machine.sh exec PID CMD...     run a command inside it (as root, clean environment)
+#   machine.sh journal PID [ARGS]  its journal
+#   machine.sh stop PID NAME       power it off and remove every trace (cgroups, work dir)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+base=/run/picortex-machines
+
+enter() {
+  local pid=$1; shift
+  nsenter -t "$pid" -m -p -u -i -n -C -r -w \
+    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
+}
+
+case ${1:-} in
+boot)
+  stage=$2 name=$3
+  [ "$(id -u)" = 0 ] || { echo "machine.sh: must run as root (it boots a systemd in namespaces)" >&2; exit 1; }
+  [ -d "$stage" ] || { echo "machine.sh: no staged install at $stage (run: make stage)" >&2; exit 1; }
+  work=$base/$name
+  rm -rf "$work"; mkdir -p "$work/rw" "$work/root"
+  setsid unshare --pid --fork --mount --propagation private --uts --ipc --net \
+    "$here/boot-root.sh" "$work" "$stage" "$name" </dev/null >"$work/console.log" 2>&1 &
+  outer=$!
+  pid=""
+  for _ in $(seq 1 100); do
+    pid=$(pgrep -P "$outer" -x systemd || true)
+    [ -n "$pid" ] && break
+    if ! kill -0 "$outer" 2>/dev/null; then echo "machine.sh: boot failed:" >&2; cat "$work/console.log" >&2; exit 1; fi
+    sleep 0.1
+  done
+  [ -n "$pid" ] || { echo "machine.sh: systemd did not start" >&2; cat "$work/console.log" >&2; exit 1; }
+  echo "$pid" > "$work/pid"
+  for _ in $(seq 1 200); do
+    [ -S "/proc/$pid/root/run/systemd/private" ] && break
+    sleep 0.05
+  done
+  state=$(timeout 90 nsenter -t "$pid" -m -p -u -i -n -C -r -w env -i PATH=/usr/bin:/bin systemctl is-system-running --wait 2>/dev/null || true)
+  case $state in
+    running) ;;
+    *) echo "machine.sh: machine $name is $state after boot:" >&2
+       enter "$pid" systemctl --failed --no-pager >&2 || true ;;
+  esac
+  echo "$pid"
+  ;;
+exec)
+  pid=$2; shift 2
+  enter "$pid" "$@"
+  ;;
+journal)
+  pid=$2; shift 2
+  enter "$pid" journalctl --no-pager -o short-precise "$@"
+  ;;
+stop)
+  pid=$2 name=$3
+  if kill -0 "$pid" 2>/dev/null; then
+    enter "$pid" systemctl poweroff --no-block >/dev/null 2>&1 || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  # The machine's cgroup subtrees (one per hierarchy), deepest first.
+  for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
+    [ -d "$h/$name" ] && find "$h/$name" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  rm -rf "${base:?}/$name"
+  ;;
+*)
+  sed -n '2,12p' "$0" >&2; exit 2 ;;
+esac

@@ -1,0 +1,56 @@
+#!/bin/bash
+# Adds what only tests and the demo need to a staged install: the Linq simulator (as a unit),
+# the stand-in agent, a configuration that points picortexd at them, matching credentials, and
+# masks for units of the host image that have no business in a test machine.
+set -euo pipefail
+stage=$1 targetdir=$2
+install -Dm755 "$targetdir/linq-sim"       "$stage/usr/lib/picortex-test/linq-sim"
+install -Dm755 "$targetdir/claude-standin" "$stage/usr/lib/picortex-test/claude-standin"
+
+secret="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
+token="test-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+install -dm700 "$stage/etc/picortex/credentials" "$stage/etc/linq-sim"
+printf '%s' "$secret" > "$stage/etc/picortex/credentials/linq-webhook-secret"
+printf '%s' "$token"  > "$stage/etc/picortex/credentials/linq-token"
+printf '%s' "$secret" > "$stage/etc/linq-sim/webhook-secret"
+printf '%s' "$token"  > "$stage/etc/linq-sim/token"
+chmod 600 "$stage"/etc/picortex/credentials/* "$stage"/etc/linq-sim/*
+
+cat > "$stage/etc/picortex/picortexd.toml" <<'TOML'
+# Test configuration: Linq is the simulator on loopback, the agent is the stand-in.
+[linq]
+api_base = "http://127.0.0.1:8900/api/partner"
+bot_names = ["Cortex"]
+
+[owner]
+handles = ["+15550002000"]
+
+[turns]
+max_concurrent = 4
+memory_max = "256M"
+runtime_max_s = 60
+
+[agent]
+command = "/usr/lib/picortex-test/claude-standin"
+TOML
+
+mkdir -p "$stage/etc/systemd/system"
+cat > "$stage/etc/systemd/system/linq-sim.service" <<'UNIT'
+[Unit]
+Description=Linq partner API simulator (tests and demo only)
+
+[Service]
+Type=exec
+ExecStart=/usr/lib/picortex-test/linq-sim --api-listen 127.0.0.1:8900 --control-socket /run/linq-sim/control.sock --webhook-url http://127.0.0.1:8470/api/linq/inbound --webhook-secret-file /etc/linq-sim/webhook-secret --token-file /etc/linq-sim/token --bot-handle +15550001000
+ExecStartPost=/bin/sh -c 'for i in $(seq 100); do [ -S /run/linq-sim/control.sock ] && exit 0; sleep 0.05; done; exit 1'
+UNIT
+
+# Units of the host image a test machine must not run.
+masks=(getty@tty1.service console-getty.service serial-getty@ttyS0.service postgresql.service
+       e2scrub_reap.service systemd-timesyncd.service systemd-pstore.service apt-daily.timer
+       apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer man-db.timer
+       docker.service docker.socket containerd.service ssh.service cron.service
+       systemd-networkd-wait-online.service proc-sys-fs-binfmt_misc.automount
+       systemd-binfmt.service sys-fs-fuse-connections.mount)
+mkdir -p "$stage/etc/systemd/system"
+for u in "${masks[@]}"; do ln -sf /dev/null "$stage/etc/systemd/system/$u"; done
