@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use picortex_integration::{chat_tag, json, now_unix, sign, Machine};
 
+
 const OWNER: &str = "+15550002000";
 const T: Duration = Duration::from_secs(60);
 
@@ -118,74 +119,49 @@ fn post_webhook(m: &Machine, headers: &[(&str, String)], body: &str) -> u16 {
     out.trim().parse().expect("status")
 }
 
-fn message_body(event_id: &str, chat: &str, msg: &str, text: &str) -> String {
-    json!({
-        "api_version": "v3", "webhook_version": "2026-02-03", "event_type": "message.received",
-        "event_id": event_id, "created_at": "2026-11-22T14:11:40.433857150Z",
-        "trace_id": "t", "partner_id": "p",
-        "data": {
-            "id": msg, "direction": "inbound", "service": "iMessage", "effect": null, "reply_to": null,
-            "chat": {"id": chat, "is_group": false,
-                     "owner_handle": {"id": "b", "handle": "+15550001000", "is_me": true, "service": "iMessage", "status": "active", "joined_at": "2026-01-01T00:00:00Z", "left_at": null},
-                     "health_status": {"status": "HEALTHY", "doc_url": "x", "updated_at": "2026-11-22T14:11:40Z"}},
-            "sender_handle": {"id": "s", "handle": OWNER, "is_me": false, "service": "iMessage", "status": "active", "joined_at": "2026-01-01T00:00:00Z", "left_at": null},
-            "parts": [{"type": "text", "value": text, "mentions": null}],
-            "sent_at": "2026-11-22T14:11:40Z", "delivered_at": null, "read_at": null
-        }
-    })
-    .to_string()
-}
-
 #[test]
 fn forged_stale_and_replayed_webhooks_are_refused_and_start_nothing() {
     let m = Machine::boot();
     m.start_picortex();
+    let sim = m.sim();
     let secret = m.read("/etc/linq-sim/webhook-secret");
-    let chat = "0f0e0d0c-0000-4000-8000-00000000c4a7";
+
+    // A real message through the simulator: answered once.
+    let first = sim.text(OWNER, None, "once only");
+    let chat = first["chat_id"].as_str().unwrap().to_owned();
+    let event_id = first["event_id"].as_str().unwrap().to_owned();
+    wait_reply(&m, &chat, 1);
+    let deliveries = sim.get(&format!("/control/deliveries?event_id={event_id}"));
+    let body = deliveries[0]["payload"].to_string();
+    assert!(body.contains("once only"), "{body}");
     let headers = |id: &str, ts: i64, sig: String| vec![("webhook-id", id.to_owned()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", sig)];
 
-    // Forged: signed with another key.
-    let body = message_body("e-forged", chat, "m-forged", "forged");
-    let (bad, _) = sign("whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "e-forged", now_unix(), &body);
-    assert_eq!(post_webhook(&m, &headers("e-forged", now_unix(), bad), &body), 401);
-
-    // Stale: correctly signed, 10 minutes old.
-    let body = message_body("e-stale", chat, "m-stale", "stale");
-    let ts = now_unix() - 600;
-    let (sig, _) = sign(&secret, "e-stale", ts, &body);
-    assert_eq!(post_webhook(&m, &headers("e-stale", ts, sig), &body), 401);
-
-    // No signature at all.
-    assert_eq!(post_webhook(&m, &[], &message_body("e-none", chat, "m-none", "none")), 401);
-
-    // A valid one, then the very same request again (a replay).
-    let body = message_body("e-good", chat, "m-good", "once only");
+    // Replayed: the same event, correctly signed (Standard Webhooks, then legacy headers only).
     let ts = now_unix();
-    let (sig, _) = sign(&secret, "e-good", ts, &body);
-    assert_eq!(post_webhook(&m, &headers("e-good", ts, sig.clone()), &body), 200);
-    assert_eq!(post_webhook(&m, &headers("e-good", ts, sig), &body), 409);
-    // Legacy headers only (a proxy stripped webhook-*): accepted, and still a replay.
-    let (_, legacy) = sign(&secret, "e-good", ts, &body);
+    let (sig, legacy) = sign(&secret, &event_id, ts, &body);
+    assert_eq!(post_webhook(&m, &headers(&event_id, ts, sig), &body), 409);
     assert_eq!(post_webhook(&m, &[("X-Webhook-Signature", legacy), ("X-Webhook-Timestamp", ts.to_string())], &body), 409);
 
-    let sim = m.sim();
-    let replies = m.wait_for("the reply to the valid message", T, || {
-        let s = sim.sent(chat);
-        (!s.is_empty()).then_some(s)
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let replies2 = sim.sent(chat);
-    assert_eq!(replies2.len(), 1, "expected exactly one reply: {replies2:?}");
-    assert!(replies[0]["text"].as_str().unwrap_or_default().contains("once only"));
-    let turns = m.journal("SYSLOG_IDENTIFIER=picortex-run -o cat | grep -c 'turn started' || true");
-    assert_eq!(turns.trim(), "1", "rejected webhooks started turns");
+    // Forged: a new event signed with another key.
+    let forged = body.replace(&event_id, "11111111-2222-4333-8444-555555555555").replace("once only", "forged");
+    let (bad, _) = sign("whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "11111111-2222-4333-8444-555555555555", ts, &forged);
+    assert_eq!(post_webhook(&m, &headers("11111111-2222-4333-8444-555555555555", ts, bad), &forged), 401);
+    // Stale: correctly signed, but ten minutes old.
+    let stale_ts = now_unix() - 600;
+    let (sig, _) = sign(&secret, "11111111-2222-4333-8444-555555555555", stale_ts, &forged);
+    assert_eq!(post_webhook(&m, &headers("11111111-2222-4333-8444-555555555555", stale_ts, sig), &forged), 401);
+    // Unsigned.
+    assert_eq!(post_webhook(&m, &[], &forged), 401);
 
     // A redelivery by the simulator (same event, fresh signature) is not processed again.
-    let first = sim.text(OWNER, None, "redelivered");
-    let chat2 = first["chat_id"].as_str().unwrap().to_owned();
-    wait_reply(&m, &chat2, 1);
-    let (st, _) = sim.request("POST", "/control/redeliver", Some(&json!({"event_id": first["event_id"]})));
+    let (st, _) = sim.request("POST", "/control/redeliver", Some(&json!({"event_id": event_id})));
     assert!((200..300).contains(&st));
+
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(sim.sent(&chat2).len(), 1, "redelivered event answered twice");
+    let sent = sim.sent(&chat);
+    assert_eq!(sent.len(), 1, "expected exactly one reply: {sent:?}");
+    let turns = m.journal("SYSLOG_IDENTIFIER=picortex-run | grep -c 'turn started' || true");
+    assert_eq!(turns.trim(), "1", "rejected webhooks started turns");
+    let refusals = m.journal("SYSLOG_IDENTIFIER=picortexd | grep -c 'webhook rejected' || true");
+    assert!(refusals.trim().parse::<u32>().unwrap_or(0) >= 5, "refusals not logged: {refusals}");
 }
