@@ -135,6 +135,7 @@ async fn inbound(
     if !env.is_expected_version() {
         tracing::warn!(version = env.webhook_version.as_deref().unwrap_or("none"), "unexpected webhook payload version; pin ?version=2026-02-03 on the subscription");
     }
+    crate::failpoint::hit("webhook-received");
     let event_id = env.event_id.clone();
     let event_type = env.event_type.clone();
     let span = tracing::info_span!("event", event_id = %event_id, event_type = %event_type, chat = env.data.chat_id().unwrap_or(""));
@@ -154,6 +155,7 @@ async fn inbound(
         match stored {
             Ok(Ingested::Duplicate) => refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again"),
             Ok(Ingested::Stored { turn_id, reason }) => {
+                crate::failpoint::hit("webhook-stored");
                 if let Event::Unknown { .. } = env.data {
                     tracing::info!("unknown event type acknowledged and ignored");
                 }

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod failpoint;
 pub mod gate;
 pub mod http;
 pub mod linq;

@@ -3,7 +3,7 @@
 //! becomes a row in the SQLite log, a queued turn run through the root helper, and a reply sent
 //! back to Linq. See README.md for the whole picture.
 
-use picortexd::{bus, config, http, linq, outbox, store, turns};
+use picortexd::{bus, config, failpoint, http, linq, outbox, store, turns};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,6 +105,7 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         linq::client::LinqClient::new(&cfg.linq.api_base, secrets.linq_token.clone(), Duration::from_secs(cfg.linq.request_timeout_s))
             .context("Linq client")?,
     );
+    failpoint::init(&args.state_dir);
     let results_dir = args.state_dir.join("turns");
     std::fs::create_dir_all(&results_dir).with_context(|| format!("creating {}", results_dir.display()))?;
     let db_path = args.state_dir.join("picortex.db");

@@ -95,10 +95,12 @@ impl Outbox {
             return;
         }
         drop(_g);
+        crate::failpoint::hit("reply-before-send");
         let r = self.linq.send_message(&o.chat_id, &o.text, o.reply_to.as_deref(), &o.idempotency_key).await;
         let _g = span.enter();
         match r {
             Ok(sent) => {
+                crate::failpoint::hit("reply-sent");
                 self.note_sent(&o.chat_id);
                 tracing::info!(linq_message = %sent.message_id, attempts = o.attempts + 1, "reply sent");
                 let (oo, mid) = (o.clone(), sent.message_id.clone());

@@ -199,6 +199,7 @@ impl Turns {
             (L::TASKS_MAX, self.cfg.turns.tasks_max),
             (L::RUNTIME_MAX_USEC, self.cfg.turns.runtime_max_s * 1_000_000),
         ];
+        crate::failpoint::hit("turn-before-start");
         let unit = match self.bus.start_turn(&chat.id, &job.turn_id, req_fd, res_fd, &limits).await.map_err(Failure::bus)? {
             Started::Started(u) => u,
             Started::AlreadyRunning(u) => {
@@ -207,6 +208,7 @@ impl Turns {
             }
         };
         tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
+        crate::failpoint::hit("turn-started");
         {
             let (id, u) = (job.turn_id.clone(), unit.clone());
             self.store.call(move |t| queries::set_turn_status(t, &id, "running", Some(&u))).await.map_err(Failure::store)?;
@@ -220,6 +222,7 @@ impl Turns {
         let give_up = self.cfg.runtime_max() + Duration::from_secs(60);
         match self.bus.wait_unit(&unit, give_up).await {
             Ok(end) => {
+                crate::failpoint::hit("turn-ended");
                 let result = self.read_result(&job.turn_id);
                 self.finish(job, Some(end), result).await;
             }
@@ -300,6 +303,7 @@ impl Turns {
         let (j, f) = (job.clone(), fin.clone());
         match self.store.call(move |t| queries::finish_turn(t, &j, &f, &parts)).await {
             Ok(()) => {
+                crate::failpoint::hit("turn-recorded");
                 let level_ok = fin.outcome == "ok";
                 if level_ok {
                     tracing::info!(outcome = %fin.outcome, cost_usd = fin.cost_usd.unwrap_or(0.0), duration_ms = fin.duration_ms.unwrap_or(0), "turn finished");
