@@ -20,10 +20,12 @@ use tracing::Instrument;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::gate;
-use crate::linq::events::{parse_event, Event, MessageEvent};
+use crate::ingest::Applied;
+use crate::linq::client::LinqClient;
+use crate::linq::events::parse_event;
 use crate::linq::verify::Verifier;
-use crate::store::queries::{self, Inbound, Ingested};
+use crate::store::channel::{self, Member};
+use crate::store::queries::Ingested;
 use crate::store::Store;
 
 pub struct App {
@@ -31,6 +33,7 @@ pub struct App {
     pub verifier: Verifier,
     pub cfg: Arc<Config>,
     pub bus: Arc<Bus>,
+    pub linq: Arc<LinqClient>,
     pub turns_wake: Arc<Notify>,
     pub started: Instant,
 }
@@ -136,37 +139,30 @@ async fn inbound(
         tracing::warn!(version = env.webhook_version.as_deref().unwrap_or("none"), "unexpected webhook payload version; pin ?version=2026-02-03 on the subscription");
     }
     crate::failpoint::hit("webhook-received");
+    if let Err(why) = crate::ingest::validate(&env) {
+        return refuse(StatusCode::BAD_REQUEST, &why);
+    }
     let event_id = env.event_id.clone();
-    let event_type = env.event_type.clone();
-    let span = tracing::info_span!("event", event_id = %event_id, event_type = %event_type, chat = env.data.chat_id().unwrap_or(""));
+    let span = tracing::info_span!("event", event_id = %event_id, event_type = %env.event_type, chat = env.data.chat_id().unwrap_or(""));
     async move {
-        let stored = match &env.data {
-            Event::MessageReceived(m) | Event::MessageSent(m) => {
-                store_message(&app, m, &event_id, &event_type, &rid, text).await
+        let (body, bot_names) = (text.to_owned(), app.cfg.linq.bot_names.clone());
+        let applied = app.store.call(move |t| crate::ingest::apply(t, &env, &rid, &body, &bot_names)).await;
+        match applied {
+            Ok(Applied { ingested: Some(Ingested::Duplicate), .. }) => {
+                refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again")
             }
-            _ => {
-                let (e, t, r, b) = (event_id.clone(), event_type.clone(), rid.clone(), text.to_owned());
-                app.store
-                    .call(move |tx| queries::record_event(tx, &e, &t, &r, &b))
-                    .await
-                    .map(|new| if new { Ingested::Stored { turn_id: None, reason: "recorded".into() } } else { Ingested::Duplicate })
-            }
-        };
-        match stored {
-            Ok(Ingested::Duplicate) => refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again"),
-            Ok(Ingested::Stored { turn_id, reason }) => {
+            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read }) => {
                 crate::failpoint::hit("webhook-stored");
-                if let Event::Unknown { .. } = env.data {
-                    tracing::info!("unknown event type acknowledged and ignored");
-                }
                 if let Some(t) = &turn_id {
                     tracing::info!(turn = %t, gate = %reason, "message stored; turn queued");
                     app.turns_wake.notify_one();
                 } else {
                     tracing::info!(gate = %reason, "event stored; no turn");
                 }
+                app.after_ingest(fetch_details, mark_read);
                 (StatusCode::OK, Json(json!({ "status": "accepted", "event_id": event_id, "turn": turn_id.is_some() }))).into_response()
             }
+            Ok(Applied { ingested: None, .. }) => reject(StatusCode::INTERNAL_SERVER_ERROR, "event not applied"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot store event; answering 503 so Linq retries");
                 reject(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable; retry")
@@ -177,40 +173,39 @@ async fn inbound(
     .await
 }
 
-async fn store_message(
-    app: &App,
-    m: &MessageEvent,
-    event_id: &str,
-    event_type: &str,
-    rid: &str,
-    body: &str,
-) -> Result<Ingested, crate::store::StoreError> {
-    let text = m.text();
-    let d = gate::decide(&gate::Facts {
-        is_group: m.chat.is_group,
-        from_bot: m.is_from_bot(),
-        reconciled: m.is_reconciled(),
-        mentions_bot: m.mentions_bot(),
-        text: &text,
-        bot_names: &app.cfg.linq.bot_names,
-    });
-    let inbound = Inbound {
-        event_id: event_id.to_owned(),
-        event_type: event_type.to_owned(),
-        request_id: rid.to_owned(),
-        body: body.to_owned(),
-        chat_id: m.chat.id.clone(),
-        is_group: m.chat.is_group,
-        bot_handle: m.chat.owner_handle.as_ref().map(|h| h.handle.clone()),
-        sender: m.sender_handle.handle.clone(),
-        linq_id: m.id.clone(),
-        text,
-        reply_to: m.reply_to_id().map(str::to_owned),
-        answer: d.answer,
-        reason: d.reason.to_owned(),
-        answer_if_reply_to_bot: d.answer_if_reply_to_bot,
-    };
-    app.store.call(move |t| queries::ingest_message(t, &inbound)).await
+impl App {
+    /// Side effects towards Linq that must not delay the webhook's answer: read receipts for
+    /// messages the bot will handle, and the details (name, participants) of a new group.
+    fn after_ingest(&self, fetch_details: Option<String>, mark_read: Option<String>) {
+        if let Some(chat) = mark_read {
+            let linq = self.linq.clone();
+            tokio::spawn(async move {
+                if let Err(e) = linq.mark_read(&chat).await {
+                    tracing::debug!(chat = %chat, error = %e, "read receipt not sent");
+                }
+            });
+        }
+        if let Some(chat) = fetch_details {
+            let (linq, store) = (self.linq.clone(), self.store.clone());
+            tokio::spawn(async move {
+                match linq.get_chat(&chat).await {
+                    Ok(c) => {
+                        let members: Vec<Member> = c
+                            .handles
+                            .iter()
+                            .map(|h| Member { handle: h.handle.clone(), is_me: h.is_me(), left: h.left_at.is_some() })
+                            .collect();
+                        let name = c.display_name.clone();
+                        let r = store.call(move |t| channel::chat_details(t, &c.id, c.is_group, name.as_deref(), &members)).await;
+                        if let Err(e) = r {
+                            tracing::warn!(chat = %chat, error = %e, "chat details not stored");
+                        }
+                    }
+                    Err(e) => tracing::info!(chat = %chat, error = %e, "chat details not available from Linq"),
+                }
+            });
+        }
+    }
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod failpoint;
 pub mod gate;
 pub mod http;
+pub mod ingest;
 pub mod linq;
 pub mod outbox;
 pub mod reply;

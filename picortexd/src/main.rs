@@ -122,7 +122,7 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     tokio::spawn(turns.run());
     tokio::spawn(outbox.run());
 
-    let app = Arc::new(http::App { store: store.clone(), verifier, cfg: cfg.clone(), bus: bus.clone(), turns_wake, started });
+    let app = Arc::new(http::App { store: store.clone(), verifier, cfg: cfg.clone(), bus: bus.clone(), linq: linq.clone(), turns_wake, started });
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     tracing::info!(addr = %listener.local_addr()?, "picortexd {} ready", env!("CARGO_PKG_VERSION"));
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);

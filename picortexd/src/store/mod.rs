@@ -3,9 +3,10 @@
 //! transaction and answers them only after the commit (group commit), so every acknowledged write
 //! is durable (`synchronous=FULL`) and a burst of webhooks costs one fsync, not one each.
 //!
-//! The schema is in `schema.sql`; migrations are applied in order at open and recorded in
-//! `PRAGMA user_version`.
+//! The schema is described in `SCHEMA.md`; the migrations (`NNNN_*.sql`) are applied in order at
+//! open, each in its own transaction, and the version is recorded in `PRAGMA user_version`.
 
+pub mod channel;
 pub mod queries;
 
 use std::path::Path;
@@ -28,7 +29,7 @@ pub enum StoreError {
 }
 
 /// Migrations, in order. Index + 1 is the version a migration brings the database to.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("0001_initial.sql"), include_str!("0002_channel.sql")];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&mut Transaction<'_>) -> Done + Send>;

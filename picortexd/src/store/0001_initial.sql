@@ -1,5 +1,5 @@
--- picortex canonical log (SPEC D1), schema version 1. The one place the schema is written down;
--- store/mod.rs applies the migrations in order and records the version in PRAGMA user_version.
+-- picortex canonical log (SPEC D1), migration 1: the initial schema. The current schema as a
+-- whole is described in store/SCHEMA.md; store/mod.rs applies migrations in order.
 -- Times are unix milliseconds. Linq ids are kept verbatim.
 
 -- Every webhook we accepted, verbatim, keyed by Linq's event id: the replay guard and the record.
