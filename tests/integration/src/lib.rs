@@ -234,3 +234,173 @@ pub fn sign(secret: &str, id: &str, ts: i64, body: &str) -> (String, String) {
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
+
+// ---- crash and outage tests (tests/crash.rs, tests/outage.rs) ----
+
+/// Marker picortexd leaves when an armed crash point fired (picortexd/src/failpoint.rs).
+pub const FAILPOINT_MARKER: &str = "/var/lib/picortex/failpoint.fired";
+
+impl Machine {
+    /// Put `[Service]` lines into a runtime drop-in `name` of picortexd.service and reload;
+    /// they apply from its next start.
+    pub fn gateway_dropin(&self, name: &str, lines: &str) {
+        self.ok(&format!(
+            "mkdir -p /run/systemd/system/picortexd.service.d && printf '[Service]\\n%s\\n' '{lines}' > /run/systemd/system/picortexd.service.d/{name}.conf && systemctl daemon-reload"
+        ));
+    }
+
+    /// Arm crash point `point`: picortexd SIGKILLs itself the first time it gets there.
+    pub fn arm_failpoint(&self, point: &str) {
+        self.gateway_dropin("50-failpoint", &format!("Environment=PICORTEX_FAILPOINT={point}"));
+        self.rearm_failpoint();
+    }
+
+    /// Let the armed point fire once more (the marker stops a restarted process crashing again).
+    pub fn rearm_failpoint(&self) {
+        self.ok(&format!("rm -f {FAILPOINT_MARKER}"));
+    }
+
+    pub fn failpoint_fired(&self) -> bool {
+        self.path(FAILPOINT_MARKER).exists()
+    }
+
+    /// picortexd.service's current invocation (changes on every start); empty when never started.
+    pub fn gateway_invocation(&self) -> String {
+        self.ok("systemctl show -P InvocationID picortexd.service").trim().to_owned()
+    }
+
+    /// Wait until picortexd runs again under an invocation other than `before`.
+    pub fn wait_gateway_restarted(&self, before: &str, timeout: Duration) -> String {
+        self.wait_for("picortexd to be started again", timeout, || {
+            let now = self.gateway_invocation();
+            let up = self.sh("systemctl is-active picortexd.service").stdout.trim() == "active";
+            (up && !now.is_empty() && now != before).then_some(now)
+        })
+    }
+
+    /// A query on the gateway's database, run as its owner (never as root, which would leave
+    /// root-owned -wal/-shm files behind). Rows come back '|'-separated, one per line.
+    pub fn sql(&self, query: &str) -> String {
+        std::fs::write(self.path("/tmp/query.sql"), query).expect("write query");
+        self.ok("chmod 644 /tmp/query.sql && setpriv --reuid=picortex --regid=picortex --clear-groups sqlite3 -bail -cmd '.timeout 5000' /var/lib/picortex/picortex.db < /tmp/query.sql")
+            .trim()
+            .to_owned()
+    }
+
+    /// A query answering one integer.
+    pub fn sql_n(&self, query: &str) -> i64 {
+        let s = self.sql(query);
+        s.parse().unwrap_or_else(|_| panic!("{query}: not a number: {s:?}"))
+    }
+
+    /// Wait until the simulator has no webhook delivery left to retry.
+    pub fn wait_deliveries_settled(&self, timeout: Duration) {
+        let sim = self.sim();
+        self.wait_for("every webhook delivery settled", timeout, || {
+            let d = sim.get("/control/deliveries");
+            let pending = d.as_array().map(|a| a.iter().filter(|d| d["state"] == "pending").count()).unwrap_or(0);
+            (pending == 0).then_some(())
+        });
+    }
+
+    /// Turn units systemd still has loaded (the gateway releases each one after recording it).
+    pub fn loaded_turn_units(&self) -> Vec<String> {
+        self.ok("systemctl list-units --all --plain --no-legend 'picortex-turn-*' | awk '{print $1}'")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Sim {
+    /// Set fault injection fields (`api`, `api_delay_ms`, `api_down`, `duplicate_deliveries`).
+    pub fn faults(&self, f: Value) -> Value {
+        self.post("/control/faults", f)
+    }
+
+    pub fn clear_faults(&self) {
+        let (st, v) = self.request("DELETE", "/control/faults", None);
+        assert!((200..300).contains(&st), "DELETE /control/faults -> {st}: {v}");
+    }
+
+    /// Set run-time config (`retry_base_ms`, `echo_outbound`, `webhook_url`).
+    pub fn config(&self, c: Value) -> Value {
+        self.post("/control/config", c)
+    }
+
+    /// The partner API calls the simulator answered, oldest first.
+    pub fn calls(&self, path_prefix: &str, method: &str) -> Vec<Value> {
+        match self.get(&format!("/control/calls?path_prefix={path_prefix}&method={method}")) {
+            Value::Array(v) => v,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An inbound message a test expects the bot to answer exactly once.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub chat_id: String,
+    pub message_id: String,
+    pub text: String,
+}
+
+/// What the simulator's record says about a set of expected answers.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub messages: usize,
+    /// Inbound messages with no reply.
+    pub lost: usize,
+    /// Replies beyond the first to one message, plus replies to nothing we sent.
+    pub duplicated: usize,
+    /// Replies that do not quote their message, or chats answered out of order.
+    pub wrong: Vec<String>,
+}
+
+impl Tally {
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.wrong.is_empty()
+    }
+}
+
+/// Check, against the simulator's record of what the bot sent, that every expected message was
+/// answered exactly once, in its thread (`reply_to`), by the stand-in quoting that very message,
+/// and that each chat's answers came in the order its messages did.
+pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
+    let mut t = Tally { messages: expected.len(), ..Default::default() };
+    let mut chats: Vec<&str> = expected.iter().map(|e| e.chat_id.as_str()).collect();
+    chats.sort();
+    chats.dedup();
+    for chat in chats {
+        let sent = sim.sent(chat);
+        let mine: Vec<&Expected> = expected.iter().filter(|e| e.chat_id == chat).collect();
+        let mut order = Vec::new();
+        for e in &mine {
+            let replies: Vec<(usize, &Value)> =
+                sent.iter().enumerate().filter(|(_, s)| s["reply_to"].as_str() == Some(e.message_id.as_str())).collect();
+            match replies.len() {
+                0 => t.lost += 1,
+                n => t.duplicated += n - 1,
+            }
+            for (_, r) in &replies {
+                let text = r["text"].as_str().unwrap_or_default();
+                if !text.contains(&format!("you said \"{}\"", e.text)) {
+                    t.wrong.push(format!("reply to {:?} does not quote it: {text:?}", e.text));
+                }
+            }
+            if let Some((i, _)) = replies.first() {
+                order.push(*i);
+            }
+        }
+        if order.windows(2).any(|w| w[0] > w[1]) {
+            t.wrong.push(format!("chat {chat} answered out of order"));
+        }
+        let known: Vec<&str> = mine.iter().map(|e| e.message_id.as_str()).collect();
+        let stray = sent.iter().filter(|s| !s["reply_to"].as_str().is_some_and(|r| known.contains(&r))).count();
+        if stray > 0 {
+            t.wrong.push(format!("chat {chat}: {stray} bot message(s) answering nothing expected"));
+            t.duplicated += stray;
+        }
+    }
+    t
+}

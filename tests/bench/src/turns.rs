@@ -1,0 +1,278 @@
+//! Turn benchmarks, all timed on the simulator's clock: from the moment the gateway's 2xx for the
+//! `message.received` webhook reached the simulator to the moment the bot's reply reached it.
+//!
+//! A reply is matched to its inbound message by `reply_to` when the gateway threads it, and
+//! otherwise by position: a chat's turns run strictly in order, so the k-th new bot message of a
+//! chat answers the k-th message sent to it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_like::join_all;
+use serde::Serialize;
+
+use crate::sim::{Msg, Sent, Sim};
+
+/// One measured turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub chat_id: String,
+    pub event_id: String,
+    pub message_id: String,
+    /// Gateway's 2xx → reply at the simulator, ms.
+    pub overhead_ms: f64,
+    /// How long the webhook POST took (simulator's view), ms.
+    pub webhook_ms: u64,
+}
+
+pub fn is_answer(text: &str) -> bool {
+    text.starts_with("standin:")
+}
+
+/// The reply to `sent` among a chat's bot messages, given how many there were before it was sent.
+fn find_reply<'a>(msgs: &'a [Msg], sent: &Sent, before: usize) -> Option<&'a Msg> {
+    msgs.iter()
+        .find(|m| m.reply_to.as_deref() == Some(sent.message_id.as_str()))
+        .or_else(|| msgs.get(before).filter(|m| m.reply_to.is_none()))
+}
+
+/// Send one message and wait for its reply; poll the simulator every `poll`.
+pub async fn one(sim: &Sim, from: &str, chat_id: Option<&str>, text: &str, timeout: Duration, poll: Duration) -> anyhow::Result<Sample> {
+    let before = match chat_id {
+        Some(c) => sim.sent(Some(c)).await?.len(),
+        None => 0,
+    };
+    let sent = sim.inbound(from, chat_id, text).await?;
+    if !sent.status.is_some_and(|s| (200..300).contains(&s)) {
+        bail!("webhook for {text:?} answered {:?}", sent.status);
+    }
+    let end = Instant::now() + timeout;
+    let reply = loop {
+        let msgs = sim.sent(Some(&sent.chat_id)).await?;
+        if let Some(m) = find_reply(&msgs, &sent, before) {
+            break m.clone();
+        }
+        if Instant::now() > end {
+            bail!("no reply to {text:?} in chat {} after {timeout:?}", sent.chat_id);
+        }
+        tokio::time::sleep(poll).await;
+    };
+    if !is_answer(&reply.text) {
+        bail!("reply to {text:?} is not the agent's answer: {:?}", reply.text);
+    }
+    let (accepted, webhook_ms) = sim.accepted_at(&sent.event_id).await?;
+    Ok(Sample {
+        chat_id: sent.chat_id,
+        event_id: sent.event_id,
+        message_id: sent.message_id,
+        overhead_ms: (reply.created_ns - accepted) as f64 / 1e6,
+        webhook_ms,
+    })
+}
+
+/// A chat the benchmark talks in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chat {
+    pub handle: String,
+    pub chat_id: String,
+}
+
+pub struct SeqOutcome {
+    pub samples: Vec<Sample>,
+    pub errors: Vec<String>,
+    pub chats: Vec<Chat>,
+}
+
+/// Warm up `n_chats` chats (their first turn provisions them, then `warm_rounds` more turns
+/// each), then `n` turns one at a time, round robin.
+pub async fn sequential(sim: &Sim, handles: &[String], warm_rounds: usize, n: usize, budget: Duration) -> anyhow::Result<SeqOutcome> {
+    let poll = Duration::from_millis(2);
+    let t_end = Instant::now() + budget;
+    let mut chats = Vec::new();
+    for h in handles {
+        let s = one(sim, h, None, "hello from the benchmark (warm-up)", Duration::from_secs(60), poll)
+            .await
+            .with_context(|| format!("warm-up of the chat with {h}"))?;
+        chats.push(Chat { handle: h.clone(), chat_id: s.chat_id });
+    }
+    for r in 0..warm_rounds {
+        for c in &chats {
+            one(sim, &c.handle, Some(&c.chat_id), &format!("warm-up round {r}"), Duration::from_secs(60), poll)
+                .await
+                .context("warm-up turn")?;
+        }
+    }
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..n {
+        if Instant::now() > t_end {
+            errors.push(format!("time budget of {budget:?} spent after {i} turns"));
+            break;
+        }
+        let c = &chats[i % chats.len()];
+        match one(sim, &c.handle, Some(&c.chat_id), &format!("benchmark turn {i}"), Duration::from_secs(30), poll).await {
+            Ok(s) => samples.push(s),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    Ok(SeqOutcome { samples, errors, chats })
+}
+
+/// First messages of new chats, one at a time.
+pub async fn cold(sim: &Sim, handles: &[String], budget: Duration) -> SeqOutcome {
+    let poll = Duration::from_millis(2);
+    let t_end = Instant::now() + budget;
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    let mut chats = Vec::new();
+    for (i, h) in handles.iter().enumerate() {
+        if Instant::now() > t_end {
+            errors.push(format!("time budget of {budget:?} spent after {i} chats"));
+            break;
+        }
+        match one(sim, h, None, &format!("hello, I am new here ({i})"), Duration::from_secs(60), poll).await {
+            Ok(s) => {
+                chats.push(Chat { handle: h.clone(), chat_id: s.chat_id.clone() });
+                samples.push(s);
+            }
+            Err(e) => errors.push(format!("{h}: {e:#}")),
+        }
+    }
+    SeqOutcome { samples, errors, chats }
+}
+
+/// Minimal `join_all` over boxed futures on the current runtime (no futures crate needed).
+mod futures_like {
+    use std::future::Future;
+
+    pub async fn join_all<F, T>(fs: Vec<F>) -> Vec<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            if let Ok(v) = h.await {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
+pub struct ConcOutcome {
+    pub sent: usize,
+    pub answered: usize,
+    pub failures: usize,
+    pub failure_notes: Vec<String>,
+    /// Gateway 2xx → reply, per answered message, ms.
+    pub latencies_ms: Vec<f64>,
+    /// First webhook accepted → last reply received (simulator clock), s.
+    pub makespan_s: f64,
+    /// How long sending all messages took, s.
+    pub send_s: f64,
+    /// Peak VmRSS seen while sampling, and VmHWM at the end, of picortexd (kB).
+    pub rss_peak_sampled_kb: u64,
+}
+
+/// `per_chat` messages to each chat, sent round by round (all chats at once within a round),
+/// each asking the stand-in to take `sleep_s` seconds; then wait for every reply.
+pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64, timeout: Duration, mut sample_rss: impl FnMut() -> u64) -> anyhow::Result<ConcOutcome> {
+    let mut before: HashMap<String, usize> = HashMap::new();
+    for m in chats {
+        before.insert(m.chat_id.clone(), 0);
+    }
+    // How many bot messages each chat had before.
+    for m in sim.sent(None).await? {
+        if let Some(n) = before.get_mut(&m.chat_id) {
+            *n += 1;
+        }
+    }
+    let t_send = Instant::now();
+    let mut sent: HashMap<String, Vec<Sent>> = HashMap::new();
+    let mut notes = Vec::new();
+    let mut n_sent = 0;
+    for r in 0..per_chat {
+        let futs: Vec<_> = chats
+            .iter()
+            .map(|c| {
+                let (sim, c) = (sim.clone(), c.clone());
+                async move {
+                    let text = format!("concurrent message {r} #sleep={sleep_s}");
+                    (c.chat_id.clone(), sim.inbound(&c.handle, Some(&c.chat_id), &text).await)
+                }
+            })
+            .collect();
+        for (chat, res) in join_all(futs).await {
+            match res {
+                Ok(s) if s.status.is_some_and(|st| (200..300).contains(&st)) => {
+                    n_sent += 1;
+                    sent.entry(chat).or_default().push(s);
+                }
+                Ok(s) => notes.push(format!("chat {chat}: webhook answered {:?}", s.status)),
+                Err(e) => notes.push(format!("chat {chat}: sending failed: {e:#}")),
+            }
+        }
+    }
+    let send_s = t_send.elapsed().as_secs_f64();
+    let end = Instant::now() + timeout;
+    let mut rss_peak = 0;
+    let expected = chats.len() * per_chat;
+    let by_chat = loop {
+        rss_peak = rss_peak.max(sample_rss());
+        // Bot messages per chat, in order.
+        let mut by_chat: HashMap<String, Vec<Msg>> = HashMap::new();
+        for m in sim.sent(None).await? {
+            by_chat.entry(m.chat_id.clone()).or_default().push(m);
+        }
+        let got: usize = chats
+            .iter()
+            .map(|c| by_chat.get(&c.chat_id).map(|v| v.len().saturating_sub(before[&c.chat_id])).unwrap_or(0))
+            .sum();
+        if got >= expected || Instant::now() > end {
+            break by_chat;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    rss_peak = rss_peak.max(sample_rss());
+    let mut answered = 0;
+    let mut latencies = Vec::new();
+    let mut first_acc = i128::MAX;
+    let mut last_reply = i128::MIN;
+    for c in chats {
+        let empty = Vec::new();
+        let msgs = by_chat.get(&c.chat_id).unwrap_or(&empty);
+        let b = before[&c.chat_id];
+        let new: Vec<&Msg> = msgs.iter().skip(b).collect();
+        for (k, s) in sent.get(&c.chat_id).map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+            let reply = new
+                .iter()
+                .find(|m| m.reply_to.as_deref() == Some(s.message_id.as_str()))
+                .or_else(|| new.get(k).filter(|m| m.reply_to.is_none()));
+            match reply {
+                Some(m) if is_answer(&m.text) => {
+                    answered += 1;
+                    if let Ok((acc, _)) = sim.accepted_at(&s.event_id).await {
+                        latencies.push((m.created_ns - acc) as f64 / 1e6);
+                        first_acc = first_acc.min(acc);
+                    }
+                    last_reply = last_reply.max(m.created_ns);
+                }
+                Some(m) => notes.push(format!("chat {}: message {k} answered with {:?}", c.chat_id, m.text)),
+                None => notes.push(format!("chat {}: message {k} got no reply", c.chat_id)),
+            }
+        }
+    }
+    Ok(ConcOutcome {
+        sent: n_sent,
+        answered,
+        failures: expected - answered,
+        failure_notes: notes,
+        latencies_ms: latencies,
+        makespan_s: if last_reply > first_acc { (last_reply - first_acc) as f64 / 1e9 } else { f64::NAN },
+        send_s,
+        rss_peak_sampled_kb: rss_peak,
+    })
+}
