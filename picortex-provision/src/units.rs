@@ -46,6 +46,8 @@ pub enum Prop {
     Ips(Vec<(i32, Vec<u8>, u32)>),
     /// LogExtraFields: "FIELD=value" entries as byte arrays
     Bytes(Vec<Vec<u8>>),
+    /// LoadCredential: (id, path) pairs
+    Pairs(Vec<(String, String)>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +126,20 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
 /// The transient service for one turn. Resource limits live on the chat's slice (see
 /// `slice_properties`); this carries the sandbox, the runtime cap and the command.
 pub fn turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits: &Limits) -> Vec<(&'static str, Prop)> {
+    let mut props = base_turn_properties(acct, chat, turn, limits);
+    // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
+    // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
+    if std::path::Path::new(API_KEY_PATH).is_file() {
+        props.push(("LoadCredential", Prop::Pairs(vec![(API_KEY_CREDENTIAL.to_owned(), API_KEY_PATH.to_owned())])));
+    }
+    props
+}
+
+/// Where the operator puts the Anthropic API key (root, 0600).
+pub const API_KEY_PATH: &str = "/etc/picortex/credentials/anthropic-api-key";
+pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
+
+fn base_turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits: &Limits) -> Vec<(&'static str, Prop)> {
     vec![
         ("Description", Prop::Str(format!("picortex turn {turn} for chat {}", acct.tag))),
         ("Type", s("exec")),
@@ -201,6 +217,7 @@ fn to_variant(p: &Prop) -> zbus::Result<OwnedVariant> {
         Prop::FlagStrs(b, x) => Variant::from((*b, x.clone())),
         Prop::Ips(x) => Variant::from(x.clone()),
         Prop::Bytes(x) => Variant::from(x.clone()),
+        Prop::Pairs(x) => Variant::from(x.clone()),
     };
     OwnedVariant::try_from(v).map_err(zbus::Error::from)
 }

@@ -56,11 +56,30 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
         argv.extend(["--append-system-prompt".into(), s.clone()]);
     }
     argv.extend(config.extra_args.iter().cloned());
+    if let Some(settings) = credential_settings(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref()) {
+        argv.extend(["--settings".into(), settings]);
+    }
     match session {
         SessionArg::New(id) => argv.extend(["--session-id".into(), id.clone()]),
         SessionArg::Resume(id) => argv.extend(["--resume".into(), id.clone()]),
     }
     argv
+}
+
+/// The systemd credential holding the Anthropic API key, if the turn unit was given one.
+pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
+
+/// `--settings` for the agent when the turn has the API key as a systemd credential (SPEC T2):
+/// the CLI's `apiKeyHelper` reads it from the unit's credentials directory when it needs it, so
+/// the key is never in an environment, an argv, or a file in the chat's home.
+pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
+    let dir = credentials_dir?;
+    let safe = dir.starts_with('/') && dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-@".contains(&b));
+    let path = format!("{dir}/{API_KEY_CREDENTIAL}");
+    if !safe || !std::path::Path::new(&path).is_file() {
+        return None;
+    }
+    Some(serde_json::json!({ "apiKeyHelper": format!("cat '{path}'") }).to_string())
 }
 
 /// Variables passed through from picortex-run's own environment when set: systemd's
@@ -221,6 +240,21 @@ fn tee_stderr(mut r: impl Read) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_api_key_reaches_the_agent_only_through_its_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_owned();
+        assert_eq!(credential_settings(Some(&d)), None, "no credential, no settings");
+        std::fs::write(dir.path().join(API_KEY_CREDENTIAL), "sk-test").unwrap();
+        let s = credential_settings(Some(&d)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["apiKeyHelper"], format!("cat '{d}/{API_KEY_CREDENTIAL}'"));
+        assert!(!s.contains("sk-test"), "the key itself must not be in argv");
+        assert_eq!(credential_settings(Some("relative/dir")), None);
+        assert_eq!(credential_settings(Some("/tmp/it's")), None);
+        assert_eq!(credential_settings(None), None);
+    }
     use super::*;
     use picortex_proto::ids::ChatTag;
     use std::path::PathBuf;

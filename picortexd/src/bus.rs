@@ -31,13 +31,14 @@ fn helper_err(e: zbus::Error) -> BusError {
     match &e {
         zbus::Error::MethodError(name, msg, _) => {
             let msg = msg.clone().unwrap_or_default();
+            // The helper answers only AccessDenied, InvalidArgs, FileExists or Failed; any other
+            // error comes from the bus (cannot activate it, no reply, gone) and means it is
+            // not available.
             match name.as_str() {
                 "org.freedesktop.DBus.Error.AccessDenied" => BusError::Denied(msg),
-                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NoReply"
-                | "org.freedesktop.DBus.Error.Spawn.ChildExited" | "org.freedesktop.DBus.Error.TimedOut" => {
-                    BusError::Unavailable(format!("{name}: {msg}"))
-                }
-                _ => BusError::Helper(format!("{name}: {msg}")),
+                "org.freedesktop.DBus.Error.Failed" | "org.freedesktop.DBus.Error.InvalidArgs"
+                | "org.freedesktop.DBus.Error.FileExists" => BusError::Helper(format!("{name}: {msg}")),
+                _ => BusError::Unavailable(format!("{name}: {msg}")),
             }
         }
         _ => BusError::Unavailable(e.to_string()),

@@ -1,1 +1,350 @@
-fn main() {}
+//! picortex-bench: the benchmarks of `make bench`. tests/bench/run.sh boots a throwaway systemd
+//! with the staged install and runs this binary inside it (its network namespace, as root); it
+//! talks to picortexd on 127.0.0.1:8470 and to the Linq simulator's control socket, and prints a
+//! table, one `BENCH <name> <value> <unit>` line per figure, and a JSON report.
+//!
+//! Phases, in order (each bounded in count and time):
+//! 1. turns    — warm-up (provisions a few chats), then N sequential turns, zero-time agent:
+//!               turn_overhead_p50_ms / _p99_ms (gateway 2xx → reply at the simulator).
+//! 2. floor    — the same agent via `systemd-run --wait --pipe -p User=…`: systemd_run_floor_p50_ms,
+//!               turn_overhead_ratio.
+//! 3. cold     — first messages of new chats (provisioning + first turn): cold_chat_p50_ms / _p99_ms.
+//! 4. concurrent — the cold chats × M messages with a 2 s agent, sent at once: concurrent_failures,
+//!               gateway_peak_rss_mb.
+//! 5. ingest   — signed webhooks that start no turn, many keep-alive connections:
+//!               ingest_webhooks_per_s, ingest_errors.
+
+mod floor;
+mod http;
+mod ingest;
+mod sim;
+mod stats;
+mod turns;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::sim::Sim;
+use crate::stats::Summary;
+
+struct Opts {
+    json: PathBuf,
+    sim_sock: PathBuf,
+    gateway: String,
+    secret_file: PathBuf,
+    phases: Vec<String>,
+    turn_chats: usize,
+    warm_rounds: usize,
+    turns: usize,
+    floor_runs: usize,
+    cold_chats: usize,
+    conc_msgs: usize,
+    conc_sleep: f64,
+    conc_timeout_s: u64,
+    ingest_secs: f64,
+    ingest_warmup: f64,
+    ingest_conns: usize,
+    max_concurrent: Option<usize>,
+}
+
+const USAGE: &str = "usage: picortex-bench [--json PATH] [--phases turns,floor,cold,concurrent,ingest]
+  [--turn-chats 5] [--warm-rounds 2] [--turns 200] [--floor-runs 200] [--cold-chats 50]
+  [--conc-msgs 4] [--conc-sleep 2] [--conc-timeout 240] [--ingest-secs 10] [--ingest-warmup 1]
+  [--ingest-conns 64] [--max-concurrent N (reported only)] [--sim-sock PATH] [--gateway ADDR]
+  [--secret-file PATH]
+Runs inside the machine tests/bench/run.sh boots; see that script.";
+
+fn parse_args() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        json: "/tmp/bench.json".into(),
+        sim_sock: "/run/linq-sim/control.sock".into(),
+        gateway: "127.0.0.1:8470".into(),
+        secret_file: "/etc/picortex/credentials/linq-webhook-secret".into(),
+        phases: ["turns", "floor", "cold", "concurrent", "ingest"].map(String::from).to_vec(),
+        turn_chats: 5,
+        warm_rounds: 2,
+        turns: 200,
+        floor_runs: 200,
+        cold_chats: 50,
+        conc_msgs: 4,
+        conc_sleep: 2.0,
+        conc_timeout_s: 240,
+        ingest_secs: 10.0,
+        ingest_warmup: 1.0,
+        ingest_conns: 64,
+        max_concurrent: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--json" => o.json = v()?.into(),
+            "--sim-sock" => o.sim_sock = v()?.into(),
+            "--gateway" => o.gateway = v()?,
+            "--secret-file" => o.secret_file = v()?.into(),
+            "--phases" => o.phases = v()?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            "--turn-chats" => o.turn_chats = v()?.parse()?,
+            "--warm-rounds" => o.warm_rounds = v()?.parse()?,
+            "--turns" => o.turns = v()?.parse()?,
+            "--floor-runs" => o.floor_runs = v()?.parse()?,
+            "--cold-chats" => o.cold_chats = v()?.parse()?,
+            "--conc-msgs" => o.conc_msgs = v()?.parse()?,
+            "--conc-sleep" => o.conc_sleep = v()?.parse()?,
+            "--conc-timeout" => o.conc_timeout_s = v()?.parse()?,
+            "--ingest-secs" => o.ingest_secs = v()?.parse()?,
+            "--ingest-warmup" => o.ingest_warmup = v()?.parse()?,
+            "--ingest-conns" => o.ingest_conns = v()?.parse()?,
+            "--max-concurrent" => o.max_concurrent = Some(v()?.parse()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    for p in &o.phases {
+        if !["turns", "floor", "cold", "concurrent", "ingest"].contains(&p.as_str()) {
+            bail!("unknown phase {p:?}");
+        }
+    }
+    Ok(o)
+}
+
+/// Handles of the benchmark's people: `+1555<kind:3><i:4>`. run.sh lists the same ones as owner
+/// handles in the machine's configuration, so a quarantine of strangers' chats never applies.
+pub fn handle(kind: u32, i: usize) -> String {
+    format!("+1555{kind:03}{i:04}")
+}
+
+#[derive(Serialize, Clone)]
+struct Metric {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    /// e.g. ">= 5000"
+    target: Option<String>,
+    met: Option<bool>,
+    what: &'static str,
+}
+
+struct Report {
+    metrics: Vec<Metric>,
+    details: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn add(&mut self, name: &'static str, value: f64, unit: &'static str, target: Option<(&str, f64)>, what: &'static str) {
+        let met = target.map(|(op, t)| match op {
+            ">=" => value >= t,
+            "<=" => value <= t,
+            _ => value == t,
+        });
+        self.metrics.push(Metric { name, value, unit, target: target.map(|(op, t)| format!("{op} {t}")), met, what });
+    }
+}
+
+/// picortexd's main PID and (VmRSS, VmHWM) in kB, read from /proc inside the machine.
+fn gateway_mem() -> Option<(u32, u64, u64)> {
+    let out = Command::new("systemctl").args(["show", "-P", "MainPID", "picortexd.service"]).output().ok()?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    if pid == 0 {
+        return None;
+    }
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |k: &str| {
+        st.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((pid, kb("VmRSS:"), kb("VmHWM:")))
+}
+
+fn chat_tag(chat_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(chat_id.as_bytes()))[..8].to_owned()
+}
+
+fn note(s: &str) {
+    eprintln!("[bench {:>7.1}s] {s}", START.with(|t| t.elapsed().as_secs_f64()));
+}
+
+thread_local! {
+    static START: Instant = Instant::now();
+}
+
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn main() -> anyhow::Result<()> {
+    START.with(|_| ());
+    let o = parse_args()?;
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(o))
+}
+
+async fn run(o: Opts) -> anyhow::Result<()> {
+    let sim = Sim { sock: o.sim_sock.clone() };
+    let t_wait = Instant::now();
+    let health = loop {
+        match sim.get("/control/health").await {
+            Ok(v) => break v,
+            Err(e) if t_wait.elapsed() > Duration::from_secs(15) => return Err(e.context("the simulator does not answer")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let bot = health.get("bot_handle").and_then(Value::as_str).unwrap_or("+15550001000").to_owned();
+    let mut rep = Report { metrics: Vec::new(), details: serde_json::Map::new() };
+    let has = |p: &str| o.phases.iter().any(|x| x == p);
+    let mut turn_p50 = None;
+    let mut turn_chats: Vec<turns::Chat> = Vec::new();
+    let mut cold_chats: Vec<turns::Chat> = Vec::new();
+
+    if has("turns") {
+        note(&format!("turns: warming up {} chats, then {} sequential turns", o.turn_chats, o.turns));
+        let handles: Vec<String> = (0..o.turn_chats).map(|i| handle(10, i)).collect();
+        let out = turns::sequential(&sim, &handles, o.warm_rounds, o.turns, Duration::from_secs(150)).await?;
+        let s = Summary::of(&out.samples.iter().map(|s| s.overhead_ms).collect::<Vec<_>>());
+        let wh = Summary::of(&out.samples.iter().map(|s| s.webhook_ms as f64).collect::<Vec<_>>());
+        note(&format!("turns: {} measured, {} errors, p50 {:.1} ms", s.n, out.errors.len(), s.p50));
+        rep.add("turn_overhead_p50_ms", r1(s.p50), "ms", None, "warm turn, zero-time agent: gateway's 2xx for message.received → bot reply received by the simulator (simulator clock), p50");
+        rep.add("turn_overhead_p99_ms", r1(s.p99), "ms", None, "same, p99");
+        rep.add("turn_errors", out.errors.len() as f64, "count", Some(("==", 0.0)), "sequential turns that failed or timed out");
+        rep.details.insert("turns".into(), json!({
+            "overhead_ms": s, "webhook_post_ms": wh, "errors": out.errors, "chats": out.chats,
+            "samples": out.samples,
+        }));
+        turn_p50 = Some(s.p50);
+        turn_chats = out.chats;
+    }
+
+    if has("floor") {
+        let c = turn_chats.first().context("the floor phase needs the turns phase (it runs as one of its chat users)")?;
+        let tag = chat_tag(&c.chat_id);
+        let (user, home) = (format!("chat-{tag}"), format!("/var/lib/picortex/chats/{tag}"));
+        note(&format!("floor: {} × systemd-run --wait --pipe -p User={user} claude-standin", o.floor_runs));
+        let runs = o.floor_runs;
+        let (u, h) = (user.clone(), home.clone());
+        let out = tokio::task::spawn_blocking(move || floor::run(&u, &h, runs, Duration::from_secs(120))).await??;
+        let s = Summary::of(&out.wall_ms);
+        note(&format!("floor: {} runs, {} errors, p50 {:.1} ms", s.n, out.errors.len(), s.p50));
+        rep.add("systemd_run_floor_p50_ms", r1(s.p50), "ms", None, "same stand-in via `systemd-run --wait --pipe -p User=<chat user>` from the shell, wall time, p50");
+        if let Some(t) = turn_p50 {
+            rep.add("turn_overhead_ratio", (t / s.p50 * 100.0).round() / 100.0, "x", Some(("<=", 1.5)), "turn_overhead_p50_ms / systemd_run_floor_p50_ms");
+        }
+        rep.details.insert("floor".into(), json!({ "wall_ms": s, "errors": out.errors, "user": out.user, "samples_ms": out.wall_ms }));
+    }
+
+    if has("cold") {
+        note(&format!("cold: first messages of {} new chats, one at a time", o.cold_chats));
+        let handles: Vec<String> = (0..o.cold_chats).map(|i| handle(20, i)).collect();
+        let out = turns::cold(&sim, &handles, Duration::from_secs(150)).await;
+        let s = Summary::of(&out.samples.iter().map(|s| s.overhead_ms).collect::<Vec<_>>());
+        note(&format!("cold: {} measured, {} errors, p50 {:.1} ms", s.n, out.errors.len(), s.p50));
+        rep.add("cold_chat_p50_ms", r1(s.p50), "ms", Some(("<=", 150.0)), "new chat's first message (useradd + home + slice + first turn), 2xx → reply at the simulator, p50");
+        rep.add("cold_chat_p99_ms", r1(s.p99), "ms", None, "same, p99");
+        rep.add("cold_chat_errors", out.errors.len() as f64, "count", Some(("==", 0.0)), "new chats that got no answer");
+        rep.details.insert("cold".into(), json!({ "overhead_ms": s, "errors": out.errors, "samples": out.samples }));
+        cold_chats = out.chats;
+    }
+
+    if has("concurrent") {
+        let chats = if cold_chats.is_empty() { turn_chats.clone() } else { cold_chats.clone() };
+        if chats.is_empty() {
+            bail!("the concurrent phase needs the chats of the cold (or turns) phase");
+        }
+        note(&format!("concurrent: {} chats × {} messages, #sleep={}, sent at once", chats.len(), o.conc_msgs, o.conc_sleep));
+        let before = gateway_mem();
+        let out = turns::concurrent(&sim, &chats, o.conc_msgs, o.conc_sleep, Duration::from_secs(o.conc_timeout_s), || gateway_mem().map(|m| m.1).unwrap_or(0)).await?;
+        let after = gateway_mem();
+        let hwm_kb = after.map(|m| m.2).unwrap_or(0);
+        let lat = Summary::of(&out.latencies_ms);
+        note(&format!("concurrent: {}/{} answered in {:.1} s, VmHWM {} kB", out.answered, out.sent, out.makespan_s, hwm_kb));
+        rep.add("concurrent_failures", out.failures as f64, "count", Some(("==", 0.0)), "of chats × messages with a 2 s agent sent at once: missing replies or replies that are not the agent's answer");
+        rep.add("gateway_peak_rss_mb", r1(hwm_kb as f64 / 1024.0), "MB", Some(("<=", 40.0)), "picortexd VmHWM (/proc/<MainPID>/status) at the end of the concurrent phase (process lifetime peak so far; the ingest phase runs after)");
+        rep.add("concurrent_makespan_s", r1(out.makespan_s), "s", None, "first webhook accepted → last reply received, concurrent phase");
+        rep.add("concurrent_latency_p50_ms", r1(lat.p50), "ms", None, "per message in the concurrent phase, 2xx → reply (includes queueing behind the chat's earlier turns and the 2 s agent)");
+        rep.details.insert("concurrent".into(), json!({
+            "chats": chats.len(), "messages_per_chat": o.conc_msgs, "agent_sleep_s": o.conc_sleep,
+            "max_concurrent": o.max_concurrent, "sent": out.sent, "answered": out.answered,
+            "failures": out.failures, "failure_notes": out.failure_notes, "latency_ms": lat,
+            "makespan_s": out.makespan_s, "send_s": out.send_s,
+            "gateway_before": before.map(|m| json!({"pid": m.0, "vmrss_kb": m.1, "vmhwm_kb": m.2})),
+            "gateway_after": after.map(|m| json!({"pid": m.0, "vmrss_kb": m.1, "vmhwm_kb": m.2})),
+            "rss_peak_sampled_kb": out.rss_peak_sampled_kb,
+        }));
+    }
+
+    if has("ingest") {
+        let chat = turn_chats.first().or(cold_chats.first()).map(|c| c.chat_id.clone());
+        let chat = match chat {
+            Some(c) => c,
+            None => sim.inbound(&handle(30, 0), None, "hello (ingest setup)").await?.chat_id,
+        };
+        let secret = std::fs::read_to_string(&o.secret_file).with_context(|| format!("reading {}", o.secret_file.display()))?;
+        note(&format!("ingest: {} keep-alive connections, {} s (+{} s warm-up) of signed message.delivered webhooks", o.ingest_conns, o.ingest_secs, o.ingest_warmup));
+        let before = gateway_mem();
+        let out = ingest::run(ingest::Params {
+            addr: o.gateway.clone(),
+            secret,
+            chat_id: chat,
+            bot_handle: bot.clone(),
+            connections: o.ingest_conns,
+            warmup: Duration::from_secs_f64(o.ingest_warmup),
+            duration: Duration::from_secs_f64(o.ingest_secs),
+        })
+        .await?;
+        let after = gateway_mem();
+        note(&format!("ingest: {:.0}/s, {} errors, p99 {:.1} ms", out.rate, out.errors, out.latency_ms.p99));
+        rep.add("ingest_webhooks_per_s", out.rate.round(), "1/s", Some((">=", 5000.0)), "signed message.delivered webhooks (no turn), unique event ids, each durable before its 2xx, answered 2xx per second, sustained");
+        rep.add("ingest_errors", out.errors as f64, "count", Some(("==", 0.0)), "non-2xx answers or connection errors during the ingest phase (warm-up included)");
+        rep.add("ingest_p99_ms", (out.latency_ms.p99 * 100.0).round() / 100.0, "ms", None, "per-request latency at that load, p99");
+        rep.add("ingest_gateway_peak_rss_mb", r1(after.map(|m| m.2).unwrap_or(0) as f64 / 1024.0), "MB", None, "picortexd VmHWM after the ingest phase");
+        rep.details.insert("ingest".into(), json!({
+            "connections": o.ingest_conns, "seconds": out.seconds, "ok": out.ok, "errors": out.errors,
+            "errors_by_status": out.by_status.iter().map(|(k, v)| json!({"status": k, "count": v})).collect::<Vec<_>>(),
+            "latency_ms": out.latency_ms, "loadgen_cpu_cores": out.loadgen_cpu,
+            "gateway_before": before.map(|m| json!({"pid": m.0, "vmrss_kb": m.1, "vmhwm_kb": m.2})),
+            "gateway_after": after.map(|m| json!({"pid": m.0, "vmrss_kb": m.1, "vmhwm_kb": m.2})),
+        }));
+    }
+
+    print_report(&rep);
+    let doc = json!({
+        "schema": 1,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "config": { "max_concurrent": o.max_concurrent, "turn_chats": o.turn_chats, "turns": o.turns,
+                    "floor_runs": o.floor_runs, "cold_chats": o.cold_chats, "conc_msgs": o.conc_msgs,
+                    "conc_sleep_s": o.conc_sleep, "ingest_secs": o.ingest_secs, "ingest_conns": o.ingest_conns },
+        "metrics": rep.metrics.iter().map(|m| (m.name.to_owned(), json!(m))).collect::<serde_json::Map<_, _>>(),
+        "details": rep.details,
+    });
+    std::fs::write(&o.json, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", o.json.display()))?;
+    Ok(())
+}
+
+fn print_report(rep: &Report) {
+    println!();
+    println!("{:<28} {:>10} {:<6} {:<10} {}", "metric", "value", "unit", "target", "");
+    println!("{}", "-".repeat(64));
+    for m in &rep.metrics {
+        let v = if m.value.fract() == 0.0 && m.value.abs() < 1e12 { format!("{:.0}", m.value) } else { format!("{}", m.value) };
+        let flag = match m.met {
+            Some(true) => "ok",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!("{:<28} {:>10} {:<6} {:<10} {}", m.name, v, m.unit, m.target.as_deref().unwrap_or(""), flag);
+    }
+    println!();
+    for m in &rep.metrics {
+        println!("BENCH {} {} {}", m.name, m.value, m.unit);
+    }
+}

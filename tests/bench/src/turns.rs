@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_like::join_all;
+use self::futures_like::join_all;
 use serde::Serialize;
 
 use crate::sim::{Msg, Sent, Sim};
