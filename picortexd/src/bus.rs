@@ -147,6 +147,17 @@ impl Bus {
         }
     }
 
+    /// Every turn unit systemd has loaded (running, or kept after its end until released).
+    pub async fn turn_units(&self) -> Result<Vec<String>, BusError> {
+        let c = self.conn().await?;
+        let mgr = ManagerProxy::new(c).await.map_err(|e| BusError::Systemd(e.to_string()))?;
+        let units = mgr
+            .list_units_by_patterns(vec![], vec!["picortex-turn-*.service".to_owned()])
+            .await
+            .map_err(|e| BusError::Systemd(e.to_string()))?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    }
+
     /// Wait until the unit's main process is done (active+exited under RemainAfterExit, or
     /// failed, or inactive with no job pending) and return how it ended. Listens for
     /// PropertiesChanged on the unit, re-reading the state on each one, with a slow poll as a

@@ -93,8 +93,13 @@ pub struct TurnsConfig {
     pub tasks_max: u64,
     /// Longest a turn may run before systemd stops it.
     pub runtime_max_s: u64,
-    /// The agent's `--permission-mode`, pinned on every turn.
+    /// The agent's `--permission-mode`, pinned on every turn (a chat may override it).
     pub permission_mode: String,
+    /// A file whose text is appended to the agent's system prompt on every turn (the owner's
+    /// standing instructions), e.g. /etc/picortex/system-prompt.md.
+    pub system_prompt_file: Option<std::path::PathBuf>,
+    /// Most a chat may spend per UTC day, in USD, as the agent reports its cost; none = no limit.
+    pub daily_budget_usd: Option<f64>,
 }
 
 impl Default for TurnsConfig {
@@ -105,11 +110,13 @@ impl Default for TurnsConfig {
             tasks_max: 256,
             runtime_max_s: 600,
             permission_mode: "default".into(),
+            system_prompt_file: None,
+            daily_budget_usd: None,
         }
     }
 }
 
-const PERMISSION_MODES: &[&str] = &["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"];
+pub const PERMISSION_MODES: &[&str] = &["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"];
 
 /// Parse "512M", "1G", "1073741824" into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -179,6 +186,14 @@ impl Config {
         }
         if !(1..=86400).contains(&self.turns.runtime_max_s) {
             return bad("turns.runtime_max_s", "must be 1..=86400".into());
+        }
+        if let Some(p) = &self.turns.system_prompt_file {
+            if !p.is_absolute() {
+                return bad("turns.system_prompt_file", format!("{} is not an absolute path", p.display()));
+            }
+        }
+        if self.turns.daily_budget_usd.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+            return bad("turns.daily_budget_usd", "must be a positive number of USD".into());
         }
         if !PERMISSION_MODES.contains(&self.turns.permission_mode.as_str()) {
             return bad("turns.permission_mode", format!("must be one of {}", PERMISSION_MODES.join(", ")));

@@ -37,6 +37,7 @@ pub fn for_failure(outcome: &str, cfg: &Config) -> String {
         "out_of_memory" => format!("I ran out of memory (this chat's limit is {}) and had to stop. Try a smaller request?", human_size(cfg.memory_max_bytes())),
         "helper_unavailable" | "helper_denied" => "I can't start work right now: my system helper isn't available. The operator has been told.".into(),
         "unit_failed_to_start" => "I couldn't start the agent for this chat. The operator has been told.".into(),
+        "budget_exhausted" => "This chat has used up today's budget for the AI, so I'll pause until midnight UTC.".into(),
         "interrupted" => "I was interrupted (the server restarted) before I could finish that. Please send it again.".into(),
         "empty_output" => "The agent finished without an answer. Please try again.".into(),
         "bad_output" => "The agent's answer came back garbled, so I dropped it. Please try again.".into(),

@@ -75,6 +75,7 @@ impl Turns {
             }
             Err(e) => tracing::error!(error = %e, "cannot read in-flight turns"),
         }
+        tokio::spawn(self.clone().release_finished());
         loop {
             self.dispatch().await;
             tokio::select! {
@@ -129,29 +130,34 @@ impl Turns {
             Ok(t) => t.unit_name(),
             Err(e) => return self.finish_without_unit(&job, Failure::internal(e.to_string())).await,
         };
-        match self.bus.unit_exists(&unit).await {
-            Ok(true) => self.watch_and_finish(job, unit).await,
-            Ok(false) if job.status == "starting" => {
+        // Only systemd knows whether the unit exists. Until it answers, this chat waits: giving
+        // up here would leave the turn 'starting' (blocking the chat until the next restart),
+        // and guessing could run the turn twice or declare a running one lost.
+        let exists = loop {
+            match self.bus.unit_exists(&unit).await {
+                Ok(e) => break e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask systemd about the turn; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        // A unit that is gone may still have left a complete answer (e.g. it ran, then the
+        // whole system restarted); use it rather than run the turn again or call it lost.
+        let result = if exists { None } else { self.read_result(&job.turn_id) };
+        match exists {
+            true => self.watch_and_finish(job, unit).await,
+            false if result.is_some() => self.finish(job, None, result).await,
+            false if job.status == "starting" => {
                 // Never reached systemd (or vanished before it ran): start it afresh.
                 tracing::info!("turn was not started before the restart; starting it now");
                 if let Err(reason) = self.clone().start_inner(job.clone()).await {
                     self.finish_without_unit(&job, reason).await;
                 }
             }
-            Ok(false) => {
-                // The unit is gone: systemd restarted, or someone released it. The result file
-                // may still hold a complete answer.
-                match self.read_result(&job.turn_id) {
-                    Some(r) => self.finish(job, None, Some(r)).await,
-                    None => self.finish_without_unit(&job, Failure::interrupted()).await,
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot ask systemd about the turn; will retry");
-                let _ = self.store.call({
-                    let id = job.turn_id.clone();
-                    move |t| queries::set_turn_status(t, &id, "starting", None)
-                }).await;
+            false => {
+                // The unit is gone (systemd restarted, or someone released it) with no answer.
+                self.finish_without_unit(&job, Failure::interrupted()).await;
             }
         }
     }
@@ -162,6 +168,14 @@ impl Turns {
             self.store.call(move |t| queries::chat(t, &id)).await.map_err(Failure::store)?
         }
         .ok_or_else(|| Failure::internal("chat row missing".into()))?;
+
+        if let Some(budget) = chat.daily_budget_usd.or(self.cfg.turns.daily_budget_usd) {
+            let (id, since) = (chat.id.clone(), utc_midnight_ms());
+            let spent = self.store.call(move |t| crate::store::channel::spent_since(t, &id, since)).await.map_err(Failure::store)?;
+            if spent >= budget {
+                return Err(Failure { outcome: "budget_exhausted", error: format!("spent ${spent:.4} of ${budget:.2} today (UTC)") });
+            }
+        }
 
         if chat.unix_user.is_none() {
             let (user, uid, home, slice) = self.bus.ensure_chat(&chat.id).await.map_err(Failure::bus)?;
@@ -189,8 +203,8 @@ impl Turns {
             session_id: chat.session_id.clone(),
             resume: chat.session_started,
             prompt: job.prompt.clone(),
-            permission_mode: self.cfg.turns.permission_mode.clone(),
-            append_system_prompt: None,
+            permission_mode: chat.permission_mode.clone().unwrap_or_else(|| self.cfg.turns.permission_mode.clone()),
+            append_system_prompt: self.system_prompt(),
         };
         let req_fd = request_memfd(&request).map_err(|e| Failure::internal(format!("request memfd: {e}")))?;
         let res_fd = self.create_result_file(&job.turn_id).map_err(|e| Failure::internal(format!("result file: {e}")))?;
@@ -291,6 +305,46 @@ impl Turns {
         }
     }
 
+    /// At start-up: release the units, and delete the result files, of turns already recorded
+    /// as done. A gateway killed between recording a turn and releasing its unit leaves both
+    /// behind, and a unit kept by RemainAfterExit stays loaded until someone releases it.
+    async fn release_finished(self: Arc<Self>) {
+        let units = match self.bus.turn_units().await {
+            Ok(u) => u,
+            Err(e) => return tracing::warn!(error = %e, "cannot list turn units; finished ones stay loaded"),
+        };
+        let mut ids: Vec<String> = units.iter().filter_map(|u| TurnId::from_unit_name(u)).map(|t| t.as_str().to_owned()).collect();
+        if let Ok(dir) = std::fs::read_dir(&self.results_dir) {
+            ids.extend(dir.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)));
+        }
+        ids.sort();
+        ids.dedup();
+        let done = self.store.call(move |t| {
+            let mut st = t.prepare("SELECT 1 FROM turns WHERE id = ?1 AND status = 'done'")?;
+            let mut done = Vec::new();
+            for id in ids {
+                if st.exists([&id])? {
+                    done.push(id);
+                }
+            }
+            Ok(done)
+        });
+        let done = match done.await {
+            Ok(d) => d,
+            Err(e) => return tracing::warn!(error = %e, "cannot read finished turns"),
+        };
+        for id in done {
+            let _ = std::fs::remove_file(self.result_path(&id));
+            let Ok(turn) = TurnId::parse(&id) else { continue };
+            if units.contains(&turn.unit_name()) {
+                match self.bus.release_turn(&id).await {
+                    Ok(()) => tracing::info!(turn = %id, "released the unit of a turn finished before the restart"),
+                    Err(e) => tracing::warn!(turn = %id, error = %e, "could not release the turn unit"),
+                }
+            }
+        }
+    }
+
     async fn finish_without_unit(&self, job: &TurnJob, f: Failure) {
         tracing::error!(outcome = f.outcome, error = %f.error, "turn failed");
         let text = reply::for_failure(f.outcome, &self.cfg);
@@ -316,6 +370,27 @@ impl Turns {
             Err(e) => tracing::error!(error = %e, "cannot record the turn's end; it will be resumed after a restart"),
         }
     }
+}
+
+impl Turns {
+    /// The owner's standing instructions, read afresh for each turn so edits apply at once.
+    fn system_prompt(&self) -> Option<String> {
+        let path = self.cfg.turns.system_prompt_file.as_ref()?;
+        let mut text = String::new();
+        match std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_string(&mut text)) {
+            Ok(_) if !text.trim().is_empty() => Some(text),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "system prompt file unreadable; turn runs without it");
+                None
+            }
+        }
+    }
+}
+
+fn utc_midnight_ms() -> i64 {
+    let now = crate::store::now_ms();
+    now - now.rem_euclid(86_400_000)
 }
 
 /// Why a turn could not run; `outcome` is the stored outcome, which picks the reply.

@@ -139,6 +139,15 @@ pub fn needs_details(t: &Connection, chat_id: &str) -> Result<bool, StoreError> 
         .unwrap_or(false))
 }
 
+/// What the chat's finished turns cost since `since_ms` (SPEC T6), as the agent reported it.
+pub fn spent_since(t: &Connection, chat_id: &str, since_ms: i64) -> Result<f64, StoreError> {
+    Ok(t.query_row(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM turns WHERE chat_id = ?1 AND status = 'done' AND finished_at >= ?2",
+        params![chat_id, since_ms],
+        |r| r.get(0),
+    )?)
+}
+
 pub fn set_opted_out(t: &Connection, chat_id: &str, opted_out: bool) -> Result<(), StoreError> {
     t.execute("UPDATE chats SET opted_out = ?2, updated_at = ?3 WHERE id = ?1", params![chat_id, opted_out as i64, now_ms()])?;
     Ok(())

@@ -120,11 +120,14 @@ pub struct Chat {
     pub session_id: String,
     pub session_started: bool,
     pub memory_max: Option<u64>,
+    pub permission_mode: Option<String>,
+    pub daily_budget_usd: Option<f64>,
+    pub archived: bool,
 }
 
 pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
     Ok(t.query_row(
-        "SELECT id, kind, unix_user, home, session_id, session_started, memory_max FROM chats WHERE id = ?1",
+        "SELECT id, kind, unix_user, home, session_id, session_started, memory_max, permission_mode, daily_budget_usd, archived_at IS NOT NULL FROM chats WHERE id = ?1",
         [id],
         |r| {
             Ok(Chat {
@@ -135,6 +138,9 @@ pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
                 session_id: r.get(4)?,
                 session_started: r.get::<_, i64>(5)? != 0,
                 memory_max: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                permission_mode: r.get(7)?,
+                daily_budget_usd: r.get(8)?,
+                archived: r.get(9)?,
             })
         },
     )
