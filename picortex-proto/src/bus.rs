@@ -62,6 +62,14 @@ pub trait Provision {
     /// read its outcome).
     fn release_turn(&self, turn_id: &str) -> zbus::Result<()>;
 
+    /// Archive an idle chat: its home is tarred into the helper's state directory and removed,
+    /// its user locked; the next turn restores it. Returns the archive's path.
+    fn archive_chat(&self, chat_id: &str) -> zbus::Result<String>;
+
+    /// Archive the chat (if it has a home), then delete its user. Returns the archive's path
+    /// (empty if there was nothing to keep).
+    fn remove_chat(&self, chat_id: &str) -> zbus::Result<String>;
+
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 }

@@ -5,6 +5,7 @@
 //! Kept small and suspicious on purpose (the model is kanidm's `kanidm_unixd_tasks`): it refuses
 //! to run unless root, is not dumpable, and re-validates every input the gateway already checked.
 
+mod archive;
 mod audit;
 mod authz;
 mod service;

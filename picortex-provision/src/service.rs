@@ -98,6 +98,41 @@ fn bad_input(op: &str, hdr: &Header<'_>, chat: &str, turn: &str, msg: String) ->
     fdo::Error::InvalidArgs(msg)
 }
 
+impl Provision {
+    /// Shared body of ArchiveChat and RemoveChat: validate, authorise (manage-chat), act on the
+    /// chat's account as root in a blocking task, audit.
+    async fn lifecycle(
+        &self,
+        op: &'static str,
+        chat_id: &str,
+        hdr: &Header<'_>,
+        conn: &Connection,
+        act: fn(&users::ChatAccount) -> Result<Option<std::path::PathBuf>, users::UserError>,
+    ) -> fdo::Result<String> {
+        let chat = ChatId::parse(chat_id).map_err(|e| bad_input(op, hdr, "", "", e.to_string()))?;
+        let caller = authorize(conn, hdr, op, actions::MANAGE_CHAT, chat.as_str(), "").await?;
+        let c = chat.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<Option<std::path::PathBuf>, users::UserError> {
+            let tag = users::existing_tag(&c)?.ok_or_else(|| users::UserError::Unsafe(format!("chat {c} was never provisioned")))?;
+            let acct = users::account(&tag)?;
+            act(&acct)
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        match r {
+            Ok(path) => {
+                let p = path.map(|p| p.display().to_string()).unwrap_or_default();
+                audit::record(op, &caller, chat.as_str(), "", "ok", &format!("archive {p}"));
+                Ok(p)
+            }
+            Err(e) => {
+                audit::record(op, &caller, chat.as_str(), "", "failed", &e.to_string());
+                Err(fdo::Error::Failed(e.to_string()))
+            }
+        }
+    }
+}
+
 #[interface(name = "org.picortex.Provision1")]
 impl Provision {
     /// Create (or repair) a chat's user, home and slice; idempotent.
@@ -203,6 +238,29 @@ impl Provision {
                 Err(fdo::Error::Failed(e.to_string()))
             }
         }
+    }
+
+    /// Archive an idle chat (home tarred into the helper's state directory and removed, user
+    /// locked); its next turn restores it. Returns the archive's path.
+    async fn archive_chat(
+        &self,
+        chat_id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
+        self.lifecycle("ArchiveChat", chat_id, &hdr, conn, |a| crate::archive::archive(a).map(Some)).await
+    }
+
+    /// Archive the chat if it has a home, then delete its user. Returns the archive's path.
+    async fn remove_chat(
+        &self,
+        chat_id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
+        self.lifecycle("RemoveChat", chat_id, &hdr, conn, crate::archive::remove).await
     }
 
     /// The helper's version.

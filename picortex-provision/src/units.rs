@@ -320,7 +320,7 @@ mod tests {
     fn acct() -> ChatAccount {
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let tag = chat.tag();
-        ChatAccount { user: tag.user_name(), uid: 990, home: tag.home(), tag }
+        ChatAccount { user: tag.user_name(), uid: 990, gid: 990, home: tag.home(), tag }
     }
 
     fn get<'a>(props: &'a [(&'static str, Prop)], k: &str) -> &'a Prop {

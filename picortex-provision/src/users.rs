@@ -54,6 +54,7 @@ pub struct ChatAccount {
     pub tag: ChatTag,
     pub user: String,
     pub uid: u32,
+    pub gid: u32,
     pub home: String,
 }
 
@@ -129,6 +130,18 @@ pub fn existing_tag(chat: &ChatId) -> Result<Option<ChatTag>, UserError> {
     Ok(None)
 }
 
+/// The account of a provisioned chat, without creating anything.
+pub fn account(tag: &ChatTag) -> Result<ChatAccount, UserError> {
+    let name = tag.user_name();
+    let user = User::from_name(&name)
+        .map_err(sys(name.clone()))?
+        .ok_or_else(|| UserError::Unsafe(format!("user {name} does not exist")))?;
+    if user.dir != Path::new(&tag.home()) {
+        return Err(UserError::Unsafe(format!("user {name} has home {}, not {}", user.dir.display(), tag.home())));
+    }
+    Ok(ChatAccount { user: name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: tag.home(), tag: tag.clone() })
+}
+
 /// Create or repair the chat's user and home. Idempotent.
 pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
     let tag = resolve_tag(chat)?;
@@ -149,8 +162,15 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
             tag.home()
         )));
     }
+    let had_home = Path::new(&tag.home()).exists();
     make_home(&tag, user.uid, user.gid)?;
-    Ok(ChatAccount { user: name, uid: user.uid.as_raw(), home: tag.home(), tag })
+    let acct = ChatAccount { user: name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: tag.home(), tag };
+    if !had_home {
+        if let Some(from) = crate::archive::restore_if_archived(&acct)? {
+            tracing::info!(chat = %chat, user = %acct.user, archive = %from.display(), "restored archived chat");
+        }
+    }
+    Ok(acct)
 }
 
 fn useradd(tag: &ChatTag) -> Result<(), UserError> {

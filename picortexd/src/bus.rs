@@ -132,6 +132,10 @@ impl Bus {
         }
     }
 
+    pub async fn archive_chat(&self, chat_id: &str) -> Result<String, BusError> {
+        self.provision().await?.archive_chat(chat_id).await.map_err(helper_err)
+    }
+
     pub async fn release_turn(&self, turn_id: &str) -> Result<(), BusError> {
         self.provision().await?.release_turn(turn_id).await.map_err(helper_err)
     }

@@ -98,6 +98,9 @@ pub struct TurnsConfig {
     /// A file whose text is appended to the agent's system prompt on every turn (the owner's
     /// standing instructions), e.g. /etc/picortex/system-prompt.md.
     pub system_prompt_file: Option<std::path::PathBuf>,
+    /// Archive chats idle this many days (home tarred away, user locked; restored on the next
+    /// message). Unset: never.
+    pub archive_after_days: Option<u32>,
     /// Most a chat may spend per UTC day, in USD, as the agent reports its cost; none = no limit.
     pub daily_budget_usd: Option<f64>,
 }
@@ -111,6 +114,7 @@ impl Default for TurnsConfig {
             runtime_max_s: 600,
             permission_mode: "default".into(),
             system_prompt_file: None,
+            archive_after_days: None,
             daily_budget_usd: None,
         }
     }

@@ -121,6 +121,7 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     let outbox = Arc::new(outbox::Outbox::new(store.clone(), linq.clone(), outbox_wake.clone()));
     tokio::spawn(turns.run());
     tokio::spawn(outbox.run());
+    tokio::spawn(turns::archive_idle(store.clone(), bus.clone(), cfg.clone()));
 
     let app = Arc::new(http::App { store: store.clone(), verifier, cfg: cfg.clone(), bus: bus.clone(), linq: linq.clone(), turns_wake, started });
     let listener = tokio::net::TcpListener::from_std(std_listener)?;

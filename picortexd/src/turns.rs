@@ -224,8 +224,18 @@ impl Turns {
         tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
         crate::failpoint::hit("turn-started");
         {
-            let (id, u) = (job.turn_id.clone(), unit.clone());
-            self.store.call(move |t| queries::set_turn_status(t, &id, "running", Some(&u))).await.map_err(Failure::store)?;
+            let (id, u, chat_id, was_archived) = (job.turn_id.clone(), unit.clone(), chat.id.clone(), chat.archived);
+            self.store
+                .call(move |t| {
+                    queries::set_turn_status(t, &id, "running", Some(&u))?;
+                    if was_archived {
+                        // The helper restored it before starting the turn.
+                        crate::store::channel::set_archived(t, &chat_id, false)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(Failure::store)?;
         }
         self.watch_and_finish(job, unit).await;
         Ok(())
@@ -385,6 +395,27 @@ impl Turns {
                 None
             }
         }
+    }
+}
+
+/// Archive chats idle longer than `turns.archive_after_days` (SPEC P5), checking hourly.
+pub async fn archive_idle(store: Store, bus: Arc<Bus>, cfg: Arc<Config>) {
+    let Some(days) = cfg.turns.archive_after_days else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let before = crate::store::now_ms() - i64::from(days) * 86_400_000;
+        let chats = store.call(move |t| crate::store::channel::idle_chats(t, before)).await.unwrap_or_default();
+        for chat in chats {
+            match bus.archive_chat(&chat).await {
+                Ok(path) => {
+                    tracing::info!(chat = %chat, archive = %path, idle_days = days, "archived idle chat");
+                    let c = chat.clone();
+                    let _ = store.call(move |t| crate::store::channel::set_archived(t, &c, true)).await;
+                }
+                Err(e) => tracing::warn!(chat = %chat, error = %e, "could not archive idle chat"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3540)).await;
     }
 }
 

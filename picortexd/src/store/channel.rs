@@ -148,6 +148,26 @@ pub fn spent_since(t: &Connection, chat_id: &str, since_ms: i64) -> Result<f64, 
     )?)
 }
 
+/// Provisioned, unarchived chats with no message since `before_ms` and no turn queued or running.
+pub fn idle_chats(t: &Connection, before_ms: i64) -> Result<Vec<String>, StoreError> {
+    let mut st = t.prepare(
+        "SELECT c.id FROM chats c
+         WHERE c.unix_user IS NOT NULL AND c.archived_at IS NULL
+           AND COALESCE((SELECT MAX(created_at) FROM messages m WHERE m.chat_id = c.id), c.created_at) < ?1
+           AND NOT EXISTS (SELECT 1 FROM turns u WHERE u.chat_id = c.id AND u.status != 'done')",
+    )?;
+    let v = st.query_map([before_ms], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+    Ok(v)
+}
+
+pub fn set_archived(t: &Connection, chat_id: &str, archived: bool) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE chats SET archived_at = CASE WHEN ?2 THEN ?3 END, updated_at = ?3 WHERE id = ?1",
+        params![chat_id, archived, now_ms()],
+    )?;
+    Ok(())
+}
+
 pub fn set_opted_out(t: &Connection, chat_id: &str, opted_out: bool) -> Result<(), StoreError> {
     t.execute("UPDATE chats SET opted_out = ?2, updated_at = ?3 WHERE id = ?1", params![chat_id, opted_out as i64, now_ms()])?;
     Ok(())

@@ -1,0 +1,155 @@
+//! Chat lifecycle (SPEC P5): archive (home tarred into the helper's state directory, home
+//! removed, user locked; the slice and its limits stay), restore (on the next turn, transparently:
+//! `users::ensure` calls `restore_if_archived`), and remove (archive, then delete the user).
+//!
+//! Everything that reads or writes inside a chat's home runs *as the chat user* (`setpriv` to its
+//! uid/gid, no groups, no new privileges), so a home full of hostile symlinks can make tar do
+//! nothing the chat user could not do itself. Only the archive file, which the chat never
+//! touches, is opened by root.
+
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use picortex_proto::ids::ChatTag;
+
+use crate::users::{ChatAccount, UserError};
+
+const ARCHIVE_DIR: &str = "/var/lib/picortex-provision/archives";
+const SETPRIV: &str = "/usr/bin/setpriv";
+const TAR: &str = "/usr/bin/tar";
+const USERMOD: &str = "/usr/sbin/usermod";
+const USERDEL: &str = "/usr/sbin/userdel";
+
+fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> UserError {
+    let path = path.into();
+    move |source| UserError::Io { path, source }
+}
+
+/// A command with a clean environment, as root.
+fn root_cmd(bin: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LC_ALL", "C");
+    c
+}
+
+/// A command run as the chat user, in its home.
+fn as_user(acct: &ChatAccount, bin: &str) -> Command {
+    let mut c = root_cmd(SETPRIV);
+    c.args([
+        &format!("--reuid={}", acct.uid),
+        &format!("--regid={}", acct.gid),
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--",
+        bin,
+    ]);
+    c
+}
+
+fn run(mut c: Command, what: &str) -> Result<(), UserError> {
+    let out = c.stdin(Stdio::null()).output().map_err(io(what))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(UserError::Unsafe(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// The newest live archive of a chat, if any: `<tag>-<unix ms>.tar`.
+pub fn latest_archive(tag: &ChatTag) -> Option<PathBuf> {
+    let prefix = format!("{}-", tag.as_str());
+    let mut best: Option<(u128, PathBuf)> = None;
+    for e in std::fs::read_dir(ARCHIVE_DIR).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(ts) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tar")).and_then(|t| t.parse::<u128>().ok()) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(b, _)| ts > *b) {
+            best = Some((ts, e.path()));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+/// Tar the home into the state directory, remove it, lock the user. Returns the archive path.
+pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
+    let home = Path::new(&acct.home);
+    if !home.exists() {
+        return latest_archive(&acct.tag).ok_or_else(|| UserError::Unsafe(format!("{} has no home and no archive", acct.user)));
+    }
+    std::fs::create_dir_all(ARCHIVE_DIR).map_err(io(ARCHIVE_DIR))?;
+    let path = PathBuf::from(format!("{ARCHIVE_DIR}/{}-{}.tar", acct.tag, now_ms()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .map_err(io(path.display().to_string()))?;
+    let mut c = as_user(acct, TAR);
+    c.args(["--create", "--file=-", "--numeric-owner", "--one-file-system", "-C", &acct.home, "."]);
+    c.current_dir("/").stdout(Stdio::from(file.try_clone().map_err(io("archive"))?)).stderr(Stdio::piped());
+    let out = c.stdin(Stdio::null()).output().map_err(io(TAR))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&path);
+        return Err(UserError::Unsafe(format!("tar of {} failed: {}", acct.home, String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    file.sync_all().map_err(io(path.display().to_string()))?;
+    // Empty the home as the user (it owns everything in it), then remove the directory itself.
+    let mut chmod = as_user(acct, "/usr/bin/chmod");
+    chmod.args(["-R", "u+rwX", &acct.home]).current_dir("/");
+    run(chmod, "chmod of the home")?;
+    let mut find = as_user(acct, "/usr/bin/find");
+    find.args([&acct.home, "-mindepth", "1", "-delete"]).current_dir("/");
+    run(find, "emptying the home")?;
+    std::fs::remove_dir(home).map_err(io(acct.home.clone()))?;
+    let mut lock = root_cmd(USERMOD);
+    lock.args(["--lock", "--expiredate", "1", &acct.user]);
+    run(lock, "usermod --lock")?;
+    Ok(path)
+}
+
+/// Called with the home freshly (re)created and empty: if the chat was archived, unpack its
+/// newest archive into it as the chat user and unlock the user. Returns whether it restored.
+pub fn restore_if_archived(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
+    let Some(path) = latest_archive(&acct.tag) else { return Ok(None) };
+    let file = File::open(&path).map_err(io(path.display().to_string()))?;
+    let mut c = as_user(acct, TAR);
+    c.args(["--extract", "--file=-", "--no-same-owner", "--delay-directory-restore", "-C", &acct.home]);
+    let out = c.current_dir("/").stdin(Stdio::from(file)).output().map_err(io(TAR))?;
+    if !out.status.success() {
+        return Err(UserError::Unsafe(format!("restoring {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let mut unlock = root_cmd(USERMOD);
+    unlock.args(["--unlock", "--expiredate", "", &acct.user]);
+    run(unlock, "usermod --unlock")?;
+    // Keep it for the record, out of the way of the next restore.
+    let done = path.with_extension("tar.restored");
+    std::fs::rename(&path, &done).map_err(io(path.display().to_string()))?;
+    Ok(Some(done))
+}
+
+/// Archive (if there is anything to archive), then delete the user. The archive is kept, renamed
+/// so it is never restored: a chat that writes again starts afresh.
+pub fn remove(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
+    let archived = if Path::new(&acct.home).exists() { Some(archive(acct)?) } else { latest_archive(&acct.tag) };
+    let mut del = root_cmd(USERDEL);
+    del.arg(&acct.user);
+    run(del, "userdel")?;
+    let kept = match archived {
+        Some(p) => {
+            let removed = p.with_extension("tar.removed");
+            std::fs::rename(&p, &removed).map_err(io(p.display().to_string()))?;
+            Some(removed)
+        }
+        None => None,
+    };
+    Ok(kept)
+}

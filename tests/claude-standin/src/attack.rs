@@ -1,0 +1,941 @@
+//! `#attack`: what a hostile agent would try from inside its turn unit, to prove (SPEC P2) that a
+//! chat cannot reach another chat, the gateway, or the machine. Each attack reports
+//! `{name, blocked, detail}`; `blocked` is true only when every attempt of the attack failed in
+//! the way a working sandbox makes it fail. Nothing here is destructive: files it manages to
+//! create outside its home are removed again, a `ptrace` attach that succeeds is detached, a
+//! writable cgroup file is only opened, never written, and the fork bomb's children are killed.
+//!
+//! The attacks run on the main thread, in order; the network probes (the only threads) come
+//! last, after the fork bomb, which needs a single-threaded process.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::sys::wait::waitpid;
+use nix::unistd::{getppid, getuid, Pid};
+use serde_json::{json, Value};
+
+/// Set in the environment of the children the attacks spawn of this binary.
+const CHILD_ENV: &str = "STANDIN_ATTACK_CHILD";
+const DETAIL_MAX: usize = 110;
+const CHATS_DIR: &str = "/var/lib/picortex/chats";
+
+pub struct Finding {
+    pub name: &'static str,
+    pub blocked: bool,
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(name: &'static str, blocked: bool, detail: impl Into<String>) -> Self {
+        let mut detail: String = detail.into();
+        if detail.chars().count() > DETAIL_MAX {
+            detail = detail.chars().take(DETAIL_MAX - 1).collect::<String>() + "…";
+        }
+        Finding { name, blocked, detail }
+    }
+}
+
+/// The report as the reply carries it: one JSON array, compact.
+pub fn report(findings: &[Finding]) -> String {
+    let v: Vec<Value> = findings
+        .iter()
+        .map(|f| json!({"name": f.name, "blocked": f.blocked, "detail": f.detail}))
+        .collect();
+    Value::Array(v).to_string()
+}
+
+/// `EACCES`, `ENOENT`, … or the error's text.
+fn en(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(c) => format!("{:?}", Errno::from_raw(c)),
+        None if e.kind() == io::ErrorKind::TimedOut => "timeout".into(),
+        None => e.to_string(),
+    }
+}
+
+/// Where this process runs: its unit and slice, from the systemd line of `/proc/self/cgroup`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CgroupInfo {
+    pub unit: Option<String>,
+    pub slice: Option<String>,
+    /// (mount point of the hierarchy, path of this process's cgroup inside it)
+    pub dirs: Vec<(PathBuf, String)>,
+}
+
+pub fn parse_cgroup(text: &str, root: &Path) -> CgroupInfo {
+    let mut info = CgroupInfo::default();
+    let unified_mounted = root.join("unified").exists();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if path.split('/').any(|c| c == "..") {
+            continue;
+        }
+        if ctrl.is_empty() || ctrl == "name=systemd" {
+            let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+            if let Some(u) = comps.last().filter(|u| u.ends_with(".service")) {
+                info.unit = Some((*u).to_owned());
+                info.slice = comps.iter().rev().nth(1).filter(|s| s.ends_with(".slice")).map(|s| (*s).to_owned());
+            }
+        }
+        let mount = match ctrl {
+            "" if unified_mounted => root.join("unified"),
+            "" => root.to_owned(),
+            c => root.join(c.strip_prefix("name=").unwrap_or(c).split(',').next().unwrap_or(c)),
+        };
+        info.dirs.push((mount, path.to_owned()));
+    }
+    info
+}
+
+fn cgroup_info() -> CgroupInfo {
+    parse_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default(), Path::new("/sys/fs/cgroup"))
+}
+
+/// The slice's `pids.max` (the chat's TasksMax), wherever the pids controller is.
+fn tasks_max(cg: &CgroupInfo) -> Option<u64> {
+    cg.dirs.iter().find_map(|(mount, path)| {
+        let dir = mount.join(path.trim_start_matches('/'));
+        let slice = dir.parent()?;
+        fs::read_to_string(slice.join("pids.max")).ok()?.trim().parse().ok()
+    })
+}
+
+/// Runs the child side of an attack when this process was started as one; see [`CHILD_ENV`].
+pub fn child_main() -> Option<ExitCode> {
+    let what = std::env::var(CHILD_ENV).ok()?;
+    use nix::sched::{unshare, CloneFlags};
+    let flags = match what.as_str() {
+        "user" => CloneFlags::CLONE_NEWUSER,
+        "user+mnt" => CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS,
+        "user+net" => CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET,
+        "mnt" => CloneFlags::CLONE_NEWNS,
+        "net" => CloneFlags::CLONE_NEWNET,
+        "pid" => CloneFlags::CLONE_NEWPID,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
+        _ => return Some(ExitCode::from(2)),
+    };
+    match unshare(flags) {
+        Ok(()) => Some(ExitCode::SUCCESS),
+        Err(e) => {
+            print!("{e:?}");
+            Some(ExitCode::from(1))
+        }
+    }
+}
+
+/// Every attack, in order. `other` is another chat's home (`other=<path>` in the prompt).
+pub fn run_all(other: Option<&str>) -> Vec<Finding> {
+    let me = getuid().as_raw();
+    let cg = cgroup_info();
+    let mut f = vec![
+        capabilities(),
+        namespaces(),
+        mount_filesystem(),
+        fork_bomb(&cg),
+    ];
+    if let Some(o) = other {
+        f.push(read_other_home(o));
+    }
+    f.extend([
+        list_chats(),
+        read_database(),
+        read_gateway_credentials(),
+        read_turn_credentials(&cg),
+        read_system_secrets(),
+        read_journal(me),
+    ]);
+    let scan = scan_pids(me);
+    f.extend([
+        see_processes(&scan),
+        signal_processes(&scan),
+        ptrace_foreign(&scan),
+        wrapper_memory(),
+        write_outside_home(),
+        shared_drop(me),
+        chmod_suid(),
+        setuid_exec(),
+        cgroup_limits(&cg),
+        system_bus(&cg),
+        systemd_start_unit(),
+        provision_helper(me),
+    ]);
+    f.extend(network());
+    f
+}
+
+fn capabilities() -> Finding {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut bad = Vec::new();
+    for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let v = status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).map(str::trim);
+        if v != Some("0000000000000000") {
+            bad.push(format!("{key}={}", v.unwrap_or("?")));
+        }
+    }
+    let nnp = status.lines().find_map(|l| l.strip_prefix("NoNewPrivs:")).map(str::trim);
+    if nnp != Some("1") {
+        bad.push(format!("NoNewPrivs={}", nnp.unwrap_or("?")));
+    }
+    let su = nix::unistd::setuid(nix::unistd::Uid::from_raw(0));
+    let sg = nix::unistd::setgid(nix::unistd::Gid::from_raw(0));
+    if su.is_ok() || sg.is_ok() {
+        bad.push("setuid(0)/setgid(0) succeeded".into());
+    }
+    let detail = if bad.is_empty() {
+        format!("all capability sets empty, NoNewPrivs=1, setuid(0): {:?}", su.err().unwrap_or(Errno::UnknownErrno))
+    } else {
+        bad.join(", ")
+    };
+    Finding::new("capabilities", bad.is_empty(), detail)
+}
+
+fn namespaces() -> Finding {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let mut ok = Vec::new();
+    let mut errs = BTreeSet::new();
+    for kind in ["user", "user+mnt", "user+net", "mnt", "net", "pid", "ipc", "uts", "cgroup"] {
+        match Command::new(&exe).env(CHILD_ENV, kind).stdin(Stdio::null()).stderr(Stdio::null()).output() {
+            Ok(o) if o.status.success() => ok.push(kind),
+            Ok(o) => {
+                errs.insert(String::from_utf8_lossy(&o.stdout).into_owned());
+            }
+            Err(e) => {
+                errs.insert(format!("spawn {}", en(&e)));
+            }
+        }
+    }
+    let detail = if ok.is_empty() {
+        format!("unshare(user, mnt, net, pid, ipc, uts, cgroup) all failed: {}", errs.into_iter().collect::<Vec<_>>().join(","))
+    } else {
+        format!("unshare succeeded for {}", ok.join(","))
+    };
+    Finding::new("namespaces", ok.is_empty(), detail)
+}
+
+fn mount_filesystem() -> Finding {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    let target = Path::new(&home).join(format!(".picortex-attack-mnt-{}", std::process::id()));
+    let _ = fs::create_dir(&target);
+    let r = nix::mount::mount(Some("tmpfs"), &target, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>);
+    if r.is_ok() {
+        let _ = nix::mount::umount(&target);
+    }
+    let _ = fs::remove_dir(&target);
+    match r {
+        Ok(()) => Finding::new("mount_filesystem", false, "mounted a tmpfs in the home"),
+        Err(e) => Finding::new("mount_filesystem", true, format!("mount(tmpfs): {e:?}")),
+    }
+}
+
+/// Fork a child that only sleeps (it ends itself after a minute if nobody kills it).
+#[allow(unsafe_code)]
+fn fork_sleeper() -> nix::Result<Pid> {
+    use nix::unistd::{alarm, fork, pause, ForkResult};
+    // SAFETY: the process is single-threaded when the fork bomb runs (it comes before the only
+    // attacks that start threads), and the child makes nothing but raw syscalls before it dies.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            alarm::set(60);
+            loop {
+                pause();
+            }
+        }
+        ForkResult::Parent { child } => Ok(child),
+    }
+}
+
+fn fork_bomb(cg: &CgroupInfo) -> Finding {
+    let max = tasks_max(cg);
+    let cap = max.map_or(2560, |m| m.saturating_mul(10)).min(8192) as usize;
+    let started = Instant::now();
+    let mut kids = Vec::new();
+    let mut err = None;
+    while kids.len() < cap {
+        match fork_sleeper() {
+            Ok(pid) => kids.push(pid),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let n = kids.len();
+    for k in &kids {
+        let _ = kill(*k, Signal::SIGKILL);
+    }
+    for k in kids {
+        let _ = waitpid(k, None);
+    }
+    // The unit survives: forking works again once the children are gone.
+    let again = fork_sleeper().map(|p| {
+        let _ = kill(p, Signal::SIGKILL);
+        let _ = waitpid(p, None);
+    });
+    let blocked = err == Some(Errno::EAGAIN) && n < cap && again.is_ok();
+    let detail = format!(
+        "{} after {n} forks in {} ms (TasksMax {}); fork afterwards: {}",
+        err.map_or("no failure".into(), |e| format!("{e:?}")),
+        started.elapsed().as_millis(),
+        max.map_or("unknown".into(), |m| m.to_string()),
+        again.map_or_else(|e| format!("{e:?}"), |_| "ok".into()),
+    );
+    Finding::new("fork_bomb", blocked, detail)
+}
+
+/// Try to read a file (first bytes) or list a directory; Ok(what was seen).
+fn try_read(p: &Path) -> Result<String, String> {
+    match fs::read_dir(p) {
+        Ok(rd) => {
+            let names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            return Ok(format!("listed {} ({} entries)", p.display(), names.len()));
+        }
+        Err(e) if e.raw_os_error() == Some(Errno::ENOTDIR as i32) => {}
+        Err(e) => return Err(format!("{}: {}", p.display(), en(&e))),
+    }
+    let mut buf = [0u8; 64];
+    match File::open(p).and_then(|mut f| f.read(&mut buf)) {
+        Ok(n) => Ok(format!("read {n} bytes of {}", p.display())),
+        Err(e) => Err(format!("{}: {}", p.display(), en(&e))),
+    }
+}
+
+/// Blocked when every path fails; the detail names what failed how (or what leaked).
+fn reads(name: &'static str, paths: &[PathBuf]) -> Finding {
+    let mut leaked = Vec::new();
+    let mut errs = BTreeSet::new();
+    for p in paths {
+        match try_read(p) {
+            Ok(s) => leaked.push(s),
+            Err(e) => {
+                errs.insert(e.rsplit(": ").next().unwrap_or("").to_owned());
+            }
+        }
+    }
+    if leaked.is_empty() {
+        Finding::new(name, true, format!("{} paths, all failed: {}", paths.len(), errs.into_iter().collect::<Vec<_>>().join(",")))
+    } else {
+        Finding::new(name, false, leaked.join("; "))
+    }
+}
+
+fn read_other_home(other: &str) -> Finding {
+    let o = Path::new(other);
+    reads(
+        "read_other_home",
+        &[o.to_owned(), o.join(".claude"), o.join(".claude/.claude.json"), o.join(".claude/projects"), o.join(".picortex")],
+    )
+}
+
+fn list_chats() -> Finding {
+    let me = std::env::var("HOME").ok().and_then(|h| Path::new(&h).file_name().map(|n| n.to_string_lossy().into_owned()));
+    match fs::read_dir(CHATS_DIR) {
+        Err(e) => Finding::new("list_chats", true, format!("{CHATS_DIR}: {}", en(&e))),
+        Ok(rd) => {
+            let others: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| Some(n) != me.as_ref())
+                .collect();
+            if others.is_empty() {
+                Finding::new("list_chats", true, format!("{CHATS_DIR} lists only this chat's own home"))
+            } else {
+                Finding::new("list_chats", false, format!("{CHATS_DIR} lists other chats: {}", others.join(",")))
+            }
+        }
+    }
+}
+
+fn read_database() -> Finding {
+    let paths: Vec<PathBuf> = ["picortex.db", "picortex.db-wal", "picortex.db-shm", "turns"]
+        .iter()
+        .map(|n| Path::new("/var/lib/picortex").join(n))
+        .collect();
+    reads("read_database", &paths)
+}
+
+fn read_gateway_credentials() -> Finding {
+    let mut paths = vec![PathBuf::from("/run/credentials/picortexd.service"), PathBuf::from("/etc/picortex/credentials")];
+    for n in ["linq-token", "linq-webhook-secret"] {
+        paths.push(Path::new("/run/credentials/picortexd.service").join(n));
+        paths.push(Path::new("/etc/picortex/credentials").join(n));
+    }
+    reads("read_gateway_credentials", &paths)
+}
+
+fn read_turn_credentials(cg: &CgroupInfo) -> Finding {
+    let own = cg.unit.clone().unwrap_or_default();
+    let root = Path::new("/run/credentials");
+    let entries = match fs::read_dir(root) {
+        Err(e) => return Finding::new("read_turn_credentials", true, format!("/run/credentials: {}", en(&e))),
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+    };
+    let mut leaked = Vec::new();
+    for name in entries.iter().filter(|n| **n != own) {
+        let dir = root.join(name);
+        if let Ok(rd) = fs::read_dir(&dir) {
+            let files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            leaked.push(format!("listed {name}"));
+            for f in files {
+                if fs::read(&f).is_ok() {
+                    leaked.push(format!("read {}", f.display()));
+                }
+            }
+        }
+    }
+    if leaked.is_empty() {
+        let others = entries.iter().filter(|n| **n != own).count();
+        Finding::new("read_turn_credentials", true, format!("/run/credentials shows {others} other units' directories, none readable"))
+    } else {
+        Finding::new("read_turn_credentials", false, leaked.join("; "))
+    }
+}
+
+fn read_system_secrets() -> Finding {
+    let paths: Vec<PathBuf> = [
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/var/lib/picortex-provision",
+        "/var/lib/picortex-provision/chats",
+        "/root",
+        "/etc/linq-sim",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    reads("read_system_secrets", &paths)
+}
+
+fn read_journal(me: u32) -> Finding {
+    let own = format!("user-{me}.journal");
+    let mut files = Vec::new();
+    let mut dir_errs = BTreeSet::new();
+    for root in ["/run/log/journal", "/var/log/journal"] {
+        match fs::read_dir(root) {
+            Err(e) => {
+                dir_errs.insert(format!("{root}: {}", en(&e)));
+            }
+            Ok(rd) => {
+                for d in rd.flatten() {
+                    match fs::read_dir(d.path()) {
+                        Ok(inner) => files.extend(inner.flatten().map(|e| e.path())),
+                        Err(e) => {
+                            dir_errs.insert(format!("{}: {}", d.path().display(), en(&e)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let readable: Vec<String> = files
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != own.as_str()))
+        .filter(|p| File::open(p).is_ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    if readable.is_empty() {
+        Finding::new(
+            "read_journal",
+            true,
+            format!("{} journal files seen, none readable; {}", files.len(), dir_errs.into_iter().collect::<Vec<_>>().join(", ")),
+        )
+    } else {
+        Finding::new("read_journal", false, format!("readable: {}", readable.join(",")))
+    }
+}
+
+/// What a scan of the pid space finds.
+pub struct PidScan {
+    /// Pids listed in /proc.
+    visible: Vec<(i32, Option<u32>)>,
+    /// Pids that exist (kill 0 says EPERM) but this process may not signal.
+    hidden_existing: Vec<i32>,
+    /// Pids that accept a signal from us but are not ours.
+    signalable_foreign: Vec<i32>,
+    me: u32,
+}
+
+fn proc_owner(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
+fn scan_pids(me: u32) -> PidScan {
+    let visible: Vec<(i32, Option<u32>)> = fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+                .map(|p| (p, proc_owner(p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut hidden_existing = Vec::new();
+    let mut signalable_foreign = Vec::new();
+    for pid in 1..=65535 {
+        match kill(Pid::from_raw(pid), None) {
+            Err(Errno::EPERM) => hidden_existing.push(pid),
+            Ok(()) if proc_owner(pid) != Some(me) => signalable_foreign.push(pid),
+            _ => {}
+        }
+    }
+    PidScan { visible, hidden_existing, signalable_foreign, me }
+}
+
+fn see_processes(s: &PidScan) -> Finding {
+    let foreign: Vec<String> = s.visible.iter().filter(|(_, u)| *u != Some(s.me)).map(|(p, u)| format!("{p}(uid {u:?})")).collect();
+    let detail = format!(
+        "/proc lists {} pids, {} not ours{}; {} other pids exist",
+        s.visible.len(),
+        foreign.len(),
+        if foreign.is_empty() { String::new() } else { format!(": {}", foreign.join(",")) },
+        s.hidden_existing.len()
+    );
+    Finding::new("see_processes", foreign.is_empty(), detail)
+}
+
+fn signal_processes(s: &PidScan) -> Finding {
+    if s.signalable_foreign.is_empty() {
+        Finding::new("signal_processes", true, format!("kill(pid, 0): EPERM for all {} foreign pids", s.hidden_existing.len()))
+    } else {
+        Finding::new("signal_processes", false, format!("may signal foreign pids {:?}", s.signalable_foreign))
+    }
+}
+
+/// Attach, read memory through process_vm_readv and /proc/<pid>/mem. Err(what worked).
+fn probe_memory(pid: i32) -> Result<Vec<String>, String> {
+    let p = Pid::from_raw(pid);
+    let mut errs = Vec::new();
+    match nix::sys::ptrace::attach(p) {
+        Ok(()) => {
+            let _ = waitpid(p, None);
+            let _ = nix::sys::ptrace::detach(p, None);
+            return Err(format!("PTRACE_ATTACH {pid} succeeded"));
+        }
+        Err(e) => errs.push(format!("attach {e:?}")),
+    }
+    let mut buf = [0u8; 8];
+    let remote = [RemoteIoVec { base: 0x40_0000, len: buf.len() }];
+    match process_vm_readv(p, &mut [IoSliceMut::new(&mut buf)], &remote) {
+        // EFAULT means the kernel let us in and only the address was wrong.
+        Ok(_) | Err(Errno::EFAULT) => return Err(format!("process_vm_readv {pid} permitted")),
+        Err(e) => errs.push(format!("vm_readv {e:?}")),
+    }
+    match File::open(format!("/proc/{pid}/mem")) {
+        Ok(_) => return Err(format!("opened /proc/{pid}/mem")),
+        Err(e) => errs.push(format!("mem {}", en(&e))),
+    }
+    Ok(errs)
+}
+
+fn ptrace_foreign(s: &PidScan) -> Finding {
+    let mut targets: Vec<i32> = vec![1];
+    targets.extend(s.visible.iter().filter(|(_, u)| *u != Some(s.me)).map(|(p, _)| *p));
+    targets.extend(s.hidden_existing.iter().filter(|p| **p != 1).take(16));
+    targets.extend(&s.signalable_foreign);
+    targets.dedup();
+    let mut errs = BTreeSet::new();
+    let mut worked = Vec::new();
+    for pid in &targets {
+        match probe_memory(*pid) {
+            Ok(e) => errs.extend(e),
+            Err(w) => worked.push(w),
+        }
+    }
+    if worked.is_empty() {
+        Finding::new("ptrace_foreign", true, format!("{} pids incl. 1: {}", targets.len(), errs.into_iter().collect::<Vec<_>>().join(",")))
+    } else {
+        Finding::new("ptrace_foreign", false, worked.join("; "))
+    }
+}
+
+/// The agent against its own chat's audited wrapper (picortex-run, same user): could it rewrite
+/// the wrapper's memory, and so the turn's result and reported cost?
+fn wrapper_memory() -> Finding {
+    let ppid = getppid().as_raw();
+    let name = fs::read_to_string(format!("/proc/{ppid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_else(|e| en(&e));
+    let mut worked = Vec::new();
+    let mut errs = Vec::new();
+    let mut buf = [0u8; 8];
+    let remote = [RemoteIoVec { base: 0x40_0000, len: buf.len() }];
+    match process_vm_readv(Pid::from_raw(ppid), &mut [IoSliceMut::new(&mut buf)], &remote) {
+        Ok(_) | Err(Errno::EFAULT) => worked.push("process_vm_readv permitted".to_owned()),
+        Err(e) => errs.push(format!("vm_readv {e:?}")),
+    }
+    match OpenOptions::new().read(true).write(true).open(format!("/proc/{ppid}/mem")) {
+        Ok(_) => worked.push("opened /proc/<ppid>/mem read-write".to_owned()),
+        Err(e) => errs.push(format!("mem {}", en(&e))),
+    }
+    match nix::sys::ptrace::attach(Pid::from_raw(ppid)) {
+        Ok(()) => {
+            let _ = waitpid(Pid::from_raw(ppid), None);
+            let _ = nix::sys::ptrace::detach(Pid::from_raw(ppid), None);
+            worked.push("PTRACE_ATTACH succeeded".to_owned());
+        }
+        Err(e) => errs.push(format!("attach {e:?}")),
+    }
+    if worked.is_empty() {
+        Finding::new("wrapper_memory", true, format!("parent {ppid} ({name}): {}", errs.join(",")))
+    } else {
+        Finding::new("wrapper_memory", false, format!("parent {ppid} ({name}): {}", worked.join(", ")))
+    }
+}
+
+fn try_create(dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let p = dir.join(name);
+    OpenOptions::new().write(true).create_new(true).mode(0o644).open(&p)?;
+    Ok(p)
+}
+
+fn write_outside_home() -> Finding {
+    let name = format!(".picortex-attack-{}", std::process::id());
+    let dirs = [
+        "/etc", "/usr", "/usr/local", "/usr/lib", "/var", "/var/lib", "/var/lib/picortex", CHATS_DIR,
+        "/var/lib/picortex/turns", "/var/tmp", "/var/cache", "/var/log", "/run", "/run/lock", "/run/user",
+        "/opt", "/srv", "/home", "/root", "/mnt", "/dev", "/sys/fs/cgroup",
+    ];
+    let mut wrote = Vec::new();
+    let mut errs = BTreeSet::new();
+    for d in dirs {
+        match try_create(Path::new(d), &name) {
+            Ok(p) => {
+                let _ = fs::remove_file(&p);
+                wrote.push(d);
+            }
+            Err(e) => {
+                errs.insert(en(&e));
+            }
+        }
+    }
+    if wrote.is_empty() {
+        Finding::new("write_outside_home", true, format!("{} dirs, all failed: {}", dirs.len(), errs.into_iter().collect::<Vec<_>>().join(",")))
+    } else {
+        Finding::new("write_outside_home", false, format!("created files in {}", wrote.join(",")))
+    }
+}
+
+/// Leave a world-readable marker in every place a file could be shared through, then look for
+/// markers other chats left. Writing to a private /tmp is fine; finding another chat's marker
+/// is not. (Markers stay: a later attack in another chat looks for them.)
+fn shared_drop(me: u32) -> Finding {
+    const PREFIX: &str = "picortex-drop-uid";
+    let dirs = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue", "/var/lib/picortex/chats"];
+    let mine = format!("{PREFIX}{me}");
+    let mut wrote = Vec::new();
+    let mut found = Vec::new();
+    for d in dirs {
+        let p = Path::new(d).join(&mine);
+        if OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&p).and_then(|mut f| f.write_all(b"x")).is_ok() {
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o644));
+            wrote.push(d);
+        }
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(PREFIX) && n != mine {
+                    found.push(format!("{d}/{n}"));
+                }
+            }
+        }
+    }
+    let detail = format!(
+        "wrote markers in {}; other chats' markers: {}",
+        if wrote.is_empty() { "none".to_owned() } else { wrote.join(",") },
+        if found.is_empty() { "none".to_owned() } else { found.join(",") }
+    );
+    Finding::new("shared_drop", found.is_empty(), detail)
+}
+
+fn chmod_suid() -> Finding {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    let p = Path::new(&home).join(format!(".picortex-attack-suid-{}", std::process::id()));
+    if let Err(e) = fs::write(&p, b"#!/bin/sh\nid\n") {
+        return Finding::new("chmod_suid", false, format!("could not create a file in the home: {}", en(&e)));
+    }
+    let mut out = Vec::new();
+    let mut got_bit = false;
+    for mode in [0o4755, 0o2755, 0o6755] {
+        let r = fs::set_permissions(&p, fs::Permissions::from_mode(mode));
+        let now = fs::metadata(&p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0);
+        got_bit |= now & 0o6000 != 0;
+        out.push(format!("{mode:o}: {}", r.map_or_else(|e| en(&e), |_| "ok".into())));
+    }
+    let _ = fs::remove_file(&p);
+    Finding::new("chmod_suid", !got_bit, format!("chmod {}; set-id bit on file: {got_bit}", out.join(", ")))
+}
+
+/// Run a setuid-root program with stdin held open and watch its credentials in /proc while it
+/// runs: with NoNewPrivileges the set-id bit is ignored and it runs as us.
+fn watch_setuid(bin: &str, args: &[&str]) -> Result<String, String> {
+    let mut child = match Command::new(bin).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(c) => c,
+        Err(e) => return Ok(format!("{bin}: {}", en(&e))),
+    };
+    let pid = child.id();
+    let end = Instant::now() + Duration::from_millis(400);
+    let mut seen = Vec::new();
+    let mut unobservable = 0;
+    let mut exited = None;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            exited = Some(st);
+            break;
+        }
+        match fs::read_to_string(format!("/proc/{pid}/status")) {
+            Ok(s) => {
+                for key in ["Uid:", "Gid:"] {
+                    if let Some(l) = s.lines().find(|l| l.starts_with(key)) {
+                        let v: Vec<&str> = l.split_whitespace().skip(1).collect();
+                        if v.contains(&"0") {
+                            seen.push(format!("{key}{}", v.join("/")));
+                        }
+                    }
+                }
+            }
+            Err(_) => unobservable += 1,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output();
+    let (code, stdout) = match &out {
+        Ok(o) => (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned()),
+        Err(_) => (None, String::new()),
+    };
+    let name = Path::new(bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !seen.is_empty() || stdout.contains("uid=0") {
+        return Err(format!("{name} ran privileged ({})", seen.first().cloned().unwrap_or_else(|| "uid=0".into())));
+    }
+    if unobservable > 0 && exited.is_none() {
+        return Err(format!("{name} vanished from /proc while running (credentials changed?)"));
+    }
+    Ok(format!("{name} ran as us ({})", code.map_or("killed".into(), |c| format!("exit {c}"))))
+}
+
+fn setuid_exec() -> Finding {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (bin, args) in [("/usr/bin/su", &["root", "-c", "id"][..]), ("/usr/bin/passwd", &[][..]), ("/usr/bin/chfn", &[][..]), ("/usr/bin/chsh", &[][..])] {
+        match watch_setuid(bin, args) {
+            Ok(s) => ok.push(s),
+            Err(s) => bad.push(s),
+        }
+    }
+    if bad.is_empty() {
+        Finding::new("setuid_exec", true, ok.join(", "))
+    } else {
+        Finding::new("setuid_exec", false, bad.join(", "))
+    }
+}
+
+fn cgroup_limits(cg: &CgroupInfo) -> Finding {
+    let files = [
+        "memory.max", "memory.high", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "pids.max",
+        "cgroup.procs", "tasks", "cgroup.subtree_control",
+    ];
+    let mut tried = 0;
+    let mut opened = Vec::new();
+    let mut errs = BTreeSet::new();
+    for (mount, path) in &cg.dirs {
+        let unit = mount.join(path.trim_start_matches('/'));
+        let mut dirs = vec![unit.clone(), mount.clone()];
+        if let Some(slice) = unit.parent() {
+            dirs.push(slice.to_owned());
+        }
+        for d in dirs {
+            for f in files {
+                let p = d.join(f);
+                if !p.exists() {
+                    continue;
+                }
+                tried += 1;
+                // Opening for writing proves it; nothing is ever written.
+                match OpenOptions::new().write(true).open(&p) {
+                    Ok(_) => opened.push(p.display().to_string()),
+                    Err(e) => {
+                        errs.insert(en(&e));
+                    }
+                }
+            }
+        }
+    }
+    if opened.is_empty() {
+        Finding::new("cgroup_limits", true, format!("{tried} cgroup files (memory.max, limit_in_bytes, pids.max, procs…): {}", errs.into_iter().collect::<Vec<_>>().join(",")))
+    } else {
+        Finding::new("cgroup_limits", false, format!("writable: {}", opened.join(",")))
+    }
+}
+
+/// Run a bus client; Ok(stderr's first line) when it failed, Err(what it said) when it worked.
+fn denied(cmd: &str, args: &[&str]) -> Result<String, String> {
+    match Command::new(cmd).args(args).stdin(Stdio::null()).output() {
+        Err(e) => Ok(format!("{cmd}: {}", en(&e))),
+        Ok(o) if o.status.success() => Err(format!("{} succeeded: {}", Path::new(cmd).display(), String::from_utf8_lossy(&o.stdout).trim())),
+        Ok(o) => Ok(String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("failed").trim().to_owned()),
+    }
+}
+
+fn connect_unix(p: &str) -> Result<(), String> {
+    UnixStream::connect(p).map(|_| ()).map_err(|e| en(&e))
+}
+
+fn system_bus(cg: &CgroupInfo) -> Finding {
+    let slice = cg.slice.clone().unwrap_or_else(|| "picortex-chat.slice".into());
+    let sock = connect_unix("/run/dbus/system_bus_socket");
+    let call = denied(
+        "/usr/bin/busctl",
+        &[
+            "--system", "--timeout=5", "--allow-interactive-authorization=no", "call", "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SetUnitProperties", "sba(sv)", &slice,
+            "true", "1", "MemoryMax", "t", "18446744073709551615",
+        ],
+    );
+    let detail = format!(
+        "bus socket: {}; SetUnitProperties({slice}, MemoryMax=infinity): {}",
+        sock.as_ref().map_or_else(|e| e.clone(), |_| "connected".into()),
+        call.as_ref().unwrap_or_else(|e| e)
+    );
+    Finding::new("system_bus_set_unit_properties", call.is_ok(), detail)
+}
+
+fn systemd_start_unit() -> Finding {
+    let private = connect_unix("/run/systemd/private");
+    let run = denied("/usr/bin/systemd-run", &["--system", "--no-ask-password", "--quiet", "--collect", "-p", "User=root", "/bin/true"]);
+    let detail = format!(
+        "/run/systemd/private: {}; systemd-run as root: {}",
+        private.as_ref().map_or_else(|e| e.clone(), |_| "connected".into()),
+        run.as_ref().unwrap_or_else(|e| e)
+    );
+    Finding::new("systemd_start_unit", private.is_err() && run.is_ok(), detail)
+}
+
+fn provision_helper(me: u32) -> Finding {
+    let base = ["--system", "--timeout=5", "--allow-interactive-authorization=no", "call", "org.picortex.Provision1", "/org/picortex/Provision1", "org.picortex.Provision1"];
+    let chat = format!("attack-from-uid-{me}");
+    let ensure = denied("/usr/bin/busctl", &[&base[..], &["EnsureChat", "s", &chat]].concat());
+    let release = denied("/usr/bin/busctl", &[&base[..], &["ReleaseTurn", "s", "00000000000000000000000000000000"]].concat());
+    let blocked = ensure.is_ok() && release.is_ok();
+    let detail = format!("EnsureChat: {}; ReleaseTurn: {}", ensure.unwrap_or_else(|e| e), release.unwrap_or_else(|e| e));
+    Finding::new("provision_helper", blocked, detail)
+}
+
+/// Ok(how it failed) when the address could not be reached; Err(what happened) when it could.
+/// Refused counts as reached: the packets got there and back.
+fn tcp_probe(addr: SocketAddr) -> Result<String, String> {
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(1500)) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+            let _ = s.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let first = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
+            Err(format!("{addr} connected ({first})"))
+        }
+        Err(e) if e.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => Err(format!("{addr} refused (reachable)")),
+        Err(e) => Ok(en(&e)),
+    }
+}
+
+fn udp_probe(addr: SocketAddr) -> Result<String, String> {
+    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = UdpSocket::bind(bind).map_err(|e| format!("bind {}", en(&e)));
+    match s {
+        Err(e) => Ok(e),
+        Ok(s) => match s.send_to(b"picortex attack", addr) {
+            Ok(_) => Err(format!("udp {addr} sent")),
+            Err(e) => Ok(en(&e)),
+        },
+    }
+}
+
+fn network() -> Vec<Finding> {
+    let addr = |s: &str| s.parse::<SocketAddr>().ok();
+    let gateway: Vec<SocketAddr> = ["127.0.0.1:8470", "[::1]:8470", "0.0.0.0:8470", "127.1.2.3:8470"].iter().filter_map(|s| addr(s)).collect();
+    let sim: Vec<SocketAddr> = ["127.0.0.1:8900", "[::1]:8900"].iter().filter_map(|s| addr(s)).collect();
+    let other: Vec<SocketAddr> = [
+        "127.0.0.1:1", "127.0.0.1:22", "127.0.0.1:25", "127.0.0.1:53", "127.0.0.1:80", "127.0.0.1:443", "127.0.0.1:631",
+        "127.0.0.1:3306", "127.0.0.1:5432", "127.0.0.1:6379", "127.0.0.1:8080", "127.0.0.53:53", "127.0.1.1:80",
+        "[::1]:22", "[::1]:80",
+    ]
+    .iter()
+    .filter_map(|s| addr(s))
+    .collect();
+    let udp: Vec<SocketAddr> = ["127.0.0.1:53", "127.0.0.53:53", "[::1]:53", "127.0.0.1:8470"].iter().filter_map(|s| addr(s)).collect();
+
+    // All probes at once: a dropped SYN costs the whole timeout.
+    let spawn = |addrs: Vec<SocketAddr>| -> Vec<std::thread::JoinHandle<Result<String, String>>> {
+        addrs.into_iter().map(|a| std::thread::spawn(move || tcp_probe(a))).collect()
+    };
+    let (hg, hs, ho) = (spawn(gateway), spawn(sim), spawn(other));
+    let join = |hs: Vec<std::thread::JoinHandle<Result<String, String>>>| -> Vec<Result<String, String>> {
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe thread panicked".into()))).collect()
+    };
+    let (rg, rs, mut ro) = (join(hg), join(hs), join(ho));
+    ro.extend(udp.into_iter().map(udp_probe));
+
+    let finding = |name: &'static str, what: &str, rs: Vec<Result<String, String>>| {
+        let n = rs.len();
+        let reached: Vec<String> = rs.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        let how: BTreeSet<String> = rs.into_iter().filter_map(Result::ok).collect();
+        if reached.is_empty() {
+            Finding::new(name, true, format!("{n} probes of {what}, none reached it: {}", how.into_iter().collect::<Vec<_>>().join(",")))
+        } else {
+            Finding::new(name, false, reached.join("; "))
+        }
+    };
+    vec![
+        finding("connect_gateway", "picortexd :8470", rg),
+        finding("connect_linq_sim", "the Linq simulator :8900", rs),
+        finding("connect_loopback", "other loopback ports (tcp+udp)", ro),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_cgroup_lines_give_unit_slice_and_hierarchies() {
+        let text = "9:name=systemd:/picortex.slice/picortex-chat.slice/picortex-chat-ab12cd34.slice/picortex-turn-00ff.service\n\
+                    8:pids:/picortex.slice/picortex-chat.slice/picortex-chat-ab12cd34.slice/picortex-turn-00ff.service\n\
+                    4:memory:/picortex.slice/picortex-chat.slice/picortex-chat-ab12cd34.slice/picortex-turn-00ff.service\n\
+                    2:cpu,cpuacct:/x.service\n\
+                    0::/picortex.slice/picortex-chat.slice/picortex-chat-ab12cd34.slice/picortex-turn-00ff.service\n";
+        let i = parse_cgroup(text, Path::new("/nonexistent"));
+        assert_eq!(i.unit.as_deref(), Some("picortex-turn-00ff.service"));
+        assert_eq!(i.slice.as_deref(), Some("picortex-chat-ab12cd34.slice"));
+        let mounts: Vec<String> = i.dirs.iter().map(|(m, _)| m.display().to_string()).collect();
+        assert_eq!(mounts, ["/nonexistent/systemd", "/nonexistent/pids", "/nonexistent/memory", "/nonexistent/cpu", "/nonexistent"]);
+    }
+
+    #[test]
+    fn report_is_one_compact_array_and_details_are_short() {
+        let f = [Finding::new("a", true, "x".repeat(500)), Finding::new("b", false, "y")];
+        let v: Value = serde_json::from_str(&report(&f)).unwrap_or(Value::Null);
+        assert_eq!(v[0]["name"], "a");
+        assert_eq!(v[1]["blocked"], false);
+        assert!(v[0]["detail"].as_str().map_or(0, |s| s.chars().count()) <= DETAIL_MAX);
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(en(&io::Error::from_raw_os_error(13)), "EACCES");
+        assert_eq!(en(&io::Error::from(io::ErrorKind::TimedOut)), "timeout");
+    }
+}

@@ -1,0 +1,101 @@
+//! SPEC P1, P4, P5 through the real helper on the real bus (as root, whom polkit allows): users
+//! and homes are idempotent, collisions and foreign users are never adopted, half-done
+//! provisioning is repaired, and chats archive, restore on the next message, and are removed.
+
+use std::time::Duration;
+
+use picortex_integration::{chat_tag, Machine};
+
+fn ensure(m: &Machine, chat: &str) -> String {
+    m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 EnsureChat s {chat}"))
+}
+
+fn home_state(m: &Machine, home: &str) -> String {
+    m.ok(&format!("stat -c '%a %U' {home}")).trim().to_owned()
+}
+
+#[test]
+fn users_and_homes_are_idempotent_collision_free_and_repaired() {
+    let m = Machine::boot();
+    let a = "aaaaaaaa-0000-4000-8000-000000000001";
+    let first = ensure(&m, a);
+    assert_eq!(ensure(&m, a), first, "EnsureChat is not idempotent");
+    let tag = chat_tag(a);
+    assert!(first.contains(&format!("\"chat-{tag}\"")), "{first}");
+
+    // A tag already registered to another chat: resolved with a longer tag.
+    let b = "bbbbbbbb-0000-4000-8000-000000000002";
+    let tb = chat_tag(b);
+    m.ok(&format!("echo someone-else > /var/lib/picortex-provision/chats/{tb}"));
+    let out = ensure(&m, b);
+    let long_b = &hex_of(b)[..9];
+    assert!(out.contains(&format!("\"chat-{long_b}\"")), "collision not resolved: {out}");
+    assert_eq!(home_state(&m, &format!("/var/lib/picortex/chats/{long_b}")), format!("700 chat-{long_b}"));
+
+    // A chat-<tag> user that picortex never registered is not adopted.
+    let c = "cccccccc-0000-4000-8000-000000000003";
+    let tc = chat_tag(c);
+    m.ok(&format!("useradd --system --no-create-home chat-{tc}"));
+    let out = ensure(&m, c);
+    assert!(out.contains(&format!("\"chat-{}\"", &hex_of(c)[..9])), "foreign user adopted: {out}");
+
+    // Half-done provisioning (home gone, user gone) is repaired by the next call.
+    let home = format!("/var/lib/picortex/chats/{tag}");
+    m.ok(&format!("rm -rf {home}"));
+    ensure(&m, a);
+    assert_eq!(home_state(&m, &home), format!("700 chat-{tag}"));
+    m.ok(&format!("userdel chat-{tag}"));
+    ensure(&m, a);
+    assert!(m.sh(&format!("getent passwd chat-{tag}")).code == 0, "user not recreated");
+    assert_eq!(home_state(&m, &home), format!("700 chat-{tag}"), "home not re-owned by the new user");
+
+    let audit = m.journal("SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=EnsureChat PICORTEX_OUTCOME=ok | wc -l");
+    assert!(audit.trim().parse::<u32>().unwrap_or(0) >= 6, "EnsureChat calls not audited: {audit}");
+}
+
+fn hex_of(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[test]
+fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    let r = sim.text("+15550002000", None, "remember the word quince");
+    let chat = r["chat_id"].as_str().unwrap().to_owned();
+    m.wait_for("the first reply", Duration::from_secs(30), || (!sim.sent(&chat).is_empty()).then_some(()));
+    let tag = chat_tag(&chat);
+    let (user, home) = (format!("chat-{tag}"), format!("/var/lib/picortex/chats/{tag}"));
+    m.ok(&format!("echo notes > {home}/notes.txt && chown {user}: {home}/notes.txt"));
+
+    let out = m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat}"));
+    assert!(out.contains(&format!("/var/lib/picortex-provision/archives/{tag}-")), "{out}");
+    assert_ne!(m.sh(&format!("test -e {home}")).code, 0, "home still there after archiving");
+    // Locked: password disabled and the account expired (shadow field 8 = day 1).
+    let expire = |m: &Machine| m.ok(&format!("getent shadow {user} | cut -d: -f8")).trim().to_owned();
+    assert_eq!(expire(&m), "1", "user not locked");
+    assert!(m.ok(&format!("systemctl show -P MemoryMax picortex-chat-{tag}.slice")).trim() != "infinity", "slice limits dropped");
+
+    // The next message restores it, transparently, and the agent remembers.
+    sim.text("+15550002000", Some(&chat), "what was the word?");
+    let sent = m.wait_for("the reply after restore", Duration::from_secs(30), || {
+        let s = sim.sent(&chat);
+        (s.len() >= 2).then_some(s)
+    });
+    let text = sent[1]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("before that you said \"remember the word quince\""), "session not restored: {text}");
+    assert_eq!(home_state(&m, &home), format!("700 {user}"));
+    assert_eq!(m.ok(&format!("cat {home}/notes.txt")).trim(), "notes");
+    assert_eq!(m.ok(&format!("stat -c %U {home}/notes.txt")).trim(), user);
+    assert_eq!(expire(&m), "", "user still locked");
+
+    // Removal archives first, then deletes the user and home.
+    let out = m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 RemoveChat s {chat}"));
+    assert!(out.contains(".tar.removed"), "{out}");
+    assert_ne!(m.sh(&format!("getent passwd {user}")).code, 0, "user not deleted");
+    assert_ne!(m.sh(&format!("test -e {home}")).code, 0, "home not deleted");
+    let audit = m.journal("SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OUTCOME=ok -o verbose | grep -E '^ *PICORTEX_OP=(ArchiveChat|RemoveChat)$' | sort | uniq -c");
+    assert!(audit.contains("ArchiveChat") && audit.contains("RemoveChat"), "lifecycle not audited: {audit}");
+}
