@@ -25,12 +25,37 @@ pub struct Outbox {
     store: Store,
     linq: Arc<LinqClient>,
     wake: Arc<Notify>,
-    sent_times: Mutex<HashMap<String, VecDeque<Instant>>>,
+    pairs: Mutex<PairLimiter>,
+}
+
+/// Linq's per-pair limit, kept on our side: at most `limit` sends per `window` per chat.
+#[derive(Debug, Default)]
+pub struct PairLimiter {
+    sent: HashMap<String, VecDeque<Instant>>,
+}
+
+impl PairLimiter {
+    /// How long until `chat` may send again at `now` (zero: now).
+    pub fn wait(&mut self, chat: &str, now: Instant) -> Duration {
+        let q = self.sent.entry(chat.to_owned()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= PAIR_WINDOW) {
+            q.pop_front();
+        }
+        if q.len() < PAIR_LIMIT {
+            Duration::ZERO
+        } else {
+            q.front().map(|t| PAIR_WINDOW.saturating_sub(now.duration_since(*t))).unwrap_or_default()
+        }
+    }
+
+    pub fn note(&mut self, chat: &str, now: Instant) {
+        self.sent.entry(chat.to_owned()).or_default().push_back(now);
+    }
 }
 
 impl Outbox {
     pub fn new(store: Store, linq: Arc<LinqClient>, wake: Arc<Notify>) -> Self {
-        Self { store, linq, wake, sent_times: Mutex::new(HashMap::new()) }
+        Self { store, linq, wake, pairs: Mutex::new(PairLimiter::default()) }
     }
 
     pub async fn run(self: Arc<Self>) {
@@ -59,24 +84,13 @@ impl Outbox {
         }
     }
 
-    /// How long until this chat may send again under the per-pair limit (zero: now).
     fn pair_wait(&self, chat: &str) -> Duration {
-        let Ok(mut m) = self.sent_times.lock() else { return Duration::ZERO };
-        let q = m.entry(chat.to_owned()).or_default();
-        let now = Instant::now();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= PAIR_WINDOW) {
-            q.pop_front();
-        }
-        if q.len() < PAIR_LIMIT {
-            Duration::ZERO
-        } else {
-            q.front().map(|t| PAIR_WINDOW.saturating_sub(now.duration_since(*t))).unwrap_or_default()
-        }
+        self.pairs.lock().map(|mut p| p.wait(chat, Instant::now())).unwrap_or_default()
     }
 
     fn note_sent(&self, chat: &str) {
-        if let Ok(mut m) = self.sent_times.lock() {
-            m.entry(chat.to_owned()).or_default().push_back(Instant::now());
+        if let Ok(mut p) = self.pairs.lock() {
+            p.note(chat, Instant::now());
         }
     }
 
@@ -122,5 +136,24 @@ impl Outbox {
             }
         }
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thirty_per_minute_per_chat() {
+        let mut p = PairLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..30 {
+            assert_eq!(p.wait("a", t0 + Duration::from_secs(i)), Duration::ZERO, "send {i} held");
+            p.note("a", t0 + Duration::from_secs(i));
+        }
+        // The 31st waits until the first leaves the window; other chats are not held.
+        assert_eq!(p.wait("a", t0 + Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(p.wait("b", t0 + Duration::from_secs(30)), Duration::ZERO);
+        assert_eq!(p.wait("a", t0 + Duration::from_secs(60)), Duration::ZERO);
     }
 }
