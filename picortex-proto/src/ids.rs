@@ -67,7 +67,8 @@ pub struct ChatTag(String);
 impl ChatTag {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = (8..=16).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -106,7 +107,9 @@ pub struct TurnId(String);
 
 impl TurnId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let ok = s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -158,15 +161,30 @@ mod tests {
         assert_eq!(full.len(), 64);
         assert_eq!(id.tag().as_str(), &full[..8]);
         assert_eq!(id.tag().user_name(), format!("chat-{}", &full[..8]));
-        assert_eq!(id.tag().home(), format!("/var/lib/picortex/chats/{}", &full[..8]));
-        assert_eq!(id.tag().slice(), format!("picortex-chat-{}.slice", &full[..8]));
+        assert_eq!(
+            id.tag().home(),
+            format!("/var/lib/picortex/chats/{}", &full[..8])
+        );
+        assert_eq!(
+            id.tag().slice(),
+            format!("picortex-chat-{}.slice", &full[..8])
+        );
         // sha256("abc") is a published vector.
         assert_eq!(ChatId::parse("abc").unwrap().tag().as_str(), "ba7816bf");
     }
 
     #[test]
     fn chat_ids_that_could_escape_are_refused() {
-        for bad in ["", "../etc", "a/b", "a b", "a.b", "x\n", &"a".repeat(65), "é"] {
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            "a b",
+            "a.b",
+            "x\n",
+            &"a".repeat(65),
+            "é",
+        ] {
             assert!(ChatId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -174,7 +192,10 @@ mod tests {
     #[test]
     fn turn_ids_and_unit_names_round_trip() {
         let t = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        assert_eq!(t.unit_name(), "picortex-turn-0123456789abcdef0123456789abcdef.service");
+        assert_eq!(
+            t.unit_name(),
+            "picortex-turn-0123456789abcdef0123456789abcdef.service"
+        );
         assert_eq!(TurnId::from_unit_name(&t.unit_name()), Some(t));
         assert!(TurnId::parse("0123456789ABCDEF0123456789abcdef").is_err());
         assert!(TurnId::from_unit_name("picortexd.service").is_none());
@@ -182,14 +203,20 @@ mod tests {
 
     #[test]
     fn tags_from_user_names() {
-        assert_eq!(ChatTag::from_user_name("chat-deadbeef").unwrap().as_str(), "deadbeef");
+        assert_eq!(
+            ChatTag::from_user_name("chat-deadbeef").unwrap().as_str(),
+            "deadbeef"
+        );
         assert!(ChatTag::from_user_name("root").is_err());
         assert!(ChatTag::from_user_name("chat-../../x").is_err());
     }
 
     #[test]
     fn object_paths_match_systemd_escaping() {
-        assert_eq!(unit_object_path("picortexd.service"), "/org/freedesktop/systemd1/unit/picortexd_2eservice");
+        assert_eq!(
+            unit_object_path("picortexd.service"),
+            "/org/freedesktop/systemd1/unit/picortexd_2eservice"
+        );
         assert_eq!(
             unit_object_path("picortex-turn-0a.service"),
             "/org/freedesktop/systemd1/unit/picortex_2dturn_2d0a_2eservice"

@@ -36,8 +36,11 @@ fn helper_err(e: zbus::Error) -> BusError {
             // not available.
             match name.as_str() {
                 "org.freedesktop.DBus.Error.AccessDenied" => BusError::Denied(msg),
-                "org.freedesktop.DBus.Error.Failed" | "org.freedesktop.DBus.Error.InvalidArgs"
-                | "org.freedesktop.DBus.Error.FileExists" => BusError::Helper(format!("{name}: {msg}")),
+                "org.freedesktop.DBus.Error.Failed"
+                | "org.freedesktop.DBus.Error.InvalidArgs"
+                | "org.freedesktop.DBus.Error.FileExists" => {
+                    BusError::Helper(format!("{name}: {msg}"))
+                }
                 _ => BusError::Unavailable(format!("{name}: {msg}")),
             }
         }
@@ -68,17 +71,29 @@ pub struct Bus {
     conn: OnceCell<Connection>,
 }
 
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Bus {
     pub fn new() -> Self {
-        Self { conn: OnceCell::new() }
+        Self {
+            conn: OnceCell::new(),
+        }
     }
 
     async fn conn(&self) -> Result<&Connection, BusError> {
         self.conn
             .get_or_try_init(|| async {
-                let c = Connection::system().await.map_err(|e| BusError::Unavailable(e.to_string()))?;
+                let c = Connection::system()
+                    .await
+                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
                 // PID 1 emits unit signals only to subscribed clients.
-                let mgr = ManagerProxy::new(&c).await.map_err(|e| BusError::Systemd(e.to_string()))?;
+                let mgr = ManagerProxy::new(&c)
+                    .await
+                    .map_err(|e| BusError::Systemd(e.to_string()))?;
                 if let Err(e) = mgr.subscribe().await {
                     tracing::debug!(error = %e, "systemd Subscribe");
                 }
@@ -107,8 +122,15 @@ impl Bus {
         ProvisionProxy::new(&c).await.map_err(helper_err)
     }
 
-    pub async fn ensure_chat(&self, chat_id: &str) -> Result<(String, u32, String, String), BusError> {
-        self.provision().await?.ensure_chat(chat_id).await.map_err(helper_err)
+    pub async fn ensure_chat(
+        &self,
+        chat_id: &str,
+    ) -> Result<(String, u32, String, String), BusError> {
+        self.provision()
+            .await?
+            .ensure_chat(chat_id)
+            .await
+            .map_err(helper_err)
     }
 
     pub async fn start_turn(
@@ -120,33 +142,57 @@ impl Bus {
         limits: &[(&'static str, u64)],
     ) -> Result<Started, BusError> {
         let p = self.provision().await?;
-        let limits: HashMap<&str, Variant<'_>> = limits.iter().map(|(k, v)| (*k, Variant::from(*v))).collect();
-        match p.start_turn(chat_id, turn_id, request.into(), result.into(), limits).await {
+        let limits: HashMap<&str, Variant<'_>> = limits
+            .iter()
+            .map(|(k, v)| (*k, Variant::from(*v)))
+            .collect();
+        match p
+            .start_turn(chat_id, turn_id, request.into(), result.into(), limits)
+            .await
+        {
             Ok(unit) => Ok(Started::Started(unit)),
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.DBus.Error.FileExists" => {
-                Ok(Started::AlreadyRunning(picortex_proto::ids::TurnId::parse(turn_id)
-                    .map(|t| t.unit_name())
-                    .unwrap_or_default()))
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.DBus.Error.FileExists" =>
+            {
+                Ok(Started::AlreadyRunning(
+                    picortex_proto::ids::TurnId::parse(turn_id)
+                        .map(|t| t.unit_name())
+                        .unwrap_or_default(),
+                ))
             }
             Err(e) => Err(helper_err(e)),
         }
     }
 
     pub async fn archive_chat(&self, chat_id: &str) -> Result<String, BusError> {
-        self.provision().await?.archive_chat(chat_id).await.map_err(helper_err)
+        self.provision()
+            .await?
+            .archive_chat(chat_id)
+            .await
+            .map_err(helper_err)
     }
 
     pub async fn release_turn(&self, turn_id: &str) -> Result<(), BusError> {
-        self.provision().await?.release_turn(turn_id).await.map_err(helper_err)
+        self.provision()
+            .await?
+            .release_turn(turn_id)
+            .await
+            .map_err(helper_err)
     }
 
     /// Whether systemd has the unit loaded.
     pub async fn unit_exists(&self, unit: &str) -> Result<bool, BusError> {
         let c = self.conn().await?;
-        let mgr = ManagerProxy::new(c).await.map_err(|e| BusError::Systemd(e.to_string()))?;
+        let mgr = ManagerProxy::new(c)
+            .await
+            .map_err(|e| BusError::Systemd(e.to_string()))?;
         match mgr.get_unit(unit.to_owned()).await {
             Ok(_) => Ok(true),
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => Ok(false),
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(BusError::Systemd(e.to_string())),
         }
     }
@@ -154,7 +200,9 @@ impl Bus {
     /// Every turn unit systemd has loaded (running, or kept after its end until released).
     pub async fn turn_units(&self) -> Result<Vec<String>, BusError> {
         let c = self.conn().await?;
-        let mgr = ManagerProxy::new(c).await.map_err(|e| BusError::Systemd(e.to_string()))?;
+        let mgr = ManagerProxy::new(c)
+            .await
+            .map_err(|e| BusError::Systemd(e.to_string()))?;
         let units = mgr
             .list_units_by_patterns(vec![], vec!["picortex-turn-*.service".to_owned()])
             .await
@@ -178,7 +226,12 @@ impl Bus {
             .await
             .map_err(sys)?;
         let mut changes = props.receive_properties_changed().await.map_err(sys)?;
-        let unit_p = UnitProxy::builder(c).path(path.clone()).cache_properties(CacheProperties::No).build().await.map_err(sys)?;
+        let unit_p = UnitProxy::builder(c)
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(sys)?;
         let deadline = tokio::time::Instant::now() + give_up;
         loop {
             let state = unit_p.active_state().await.map_err(sys)?;
@@ -188,7 +241,12 @@ impl Bus {
                 || state == "failed"
                 || (state == "inactive" && job.0 == 0);
             if done {
-                let svc = ServiceProxy::builder(c).path(path).cache_properties(CacheProperties::No).build().await.map_err(sys)?;
+                let svc = ServiceProxy::builder(c)
+                    .path(path)
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await
+                    .map_err(sys)?;
                 return Ok(UnitEnd {
                     active_state: state,
                     result: svc.result().await.map_err(sys)?,

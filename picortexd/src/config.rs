@@ -12,14 +12,27 @@ pub const DEFAULT_PATH: &str = "/etc/picortex/picortexd.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {msg}")]
     Parse { path: String, msg: String },
     #[error("{path}: {key}: {msg}")]
-    Invalid { path: String, key: &'static str, msg: String },
+    Invalid {
+        path: String,
+        key: &'static str,
+        msg: String,
+    },
     #[error("credential {name:?} not found in {dir}: {source} (install it with LoadCredential=, see README)")]
-    Credential { name: &'static str, dir: String, source: std::io::Error },
-    #[error("no credentials directory: run under systemd (LoadCredential=) or pass --credentials-dir")]
+    Credential {
+        name: &'static str,
+        dir: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "no credentials directory: run under systemd (LoadCredential=) or pass --credentials-dir"
+    )]
     NoCredentials,
 }
 
@@ -79,7 +92,10 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8470".into(), max_body_bytes: 256 * 1024 }
+        Self {
+            listen: "127.0.0.1:8470".into(),
+            max_body_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -120,7 +136,14 @@ impl Default for TurnsConfig {
     }
 }
 
-pub const PERMISSION_MODES: &[&str] = &["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"];
+pub const PERMISSION_MODES: &[&str] = &[
+    "default",
+    "acceptEdits",
+    "plan",
+    "auto",
+    "dontAsk",
+    "bypassPermissions",
+];
 
 /// Parse "512M", "1G", "1073741824" into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -138,8 +161,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (s, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 512M or 1G"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M or 1G"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl Config {
@@ -155,27 +182,50 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })?;
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
         c.validate(path)?;
         Ok(c)
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let bad = |key, msg: String| Err(ConfigError::Invalid { path: path.into(), key, msg });
-        if !(self.linq.api_base.starts_with("https://") || self.linq.api_base.starts_with("http://")) {
-            return bad("linq.api_base", format!("{:?} is not an http(s) URL", self.linq.api_base));
+        let bad = |key, msg: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                key,
+                msg,
+            })
+        };
+        if !(self.linq.api_base.starts_with("https://")
+            || self.linq.api_base.starts_with("http://"))
+        {
+            return bad(
+                "linq.api_base",
+                format!("{:?} is not an http(s) URL", self.linq.api_base),
+            );
         }
         if !(1..=3600).contains(&self.linq.timestamp_tolerance_s) {
             return bad("linq.timestamp_tolerance_s", "must be 1..=3600".into());
         }
         if !(100..=10_000).contains(&self.linq.max_part_chars) {
-            return bad("linq.max_part_chars", "must be 100..=10000 (Linq's text limit)".into());
+            return bad(
+                "linq.max_part_chars",
+                "must be 100..=10000 (Linq's text limit)".into(),
+            );
         }
         if !(1024..=64 << 20).contains(&self.http.max_body_bytes) {
             return bad("http.max_body_bytes", "must be 1 KiB..=64 MiB".into());
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("http.listen", format!("{:?} is not an address like 127.0.0.1:8470", self.http.listen));
+            return bad(
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8470",
+                    self.http.listen
+                ),
+            );
         }
         if !(1..=256).contains(&self.turns.max_concurrent) {
             return bad("turns.max_concurrent", "must be 1..=256".into());
@@ -193,14 +243,27 @@ impl Config {
         }
         if let Some(p) = &self.turns.system_prompt_file {
             if !p.is_absolute() {
-                return bad("turns.system_prompt_file", format!("{} is not an absolute path", p.display()));
+                return bad(
+                    "turns.system_prompt_file",
+                    format!("{} is not an absolute path", p.display()),
+                );
             }
         }
-        if self.turns.daily_budget_usd.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
-            return bad("turns.daily_budget_usd", "must be a positive number of USD".into());
+        if self
+            .turns
+            .daily_budget_usd
+            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
+        {
+            return bad(
+                "turns.daily_budget_usd",
+                "must be a positive number of USD".into(),
+            );
         }
         if !PERMISSION_MODES.contains(&self.turns.permission_mode.as_str()) {
-            return bad("turns.permission_mode", format!("must be one of {}", PERMISSION_MODES.join(", ")));
+            return bad(
+                "turns.permission_mode",
+                format!("must be one of {}", PERMISSION_MODES.join(", ")),
+            );
         }
         Ok(())
     }
@@ -234,9 +297,16 @@ impl Secrets {
         let read = |name: &'static str| {
             std::fs::read_to_string(dir.join(name))
                 .map(|s| s.trim().to_owned())
-                .map_err(|source| ConfigError::Credential { name, dir: dir.display().to_string(), source })
+                .map_err(|source| ConfigError::Credential {
+                    name,
+                    dir: dir.display().to_string(),
+                    source,
+                })
         };
-        Ok(Self { linq_token: read("linq-token")?, webhook_secret: read("linq-webhook-secret")? })
+        Ok(Self {
+            linq_token: read("linq-token")?,
+            webhook_secret: read("linq-webhook-secret")?,
+        })
     }
 }
 
@@ -256,14 +326,19 @@ mod tests {
         for (text, key) in [
             ("[turns]\nmemory_max = \"lots\"", "turns.memory_max"),
             ("[turns]\nmax_concurrent = 0", "turns.max_concurrent"),
-            ("[turns]\npermission_mode = \"yolo\"", "turns.permission_mode"),
+            (
+                "[turns]\npermission_mode = \"yolo\"",
+                "turns.permission_mode",
+            ),
             ("[linq]\napi_base = \"ftp://x\"", "linq.api_base"),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
         ] {
             let e = Config::parse(text, "t").unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
-        let e = Config::parse("[turns]\nmemroy_max = \"1G\"", "t").unwrap_err().to_string();
+        let e = Config::parse("[turns]\nmemroy_max = \"1G\"", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("memroy_max"), "{e}");
     }
 

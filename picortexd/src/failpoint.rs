@@ -23,7 +23,9 @@ pub fn init(state_dir: &std::path::Path) {
 
 /// Die here, if this is the armed point and it has not fired yet.
 pub fn hit(name: &str) {
-    let Some(Some((armed, marker))) = ARMED.get() else { return };
+    let Some(Some((armed, marker))) = ARMED.get() else {
+        return;
+    };
     if armed != name || marker.exists() {
         return;
     }

@@ -25,7 +25,11 @@ pub struct Decision {
 }
 
 pub fn decide(f: &Facts<'_>) -> Decision {
-    let no = |reason| Decision { answer: false, answer_if_reply_to_bot: false, reason };
+    let no = |reason| Decision {
+        answer: false,
+        answer_if_reply_to_bot: false,
+        reason,
+    };
     if f.from_bot {
         return no("the bot's own message");
     }
@@ -36,16 +40,35 @@ pub fn decide(f: &Facts<'_>) -> Decision {
         return no("no text");
     }
     if !f.is_group {
-        return Decision { answer: true, answer_if_reply_to_bot: false, reason: "direct chat (attention: always)" };
+        return Decision {
+            answer: true,
+            answer_if_reply_to_bot: false,
+            reason: "direct chat (attention: always)",
+        };
     }
     if f.mentions_bot {
-        return Decision { answer: true, answer_if_reply_to_bot: false, reason: "mentioned (attention: mentions-only)" };
+        return Decision {
+            answer: true,
+            answer_if_reply_to_bot: false,
+            reason: "mentioned (attention: mentions-only)",
+        };
     }
     let lower = f.text.to_lowercase();
-    if f.bot_names.iter().any(|n| !n.is_empty() && contains_word(&lower, &n.to_lowercase())) {
-        return Decision { answer: true, answer_if_reply_to_bot: false, reason: "named (attention: mentions-only)" };
+    if f.bot_names
+        .iter()
+        .any(|n| !n.is_empty() && contains_word(&lower, &n.to_lowercase()))
+    {
+        return Decision {
+            answer: true,
+            answer_if_reply_to_bot: false,
+            reason: "named (attention: mentions-only)",
+        };
     }
-    Decision { answer: false, answer_if_reply_to_bot: true, reason: "group message without a mention (attention: mentions-only)" }
+    Decision {
+        answer: false,
+        answer_if_reply_to_bot: true,
+        reason: "group message without a mention (attention: mentions-only)",
+    }
 }
 
 /// `name` occurs in `text` with no letter or digit right before or after it.
@@ -69,7 +92,10 @@ mod tests {
     use super::*;
 
     fn f(text: &str) -> Facts<'_> {
-        Facts { text, ..Default::default() }
+        Facts {
+            text,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -79,20 +105,45 @@ mod tests {
 
     #[test]
     fn the_bot_never_answers_itself_nor_late_messages() {
-        assert!(!decide(&Facts { from_bot: true, ..f("hi") }).answer);
-        assert!(!decide(&Facts { reconciled: true, ..f("hi") }).answer);
+        assert!(
+            !decide(&Facts {
+                from_bot: true,
+                ..f("hi")
+            })
+            .answer
+        );
+        assert!(
+            !decide(&Facts {
+                reconciled: true,
+                ..f("hi")
+            })
+            .answer
+        );
         assert!(!decide(&f("   ")).answer);
     }
 
     #[test]
     fn groups_need_a_mention_a_name_or_a_reply() {
         let names = vec!["Cortex".to_owned()];
-        let g = |text| Facts { is_group: true, bot_names: &names, ..f(text) };
+        let g = |text| Facts {
+            is_group: true,
+            bot_names: &names,
+            ..f(text)
+        };
         let plain = decide(&g("lunch anyone?"));
         assert!(!plain.answer);
         assert!(plain.answer_if_reply_to_bot);
-        assert!(decide(&Facts { mentions_bot: true, ..g("@Bot hi") }).answer);
+        assert!(
+            decide(&Facts {
+                mentions_bot: true,
+                ..g("@Bot hi")
+            })
+            .answer
+        );
         assert!(decide(&g("cortex, what's the plan?")).answer);
-        assert!(!decide(&g("cortexes are brainy")).answer, "a name inside a word is no mention");
+        assert!(
+            !decide(&g("cortexes are brainy")).answer,
+            "a name inside a word is no mention"
+        );
     }
 }

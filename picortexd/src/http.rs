@@ -51,7 +51,10 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 fn valid_request_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// Take the caller's `X-Request-ID` if it is sane, or make one; put it on the response and on
@@ -79,7 +82,11 @@ fn reject(status: StatusCode, msg: &str) -> Response {
 
 /// Refuse a webhook: log why (the journal is where an operator looks) and say it plainly.
 fn refuse(status: StatusCode, why: &str) -> Response {
-    tracing::warn!(status = status.as_u16(), reason = why, "webhook rejected: {why}");
+    tracing::warn!(
+        status = status.as_u16(),
+        reason = why,
+        "webhook rejected: {why}"
+    );
     reject(status, why)
 }
 
@@ -89,14 +96,21 @@ async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result<Byt
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max} bytes")));
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body larger than {max} bytes"),
+        ));
     }
     match http_body_util::Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max} bytes")))
-        }
-        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, &format!("could not read body: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body larger than {max} bytes"),
+        )),
+        Err(e) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("could not read body: {e}"),
+        )),
     }
 }
 
@@ -112,7 +126,10 @@ async fn inbound(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json_ct {
-        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json");
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json",
+        );
     }
     let body = match read_limited(&headers, body, app.cfg.http.max_body_bytes).await {
         Ok(b) => b,
@@ -121,7 +138,12 @@ async fn inbound(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let verified = match app.verifier.verify(&headers, &body, now) {
         Ok(v) => v,
-        Err(e) => return refuse(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), &e.to_string()),
+        Err(e) => {
+            return refuse(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                &e.to_string(),
+            )
+        }
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "body is not UTF-8");
@@ -136,7 +158,10 @@ async fn inbound(
         tracing::warn!(webhook_id = %hid, "webhook-id header differs from the body's event_id");
     }
     if !env.is_expected_version() {
-        tracing::warn!(version = env.webhook_version.as_deref().unwrap_or("none"), "unexpected webhook payload version; pin ?version=2026-02-03 on the subscription");
+        tracing::warn!(
+            version = env.webhook_version.as_deref().unwrap_or("none"),
+            "unexpected webhook payload version; pin ?version=2026-02-03 on the subscription"
+        );
     }
     crate::failpoint::hit("webhook-received");
     if let Err(why) = crate::ingest::validate(&env) {
@@ -193,15 +218,31 @@ impl App {
                         let members: Vec<Member> = c
                             .handles
                             .iter()
-                            .map(|h| Member { handle: h.handle.clone(), is_me: h.is_me(), left: h.left_at.is_some() })
+                            .map(|h| Member {
+                                handle: h.handle.clone(),
+                                is_me: h.is_me(),
+                                left: h.left_at.is_some(),
+                            })
                             .collect();
                         let name = c.display_name.clone();
-                        let r = store.call(move |t| channel::chat_details(t, &c.id, c.is_group, name.as_deref(), &members)).await;
+                        let r = store
+                            .call(move |t| {
+                                channel::chat_details(
+                                    t,
+                                    &c.id,
+                                    c.is_group,
+                                    name.as_deref(),
+                                    &members,
+                                )
+                            })
+                            .await;
                         if let Err(e) = r {
                             tracing::warn!(chat = %chat, error = %e, "chat details not stored");
                         }
                     }
-                    Err(e) => tracing::info!(chat = %chat, error = %e, "chat details not available from Linq"),
+                    Err(e) => {
+                        tracing::info!(chat = %chat, error = %e, "chat details not available from Linq")
+                    }
                 }
             });
         }
@@ -210,7 +251,11 @@ impl App {
 
 async fn health(State(app): State<Arc<App>>) -> Response {
     let (db_ok, bus_ok) = tokio::join!(app.store.ping(), app.bus.ok());
-    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({

@@ -14,12 +14,23 @@ use crate::store::StoreError;
 
 /// Ids we store and put in paths or URLs later: Linq's are UUIDs; anything else is refused.
 fn id_ok(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whole-message opt-out words Linq honours for SMS (linq.md §3).
 pub fn is_opt_out(text: &str) -> bool {
-    const WORDS: &[&str] = &["stop", "unsubscribe", "optout", "opt out", "cancel", "end", "quit"];
+    const WORDS: &[&str] = &[
+        "stop",
+        "unsubscribe",
+        "optout",
+        "opt out",
+        "cancel",
+        "end",
+        "quit",
+    ];
     let t = text.trim().trim_end_matches(['.', '!']).to_lowercase();
     WORDS.contains(&t.as_str())
 }
@@ -35,7 +46,10 @@ pub fn validate(env: &Envelope<Event>) -> Result<(), String> {
     };
     check("chat id", env.data.chat_id())?;
     match &env.data {
-        Event::MessageReceived(m) | Event::MessageSent(m) | Event::MessageDelivered(m) | Event::MessageRead(m) => {
+        Event::MessageReceived(m)
+        | Event::MessageSent(m)
+        | Event::MessageDelivered(m)
+        | Event::MessageRead(m) => {
             check("message id", Some(&m.id))?;
             check("reply_to.message_id", m.reply_to_id())?;
             if m.sender_handle.handle.is_empty() || m.sender_handle.handle.len() > 320 {
@@ -44,7 +58,9 @@ pub fn validate(env: &Envelope<Event>) -> Result<(), String> {
         }
         Event::MessageEdited(e) => check("message id", Some(&e.id))?,
         Event::MessageFailed(f) => check("message id", f.message_id.as_deref())?,
-        Event::ReactionAdded(r) | Event::ReactionRemoved(r) => check("message id", r.message_id.as_deref())?,
+        Event::ReactionAdded(r) | Event::ReactionRemoved(r) => {
+            check("message id", r.message_id.as_deref())?
+        }
         _ => {}
     }
     Ok(())
@@ -60,7 +76,13 @@ pub struct Applied {
     pub mark_read: Option<String>,
 }
 
-fn inbound(m: &MessageEvent, env: &Envelope<Event>, rid: &str, body: &str, bot_names: &[String]) -> Inbound {
+fn inbound(
+    m: &MessageEvent,
+    env: &Envelope<Event>,
+    rid: &str,
+    body: &str,
+    bot_names: &[String],
+) -> Inbound {
     let text = m.text();
     let opt_out = !m.is_from_bot() && is_opt_out(&text);
     let d = gate::decide(&gate::Facts {
@@ -71,7 +93,11 @@ fn inbound(m: &MessageEvent, env: &Envelope<Event>, rid: &str, body: &str, bot_n
         text: &text,
         bot_names,
     });
-    let (answer, reason) = if opt_out { (false, "opt-out word; the sender asked for no more messages") } else { (d.answer, d.reason) };
+    let (answer, reason) = if opt_out {
+        (false, "opt-out word; the sender asked for no more messages")
+    } else {
+        (d.answer, d.reason)
+    };
     Inbound {
         event_id: env.event_id.clone(),
         event_type: env.event_type.clone(),
@@ -90,7 +116,13 @@ fn inbound(m: &MessageEvent, env: &Envelope<Event>, rid: &str, body: &str, bot_n
     }
 }
 
-pub fn apply(t: &Connection, env: &Envelope<Event>, rid: &str, body: &str, bot_names: &[String]) -> Result<Applied, StoreError> {
+pub fn apply(
+    t: &Connection,
+    env: &Envelope<Event>,
+    rid: &str,
+    body: &str,
+    bot_names: &[String],
+) -> Result<Applied, StoreError> {
     let mut out = Applied::default();
     if let Event::MessageReceived(m) | Event::MessageSent(m) = &env.data {
         let inb = inbound(m, env, rid, body, bot_names);
@@ -122,28 +154,41 @@ pub fn apply(t: &Connection, env: &Envelope<Event>, rid: &str, body: &str, bot_n
             None => "message.failed without a message id",
         },
         Event::MessageEdited(e) => {
-            if channel::message_edited(t, &e.id, &e.part.text)? { "message text updated" } else { "edit of a message not in the log" }
-        }
-        Event::ReactionAdded(r) | Event::ReactionRemoved(r) => match (&r.message_id, r.from_handle.as_ref()) {
-            (Some(mid), Some(h)) => {
-                let rec = Reaction {
-                    message_id: mid,
-                    chat_id: r.chat_id.as_deref(),
-                    handle: &h.handle,
-                    kind: &r.reaction_type,
-                    custom_emoji: r.custom_emoji.as_deref(),
-                    part_index: i64::from(r.part_index.unwrap_or(0)),
-                    is_from_bot: r.is_from_bot(),
-                };
-                channel::reaction(t, &rec, matches!(env.data, Event::ReactionAdded(_)))?;
-                "reaction recorded"
+            if channel::message_edited(t, &e.id, &e.part.text)? {
+                "message text updated"
+            } else {
+                "edit of a message not in the log"
             }
-            _ => "reaction without message or handle",
-        },
-        Event::ParticipantAdded(p) | Event::ParticipantRemoved(p) => match (&p.chat_id, p.handle()) {
+        }
+        Event::ReactionAdded(r) | Event::ReactionRemoved(r) => {
+            match (&r.message_id, r.from_handle.as_ref()) {
+                (Some(mid), Some(h)) => {
+                    let rec = Reaction {
+                        message_id: mid,
+                        chat_id: r.chat_id.as_deref(),
+                        handle: &h.handle,
+                        kind: &r.reaction_type,
+                        custom_emoji: r.custom_emoji.as_deref(),
+                        part_index: i64::from(r.part_index.unwrap_or(0)),
+                        is_from_bot: r.is_from_bot(),
+                    };
+                    channel::reaction(t, &rec, matches!(env.data, Event::ReactionAdded(_)))?;
+                    "reaction recorded"
+                }
+                _ => "reaction without message or handle",
+            }
+        }
+        Event::ParticipantAdded(p) | Event::ParticipantRemoved(p) => match (&p.chat_id, p.handle())
+        {
             (Some(c), Some(h)) => {
                 let is_me = p.participant.as_ref().is_some_and(|x| x.is_me());
-                channel::participant(t, c, h, is_me, matches!(env.data, Event::ParticipantAdded(_)))?;
+                channel::participant(
+                    t,
+                    c,
+                    h,
+                    is_me,
+                    matches!(env.data, Event::ParticipantAdded(_)),
+                )?;
                 "participants updated"
             }
             _ => "participant event without chat or handle",
@@ -156,7 +201,11 @@ pub fn apply(t: &Connection, env: &Envelope<Event>, rid: &str, body: &str, bot_n
             let members: Vec<Member> = c
                 .handles
                 .iter()
-                .map(|h| Member { handle: h.handle.clone(), is_me: h.is_me(), left: h.left_at.is_some() || h.status.as_deref().is_some_and(|s| s != "active") })
+                .map(|h| Member {
+                    handle: h.handle.clone(),
+                    is_me: h.is_me(),
+                    left: h.left_at.is_some() || h.status.as_deref().is_some_and(|s| s != "active"),
+                })
                 .collect();
             channel::chat_details(t, &c.id, c.is_group, c.display_name.as_deref(), &members)?;
             "chat recorded"
@@ -165,12 +214,24 @@ pub fn apply(t: &Connection, env: &Envelope<Event>, rid: &str, body: &str, bot_n
         Event::Unknown { .. } => "unknown event type; acknowledged and ignored",
         Event::MessageReceived(_) | Event::MessageSent(_) => "message",
     };
-    out.ingested = Some(Ingested::Stored { turn_id: None, reason: reason.into() });
+    out.ingested = Some(Ingested::Stored {
+        turn_id: None,
+        reason: reason.into(),
+    });
     Ok(out)
 }
 
-fn status(t: &Connection, id: &str, s: &str, code: Option<i64>) -> Result<&'static str, StoreError> {
-    Ok(if channel::message_status(t, id, s, code)? { "message status updated" } else { "status of a message not in the log" })
+fn status(
+    t: &Connection,
+    id: &str,
+    s: &str,
+    code: Option<i64>,
+) -> Result<&'static str, StoreError> {
+    Ok(if channel::message_status(t, id, s, code)? {
+        "message status updated"
+    } else {
+        "status of a message not in the log"
+    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ struct Args {
     state_dir: PathBuf,
 }
 
-const USAGE: &str = "usage: picortexd [--config PATH] [--listen ADDR] [--credentials-dir DIR] [--state-dir DIR]
+const USAGE: &str =
+    "usage: picortexd [--config PATH] [--listen ADDR] [--credentials-dir DIR] [--state-dir DIR]
   Normally started by picortexd.socket. For development, --listen binds its own socket and
   --credentials-dir names a directory holding linq-token and linq-webhook-secret.";
 
@@ -30,11 +31,16 @@ fn parse_args() -> anyhow::Result<Args> {
         config: PathBuf::from(config::DEFAULT_PATH),
         listen: None,
         credentials_dir: None,
-        state_dir: std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| "/var/lib/picortex".into()),
+        state_dir: std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/lib/picortex".into()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{USAGE}"));
+        let mut val = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value\n{USAGE}"))
+        };
         match arg.as_str() {
             "--config" => a.config = val("--config")?.into(),
             "--listen" => a.listen = Some(val("--listen")?),
@@ -57,10 +63,13 @@ fn parse_args() -> anyhow::Result<Args> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PICORTEX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
+    let journald =
+        std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
     match tracing_journald::layer() {
         Ok(j) if journald => {
-            let j = j.with_syslog_identifier("picortexd".into()).with_field_prefix(Some("PICORTEX".into()));
+            let j = j
+                .with_syslog_identifier("picortexd".into())
+                .with_field_prefix(Some("PICORTEX".into()));
             tracing_subscriber::registry().with(filter).with(j).init();
         }
         _ => tracing_subscriber::registry()
@@ -78,7 +87,10 @@ fn main() -> anyhow::Result<()> {
     }
     // The socket from systemd must be taken before any other thread exists.
     let mut fds = listenfd::ListenFd::from_env();
-    let std_listener = match fds.take_tcp_listener(0).context("taking the socket from systemd")? {
+    let std_listener = match fds
+        .take_tcp_listener(0)
+        .context("taking the socket from systemd")?
+    {
         Some(l) => l,
         None => {
             let cfg = config::Config::load(&args.config)?;
@@ -102,14 +114,20 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         .context("credential linq-webhook-secret")?
         .with_tolerance(Duration::from_secs(cfg.linq.timestamp_tolerance_s));
     let linq = Arc::new(
-        linq::client::LinqClient::new(&cfg.linq.api_base, secrets.linq_token.clone(), Duration::from_secs(cfg.linq.request_timeout_s))
-            .context("Linq client")?,
+        linq::client::LinqClient::new(
+            &cfg.linq.api_base,
+            secrets.linq_token.clone(),
+            Duration::from_secs(cfg.linq.request_timeout_s),
+        )
+        .context("Linq client")?,
     );
     failpoint::init(&args.state_dir);
     let results_dir = args.state_dir.join("turns");
-    std::fs::create_dir_all(&results_dir).with_context(|| format!("creating {}", results_dir.display()))?;
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("creating {}", results_dir.display()))?;
     let db_path = args.state_dir.join("picortex.db");
-    let store = store::Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let store =
+        store::Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
 
     let bus = Arc::new(bus::Bus::new());
     if let Err(e) = bus.connect().await {
@@ -117,19 +135,41 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     }
     let turns_wake = Arc::new(Notify::new());
     let outbox_wake = Arc::new(Notify::new());
-    let turns = Arc::new(turns::Turns::new(store.clone(), bus.clone(), linq.clone(), cfg.clone(), results_dir, turns_wake.clone(), outbox_wake.clone()));
-    let outbox = Arc::new(outbox::Outbox::new(store.clone(), linq.clone(), outbox_wake.clone()));
+    let turns = Arc::new(turns::Turns::new(
+        store.clone(),
+        bus.clone(),
+        linq.clone(),
+        cfg.clone(),
+        results_dir,
+        turns_wake.clone(),
+        outbox_wake.clone(),
+    ));
+    let outbox = Arc::new(outbox::Outbox::new(
+        store.clone(),
+        linq.clone(),
+        outbox_wake.clone(),
+    ));
     tokio::spawn(turns.run());
     tokio::spawn(outbox.run());
     tokio::spawn(turns::archive_idle(store.clone(), bus.clone(), cfg.clone()));
 
-    let app = Arc::new(http::App { store: store.clone(), verifier, cfg: cfg.clone(), bus: bus.clone(), linq: linq.clone(), turns_wake, started });
+    let app = Arc::new(http::App {
+        store: store.clone(),
+        verifier,
+        cfg: cfg.clone(),
+        bus: bus.clone(),
+        linq: linq.clone(),
+        turns_wake,
+        started,
+    });
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     tracing::info!(addr = %listener.local_addr()?, "picortexd {} ready", env!("CARGO_PKG_VERSION"));
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     tokio::spawn(watchdog(store.clone(), bus.clone()));
 
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown()).await?;
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown())
+        .await?;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     tracing::info!("stopped; turns still running in their units are collected on the next start");
     Ok(())
@@ -137,18 +177,23 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
 
 /// Ping the watchdog only while the database answers, and keep STATUS= current.
 async fn watchdog(store: store::Store, bus: Arc<bus::Bus>) {
-    let period = sd_notify::watchdog_enabled().map(|d| d / 3).unwrap_or(Duration::from_secs(10));
+    let period = sd_notify::watchdog_enabled()
+        .map(|d| d / 3)
+        .unwrap_or(Duration::from_secs(10));
     loop {
         tokio::time::sleep(period).await;
         if !store.ping().await {
             tracing::error!("database not answering; withholding the watchdog ping");
             continue;
         }
-        let counts = store.call(|t| store::queries::counts(t)).await.unwrap_or_default();
+        let counts = store.call(store::queries::counts).await.unwrap_or_default();
         let bus_ok = bus.ok().await;
         let status = format!(
             "{} chats, {} turns queued, {} running, {} replies pending{}",
-            counts.chats, counts.queued, counts.running, counts.outbox_pending,
+            counts.chats,
+            counts.queued,
+            counts.running,
+            counts.outbox_pending,
             if bus_ok { "" } else { "; system bus DOWN" }
         );
         let _ = sd_notify::notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);

@@ -38,13 +38,18 @@ impl PairLimiter {
     /// How long until `chat` may send again at `now` (zero: now).
     pub fn wait(&mut self, chat: &str, now: Instant) -> Duration {
         let q = self.sent.entry(chat.to_owned()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= PAIR_WINDOW) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= PAIR_WINDOW)
+        {
             q.pop_front();
         }
         if q.len() < PAIR_LIMIT {
             Duration::ZERO
         } else {
-            q.front().map(|t| PAIR_WINDOW.saturating_sub(now.duration_since(*t))).unwrap_or_default()
+            q.front()
+                .map(|t| PAIR_WINDOW.saturating_sub(now.duration_since(*t)))
+                .unwrap_or_default()
         }
     }
 
@@ -55,12 +60,21 @@ impl PairLimiter {
 
 impl Outbox {
     pub fn new(store: Store, linq: Arc<LinqClient>, wake: Arc<Notify>) -> Self {
-        Self { store, linq, wake, pairs: Mutex::new(PairLimiter::default()) }
+        Self {
+            store,
+            linq,
+            wake,
+            pairs: Mutex::new(PairLimiter::default()),
+        }
     }
 
     pub async fn run(self: Arc<Self>) {
         loop {
-            let due = match self.store.call(|t| queries::due_outbox(t, now_ms(), 64)).await {
+            let due = match self
+                .store
+                .call(|t| queries::due_outbox(t, now_ms(), 64))
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
@@ -72,7 +86,12 @@ impl Outbox {
             if n > 0 {
                 continue; // a chat's next part may be due right away
             }
-            let next = self.store.call(|t| queries::next_outbox_due(t)).await.ok().flatten();
+            let next = self
+                .store
+                .call(queries::next_outbox_due)
+                .await
+                .ok()
+                .flatten();
             let sleep = match next {
                 Some(at) => Duration::from_millis((at - now_ms()).clamp(10, 30_000) as u64),
                 None => Duration::from_secs(30),
@@ -85,7 +104,10 @@ impl Outbox {
     }
 
     fn pair_wait(&self, chat: &str) -> Duration {
-        self.pairs.lock().map(|mut p| p.wait(chat, Instant::now())).unwrap_or_default()
+        self.pairs
+            .lock()
+            .map(|mut p| p.wait(chat, Instant::now()))
+            .unwrap_or_default()
     }
 
     fn note_sent(&self, chat: &str) {
@@ -99,18 +121,35 @@ impl Outbox {
         let _g = span.enter();
         let wait = self.pair_wait(&o.chat_id);
         if !wait.is_zero() {
-            tracing::info!(wait_ms = wait.as_millis() as u64, "holding reply: 30 messages per minute to this chat already");
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                "holding reply: 30 messages per minute to this chat already"
+            );
             let (id, at) = (o.id, now_ms() + wait.as_millis() as i64);
             // Not an attempt: just move its due time.
-            let _ = self.store.call(move |t| {
-                t.execute("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1", rusqlite::params![id, at])?;
-                Ok(())
-            }).await;
+            let _ = self
+                .store
+                .call(move |t| {
+                    t.execute(
+                        "UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1",
+                        rusqlite::params![id, at],
+                    )?;
+                    Ok(())
+                })
+                .await;
             return;
         }
         drop(_g);
         crate::failpoint::hit("reply-before-send");
-        let r = self.linq.send_message(&o.chat_id, &o.text, o.reply_to.as_deref(), &o.idempotency_key).await;
+        let r = self
+            .linq
+            .send_message(
+                &o.chat_id,
+                &o.text,
+                o.reply_to.as_deref(),
+                &o.idempotency_key,
+            )
+            .await;
         let _g = span.enter();
         match r {
             Ok(sent) => {
@@ -118,7 +157,11 @@ impl Outbox {
                 self.note_sent(&o.chat_id);
                 tracing::info!(linq_message = %sent.message_id, attempts = o.attempts + 1, "reply sent");
                 let (oo, mid) = (o.clone(), sent.message_id.clone());
-                if let Err(e) = self.store.call(move |t| queries::outbox_sent(t, &oo, &mid)).await {
+                if let Err(e) = self
+                    .store
+                    .call(move |t| queries::outbox_sent(t, &oo, &mid))
+                    .await
+                {
                     // Linq has it; the idempotency key makes the re-send after restart harmless.
                     tracing::error!(error = %e, "reply sent but not recorded");
                 }
@@ -127,12 +170,18 @@ impl Outbox {
                 let delay = backoff(o.attempts, e.retry_after());
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempts = o.attempts + 1, "reply not sent; will retry");
                 let (id, at, msg) = (o.id, now_ms() + delay.as_millis() as i64, e.to_string());
-                let _ = self.store.call(move |t| queries::outbox_retry(t, id, at, &msg)).await;
+                let _ = self
+                    .store
+                    .call(move |t| queries::outbox_retry(t, id, at, &msg))
+                    .await;
             }
             Err(e) => {
                 tracing::error!(error = %e, attempts = o.attempts + 1, "reply given up: Linq will not accept it");
                 let (id, msg) = (o.id, e.to_string());
-                let _ = self.store.call(move |t| queries::outbox_failed(t, id, &msg)).await;
+                let _ = self
+                    .store
+                    .call(move |t| queries::outbox_failed(t, id, &msg))
+                    .await;
             }
         }
         self.wake.notify_one();
@@ -148,11 +197,18 @@ mod tests {
         let mut p = PairLimiter::default();
         let t0 = Instant::now();
         for i in 0..30 {
-            assert_eq!(p.wait("a", t0 + Duration::from_secs(i)), Duration::ZERO, "send {i} held");
+            assert_eq!(
+                p.wait("a", t0 + Duration::from_secs(i)),
+                Duration::ZERO,
+                "send {i} held"
+            );
             p.note("a", t0 + Duration::from_secs(i));
         }
         // The 31st waits until the first leaves the window; other chats are not held.
-        assert_eq!(p.wait("a", t0 + Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(
+            p.wait("a", t0 + Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
         assert_eq!(p.wait("b", t0 + Duration::from_secs(30)), Duration::ZERO);
         assert_eq!(p.wait("a", t0 + Duration::from_secs(60)), Duration::ZERO);
     }

@@ -15,7 +15,7 @@ pub struct Reply {
 }
 
 fn human_size(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GB", bytes >> 30)
     } else {
         format!("{} MB", bytes >> 20)
@@ -50,10 +50,20 @@ pub fn for_failure(outcome: &str, cfg: &Config) -> String {
 /// Say what an agent error means in a sentence, without passing on raw internals.
 fn agent_error_text(text: &str) -> String {
     let l = text.to_lowercase();
-    if l.contains("rate limit") || l.contains("429") || l.contains("session limit") || l.contains("overloaded") {
+    if l.contains("rate limit")
+        || l.contains("429")
+        || l.contains("session limit")
+        || l.contains("overloaded")
+    {
         "The AI service is rate-limiting me right now. Try again in a few minutes.".into()
-    } else if l.contains("not logged in") || l.contains("invalid api key") || l.contains("login expired") || l.contains("apikeyhelper") || l.contains("authentication") {
-        "I can't reach the AI service: my credentials were refused. The operator has to fix that.".into()
+    } else if l.contains("not logged in")
+        || l.contains("invalid api key")
+        || l.contains("login expired")
+        || l.contains("apikeyhelper")
+        || l.contains("authentication")
+    {
+        "I can't reach the AI service: my credentials were refused. The operator has to fix that."
+            .into()
     } else if l.contains("budget") || l.contains("credit") || l.contains("billing") {
         "I've hit my spending limit, so I can't answer until it's raised.".into()
     } else {
@@ -64,40 +74,80 @@ fn agent_error_text(text: &str) -> String {
 
 pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config) -> Reply {
     let unit_result = end.map(|e| e.result.as_str()).unwrap_or("");
-    let fail = |outcome: &'static str, error: String| Reply { outcome, text: for_failure(outcome, cfg), error: Some(error) };
+    let fail = |outcome: &'static str, error: String| Reply {
+        outcome,
+        text: for_failure(outcome, cfg),
+        error: Some(error),
+    };
     if unit_result == "timeout" {
-        return fail("timeout", format!("unit exceeded RuntimeMaxSec={}", cfg.turns.runtime_max_s));
+        return fail(
+            "timeout",
+            format!("unit exceeded RuntimeMaxSec={}", cfg.turns.runtime_max_s),
+        );
     }
     if unit_result == "oom-kill" || result.is_some_and(|r| r.outcome == Outcome::OutOfMemory) {
-        return fail("out_of_memory", "killed by the kernel OOM killer at the chat's MemoryMax".into());
+        return fail(
+            "out_of_memory",
+            "killed by the kernel OOM killer at the chat's MemoryMax".into(),
+        );
     }
     let Some(r) = result else {
         return match end {
             // picortex-run itself never ran (exec failure, user missing, …).
-            Some(e) if e.exec_main_code == 1 && e.exec_main_status >= 200 => {
-                fail("unit_failed_to_start", format!("unit {} with status {} (systemd could not start picortex-run)", e.result, e.exec_main_status))
-            }
-            Some(e) => fail("agent_failed", format!("no result; unit {} (code {}, status {})", e.result, e.exec_main_code, e.exec_main_status)),
+            Some(e) if e.exec_main_code == 1 && e.exec_main_status >= 200 => fail(
+                "unit_failed_to_start",
+                format!(
+                    "unit {} with status {} (systemd could not start picortex-run)",
+                    e.result, e.exec_main_status
+                ),
+            ),
+            Some(e) => fail(
+                "agent_failed",
+                format!(
+                    "no result; unit {} (code {}, status {})",
+                    e.result, e.exec_main_code, e.exec_main_status
+                ),
+            ),
             None => fail("interrupted", "no unit and no result".into()),
         };
     };
     let mut reply = match r.outcome {
         Outcome::Ok => match r.text.as_deref().map(str::trim) {
-            Some(t) if !t.is_empty() => Reply { outcome: "ok", text: t.to_owned(), error: None },
+            Some(t) if !t.is_empty() => Reply {
+                outcome: "ok",
+                text: t.to_owned(),
+                error: None,
+            },
             _ => fail("empty_output", "agent answered with empty text".into()),
         },
         Outcome::AgentError => {
-            let t = r.text.clone().or_else(|| r.error.clone()).unwrap_or_default();
-            Reply { outcome: "agent_error", text: agent_error_text(&t), error: Some(t) }
+            let t = r
+                .text
+                .clone()
+                .or_else(|| r.error.clone())
+                .unwrap_or_default();
+            Reply {
+                outcome: "agent_error",
+                text: agent_error_text(&t),
+                error: Some(t),
+            }
         }
-        Outcome::EmptyOutput => fail("empty_output", r.error.clone().unwrap_or_else(|| "agent printed nothing".into())),
+        Outcome::EmptyOutput => fail(
+            "empty_output",
+            r.error
+                .clone()
+                .unwrap_or_else(|| "agent printed nothing".into()),
+        ),
         Outcome::BadOutput => fail("bad_output", r.error.clone().unwrap_or_default()),
         Outcome::Refused => fail("refused", r.error.clone().unwrap_or_default()),
         Outcome::AgentFailed => fail("agent_failed", r.error.clone().unwrap_or_default()),
         Outcome::OutOfMemory => fail("out_of_memory", r.error.clone().unwrap_or_default()),
     };
     if r.new_session && reply.outcome == "ok" {
-        reply.text = format!("(I had lost our earlier conversation, so I started a fresh one.)\n\n{}", reply.text);
+        reply.text = format!(
+            "(I had lost our earlier conversation, so I started a fresh one.)\n\n{}",
+            reply.text
+        );
     }
     reply
 }
@@ -110,7 +160,12 @@ mod tests {
         Config::parse("", "t").unwrap()
     }
     fn end(result: &str, code: i32, status: i32) -> UnitEnd {
-        UnitEnd { active_state: "failed".into(), result: result.into(), exec_main_code: code, exec_main_status: status }
+        UnitEnd {
+            active_state: "failed".into(),
+            result: result.into(),
+            exec_main_code: code,
+            exec_main_status: status,
+        }
     }
     fn res(outcome: Outcome, text: Option<&str>) -> TurnResult {
         let mut r = TurnResult::failure("t", outcome, "e");
@@ -120,7 +175,11 @@ mod tests {
 
     #[test]
     fn answers_pass_through() {
-        let r = compose(Some(&end("success", 1, 0)), Some(&res(Outcome::Ok, Some(" hi "))), &cfg());
+        let r = compose(
+            Some(&end("success", 1, 0)),
+            Some(&res(Outcome::Ok, Some(" hi "))),
+            &cfg(),
+        );
         assert_eq!((r.outcome, r.text.as_str()), ("ok", "hi"));
     }
 
@@ -128,13 +187,63 @@ mod tests {
     fn each_failure_has_its_own_words() {
         let c = cfg();
         let cases = [
-            (compose(Some(&end("timeout", 2, 15)), None, &c), "timeout", "too long"),
-            (compose(Some(&end("oom-kill", 2, 9)), None, &c), "out_of_memory", "memory"),
-            (compose(Some(&end("signal", 2, 9)), Some(&res(Outcome::OutOfMemory, None)), &c), "out_of_memory", "1 GB"),
-            (compose(Some(&end("exit-code", 1, 217)), None, &c), "unit_failed_to_start", "couldn't start"),
-            (compose(Some(&end("success", 1, 0)), Some(&res(Outcome::EmptyOutput, None)), &c), "empty_output", "without an answer"),
-            (compose(Some(&end("success", 1, 0)), Some(&res(Outcome::AgentError, Some("API Error: Rate limit reached"))), &c), "agent_error", "rate-limiting"),
-            (compose(Some(&end("success", 1, 0)), Some(&res(Outcome::AgentError, Some("Invalid API key · Fix external API key"))), &c), "agent_error", "credentials"),
+            (
+                compose(Some(&end("timeout", 2, 15)), None, &c),
+                "timeout",
+                "too long",
+            ),
+            (
+                compose(Some(&end("oom-kill", 2, 9)), None, &c),
+                "out_of_memory",
+                "memory",
+            ),
+            (
+                compose(
+                    Some(&end("signal", 2, 9)),
+                    Some(&res(Outcome::OutOfMemory, None)),
+                    &c,
+                ),
+                "out_of_memory",
+                "1 GB",
+            ),
+            (
+                compose(Some(&end("exit-code", 1, 217)), None, &c),
+                "unit_failed_to_start",
+                "couldn't start",
+            ),
+            (
+                compose(
+                    Some(&end("success", 1, 0)),
+                    Some(&res(Outcome::EmptyOutput, None)),
+                    &c,
+                ),
+                "empty_output",
+                "without an answer",
+            ),
+            (
+                compose(
+                    Some(&end("success", 1, 0)),
+                    Some(&res(
+                        Outcome::AgentError,
+                        Some("API Error: Rate limit reached"),
+                    )),
+                    &c,
+                ),
+                "agent_error",
+                "rate-limiting",
+            ),
+            (
+                compose(
+                    Some(&end("success", 1, 0)),
+                    Some(&res(
+                        Outcome::AgentError,
+                        Some("Invalid API key · Fix external API key"),
+                    )),
+                    &c,
+                ),
+                "agent_error",
+                "credentials",
+            ),
             (compose(None, None, &c), "interrupted", "interrupted"),
         ];
         for (r, outcome, words) in cases {

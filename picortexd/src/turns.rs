@@ -42,16 +42,39 @@ pub struct Turns {
 }
 
 impl Turns {
-    pub fn new(store: Store, bus: Arc<Bus>, linq: Arc<LinqClient>, cfg: Arc<Config>, results_dir: PathBuf, wake: Arc<Notify>, outbox_wake: Arc<Notify>) -> Self {
-        Self { store, bus, linq, cfg, results_dir, wake, outbox_wake, busy: Mutex::new(HashSet::new()) }
+    pub fn new(
+        store: Store,
+        bus: Arc<Bus>,
+        linq: Arc<LinqClient>,
+        cfg: Arc<Config>,
+        results_dir: PathBuf,
+        wake: Arc<Notify>,
+        outbox_wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            linq,
+            cfg,
+            results_dir,
+            wake,
+            outbox_wake,
+            busy: Mutex::new(HashSet::new()),
+        }
     }
 
     fn busy_chats(&self) -> Vec<String> {
-        self.busy.lock().map(|b| b.iter().cloned().collect()).unwrap_or_default()
+        self.busy
+            .lock()
+            .map(|b| b.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn claim(&self, chat: &str) -> bool {
-        self.busy.lock().map(|mut b| b.insert(chat.to_owned())).unwrap_or(false)
+        self.busy
+            .lock()
+            .map(|mut b| b.insert(chat.to_owned()))
+            .unwrap_or(false)
     }
 
     fn unclaim(&self, chat: &str) {
@@ -63,7 +86,7 @@ impl Turns {
 
     /// Resume turns that were in flight when the gateway stopped, then dispatch forever.
     pub async fn run(self: Arc<Self>) {
-        match self.store.call(|t| queries::inflight_turns(t)).await {
+        match self.store.call(queries::inflight_turns).await {
             Ok(jobs) => {
                 for job in jobs {
                     if self.claim(&job.chat_id) {
@@ -91,7 +114,11 @@ impl Turns {
         if free == 0 {
             return;
         }
-        let jobs = match self.store.call(move |t| queries::runnable_turns(t, free, &busy)).await {
+        let jobs = match self
+            .store
+            .call(move |t| queries::runnable_turns(t, free, &busy))
+            .await
+        {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the turn queue");
@@ -111,7 +138,9 @@ impl Turns {
         let span = tracing::info_span!("turn", chat = %job.chat_id, turn = %job.turn_id);
         let _e = span.enter();
         drop(_e);
-        let r = tracing::Instrument::instrument(self.clone().start_inner(job.clone()), span.clone()).await;
+        let r =
+            tracing::Instrument::instrument(self.clone().start_inner(job.clone()), span.clone())
+                .await;
         if let Err(reason) = r {
             tracing::Instrument::instrument(self.finish_without_unit(&job, reason), span).await;
         }
@@ -128,7 +157,11 @@ impl Turns {
     async fn resume_inner(self: Arc<Self>, job: TurnJob) {
         let unit = match TurnId::parse(&job.turn_id) {
             Ok(t) => t.unit_name(),
-            Err(e) => return self.finish_without_unit(&job, Failure::internal(e.to_string())).await,
+            Err(e) => {
+                return self
+                    .finish_without_unit(&job, Failure::internal(e.to_string()))
+                    .await
+            }
         };
         // Only systemd knows whether the unit exists. Until it answers, this chat waits: giving
         // up here would leave the turn 'starting' (blocking the chat until the next restart),
@@ -144,7 +177,11 @@ impl Turns {
         };
         // A unit that is gone may still have left a complete answer (e.g. it ran, then the
         // whole system restarted); use it rather than run the turn again or call it lost.
-        let result = if exists { None } else { self.read_result(&job.turn_id) };
+        let result = if exists {
+            None
+        } else {
+            self.read_result(&job.turn_id)
+        };
         match exists {
             true => self.watch_and_finish(job, unit).await,
             false if result.is_some() => self.finish(job, None, result).await,
@@ -165,28 +202,45 @@ impl Turns {
     async fn start_inner(self: Arc<Self>, job: TurnJob) -> Result<(), Failure> {
         let chat = {
             let id = job.chat_id.clone();
-            self.store.call(move |t| queries::chat(t, &id)).await.map_err(Failure::store)?
+            self.store
+                .call(move |t| queries::chat(t, &id))
+                .await
+                .map_err(Failure::store)?
         }
         .ok_or_else(|| Failure::internal("chat row missing".into()))?;
 
         if let Some(budget) = chat.daily_budget_usd.or(self.cfg.turns.daily_budget_usd) {
             let (id, since) = (chat.id.clone(), utc_midnight_ms());
-            let spent = self.store.call(move |t| crate::store::channel::spent_since(t, &id, since)).await.map_err(Failure::store)?;
+            let spent = self
+                .store
+                .call(move |t| crate::store::channel::spent_since(t, &id, since))
+                .await
+                .map_err(Failure::store)?;
             if spent >= budget {
-                return Err(Failure { outcome: "budget_exhausted", error: format!("spent ${spent:.4} of ${budget:.2} today (UTC)") });
+                return Err(Failure {
+                    outcome: "budget_exhausted",
+                    error: format!("spent ${spent:.4} of ${budget:.2} today (UTC)"),
+                });
             }
         }
 
         if chat.unix_user.is_none() {
-            let (user, uid, home, slice) = self.bus.ensure_chat(&chat.id).await.map_err(Failure::bus)?;
+            let (user, uid, home, slice) =
+                self.bus.ensure_chat(&chat.id).await.map_err(Failure::bus)?;
             tracing::info!(user = %user, uid, home = %home, slice = %slice, "chat provisioned");
             let id = chat.id.clone();
-            self.store.call(move |t| queries::set_provisioned(t, &id, &user, uid, &home)).await.map_err(Failure::store)?;
+            self.store
+                .call(move |t| queries::set_provisioned(t, &id, &user, uid, &home))
+                .await
+                .map_err(Failure::store)?;
         }
 
         {
             let id = job.turn_id.clone();
-            self.store.call(move |t| queries::set_turn_status(t, &id, "starting", None)).await.map_err(Failure::store)?;
+            self.store
+                .call(move |t| queries::set_turn_status(t, &id, "starting", None))
+                .await
+                .map_err(Failure::store)?;
         }
         if !chat.is_group {
             let (linq, id) = (self.linq.clone(), chat.id.clone());
@@ -203,18 +257,36 @@ impl Turns {
             session_id: chat.session_id.clone(),
             resume: chat.session_started,
             prompt: job.prompt.clone(),
-            permission_mode: chat.permission_mode.clone().unwrap_or_else(|| self.cfg.turns.permission_mode.clone()),
+            permission_mode: chat
+                .permission_mode
+                .clone()
+                .unwrap_or_else(|| self.cfg.turns.permission_mode.clone()),
             append_system_prompt: self.system_prompt(),
         };
-        let req_fd = request_memfd(&request).map_err(|e| Failure::internal(format!("request memfd: {e}")))?;
-        let res_fd = self.create_result_file(&job.turn_id).map_err(|e| Failure::internal(format!("result file: {e}")))?;
+        let req_fd = request_memfd(&request)
+            .map_err(|e| Failure::internal(format!("request memfd: {e}")))?;
+        let res_fd = self
+            .create_result_file(&job.turn_id)
+            .map_err(|e| Failure::internal(format!("result file: {e}")))?;
         let limits = [
-            (L::MEMORY_MAX, chat.memory_max.unwrap_or_else(|| self.cfg.memory_max_bytes())),
+            (
+                L::MEMORY_MAX,
+                chat.memory_max
+                    .unwrap_or_else(|| self.cfg.memory_max_bytes()),
+            ),
             (L::TASKS_MAX, self.cfg.turns.tasks_max),
-            (L::RUNTIME_MAX_USEC, self.cfg.turns.runtime_max_s * 1_000_000),
+            (
+                L::RUNTIME_MAX_USEC,
+                self.cfg.turns.runtime_max_s * 1_000_000,
+            ),
         ];
         crate::failpoint::hit("turn-before-start");
-        let unit = match self.bus.start_turn(&chat.id, &job.turn_id, req_fd, res_fd, &limits).await.map_err(Failure::bus)? {
+        let unit = match self
+            .bus
+            .start_turn(&chat.id, &job.turn_id, req_fd, res_fd, &limits)
+            .await
+            .map_err(Failure::bus)?
+        {
             Started::Started(u) => u,
             Started::AlreadyRunning(u) => {
                 tracing::info!(unit = %u, "turn unit already exists; watching it");
@@ -224,7 +296,12 @@ impl Turns {
         tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
         crate::failpoint::hit("turn-started");
         {
-            let (id, u, chat_id, was_archived) = (job.turn_id.clone(), unit.clone(), chat.id.clone(), chat.archived);
+            let (id, u, chat_id, was_archived) = (
+                job.turn_id.clone(),
+                unit.clone(),
+                chat.id.clone(),
+                chat.archived,
+            );
             self.store
                 .call(move |t| {
                     queries::set_turn_status(t, &id, "running", Some(&u))?;
@@ -252,7 +329,14 @@ impl Turns {
             }
             Err(e) => {
                 tracing::error!(unit = %unit, error = %e, "lost track of the turn unit");
-                self.finish_without_unit(&job, Failure { outcome: "unit_lost", error: e.to_string() }).await;
+                self.finish_without_unit(
+                    &job,
+                    Failure {
+                        outcome: "unit_lost",
+                        error: e.to_string(),
+                    },
+                )
+                .await;
             }
         }
     }
@@ -301,10 +385,16 @@ impl Turns {
             error: r.error.clone(),
             session_id: result.as_ref().and_then(|r| r.session_id.clone()),
             new_session: result.as_ref().is_some_and(|r| r.new_session),
-            session_exists: result.as_ref().is_some_and(|r| r.session_id.is_some() && r.outcome != Outcome::Refused),
+            session_exists: result
+                .as_ref()
+                .is_some_and(|r| r.session_id.is_some() && r.outcome != Outcome::Refused),
             cost_usd: result.as_ref().and_then(|r| r.cost_usd),
-            input_tokens: result.as_ref().and_then(|r| r.usage.as_ref().map(|u| u.input_tokens)),
-            output_tokens: result.as_ref().and_then(|r| r.usage.as_ref().map(|u| u.output_tokens)),
+            input_tokens: result
+                .as_ref()
+                .and_then(|r| r.usage.as_ref().map(|u| u.input_tokens)),
+            output_tokens: result
+                .as_ref()
+                .and_then(|r| r.usage.as_ref().map(|u| u.output_tokens)),
             duration_ms: result.as_ref().and_then(|r| r.duration_ms),
         };
         self.record(&job, fin, &r.text).await;
@@ -321,11 +411,22 @@ impl Turns {
     async fn release_finished(self: Arc<Self>) {
         let units = match self.bus.turn_units().await {
             Ok(u) => u,
-            Err(e) => return tracing::warn!(error = %e, "cannot list turn units; finished ones stay loaded"),
+            Err(e) => {
+                return tracing::warn!(error = %e, "cannot list turn units; finished ones stay loaded")
+            }
         };
-        let mut ids: Vec<String> = units.iter().filter_map(|u| TurnId::from_unit_name(u)).map(|t| t.as_str().to_owned()).collect();
+        let mut ids: Vec<String> = units
+            .iter()
+            .filter_map(|u| TurnId::from_unit_name(u))
+            .map(|t| t.as_str().to_owned())
+            .collect();
         if let Ok(dir) = std::fs::read_dir(&self.results_dir) {
-            ids.extend(dir.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)));
+            ids.extend(dir.flatten().filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            }));
         }
         ids.sort();
         ids.dedup();
@@ -345,11 +446,17 @@ impl Turns {
         };
         for id in done {
             let _ = std::fs::remove_file(self.result_path(&id));
-            let Ok(turn) = TurnId::parse(&id) else { continue };
+            let Ok(turn) = TurnId::parse(&id) else {
+                continue;
+            };
             if units.contains(&turn.unit_name()) {
                 match self.bus.release_turn(&id).await {
-                    Ok(()) => tracing::info!(turn = %id, "released the unit of a turn finished before the restart"),
-                    Err(e) => tracing::warn!(turn = %id, error = %e, "could not release the turn unit"),
+                    Ok(()) => {
+                        tracing::info!(turn = %id, "released the unit of a turn finished before the restart")
+                    }
+                    Err(e) => {
+                        tracing::warn!(turn = %id, error = %e, "could not release the turn unit")
+                    }
                 }
             }
         }
@@ -358,14 +465,22 @@ impl Turns {
     async fn finish_without_unit(&self, job: &TurnJob, f: Failure) {
         tracing::error!(outcome = f.outcome, error = %f.error, "turn failed");
         let text = reply::for_failure(f.outcome, &self.cfg);
-        let fin = Finished { outcome: f.outcome.to_owned(), error: Some(f.error), ..Default::default() };
+        let fin = Finished {
+            outcome: f.outcome.to_owned(),
+            error: Some(f.error),
+            ..Default::default()
+        };
         self.record(job, fin, &text).await;
     }
 
     async fn record(&self, job: &TurnJob, fin: Finished, text: &str) {
         let parts = split_reply(text, self.cfg.linq.max_part_chars);
         let (j, f) = (job.clone(), fin.clone());
-        match self.store.call(move |t| queries::finish_turn(t, &j, &f, &parts)).await {
+        match self
+            .store
+            .call(move |t| queries::finish_turn(t, &j, &f, &parts))
+            .await
+        {
             Ok(()) => {
                 crate::failpoint::hit("turn-recorded");
                 let level_ok = fin.outcome == "ok";
@@ -377,7 +492,9 @@ impl Turns {
                 let _ = std::fs::remove_file(self.result_path(&job.turn_id));
                 self.outbox_wake.notify_one();
             }
-            Err(e) => tracing::error!(error = %e, "cannot record the turn's end; it will be resumed after a restart"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the turn's end; it will be resumed after a restart")
+            }
         }
     }
 }
@@ -400,17 +517,24 @@ impl Turns {
 
 /// Archive chats idle longer than `turns.archive_after_days` (SPEC P5), checking hourly.
 pub async fn archive_idle(store: Store, bus: Arc<Bus>, cfg: Arc<Config>) {
-    let Some(days) = cfg.turns.archive_after_days else { return };
+    let Some(days) = cfg.turns.archive_after_days else {
+        return;
+    };
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let before = crate::store::now_ms() - i64::from(days) * 86_400_000;
-        let chats = store.call(move |t| crate::store::channel::idle_chats(t, before)).await.unwrap_or_default();
+        let chats = store
+            .call(move |t| crate::store::channel::idle_chats(t, before))
+            .await
+            .unwrap_or_default();
         for chat in chats {
             match bus.archive_chat(&chat).await {
                 Ok(path) => {
                     tracing::info!(chat = %chat, archive = %path, idle_days = days, "archived idle chat");
                     let c = chat.clone();
-                    let _ = store.call(move |t| crate::store::channel::set_archived(t, &c, true)).await;
+                    let _ = store
+                        .call(move |t| crate::store::channel::set_archived(t, &c, true))
+                        .await;
                 }
                 Err(e) => tracing::warn!(chat = %chat, error = %e, "could not archive idle chat"),
             }
@@ -433,10 +557,16 @@ pub struct Failure {
 
 impl Failure {
     fn internal(error: String) -> Self {
-        Self { outcome: "internal_error", error }
+        Self {
+            outcome: "internal_error",
+            error,
+        }
     }
     fn store(e: crate::store::StoreError) -> Self {
-        Self { outcome: "internal_error", error: e.to_string() }
+        Self {
+            outcome: "internal_error",
+            error: e.to_string(),
+        }
     }
     fn bus(e: BusError) -> Self {
         let outcome = match e {
@@ -444,21 +574,33 @@ impl Failure {
             BusError::Denied(_) => "helper_denied",
             BusError::Helper(_) | BusError::Systemd(_) => "unit_failed_to_start",
         };
-        Self { outcome, error: e.to_string() }
+        Self {
+            outcome,
+            error: e.to_string(),
+        }
     }
     fn interrupted() -> Self {
-        Self { outcome: "interrupted", error: "the turn's unit disappeared before it reported (system restart?)".into() }
+        Self {
+            outcome: "interrupted",
+            error: "the turn's unit disappeared before it reported (system restart?)".into(),
+        }
     }
 }
 
 /// A sealed memfd holding the request, rewound: it becomes the unit's stdin.
 fn request_memfd(req: &TurnRequest) -> std::io::Result<OwnedFd> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fd = memfd_create("picortex-turn-request", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let fd = memfd_create(
+        "picortex-turn-request",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
     let mut f = std::fs::File::from(fd);
     f.write_all(&serde_json::to_vec(req)?)?;
     f.rewind()?;
-    let seals = nix::fcntl::SealFlag::F_SEAL_WRITE | nix::fcntl::SealFlag::F_SEAL_GROW | nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_SEAL;
+    let seals = nix::fcntl::SealFlag::F_SEAL_WRITE
+        | nix::fcntl::SealFlag::F_SEAL_GROW
+        | nix::fcntl::SealFlag::F_SEAL_SHRINK
+        | nix::fcntl::SealFlag::F_SEAL_SEAL;
     nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_ADD_SEALS(seals))?;
     Ok(f.into())
 }

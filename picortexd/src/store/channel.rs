@@ -7,7 +7,12 @@ use rusqlite::{params, Connection};
 use super::{now_ms, StoreError};
 
 /// Delivery progress of a message the bot sent: `sent`, `delivered`, `read` or `failed`.
-pub fn message_status(t: &Connection, linq_id: &str, status: &str, failed_code: Option<i64>) -> Result<bool, StoreError> {
+pub fn message_status(
+    t: &Connection,
+    linq_id: &str,
+    status: &str,
+    failed_code: Option<i64>,
+) -> Result<bool, StoreError> {
     let now = now_ms();
     let n = match status {
         "delivered" => t.execute(
@@ -69,20 +74,33 @@ pub fn reaction(t: &Connection, r: &Reaction<'_>, added: bool) -> Result<(), Sto
     Ok(())
 }
 
-fn ensure_chat_row(t: &Connection, chat_id: &str, is_group: Option<bool>) -> Result<(), StoreError> {
+fn ensure_chat_row(
+    t: &Connection,
+    chat_id: &str,
+    is_group: Option<bool>,
+) -> Result<(), StoreError> {
     let now = now_ms();
     t.execute(
         "INSERT INTO chats (id, kind, session_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(id) DO NOTHING",
         params![chat_id, if is_group.unwrap_or(false) { "group" } else { "direct" }, uuid::Uuid::new_v4().to_string(), now],
     )?;
     if let Some(g) = is_group {
-        t.execute("UPDATE chats SET kind = ?2 WHERE id = ?1", params![chat_id, if g { "group" } else { "direct" }])?;
+        t.execute(
+            "UPDATE chats SET kind = ?2 WHERE id = ?1",
+            params![chat_id, if g { "group" } else { "direct" }],
+        )?;
     }
     Ok(())
 }
 
 /// Someone joined (`added`) or left a group.
-pub fn participant(t: &Connection, chat_id: &str, handle: &str, is_me: bool, added: bool) -> Result<(), StoreError> {
+pub fn participant(
+    t: &Connection,
+    chat_id: &str,
+    handle: &str,
+    is_me: bool,
+    added: bool,
+) -> Result<(), StoreError> {
     ensure_chat_row(t, chat_id, Some(true))?;
     let now = now_ms();
     if added {
@@ -103,7 +121,10 @@ pub fn participant(t: &Connection, chat_id: &str, handle: &str, is_me: bool, add
 
 pub fn group_renamed(t: &Connection, chat_id: &str, name: Option<&str>) -> Result<(), StoreError> {
     ensure_chat_row(t, chat_id, Some(true))?;
-    t.execute("UPDATE chats SET display_name = ?2, updated_at = ?3 WHERE id = ?1", params![chat_id, name, now_ms()])?;
+    t.execute(
+        "UPDATE chats SET display_name = ?2, updated_at = ?3 WHERE id = ?1",
+        params![chat_id, name, now_ms()],
+    )?;
     Ok(())
 }
 
@@ -116,7 +137,13 @@ pub struct Member {
 }
 
 /// The chat as `GET /v3/chats/{id}` or `chat.created` describes it.
-pub fn chat_details(t: &Connection, chat_id: &str, is_group: bool, display_name: Option<&str>, members: &[Member]) -> Result<(), StoreError> {
+pub fn chat_details(
+    t: &Connection,
+    chat_id: &str,
+    is_group: bool,
+    display_name: Option<&str>,
+    members: &[Member],
+) -> Result<(), StoreError> {
     ensure_chat_row(t, chat_id, Some(is_group))?;
     let now = now_ms();
     t.execute(
@@ -135,8 +162,12 @@ pub fn chat_details(t: &Connection, chat_id: &str, is_group: bool, display_name:
 
 /// Whether the chat still needs its details read from Linq.
 pub fn needs_details(t: &Connection, chat_id: &str) -> Result<bool, StoreError> {
-    Ok(t.query_row("SELECT details_fetched = 0 FROM chats WHERE id = ?1", [chat_id], |r| r.get::<_, bool>(0))
-        .unwrap_or(false))
+    Ok(t.query_row(
+        "SELECT details_fetched = 0 FROM chats WHERE id = ?1",
+        [chat_id],
+        |r| r.get::<_, bool>(0),
+    )
+    .unwrap_or(false))
 }
 
 /// What the chat's finished turns cost since `since_ms` (SPEC T6), as the agent reported it.
@@ -156,7 +187,9 @@ pub fn idle_chats(t: &Connection, before_ms: i64) -> Result<Vec<String>, StoreEr
            AND COALESCE((SELECT MAX(created_at) FROM messages m WHERE m.chat_id = c.id), c.created_at) < ?1
            AND NOT EXISTS (SELECT 1 FROM turns u WHERE u.chat_id = c.id AND u.status != 'done')",
     )?;
-    let v = st.query_map([before_ms], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+    let v = st
+        .query_map([before_ms], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
     Ok(v)
 }
 
@@ -169,7 +202,10 @@ pub fn set_archived(t: &Connection, chat_id: &str, archived: bool) -> Result<(),
 }
 
 pub fn set_opted_out(t: &Connection, chat_id: &str, opted_out: bool) -> Result<(), StoreError> {
-    t.execute("UPDATE chats SET opted_out = ?2, updated_at = ?3 WHERE id = ?1", params![chat_id, opted_out as i64, now_ms()])?;
+    t.execute(
+        "UPDATE chats SET opted_out = ?2, updated_at = ?3 WHERE id = ?1",
+        params![chat_id, opted_out as i64, now_ms()],
+    )?;
     Ok(())
 }
 
@@ -184,27 +220,53 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("t.db")).unwrap();
         let m = Inbound {
-            event_id: "e1".into(), event_type: "message.received".into(), request_id: "r".into(), body: "{}".into(),
-            chat_id: "c1".into(), is_group: true, bot_handle: None, sender: "+1".into(), linq_id: "m1".into(),
-            text: "hello".into(), reply_to: None, answer: false, reason: "t".into(), answer_if_reply_to_bot: false,
+            event_id: "e1".into(),
+            event_type: "message.received".into(),
+            request_id: "r".into(),
+            body: "{}".into(),
+            chat_id: "c1".into(),
+            is_group: true,
+            bot_handle: None,
+            sender: "+1".into(),
+            linq_id: "m1".into(),
+            text: "hello".into(),
+            reply_to: None,
+            answer: false,
+            reason: "t".into(),
+            answer_if_reply_to_bot: false,
         };
         s.call(move |t| ingest_message(t, &m)).await.unwrap();
         let (status, text, orig): (Option<String>, String, Option<String>) = s
             .call(|t| {
                 assert!(message_status(t, "m1", "delivered", None)?);
                 assert!(message_status(t, "m1", "read", None)?);
-                assert!(message_status(t, "m1", "delivered", None)?, "a late delivered does not undo read");
+                assert!(
+                    message_status(t, "m1", "delivered", None)?,
+                    "a late delivered does not undo read"
+                );
                 assert!(message_edited(t, "m1", "hello, edited")?);
                 assert!(message_edited(t, "m1", "hello, edited twice")?);
                 assert!(!message_status(t, "nope", "read", None)?);
-                let r = Reaction { message_id: "m1", chat_id: Some("c1"), handle: "+2", kind: "love", custom_emoji: None, part_index: 0, is_from_bot: false };
+                let r = Reaction {
+                    message_id: "m1",
+                    chat_id: Some("c1"),
+                    handle: "+2",
+                    kind: "love",
+                    custom_emoji: None,
+                    part_index: 0,
+                    is_from_bot: false,
+                };
                 reaction(t, &r, true)?;
                 reaction(t, &r, true)?;
                 reaction(t, &r, false)?;
                 participant(t, "c1", "+3", false, true)?;
                 participant(t, "c1", "+3", false, false)?;
                 group_renamed(t, "c1", Some("Team"))?;
-                Ok(t.query_row("SELECT status, text, original_text FROM messages WHERE linq_id = 'm1'", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+                Ok(t.query_row(
+                    "SELECT status, text, original_text FROM messages WHERE linq_id = 'm1'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?)
             })
             .await
             .unwrap();

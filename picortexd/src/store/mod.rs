@@ -25,11 +25,18 @@ pub enum StoreError {
     #[error("database commit failed: {0}")]
     Commit(String),
     #[error("database {path} has schema version {found}, newer than this picortexd knows ({known}); upgrade picortexd")]
-    TooNew { path: String, found: i64, known: i64 },
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
 }
 
 /// Migrations, in order. Index + 1 is the version a migration brings the database to.
-const MIGRATIONS: &[&str] = &[include_str!("0001_initial.sql"), include_str!("0002_channel.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("0001_initial.sql"),
+    include_str!("0002_channel.sql"),
+];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&mut Transaction<'_>) -> Done + Send>;
@@ -66,7 +73,7 @@ impl Store {
         let (otx, orx) = oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |txn| {
             let r = match txn.savepoint() {
-                Ok(mut sp) => match f(&*sp) {
+                Ok(mut sp) => match f(&sp) {
                     Ok(v) => sp.commit().map(|_| v).map_err(StoreError::from),
                     Err(e) => {
                         let _ = sp.rollback();
@@ -90,7 +97,9 @@ impl Store {
     /// `SELECT 1` through the same thread: proves the database answers (for /health and the
     /// watchdog).
     pub async fn ping(&self) -> bool {
-        self.call(|t| Ok(t.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.is_ok()
+        self.call(|t| Ok(t.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
     }
 }
 
@@ -98,7 +107,11 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > known {
-        return Err(StoreError::TooNew { path: path.display().to_string(), found, known });
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            known,
+        });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let t = conn.transaction()?;
@@ -156,7 +169,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("t.db")).unwrap();
         assert!(s.ping().await);
-        let v: i64 = s.call(|t| Ok(t.query_row("PRAGMA user_version", [], |r| r.get(0))?)).await.unwrap();
+        let v: i64 = s
+            .call(|t| Ok(t.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+            .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
         // Reopening applies nothing twice.
         drop(s);
@@ -183,7 +199,9 @@ mod tests {
         let ids: Vec<String> = s
             .call(|t| {
                 let mut st = t.prepare("SELECT event_id FROM events ORDER BY 1")?;
-                let v = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+                let v = st
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
                 Ok(v)
             })
             .await
@@ -199,7 +217,9 @@ mod tests {
             let c = Connection::open(&p).unwrap();
             c.pragma_update(None, "user_version", 99).unwrap();
         }
-        let Err(e) = Store::open(&p) else { panic!("opened a newer schema") };
+        let Err(e) = Store::open(&p) else {
+            panic!("opened a newer schema")
+        };
         assert!(e.to_string().contains("upgrade picortexd"), "{e}");
     }
 }

@@ -31,7 +31,10 @@ pub enum Ingested {
     /// The event id was seen before: nothing was written.
     Duplicate,
     /// Stored; a turn was queued if the gate said so.
-    Stored { turn_id: Option<String>, reason: String },
+    Stored {
+        turn_id: Option<String>,
+        reason: String,
+    },
 }
 
 fn new_id() -> String {
@@ -39,7 +42,13 @@ fn new_id() -> String {
 }
 
 /// Record an event we accept but do not act on beyond logging. Returns false for a replay.
-pub fn record_event(t: &Connection, event_id: &str, event_type: &str, request_id: &str, body: &str) -> Result<bool, StoreError> {
+pub fn record_event(
+    t: &Connection,
+    event_id: &str,
+    event_type: &str,
+    request_id: &str,
+    body: &str,
+) -> Result<bool, StoreError> {
     let n = t.execute(
         "INSERT OR IGNORE INTO events (event_id, event_type, received_at, request_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![event_id, event_type, now_ms(), request_id, body],
@@ -48,12 +57,21 @@ pub fn record_event(t: &Connection, event_id: &str, event_type: &str, request_id
 }
 
 pub fn event_seen(t: &Connection, event_id: &str) -> Result<bool, StoreError> {
-    Ok(t.query_row("SELECT 1 FROM events WHERE event_id = ?1", [event_id], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(t.query_row(
+        "SELECT 1 FROM events WHERE event_id = ?1",
+        [event_id],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
 }
 
-fn ensure_chat(t: &Connection, chat_id: &str, is_group: bool, bot_handle: Option<&str>) -> Result<(), StoreError> {
+fn ensure_chat(
+    t: &Connection,
+    chat_id: &str,
+    is_group: bool,
+    bot_handle: Option<&str>,
+) -> Result<(), StoreError> {
     let now = now_ms();
     t.execute(
         "INSERT INTO chats (id, kind, bot_handle, session_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -79,7 +97,11 @@ pub fn ingest_message(t: &Connection, m: &Inbound) -> Result<Ingested, StoreErro
     if !answer && m.answer_if_reply_to_bot {
         if let Some(r) = &m.reply_to {
             let to_bot = t
-                .query_row("SELECT 1 FROM messages WHERE linq_id = ?1 AND direction = 'outbound'", [r], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM messages WHERE linq_id = ?1 AND direction = 'outbound'",
+                    [r],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some();
             if to_bot {
@@ -95,7 +117,10 @@ pub fn ingest_message(t: &Connection, m: &Inbound) -> Result<Ingested, StoreErro
     )?;
     if n == 0 {
         // Same Linq message under a new event id: stored once, answered once.
-        return Ok(Ingested::Stored { turn_id: None, reason: "message already stored under another event".into() });
+        return Ok(Ingested::Stored {
+            turn_id: None,
+            reason: "message already stored under another event".into(),
+        });
     }
     let message_id = t.last_insert_rowid();
     let turn_id = if answer {
@@ -147,7 +172,13 @@ pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
     .optional()?)
 }
 
-pub fn set_provisioned(t: &Connection, id: &str, user: &str, uid: u32, home: &str) -> Result<(), StoreError> {
+pub fn set_provisioned(
+    t: &Connection,
+    id: &str,
+    user: &str,
+    uid: u32,
+    home: &str,
+) -> Result<(), StoreError> {
     t.execute(
         "UPDATE chats SET unix_user = ?2, uid = ?3, home = ?4, updated_at = ?5 WHERE id = ?1",
         params![id, user, uid, home, now_ms()],
@@ -181,7 +212,11 @@ fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
 
 /// The oldest queued turn of each chat that has no turn in flight, oldest chats first, at most
 /// `limit`, skipping chats in `busy` (in flight in this process but perhaps not yet recorded).
-pub fn runnable_turns(t: &Connection, limit: usize, busy: &[String]) -> Result<Vec<TurnJob>, StoreError> {
+pub fn runnable_turns(
+    t: &Connection,
+    limit: usize,
+    busy: &[String],
+) -> Result<Vec<TurnJob>, StoreError> {
     let mut st = t.prepare_cached(&format!(
         "SELECT {TURN_COLS} FROM turns t JOIN messages m ON m.id = t.message_id
          WHERE t.status = 'queued'
@@ -209,7 +244,12 @@ pub fn inflight_turns(t: &Connection) -> Result<Vec<TurnJob>, StoreError> {
     Ok(v)
 }
 
-pub fn set_turn_status(t: &Connection, id: &str, status: &str, unit: Option<&str>) -> Result<(), StoreError> {
+pub fn set_turn_status(
+    t: &Connection,
+    id: &str,
+    status: &str,
+    unit: Option<&str>,
+) -> Result<(), StoreError> {
     t.execute(
         "UPDATE turns SET status = ?2, unit = COALESCE(?3, unit), started_at = CASE WHEN ?2 = 'starting' THEN ?4 ELSE started_at END WHERE id = ?1",
         params![id, status, unit, now_ms()],
@@ -234,7 +274,12 @@ pub struct Finished {
 }
 
 /// Record a turn's end and queue its reply parts in the outbox, atomically.
-pub fn finish_turn(t: &Connection, job: &TurnJob, f: &Finished, parts: &[String]) -> Result<(), StoreError> {
+pub fn finish_turn(
+    t: &Connection,
+    job: &TurnJob,
+    f: &Finished,
+    parts: &[String],
+) -> Result<(), StoreError> {
     let now = now_ms();
     let changed = t.execute(
         "UPDATE turns SET status = 'done', outcome = ?2, unit_result = ?3, error = ?4, session_id = ?5, new_session = ?6,
@@ -299,7 +344,11 @@ pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing
 
 /// When the next pending part becomes due, if any.
 pub fn next_outbox_due(t: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(t.query_row("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'", [], |r| r.get(0))?)
+    Ok(t.query_row(
+        "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 pub fn outbox_sent(t: &Connection, o: &Outgoing, linq_id: &str) -> Result<(), StoreError> {
@@ -347,7 +396,14 @@ pub fn counts(t: &Connection) -> Result<Counts, StoreError> {
                 (SELECT COUNT(*) FROM turns WHERE status IN ('starting', 'running')),
                 (SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
         [],
-        |r| Ok(Counts { chats: r.get(0)?, queued: r.get(1)?, running: r.get(2)?, outbox_pending: r.get(3)? }),
+        |r| {
+            Ok(Counts {
+                chats: r.get(0)?,
+                queued: r.get(1)?,
+                running: r.get(2)?,
+                outbox_pending: r.get(3)?,
+            })
+        },
     )?)
 }
 
@@ -388,9 +444,15 @@ mod tests {
         let m2 = m.clone();
         let a = s.call(move |t| ingest_message(t, &m)).await.unwrap();
         let b = s.call(move |t| ingest_message(t, &m2)).await.unwrap();
-        assert!(matches!(a, Ingested::Stored { turn_id: Some(_), .. }));
+        assert!(matches!(
+            a,
+            Ingested::Stored {
+                turn_id: Some(_),
+                ..
+            }
+        ));
         assert_eq!(b, Ingested::Duplicate);
-        let c = s.call(|t| counts(t)).await.unwrap();
+        let c = s.call(counts).await.unwrap();
         assert_eq!((c.chats, c.queued), (1, 1));
     }
 
@@ -403,12 +465,21 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         let r = s.call(|t| runnable_turns(t, 10, &[])).await.unwrap();
-        let got: Vec<_> = r.iter().map(|j| (j.chat_id.as_str(), j.reply_to.clone().unwrap())).collect();
+        let got: Vec<_> = r
+            .iter()
+            .map(|j| (j.chat_id.as_str(), j.reply_to.clone().unwrap()))
+            .collect();
         assert_eq!(got, vec![("c1", "m1".to_owned()), ("c2", "m3".to_owned())]);
         let first = r[0].turn_id.clone();
-        s.call(move |t| set_turn_status(t, &first, "running", Some("u"))).await.unwrap();
+        s.call(move |t| set_turn_status(t, &first, "running", Some("u")))
+            .await
+            .unwrap();
         let r = s.call(|t| runnable_turns(t, 10, &[])).await.unwrap();
-        assert_eq!(r.iter().map(|j| j.chat_id.as_str()).collect::<Vec<_>>(), vec!["c2"], "c1 is busy");
+        assert_eq!(
+            r.iter().map(|j| j.chat_id.as_str()).collect::<Vec<_>>(),
+            vec!["c2"],
+            "c1 is busy"
+        );
         let busy = vec!["c2".to_owned()];
         let r = s.call(move |t| runnable_turns(t, 10, &busy)).await.unwrap();
         assert!(r.is_empty());
@@ -419,8 +490,16 @@ mod tests {
         let (_d, s) = store().await;
         let m = inbound("e1", "c1", "m1", true);
         s.call(move |t| ingest_message(t, &m)).await.unwrap();
-        let job = s.call(|t| runnable_turns(t, 1, &[])).await.unwrap().remove(0);
-        let f = Finished { outcome: "ok".into(), session_exists: true, ..Default::default() };
+        let job = s
+            .call(|t| runnable_turns(t, 1, &[]))
+            .await
+            .unwrap()
+            .remove(0);
+        let f = Finished {
+            outcome: "ok".into(),
+            session_exists: true,
+            ..Default::default()
+        };
         let parts = vec!["one".to_owned(), "two".to_owned()];
         for _ in 0..2 {
             let (j, f, p) = (job.clone(), f.clone(), parts.clone());
@@ -433,7 +512,10 @@ mod tests {
         let o = due[0].clone();
         s.call(move |t| outbox_sent(t, &o, "out1")).await.unwrap();
         let due = s.call(|t| due_outbox(t, i64::MAX, 10)).await.unwrap();
-        assert_eq!(due.iter().map(|o| o.text.as_str()).collect::<Vec<_>>(), vec!["two"]);
+        assert_eq!(
+            due.iter().map(|o| o.text.as_str()).collect::<Vec<_>>(),
+            vec!["two"]
+        );
         assert_eq!(due[0].reply_to, None);
         let c = s.call(|t| chat(t, "c1")).await.unwrap().unwrap();
         assert!(c.session_started);
