@@ -166,6 +166,7 @@ impl Provision {
     /// Start `picortex-turn-<turn_id>.service` for a provisioned chat. `request` becomes its stdin,
     /// `result` its stdout. `limits` may hold MemoryMax, TasksMax, RuntimeMaxUSec, CPUWeight (t).
     /// Fails with org.freedesktop.DBus.Error.FileExists if that turn was started before.
+    #[allow(clippy::too_many_arguments)] // a D-Bus method: its arguments are the interface's
     async fn start_turn(
         &self,
         chat_id: &str,

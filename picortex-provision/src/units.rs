@@ -46,9 +46,18 @@ pub enum Prop {
     Ips(Vec<(i32, Vec<u8>, u32)>),
     /// LogExtraFields: "FIELD=value" entries as byte arrays
     Bytes(Vec<Vec<u8>>),
-    /// LoadCredential: (id, path) pairs
+    /// LoadCredential: (id, path) pairs; TemporaryFileSystem: (path, mount options) pairs
     Pairs(Vec<(String, String)>),
+    /// BindPaths: (source, destination, ignore a missing source?, mount flags)
+    Binds(Vec<(String, String, bool, u64)>),
 }
+
+/// `MS_REC`: BindPaths' flag for a recursive bind mount.
+const MS_REC: u64 = 16384;
+
+/// The gateway's state directory: the database, the turn results and every chat's home. A turn
+/// sees an empty read-only tmpfs there, with only its own home bound back in.
+pub const STATE_DIR: &str = "/var/lib/picortex";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -165,6 +174,24 @@ fn base_turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits
         ("ProtectSystem", s("strict")),
         ("ProtectHome", s("yes")),
         ("ReadWritePaths", Prop::Strs(vec![acct.home.clone()])),
+        // Other chats' homes are 0700 and the database 0600, but a turn should not even learn
+        // which chats exist: /var/lib/picortex is an empty tmpfs with only this home in it.
+        ("TemporaryFileSystem", Prop::Pairs(vec![(STATE_DIR.to_owned(), "ro".to_owned())])),
+        ("BindPaths", Prop::Binds(vec![(acct.home.clone(), acct.home.clone(), false, MS_REC)])),
+        // /run: systemd 252 leaves it writable under ProtectSystem=strict once ProtectProc= is
+        // set (its API-VFS /run entry escapes the read-only remount), and /run/lock is a 1777
+        // tmpfs every chat could share files through. /var/tmp is the private one (PrivateTmp),
+        // made read-only: the home is the one place a turn writes to that outlives it.
+        ("ReadOnlyPaths", Prop::Strs(vec!["/run".to_owned(), "/var/tmp".to_owned()])),
+        // No system bus: everything on it is polkit-checked, but systemd's unit list is
+        // world-readable and names every chat's turns and slices, with their Linq chat ids in
+        // LogExtraFields; and a turn has no business with any bus service. The helper's
+        // registry and the gateway's credential sources are root-only already.
+        ("InaccessiblePaths", Prop::Strs(vec![
+            "-/run/dbus".to_owned(),
+            "-/var/lib/picortex-provision".to_owned(),
+            "-/etc/picortex/credentials".to_owned(),
+        ])),
         ("PrivateTmp", Prop::Bool(true)),
         ("PrivateDevices", Prop::Bool(true)),
         ("PrivateIPC", Prop::Bool(true)),
@@ -218,8 +245,9 @@ fn to_variant(p: &Prop) -> zbus::Result<OwnedVariant> {
         Prop::Ips(x) => Variant::from(x.clone()),
         Prop::Bytes(x) => Variant::from(x.clone()),
         Prop::Pairs(x) => Variant::from(x.clone()),
+        Prop::Binds(x) => Variant::from(x.clone()),
     };
-    OwnedVariant::try_from(v).map_err(zbus::Error::from)
+    OwnedVariant::try_from(v)
 }
 
 fn convert(props: &[(&'static str, Prop)]) -> zbus::Result<Vec<(String, OwnedVariant)>> {
@@ -341,6 +369,7 @@ mod tests {
             &Prop::Exec(vec![(RUN_BIN.into(), vec![RUN_BIN.into(), "--turn".into(), turn.to_string()], false)])
         );
         assert_eq!(get(&p, "ReadWritePaths"), &Prop::Strs(vec![a.home.clone()]));
+        assert_eq!(get(&p, "BindPaths"), &Prop::Binds(vec![(a.home.clone(), a.home.clone(), false, MS_REC)]));
         assert_eq!(get(&p, "ProtectSystem"), &Prop::Str("strict".into()));
         assert_eq!(get(&p, "CapabilityBoundingSet"), &Prop::U64(0));
         assert_eq!(get(&p, "RuntimeMaxUSec"), &Prop::U64(L::RUNTIME_MAX_USEC_DEFAULT));
@@ -351,6 +380,23 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), p.len());
+    }
+
+    #[test]
+    fn turn_sees_only_its_own_home_of_the_state_dir_and_no_bus() {
+        let a = acct();
+        let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let p = turn_properties(&a, &chat, &turn, &Limits::default());
+        assert_eq!(get(&p, "TemporaryFileSystem"), &Prop::Pairs(vec![("/var/lib/picortex".into(), "ro".into())]));
+        assert!(a.home.starts_with(&format!("{STATE_DIR}/")), "the home must lie under the hidden state dir");
+        let Prop::Strs(ro) = get(&p, "ReadOnlyPaths") else { panic!("ReadOnlyPaths") };
+        assert!(ro.contains(&"/run".to_owned()) && ro.contains(&"/var/tmp".to_owned()));
+        let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else { panic!("InaccessiblePaths") };
+        assert!(gone.contains(&"-/run/dbus".to_owned()));
+        assert!(gone.iter().all(|g| g.starts_with("-/")), "a missing path must not fail the turn");
+        assert_eq!(get(&p, "PrivateTmp"), &Prop::Bool(true));
+        assert_eq!(get(&p, "ProtectProc"), &Prop::Str("invisible".into()));
     }
 
     #[test]

@@ -82,6 +82,12 @@ fn refuse(turn: &str, chat: Option<&str>, reason: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     audit::init();
+    // Not dumpable: the agent runs as the same user, and must not be able to ptrace this process
+    // or open its /proc/<pid>/mem to forge the turn's result or its reported cost. The agent
+    // itself becomes dumpable again at execve, which is fine: it is the untrusted party.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        return refuse("", None, &format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"));
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match parse_cli(&args) {
         Ok(c) => c,

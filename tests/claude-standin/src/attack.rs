@@ -29,6 +29,8 @@ use serde_json::{json, Value};
 const CHILD_ENV: &str = "STANDIN_ATTACK_CHILD";
 const DETAIL_MAX: usize = 110;
 const CHATS_DIR: &str = "/var/lib/picortex/chats";
+const BUSCTL: &str = "/usr/bin/busctl";
+const BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 
 pub struct Finding {
     pub name: &'static str,
@@ -42,7 +44,11 @@ impl Finding {
         if detail.chars().count() > DETAIL_MAX {
             detail = detail.chars().take(DETAIL_MAX - 1).collect::<String>() + "…";
         }
-        Finding { name, blocked, detail }
+        Finding {
+            name,
+            blocked,
+            detail,
+        }
     }
 }
 
@@ -88,13 +94,24 @@ pub fn parse_cgroup(text: &str, root: &Path) -> CgroupInfo {
             let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
             if let Some(u) = comps.last().filter(|u| u.ends_with(".service")) {
                 info.unit = Some((*u).to_owned());
-                info.slice = comps.iter().rev().nth(1).filter(|s| s.ends_with(".slice")).map(|s| (*s).to_owned());
+                info.slice = comps
+                    .iter()
+                    .rev()
+                    .nth(1)
+                    .filter(|s| s.ends_with(".slice"))
+                    .map(|s| (*s).to_owned());
             }
         }
         let mount = match ctrl {
             "" if unified_mounted => root.join("unified"),
             "" => root.to_owned(),
-            c => root.join(c.strip_prefix("name=").unwrap_or(c).split(',').next().unwrap_or(c)),
+            c => root.join(
+                c.strip_prefix("name=")
+                    .unwrap_or(c)
+                    .split(',')
+                    .next()
+                    .unwrap_or(c),
+            ),
         };
         info.dirs.push((mount, path.to_owned()));
     }
@@ -102,7 +119,10 @@ pub fn parse_cgroup(text: &str, root: &Path) -> CgroupInfo {
 }
 
 fn cgroup_info() -> CgroupInfo {
-    parse_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default(), Path::new("/sys/fs/cgroup"))
+    parse_cgroup(
+        &fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        Path::new("/sys/fs/cgroup"),
+    )
 }
 
 /// The slice's `pids.max` (the chat's TasksMax), wherever the pids controller is.
@@ -110,7 +130,11 @@ fn tasks_max(cg: &CgroupInfo) -> Option<u64> {
     cg.dirs.iter().find_map(|(mount, path)| {
         let dir = mount.join(path.trim_start_matches('/'));
         let slice = dir.parent()?;
-        fs::read_to_string(slice.join("pids.max")).ok()?.trim().parse().ok()
+        fs::read_to_string(slice.join("pids.max"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     })
 }
 
@@ -172,6 +196,7 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
         setuid_exec(),
         cgroup_limits(&cg),
         system_bus(&cg),
+        enumerate_chats(&cg),
         systemd_start_unit(),
         provision_helper(me),
     ]);
@@ -183,12 +208,18 @@ fn capabilities() -> Finding {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let mut bad = Vec::new();
     for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        let v = status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).map(str::trim);
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(str::trim);
         if v != Some("0000000000000000") {
             bad.push(format!("{key}={}", v.unwrap_or("?")));
         }
     }
-    let nnp = status.lines().find_map(|l| l.strip_prefix("NoNewPrivs:")).map(str::trim);
+    let nnp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .map(str::trim);
     if nnp != Some("1") {
         bad.push(format!("NoNewPrivs={}", nnp.unwrap_or("?")));
     }
@@ -198,7 +229,10 @@ fn capabilities() -> Finding {
         bad.push("setuid(0)/setgid(0) succeeded".into());
     }
     let detail = if bad.is_empty() {
-        format!("all capability sets empty, NoNewPrivs=1, setuid(0): {:?}", su.err().unwrap_or(Errno::UnknownErrno))
+        format!(
+            "all capability sets empty, NoNewPrivs=1, setuid(0): {:?}",
+            su.err().unwrap_or(Errno::UnknownErrno)
+        )
     } else {
         bad.join(", ")
     };
@@ -209,8 +243,15 @@ fn namespaces() -> Finding {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let mut ok = Vec::new();
     let mut errs = BTreeSet::new();
-    for kind in ["user", "user+mnt", "user+net", "mnt", "net", "pid", "ipc", "uts", "cgroup"] {
-        match Command::new(&exe).env(CHILD_ENV, kind).stdin(Stdio::null()).stderr(Stdio::null()).output() {
+    for kind in [
+        "user", "user+mnt", "user+net", "mnt", "net", "pid", "ipc", "uts", "cgroup",
+    ] {
+        match Command::new(&exe)
+            .env(CHILD_ENV, kind)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        {
             Ok(o) if o.status.success() => ok.push(kind),
             Ok(o) => {
                 errs.insert(String::from_utf8_lossy(&o.stdout).into_owned());
@@ -221,7 +262,10 @@ fn namespaces() -> Finding {
         }
     }
     let detail = if ok.is_empty() {
-        format!("unshare(user, mnt, net, pid, ipc, uts, cgroup) all failed: {}", errs.into_iter().collect::<Vec<_>>().join(","))
+        format!(
+            "unshare(user, mnt, net, pid, ipc, uts, cgroup) all failed: {}",
+            errs.into_iter().collect::<Vec<_>>().join(",")
+        )
     } else {
         format!("unshare succeeded for {}", ok.join(","))
     };
@@ -232,7 +276,13 @@ fn mount_filesystem() -> Finding {
     let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
     let target = Path::new(&home).join(format!(".picortex-attack-mnt-{}", std::process::id()));
     let _ = fs::create_dir(&target);
-    let r = nix::mount::mount(Some("tmpfs"), &target, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>);
+    let r = nix::mount::mount(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
     if r.is_ok() {
         let _ = nix::mount::umount(&target);
     }
@@ -302,7 +352,10 @@ fn fork_bomb(cg: &CgroupInfo) -> Finding {
 fn try_read(p: &Path) -> Result<String, String> {
     match fs::read_dir(p) {
         Ok(rd) => {
-            let names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             return Ok(format!("listed {} ({} entries)", p.display(), names.len()));
         }
         Err(e) if e.raw_os_error() == Some(Errno::ENOTDIR as i32) => {}
@@ -328,7 +381,15 @@ fn reads(name: &'static str, paths: &[PathBuf]) -> Finding {
         }
     }
     if leaked.is_empty() {
-        Finding::new(name, true, format!("{} paths, all failed: {}", paths.len(), errs.into_iter().collect::<Vec<_>>().join(",")))
+        Finding::new(
+            name,
+            true,
+            format!(
+                "{} paths, all failed: {}",
+                paths.len(),
+                errs.into_iter().collect::<Vec<_>>().join(",")
+            ),
+        )
     } else {
         Finding::new(name, false, leaked.join("; "))
     }
@@ -338,12 +399,22 @@ fn read_other_home(other: &str) -> Finding {
     let o = Path::new(other);
     reads(
         "read_other_home",
-        &[o.to_owned(), o.join(".claude"), o.join(".claude/.claude.json"), o.join(".claude/projects"), o.join(".picortex")],
+        &[
+            o.to_owned(),
+            o.join(".claude"),
+            o.join(".claude/.claude.json"),
+            o.join(".claude/projects"),
+            o.join(".picortex"),
+        ],
     )
 }
 
 fn list_chats() -> Finding {
-    let me = std::env::var("HOME").ok().and_then(|h| Path::new(&h).file_name().map(|n| n.to_string_lossy().into_owned()));
+    let me = std::env::var("HOME").ok().and_then(|h| {
+        Path::new(&h)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    });
     match fs::read_dir(CHATS_DIR) {
         Err(e) => Finding::new("list_chats", true, format!("{CHATS_DIR}: {}", en(&e))),
         Ok(rd) => {
@@ -353,9 +424,17 @@ fn list_chats() -> Finding {
                 .filter(|n| Some(n) != me.as_ref())
                 .collect();
             if others.is_empty() {
-                Finding::new("list_chats", true, format!("{CHATS_DIR} lists only this chat's own home"))
+                Finding::new(
+                    "list_chats",
+                    true,
+                    format!("{CHATS_DIR} lists only this chat's own home"),
+                )
             } else {
-                Finding::new("list_chats", false, format!("{CHATS_DIR} lists other chats: {}", others.join(",")))
+                Finding::new(
+                    "list_chats",
+                    false,
+                    format!("{CHATS_DIR} lists other chats: {}", others.join(",")),
+                )
             }
         }
     }
@@ -370,7 +449,10 @@ fn read_database() -> Finding {
 }
 
 fn read_gateway_credentials() -> Finding {
-    let mut paths = vec![PathBuf::from("/run/credentials/picortexd.service"), PathBuf::from("/etc/picortex/credentials")];
+    let mut paths = vec![
+        PathBuf::from("/run/credentials/picortexd.service"),
+        PathBuf::from("/etc/picortex/credentials"),
+    ];
     for n in ["linq-token", "linq-webhook-secret"] {
         paths.push(Path::new("/run/credentials/picortexd.service").join(n));
         paths.push(Path::new("/etc/picortex/credentials").join(n));
@@ -382,8 +464,17 @@ fn read_turn_credentials(cg: &CgroupInfo) -> Finding {
     let own = cg.unit.clone().unwrap_or_default();
     let root = Path::new("/run/credentials");
     let entries = match fs::read_dir(root) {
-        Err(e) => return Finding::new("read_turn_credentials", true, format!("/run/credentials: {}", en(&e))),
-        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        Err(e) => {
+            return Finding::new(
+                "read_turn_credentials",
+                true,
+                format!("/run/credentials: {}", en(&e)),
+            )
+        }
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
     };
     let mut leaked = Vec::new();
     for name in entries.iter().filter(|n| **n != own) {
@@ -400,7 +491,11 @@ fn read_turn_credentials(cg: &CgroupInfo) -> Finding {
     }
     if leaked.is_empty() {
         let others = entries.iter().filter(|n| **n != own).count();
-        Finding::new("read_turn_credentials", true, format!("/run/credentials shows {others} other units' directories, none readable"))
+        Finding::new(
+            "read_turn_credentials",
+            true,
+            format!("/run/credentials shows {others} other units' directories, none readable"),
+        )
     } else {
         Finding::new("read_turn_credentials", false, leaked.join("; "))
     }
@@ -449,13 +544,17 @@ fn read_journal(me: u32) -> Finding {
         .map(|p| p.display().to_string())
         .collect();
     if readable.is_empty() {
+        let mut detail = format!("{} journal files seen, none readable", files.len());
+        if !dir_errs.is_empty() {
+            detail += &format!("; {}", dir_errs.into_iter().collect::<Vec<_>>().join(", "));
+        }
+        Finding::new("read_journal", true, detail)
+    } else {
         Finding::new(
             "read_journal",
-            true,
-            format!("{} journal files seen, none readable; {}", files.len(), dir_errs.into_iter().collect::<Vec<_>>().join(", ")),
+            false,
+            format!("readable: {}", readable.join(",")),
         )
-    } else {
-        Finding::new("read_journal", false, format!("readable: {}", readable.join(",")))
     }
 }
 
@@ -468,6 +567,12 @@ pub struct PidScan {
     /// Pids that accept a signal from us but are not ours.
     signalable_foreign: Vec<i32>,
     me: u32,
+}
+
+/// The process a thread id belongs to (`Tgid:` of /proc/<tid>/status).
+fn thread_group(tid: i32) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 fn proc_owner(pid: i32) -> Option<u32> {
@@ -486,23 +591,46 @@ fn scan_pids(me: u32) -> PidScan {
         .unwrap_or_default();
     let mut hidden_existing = Vec::new();
     let mut signalable_foreign = Vec::new();
-    for pid in 1..=65535 {
+    // Signalling needs our uid, so whatever answers is this chat's: only this process and its
+    // parent, picortex-run, are expected.
+    let own = [std::process::id() as i32, getppid().as_raw()];
+    for pid in (1..=65535).filter(|p| !own.contains(p)) {
         match kill(Pid::from_raw(pid), None) {
             Err(Errno::EPERM) => hidden_existing.push(pid),
-            Ok(()) if proc_owner(pid) != Some(me) => signalable_foreign.push(pid),
+            // Without CAP_KILL (the capability sets are checked empty elsewhere), kill() only
+            // succeeds for processes of our own uid, i.e. this chat's own. One counts as foreign
+            // only if /proc shows it belongs to someone else. A signalable pid that /proc hides is
+            // one of ours that is not dumpable: a thread of picortex-run, which turns dumping off.
+            Ok(()) if proc_owner(pid).is_some_and(|o| o != me) && !own.contains(&thread_group(pid).unwrap_or(-1)) => {
+                signalable_foreign.push(pid)
+            }
             _ => {}
         }
     }
-    PidScan { visible, hidden_existing, signalable_foreign, me }
+    PidScan {
+        visible,
+        hidden_existing,
+        signalable_foreign,
+        me,
+    }
 }
 
 fn see_processes(s: &PidScan) -> Finding {
-    let foreign: Vec<String> = s.visible.iter().filter(|(_, u)| *u != Some(s.me)).map(|(p, u)| format!("{p}(uid {u:?})")).collect();
+    let foreign: Vec<String> = s
+        .visible
+        .iter()
+        .filter(|(_, u)| *u != Some(s.me))
+        .map(|(p, u)| format!("{p}(uid {u:?})"))
+        .collect();
     let detail = format!(
         "/proc lists {} pids, {} not ours{}; {} other pids exist",
         s.visible.len(),
         foreign.len(),
-        if foreign.is_empty() { String::new() } else { format!(": {}", foreign.join(",")) },
+        if foreign.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", foreign.join(","))
+        },
         s.hidden_existing.len()
     );
     Finding::new("see_processes", foreign.is_empty(), detail)
@@ -510,9 +638,20 @@ fn see_processes(s: &PidScan) -> Finding {
 
 fn signal_processes(s: &PidScan) -> Finding {
     if s.signalable_foreign.is_empty() {
-        Finding::new("signal_processes", true, format!("kill(pid, 0): EPERM for all {} foreign pids", s.hidden_existing.len()))
+        Finding::new(
+            "signal_processes",
+            true,
+            format!(
+                "kill(pid, 0): EPERM for all {} foreign pids",
+                s.hidden_existing.len()
+            ),
+        )
     } else {
-        Finding::new("signal_processes", false, format!("may signal foreign pids {:?}", s.signalable_foreign))
+        Finding::new(
+            "signal_processes",
+            false,
+            format!("may signal foreign pids {:?}", s.signalable_foreign),
+        )
     }
 }
 
@@ -529,7 +668,10 @@ fn probe_memory(pid: i32) -> Result<Vec<String>, String> {
         Err(e) => errs.push(format!("attach {e:?}")),
     }
     let mut buf = [0u8; 8];
-    let remote = [RemoteIoVec { base: 0x40_0000, len: buf.len() }];
+    let remote = [RemoteIoVec {
+        base: 0x40_0000,
+        len: buf.len(),
+    }];
     match process_vm_readv(p, &mut [IoSliceMut::new(&mut buf)], &remote) {
         // EFAULT means the kernel let us in and only the address was wrong.
         Ok(_) | Err(Errno::EFAULT) => return Err(format!("process_vm_readv {pid} permitted")),
@@ -544,7 +686,12 @@ fn probe_memory(pid: i32) -> Result<Vec<String>, String> {
 
 fn ptrace_foreign(s: &PidScan) -> Finding {
     let mut targets: Vec<i32> = vec![1];
-    targets.extend(s.visible.iter().filter(|(_, u)| *u != Some(s.me)).map(|(p, _)| *p));
+    targets.extend(
+        s.visible
+            .iter()
+            .filter(|(_, u)| *u != Some(s.me))
+            .map(|(p, _)| *p),
+    );
     targets.extend(s.hidden_existing.iter().filter(|p| **p != 1).take(16));
     targets.extend(&s.signalable_foreign);
     targets.dedup();
@@ -557,7 +704,15 @@ fn ptrace_foreign(s: &PidScan) -> Finding {
         }
     }
     if worked.is_empty() {
-        Finding::new("ptrace_foreign", true, format!("{} pids incl. 1: {}", targets.len(), errs.into_iter().collect::<Vec<_>>().join(",")))
+        Finding::new(
+            "ptrace_foreign",
+            true,
+            format!(
+                "{} pids incl. 1: {}",
+                targets.len(),
+                errs.into_iter().collect::<Vec<_>>().join(",")
+            ),
+        )
     } else {
         Finding::new("ptrace_foreign", false, worked.join("; "))
     }
@@ -567,16 +722,29 @@ fn ptrace_foreign(s: &PidScan) -> Finding {
 /// the wrapper's memory, and so the turn's result and reported cost?
 fn wrapper_memory() -> Finding {
     let ppid = getppid().as_raw();
-    let name = fs::read_to_string(format!("/proc/{ppid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_else(|e| en(&e));
+    let name = fs::read_to_string(format!("/proc/{ppid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| en(&e));
     let mut worked = Vec::new();
     let mut errs = Vec::new();
     let mut buf = [0u8; 8];
-    let remote = [RemoteIoVec { base: 0x40_0000, len: buf.len() }];
-    match process_vm_readv(Pid::from_raw(ppid), &mut [IoSliceMut::new(&mut buf)], &remote) {
+    let remote = [RemoteIoVec {
+        base: 0x40_0000,
+        len: buf.len(),
+    }];
+    match process_vm_readv(
+        Pid::from_raw(ppid),
+        &mut [IoSliceMut::new(&mut buf)],
+        &remote,
+    ) {
         Ok(_) | Err(Errno::EFAULT) => worked.push("process_vm_readv permitted".to_owned()),
         Err(e) => errs.push(format!("vm_readv {e:?}")),
     }
-    match OpenOptions::new().read(true).write(true).open(format!("/proc/{ppid}/mem")) {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{ppid}/mem"))
+    {
         Ok(_) => worked.push("opened /proc/<ppid>/mem read-write".to_owned()),
         Err(e) => errs.push(format!("mem {}", en(&e))),
     }
@@ -589,24 +757,55 @@ fn wrapper_memory() -> Finding {
         Err(e) => errs.push(format!("attach {e:?}")),
     }
     if worked.is_empty() {
-        Finding::new("wrapper_memory", true, format!("parent {ppid} ({name}): {}", errs.join(",")))
+        Finding::new(
+            "wrapper_memory",
+            true,
+            format!("parent {ppid} ({name}): {}", errs.join(",")),
+        )
     } else {
-        Finding::new("wrapper_memory", false, format!("parent {ppid} ({name}): {}", worked.join(", ")))
+        Finding::new(
+            "wrapper_memory",
+            false,
+            format!("parent {ppid} ({name}): {}", worked.join(", ")),
+        )
     }
 }
 
 fn try_create(dir: &Path, name: &str) -> io::Result<PathBuf> {
     let p = dir.join(name);
-    OpenOptions::new().write(true).create_new(true).mode(0o644).open(&p)?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&p)?;
     Ok(p)
 }
 
 fn write_outside_home() -> Finding {
     let name = format!(".picortex-attack-{}", std::process::id());
     let dirs = [
-        "/etc", "/usr", "/usr/local", "/usr/lib", "/var", "/var/lib", "/var/lib/picortex", CHATS_DIR,
-        "/var/lib/picortex/turns", "/var/tmp", "/var/cache", "/var/log", "/run", "/run/lock", "/run/user",
-        "/opt", "/srv", "/home", "/root", "/mnt", "/dev", "/sys/fs/cgroup",
+        "/etc",
+        "/usr",
+        "/usr/local",
+        "/usr/lib",
+        "/var",
+        "/var/lib",
+        "/var/lib/picortex",
+        CHATS_DIR,
+        "/var/lib/picortex/turns",
+        "/var/tmp",
+        "/var/cache",
+        "/var/log",
+        "/run",
+        "/run/lock",
+        "/run/user",
+        "/opt",
+        "/srv",
+        "/home",
+        "/root",
+        "/mnt",
+        "/dev",
+        "/sys/fs/cgroup",
     ];
     let mut wrote = Vec::new();
     let mut errs = BTreeSet::new();
@@ -622,9 +821,21 @@ fn write_outside_home() -> Finding {
         }
     }
     if wrote.is_empty() {
-        Finding::new("write_outside_home", true, format!("{} dirs, all failed: {}", dirs.len(), errs.into_iter().collect::<Vec<_>>().join(",")))
+        Finding::new(
+            "write_outside_home",
+            true,
+            format!(
+                "{} dirs, all failed: {}",
+                dirs.len(),
+                errs.into_iter().collect::<Vec<_>>().join(",")
+            ),
+        )
     } else {
-        Finding::new("write_outside_home", false, format!("created files in {}", wrote.join(",")))
+        Finding::new(
+            "write_outside_home",
+            false,
+            format!("created files in {}", wrote.join(",")),
+        )
     }
 }
 
@@ -633,13 +844,28 @@ fn write_outside_home() -> Finding {
 /// is not. (Markers stay: a later attack in another chat looks for them.)
 fn shared_drop(me: u32) -> Finding {
     const PREFIX: &str = "picortex-drop-uid";
-    let dirs = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue", "/var/lib/picortex/chats"];
+    let dirs = [
+        "/tmp",
+        "/var/tmp",
+        "/dev/shm",
+        "/run/lock",
+        "/dev/mqueue",
+        "/var/lib/picortex/chats",
+    ];
     let mine = format!("{PREFIX}{me}");
     let mut wrote = Vec::new();
     let mut found = Vec::new();
     for d in dirs {
         let p = Path::new(d).join(&mine);
-        if OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&p).and_then(|mut f| f.write_all(b"x")).is_ok() {
+        if OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&p)
+            .and_then(|mut f| f.write_all(b"x"))
+            .is_ok()
+        {
             let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o644));
             wrote.push(d);
         }
@@ -654,8 +880,16 @@ fn shared_drop(me: u32) -> Finding {
     }
     let detail = format!(
         "wrote markers in {}; other chats' markers: {}",
-        if wrote.is_empty() { "none".to_owned() } else { wrote.join(",") },
-        if found.is_empty() { "none".to_owned() } else { found.join(",") }
+        if wrote.is_empty() {
+            "none".to_owned()
+        } else {
+            wrote.join(",")
+        },
+        if found.is_empty() {
+            "none".to_owned()
+        } else {
+            found.join(",")
+        }
     );
     Finding::new("shared_drop", found.is_empty(), detail)
 }
@@ -664,24 +898,43 @@ fn chmod_suid() -> Finding {
     let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
     let p = Path::new(&home).join(format!(".picortex-attack-suid-{}", std::process::id()));
     if let Err(e) = fs::write(&p, b"#!/bin/sh\nid\n") {
-        return Finding::new("chmod_suid", false, format!("could not create a file in the home: {}", en(&e)));
+        return Finding::new(
+            "chmod_suid",
+            false,
+            format!("could not create a file in the home: {}", en(&e)),
+        );
     }
     let mut out = Vec::new();
     let mut got_bit = false;
     for mode in [0o4755, 0o2755, 0o6755] {
         let r = fs::set_permissions(&p, fs::Permissions::from_mode(mode));
-        let now = fs::metadata(&p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0);
+        let now = fs::metadata(&p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0);
         got_bit |= now & 0o6000 != 0;
-        out.push(format!("{mode:o}: {}", r.map_or_else(|e| en(&e), |_| "ok".into())));
+        out.push(format!(
+            "{mode:o}: {}",
+            r.map_or_else(|e| en(&e), |_| "ok".into())
+        ));
     }
     let _ = fs::remove_file(&p);
-    Finding::new("chmod_suid", !got_bit, format!("chmod {}; set-id bit on file: {got_bit}", out.join(", ")))
+    Finding::new(
+        "chmod_suid",
+        !got_bit,
+        format!("chmod {}; set-id bit on file: {got_bit}", out.join(", ")),
+    )
 }
 
 /// Run a setuid-root program with stdin held open and watch its credentials in /proc while it
 /// runs: with NoNewPrivileges the set-id bit is ignored and it runs as us.
 fn watch_setuid(bin: &str, args: &[&str]) -> Result<String, String> {
-    let mut child = match Command::new(bin).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    let mut child = match Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => return Ok(format!("{bin}: {}", en(&e))),
     };
@@ -715,23 +968,42 @@ fn watch_setuid(bin: &str, args: &[&str]) -> Result<String, String> {
     }
     let out = child.wait_with_output();
     let (code, stdout) = match &out {
-        Ok(o) => (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        ),
         Err(_) => (None, String::new()),
     };
-    let name = Path::new(bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = Path::new(bin)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !seen.is_empty() || stdout.contains("uid=0") {
-        return Err(format!("{name} ran privileged ({})", seen.first().cloned().unwrap_or_else(|| "uid=0".into())));
+        return Err(format!(
+            "{name} ran privileged ({})",
+            seen.first().cloned().unwrap_or_else(|| "uid=0".into())
+        ));
     }
     if unobservable > 0 && exited.is_none() {
-        return Err(format!("{name} vanished from /proc while running (credentials changed?)"));
+        return Err(format!(
+            "{name} vanished from /proc while running (credentials changed?)"
+        ));
     }
-    Ok(format!("{name} ran as us ({})", code.map_or("killed".into(), |c| format!("exit {c}"))))
+    Ok(format!(
+        "{name} ran as us ({})",
+        code.map_or("killed".into(), |c| format!("exit {c}"))
+    ))
 }
 
 fn setuid_exec() -> Finding {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    for (bin, args) in [("/usr/bin/su", &["root", "-c", "id"][..]), ("/usr/bin/passwd", &[][..]), ("/usr/bin/chfn", &[][..]), ("/usr/bin/chsh", &[][..])] {
+    for (bin, args) in [
+        ("/usr/bin/su", &["root", "-c", "id"][..]),
+        ("/usr/bin/passwd", &[][..]),
+        ("/usr/bin/chfn", &[][..]),
+        ("/usr/bin/chsh", &[][..]),
+    ] {
         match watch_setuid(bin, args) {
             Ok(s) => ok.push(s),
             Err(s) => bad.push(s),
@@ -746,8 +1018,14 @@ fn setuid_exec() -> Finding {
 
 fn cgroup_limits(cg: &CgroupInfo) -> Finding {
     let files = [
-        "memory.max", "memory.high", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "pids.max",
-        "cgroup.procs", "tasks", "cgroup.subtree_control",
+        "memory.max",
+        "memory.high",
+        "memory.limit_in_bytes",
+        "memory.memsw.limit_in_bytes",
+        "pids.max",
+        "cgroup.procs",
+        "tasks",
+        "cgroup.subtree_control",
     ];
     let mut tried = 0;
     let mut opened = Vec::new();
@@ -776,9 +1054,20 @@ fn cgroup_limits(cg: &CgroupInfo) -> Finding {
         }
     }
     if opened.is_empty() {
-        Finding::new("cgroup_limits", true, format!("{tried} cgroup files (memory.max, limit_in_bytes, pids.max, procs…): {}", errs.into_iter().collect::<Vec<_>>().join(",")))
+        Finding::new(
+            "cgroup_limits",
+            true,
+            format!(
+                "{tried} cgroup files (memory.max, limit_in_bytes, pids.max, procs…): {}",
+                errs.into_iter().collect::<Vec<_>>().join(",")
+            ),
+        )
     } else {
-        Finding::new("cgroup_limits", false, format!("writable: {}", opened.join(",")))
+        Finding::new(
+            "cgroup_limits",
+            false,
+            format!("writable: {}", opened.join(",")),
+        )
     }
 }
 
@@ -786,8 +1075,17 @@ fn cgroup_limits(cg: &CgroupInfo) -> Finding {
 fn denied(cmd: &str, args: &[&str]) -> Result<String, String> {
     match Command::new(cmd).args(args).stdin(Stdio::null()).output() {
         Err(e) => Ok(format!("{cmd}: {}", en(&e))),
-        Ok(o) if o.status.success() => Err(format!("{} succeeded: {}", Path::new(cmd).display(), String::from_utf8_lossy(&o.stdout).trim())),
-        Ok(o) => Ok(String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("failed").trim().to_owned()),
+        Ok(o) if o.status.success() => Err(format!(
+            "{} succeeded: {}",
+            Path::new(cmd).display(),
+            String::from_utf8_lossy(&o.stdout).trim()
+        )),
+        Ok(o) => Ok(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .next()
+            .unwrap_or("failed")
+            .trim()
+            .to_owned()),
     }
 }
 
@@ -796,42 +1094,195 @@ fn connect_unix(p: &str) -> Result<(), String> {
 }
 
 fn system_bus(cg: &CgroupInfo) -> Finding {
-    let slice = cg.slice.clone().unwrap_or_else(|| "picortex-chat.slice".into());
-    let sock = connect_unix("/run/dbus/system_bus_socket");
+    let slice = cg
+        .slice
+        .clone()
+        .unwrap_or_else(|| "picortex-chat.slice".into());
+    let sock = connect_unix(BUS_SOCKET);
     let call = denied(
-        "/usr/bin/busctl",
+        BUSCTL,
         &[
-            "--system", "--timeout=5", "--allow-interactive-authorization=no", "call", "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SetUnitProperties", "sba(sv)", &slice,
-            "true", "1", "MemoryMax", "t", "18446744073709551615",
+            "--system",
+            "--timeout=5",
+            "--allow-interactive-authorization=no",
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "SetUnitProperties",
+            "sba(sv)",
+            &slice,
+            "true",
+            "1",
+            "MemoryMax",
+            "t",
+            "18446744073709551615",
         ],
     );
     let detail = format!(
         "bus socket: {}; SetUnitProperties({slice}, MemoryMax=infinity): {}",
-        sock.as_ref().map_or_else(|e| e.clone(), |_| "connected".into()),
+        sock.as_ref()
+            .map_or_else(|e| e.clone(), |_| "connected".into()),
         call.as_ref().unwrap_or_else(|e| e)
     );
-    Finding::new("system_bus_set_unit_properties", call.is_ok(), detail)
+    let tested = Path::new(BUSCTL).exists() || sock.is_err();
+    Finding::new(
+        "system_bus_set_unit_properties",
+        tested && call.is_ok(),
+        detail,
+    )
+}
+
+/// Other chats' units, through systemd's world-readable bus API: names, descriptions (with the
+/// chat's tag), and properties such as `LogExtraFields` (with the Linq chat id).
+fn enumerate_chats(cg: &CgroupInfo) -> Finding {
+    let tag = cg
+        .slice
+        .as_deref()
+        .and_then(|s| s.strip_prefix("picortex-chat-"))
+        .and_then(|s| s.strip_suffix(".slice"))
+        .unwrap_or("?");
+    let out = Command::new(BUSCTL)
+        .args([
+            "--system",
+            "--timeout=5",
+            "--json=short",
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "ListUnitsByPatterns",
+            "asas",
+            "0",
+            "2",
+            "picortex-turn-*",
+            "picortex-chat-*",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let o = match out {
+        Err(e) => {
+            let sock = connect_unix(BUS_SOCKET);
+            return Finding::new(
+                "enumerate_chats",
+                sock.is_err(),
+                format!(
+                    "busctl: {}; bus socket: {}",
+                    en(&e),
+                    sock.err().unwrap_or_else(|| "connected".into())
+                ),
+            );
+        }
+        Ok(o) => o,
+    };
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .next()
+            .unwrap_or("failed")
+            .to_owned();
+        return Finding::new(
+            "enumerate_chats",
+            true,
+            format!("ListUnitsByPatterns: {err}"),
+        );
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let units = v
+        .pointer("/data/0")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let others: Vec<String> = units
+        .iter()
+        .filter_map(|u| {
+            Some((
+                u.get(0)?.as_str()?.to_owned(),
+                u.get(1)?.as_str()?.to_owned(),
+            ))
+        })
+        .filter(|(name, desc)| {
+            !name.contains(tag) && !desc.contains(tag) && name != "picortex-chat.slice"
+        })
+        .map(|(name, desc)| format!("{name} ({desc})"))
+        .collect();
+    if others.is_empty() {
+        Finding::new(
+            "enumerate_chats",
+            true,
+            format!(
+                "systemd lists {} picortex units, all this chat's own",
+                units.len()
+            ),
+        )
+    } else {
+        Finding::new(
+            "enumerate_chats",
+            false,
+            format!("other chats' units: {}", others.join(", ")),
+        )
+    }
 }
 
 fn systemd_start_unit() -> Finding {
     let private = connect_unix("/run/systemd/private");
-    let run = denied("/usr/bin/systemd-run", &["--system", "--no-ask-password", "--quiet", "--collect", "-p", "User=root", "/bin/true"]);
+    let run = denied(
+        "/usr/bin/systemd-run",
+        &[
+            "--system",
+            "--no-ask-password",
+            "--quiet",
+            "--collect",
+            "-p",
+            "User=root",
+            "/bin/true",
+        ],
+    );
     let detail = format!(
         "/run/systemd/private: {}; systemd-run as root: {}",
-        private.as_ref().map_or_else(|e| e.clone(), |_| "connected".into()),
+        private
+            .as_ref()
+            .map_or_else(|e| e.clone(), |_| "connected".into()),
         run.as_ref().unwrap_or_else(|e| e)
     );
-    Finding::new("systemd_start_unit", private.is_err() && run.is_ok(), detail)
+    Finding::new(
+        "systemd_start_unit",
+        private.is_err() && run.is_ok(),
+        detail,
+    )
 }
 
 fn provision_helper(me: u32) -> Finding {
-    let base = ["--system", "--timeout=5", "--allow-interactive-authorization=no", "call", "org.picortex.Provision1", "/org/picortex/Provision1", "org.picortex.Provision1"];
+    let base = [
+        "--system",
+        "--timeout=5",
+        "--allow-interactive-authorization=no",
+        "call",
+        "org.picortex.Provision1",
+        "/org/picortex/Provision1",
+        "org.picortex.Provision1",
+    ];
     let chat = format!("attack-from-uid-{me}");
-    let ensure = denied("/usr/bin/busctl", &[&base[..], &["EnsureChat", "s", &chat]].concat());
-    let release = denied("/usr/bin/busctl", &[&base[..], &["ReleaseTurn", "s", "00000000000000000000000000000000"]].concat());
-    let blocked = ensure.is_ok() && release.is_ok();
-    let detail = format!("EnsureChat: {}; ReleaseTurn: {}", ensure.unwrap_or_else(|e| e), release.unwrap_or_else(|e| e));
+    let ensure = denied(
+        BUSCTL,
+        &[&base[..], &["EnsureChat", "s", chat.as_str()]].concat(),
+    );
+    let release = denied(
+        BUSCTL,
+        &[
+            &base[..],
+            &["ReleaseTurn", "s", "00000000000000000000000000000000"],
+        ]
+        .concat(),
+    );
+    // A missing busctl proves nothing unless the bus itself is out of reach.
+    let tested = Path::new(BUSCTL).exists() || connect_unix(BUS_SOCKET).is_err();
+    let blocked = tested && ensure.is_ok() && release.is_ok();
+    let detail = format!(
+        "EnsureChat: {}; ReleaseTurn: {}",
+        ensure.unwrap_or_else(|e| e),
+        release.unwrap_or_else(|e| e)
+    );
     Finding::new("provision_helper", blocked, detail)
 }
 
@@ -844,16 +1295,26 @@ fn tcp_probe(addr: SocketAddr) -> Result<String, String> {
             let _ = s.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n");
             let mut buf = [0u8; 64];
             let n = s.read(&mut buf).unwrap_or(0);
-            let first = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
+            let first = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
             Err(format!("{addr} connected ({first})"))
         }
-        Err(e) if e.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => Err(format!("{addr} refused (reachable)")),
+        Err(e) if e.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => {
+            Err(format!("{addr} refused (reachable)"))
+        }
         Err(e) => Ok(en(&e)),
     }
 }
 
 fn udp_probe(addr: SocketAddr) -> Result<String, String> {
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let s = UdpSocket::bind(bind).map_err(|e| format!("bind {}", en(&e)));
     match s {
         Err(e) => Ok(e),
@@ -866,35 +1327,85 @@ fn udp_probe(addr: SocketAddr) -> Result<String, String> {
 
 fn network() -> Vec<Finding> {
     let addr = |s: &str| s.parse::<SocketAddr>().ok();
-    let gateway: Vec<SocketAddr> = ["127.0.0.1:8470", "[::1]:8470", "0.0.0.0:8470", "127.1.2.3:8470"].iter().filter_map(|s| addr(s)).collect();
-    let sim: Vec<SocketAddr> = ["127.0.0.1:8900", "[::1]:8900"].iter().filter_map(|s| addr(s)).collect();
-    let other: Vec<SocketAddr> = [
-        "127.0.0.1:1", "127.0.0.1:22", "127.0.0.1:25", "127.0.0.1:53", "127.0.0.1:80", "127.0.0.1:443", "127.0.0.1:631",
-        "127.0.0.1:3306", "127.0.0.1:5432", "127.0.0.1:6379", "127.0.0.1:8080", "127.0.0.53:53", "127.0.1.1:80",
-        "[::1]:22", "[::1]:80",
+    let gateway: Vec<SocketAddr> = [
+        "127.0.0.1:8470",
+        "[::1]:8470",
+        "0.0.0.0:8470",
+        "127.1.2.3:8470",
     ]
     .iter()
     .filter_map(|s| addr(s))
     .collect();
-    let udp: Vec<SocketAddr> = ["127.0.0.1:53", "127.0.0.53:53", "[::1]:53", "127.0.0.1:8470"].iter().filter_map(|s| addr(s)).collect();
+    let sim: Vec<SocketAddr> = ["127.0.0.1:8900", "[::1]:8900"]
+        .iter()
+        .filter_map(|s| addr(s))
+        .collect();
+    let other: Vec<SocketAddr> = [
+        "127.0.0.1:1",
+        "127.0.0.1:22",
+        "127.0.0.1:25",
+        "127.0.0.1:53",
+        "127.0.0.1:80",
+        "127.0.0.1:443",
+        "127.0.0.1:631",
+        "127.0.0.1:3306",
+        "127.0.0.1:5432",
+        "127.0.0.1:6379",
+        "127.0.0.1:8080",
+        "127.0.0.53:53",
+        "127.0.1.1:80",
+        "[::1]:22",
+        "[::1]:80",
+    ]
+    .iter()
+    .filter_map(|s| addr(s))
+    .collect();
+    let udp: Vec<SocketAddr> = [
+        "127.0.0.1:53",
+        "127.0.0.53:53",
+        "[::1]:53",
+        "127.0.0.1:8470",
+    ]
+    .iter()
+    .filter_map(|s| addr(s))
+    .collect();
 
     // All probes at once: a dropped SYN costs the whole timeout.
     let spawn = |addrs: Vec<SocketAddr>| -> Vec<std::thread::JoinHandle<Result<String, String>>> {
-        addrs.into_iter().map(|a| std::thread::spawn(move || tcp_probe(a))).collect()
+        addrs
+            .into_iter()
+            .map(|a| std::thread::spawn(move || tcp_probe(a)))
+            .collect()
     };
     let (hg, hs, ho) = (spawn(gateway), spawn(sim), spawn(other));
-    let join = |hs: Vec<std::thread::JoinHandle<Result<String, String>>>| -> Vec<Result<String, String>> {
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe thread panicked".into()))).collect()
-    };
+    let join =
+        |hs: Vec<std::thread::JoinHandle<Result<String, String>>>| -> Vec<Result<String, String>> {
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("probe thread panicked".into()))
+                })
+                .collect()
+        };
     let (rg, rs, mut ro) = (join(hg), join(hs), join(ho));
     ro.extend(udp.into_iter().map(udp_probe));
 
     let finding = |name: &'static str, what: &str, rs: Vec<Result<String, String>>| {
         let n = rs.len();
-        let reached: Vec<String> = rs.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        let reached: Vec<String> = rs
+            .iter()
+            .filter_map(|r| r.as_ref().err().cloned())
+            .collect();
         let how: BTreeSet<String> = rs.into_iter().filter_map(Result::ok).collect();
         if reached.is_empty() {
-            Finding::new(name, true, format!("{n} probes of {what}, none reached it: {}", how.into_iter().collect::<Vec<_>>().join(",")))
+            Finding::new(
+                name,
+                true,
+                format!(
+                    "{n} probes of {what}, none reached it: {}",
+                    how.into_iter().collect::<Vec<_>>().join(",")
+                ),
+            )
         } else {
             Finding::new(name, false, reached.join("; "))
         }
@@ -920,13 +1431,29 @@ mod tests {
         let i = parse_cgroup(text, Path::new("/nonexistent"));
         assert_eq!(i.unit.as_deref(), Some("picortex-turn-00ff.service"));
         assert_eq!(i.slice.as_deref(), Some("picortex-chat-ab12cd34.slice"));
-        let mounts: Vec<String> = i.dirs.iter().map(|(m, _)| m.display().to_string()).collect();
-        assert_eq!(mounts, ["/nonexistent/systemd", "/nonexistent/pids", "/nonexistent/memory", "/nonexistent/cpu", "/nonexistent"]);
+        let mounts: Vec<String> = i
+            .dirs
+            .iter()
+            .map(|(m, _)| m.display().to_string())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "/nonexistent/systemd",
+                "/nonexistent/pids",
+                "/nonexistent/memory",
+                "/nonexistent/cpu",
+                "/nonexistent"
+            ]
+        );
     }
 
     #[test]
     fn report_is_one_compact_array_and_details_are_short() {
-        let f = [Finding::new("a", true, "x".repeat(500)), Finding::new("b", false, "y")];
+        let f = [
+            Finding::new("a", true, "x".repeat(500)),
+            Finding::new("b", false, "y"),
+        ];
         let v: Value = serde_json::from_str(&report(&f)).unwrap_or(Value::Null);
         assert_eq!(v[0]["name"], "a");
         assert_eq!(v[1]["blocked"], false);

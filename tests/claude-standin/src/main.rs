@@ -54,8 +54,11 @@
 //! | `#argv` | reply includes the arguments (the prompt argument excluded) |
 //! | `#system` | reply includes the `--append-system-prompt` text |
 //! | `#model` | reply includes the model |
+//! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
 
 #![deny(unsafe_code)]
+
+mod attack;
 
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Read, Write};
@@ -240,6 +243,8 @@ struct Knobs {
     argv: bool,
     system: bool,
     model: bool,
+    attack: bool,
+    attack_other: Option<String>,
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -269,9 +274,15 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#argv" => k.argv = true,
                 "#system" => k.system = true,
                 "#model" => k.model = true,
+                "#attack" => k.attack = true,
                 _ => {}
             }
             rest = &tail[1..];
+        }
+    }
+    for w in text.split_whitespace() {
+        if let Some(v) = w.strip_prefix("other=").filter(|v| !v.is_empty()) {
+            k.attack_other = Some(v.to_owned());
         }
     }
 }
@@ -577,6 +588,9 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = attack::child_main() {
+        return code;
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let exit = run(&argv);
     if let Some(msg) = exit.stderr {
@@ -854,6 +868,9 @@ fn run(argv: &[String]) -> Exit {
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
+    let attack_report = knobs
+        .attack
+        .then(|| attack::report(&attack::run_all(knobs.attack_other.as_deref())));
     let mut hoard: Vec<u8> = Vec::new();
     if let Some(mib) = knobs.eatmem {
         let len = (mib as usize).saturating_mul(1 << 20);
@@ -917,6 +934,10 @@ fn run(argv: &[String]) -> Exit {
     let mut reply = format!("standin: you said \"{prompt}\" (turn {n} of session {sid})");
     if let Some(prev) = transcript.prompts.last() {
         reply.push_str(&format!(" — before that you said \"{prev}\""));
+    }
+    if let Some(r) = &attack_report {
+        // Nothing else in this reply, so the report parses as it is.
+        reply = format!("standin: attack report {r}");
     }
     if knobs.cwd {
         reply.push_str(&format!(" | cwd={}", cwd.display()));
@@ -1022,6 +1043,21 @@ mod tests {
         assert!(k.env && k.array && !k.fail);
         assert_eq!(k.is_error.as_deref(), Some("API Error: Rate limit reached"));
         assert_eq!(k.exit, Some(0));
+        assert!(!k.attack);
+    }
+
+    #[test]
+    fn attack_takes_the_other_home_from_anywhere_in_the_prompt() {
+        let mut k = Knobs::default();
+        parse_knobs(
+            "please #attack other=/var/lib/picortex/chats/ab12cd34 now",
+            &mut k,
+        );
+        assert!(k.attack);
+        assert_eq!(
+            k.attack_other.as_deref(),
+            Some("/var/lib/picortex/chats/ab12cd34")
+        );
     }
 
     #[test]

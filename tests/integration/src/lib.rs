@@ -404,3 +404,21 @@ pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
     }
     t
 }
+
+// ---- sandbox and security tests (tests/sandbox.rs, tests/security.rs) ----
+
+impl Machine {
+    /// The first turn unit that is running now in chat `tag`'s slice (any chat's when `None`),
+    /// waiting up to `timeout` for one.
+    pub fn wait_running_turn(&self, tag: Option<&str>, timeout: Duration) -> String {
+        let filter = tag.map(|t| format!("picortex-chat-{t}.slice")).unwrap_or_default();
+        self.wait_for(&format!("a running turn unit {filter}"), timeout, || {
+            let out = self.sh(&format!(
+                "for u in $(systemctl list-units --plain --no-legend --state=running 'picortex-turn-*' | awk '{{print $1}}'); do \
+                   s=$(systemctl show -P Slice \"$u\"); case \"$s\" in *'{filter}') echo \"$u\"; break;; esac; done"
+            ));
+            let u = out.stdout.trim().to_owned();
+            (!u.is_empty()).then_some(u)
+        })
+    }
+}

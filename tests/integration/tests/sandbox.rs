@@ -1,0 +1,418 @@
+//! Issue "Chats that cannot reach each other" (SPEC P2, T1): a hostile agent attacks from inside
+//! real turns (the stand-in's `#attack`), a memory bomb takes down only its own turn, and the
+//! turn unit's sandbox is what systemd says it is.
+
+use std::time::Duration;
+
+use picortex_integration::{chat_tag, json, Machine};
+use serde_json::Value;
+
+const OWNER: &str = "+15550002000";
+const FRIEND: &str = "+15550003000";
+const T: Duration = Duration::from_secs(90);
+/// The test configuration's memory_max (tests/harness/stage-extras.sh).
+const MEMORY_MAX: u64 = 256 << 20;
+
+/// Attacks whose fix is outside the turn unit's properties, with what fixes it. They are
+/// reported loudly but do not fail the test; once fixed they must stay blocked like the rest.
+const KNOWN_OPEN: &[(&str, &str)] = &[];
+
+/// Every kind of attack the issue asks for, by the stand-in's names (tests/claude-standin/src/attack.rs).
+const REQUIRED: &[&str] = &[
+    "read_other_home",
+    "list_chats",
+    "read_database",
+    "read_gateway_credentials",
+    "read_turn_credentials",
+    "see_processes",
+    "ptrace_foreign",
+    "write_outside_home",
+    "setuid_exec",
+    "chmod_suid",
+    "fork_bomb",
+    "connect_gateway",
+    "connect_linq_sim",
+    "connect_loopback",
+    "system_bus_set_unit_properties",
+    "cgroup_limits",
+];
+
+/// A group with the owner and a friend, opened by a message that mentions the bot.
+fn open_group(m: &Machine, text: &str) -> String {
+    let r = m.sim().post("/control/inbound", json!({"from": OWNER, "group": true, "participants": [FRIEND], "mentions_me": true, "text": text}));
+    r["chat_id"].as_str().expect("chat_id").to_owned()
+}
+
+fn group_text(m: &Machine, chat: &str, text: &str) {
+    m.sim().post(
+        "/control/inbound",
+        json!({"from": OWNER, "chat_id": chat, "mentions_me": true, "text": text}),
+    );
+}
+
+fn wait_replies(m: &Machine, chat: &str, n: usize) -> Vec<Value> {
+    let sim = m.sim();
+    m.wait_for(&format!("{n} replies in chat {chat}"), T, || {
+        let s = sim.sent(chat);
+        (s.len() >= n).then_some(s)
+    })
+}
+
+/// The attack report among the bot's messages from index `from` on; a long reply may have been
+/// split into several messages.
+fn attack_report(m: &Machine, chat: &str, from: usize) -> Vec<Value> {
+    let sim = m.sim();
+    m.wait_for(&format!("an attack report in chat {chat}"), T, || {
+        let sent = sim.sent(chat);
+        let texts: Vec<&str> = sent
+            .iter()
+            .skip(from)
+            .filter_map(|s| s["text"].as_str())
+            .collect();
+        [texts.concat(), texts.join(" ")].iter().find_map(|all| {
+            let json = all.split_once("standin: attack report ")?.1;
+            match serde_json::from_str::<Value>(json.trim()) {
+                Ok(Value::Array(a)) => Some(a),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// Asserts every attack was blocked (bar the known-open ones, which are printed) and that the
+/// report has every required attack and at least 12 in all. Returns the report by name.
+fn assert_all_blocked(who: &str, report: &[Value]) -> std::collections::HashMap<String, Value> {
+    eprintln!("---- attack report of {who} ----");
+    for a in report {
+        eprintln!(
+            "{:5} {:32} {}",
+            a["blocked"],
+            a["name"].as_str().unwrap_or("?"),
+            a["detail"].as_str().unwrap_or("")
+        );
+    }
+    let by_name: std::collections::HashMap<String, Value> = report
+        .iter()
+        .filter_map(|a| Some((a["name"].as_str()?.to_owned(), a.clone())))
+        .collect();
+    assert!(
+        report.len() >= 12,
+        "{who}: only {} attacks reported",
+        report.len()
+    );
+    for r in REQUIRED {
+        assert!(
+            by_name.contains_key(*r),
+            "{who}: no {r} attack in the report"
+        );
+    }
+    let mut open = Vec::new();
+    for a in report {
+        let name = a["name"].as_str().unwrap_or("?");
+        assert!(
+            a["blocked"].is_boolean() && a["detail"].is_string(),
+            "{who}: malformed entry {a}"
+        );
+        if a["blocked"] == true {
+            continue;
+        }
+        match KNOWN_OPEN.iter().find(|(n, _)| *n == name) {
+            Some((_, why)) => eprintln!(
+                "WARNING: {who}: {name} is not blocked ({}): {why}",
+                a["detail"]
+            ),
+            None => open.push(format!("{name}: {}", a["detail"])),
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "{who}: attacks that got through:\n{}",
+        open.join("\n")
+    );
+    by_name
+}
+
+#[test]
+fn attacks_from_inside_a_turn_are_all_blocked() {
+    let m = Machine::boot();
+    // Turns get a credential, so there is something in /run/credentials to steal.
+    std::fs::write(
+        m.path("/etc/picortex/credentials/anthropic-api-key"),
+        "sk-ant-test-sandbox-0000",
+    )
+    .unwrap();
+    m.ok("chmod 600 /etc/picortex/credentials/anthropic-api-key");
+    m.start_picortex();
+
+    // Chat A (the owner's DM) exists; chat B (a group) attacks first, A's home among its
+    // targets, and leaves markers in every place files could be shared through, which A's
+    // attack then looks for.
+    let a_first = m.sim().text(OWNER, None, "hello");
+    let a = a_first["chat_id"].as_str().expect("chat_id").to_owned();
+    let tag_a = chat_tag(&a);
+    let home_a = format!("/var/lib/picortex/chats/{tag_a}");
+    wait_replies(&m, &a, 1);
+    let b = open_group(&m, &format!("Cortex #attack other={home_a}"));
+    let tag_b = chat_tag(&b);
+    assert_ne!(tag_a, tag_b);
+    let rb = assert_all_blocked("chat B", &attack_report(&m, &b, 0));
+    let home_b = format!("/var/lib/picortex/chats/{tag_b}");
+    assert_eq!(
+        m.ok(&format!("stat -c %a {home_a} {home_b}")).trim(),
+        "700\n700"
+    );
+
+    // B keeps a turn running (with its credential loaded) while A attacks.
+    group_text(&m, &b, "Cortex #sleep=12 busy");
+    let unit_b = m.wait_running_turn(Some(&tag_b), T);
+    m.ok(&format!("test -d /run/credentials/{unit_b}"));
+    let before = m.sim().sent(&b).len();
+
+    m.sim()
+        .text(OWNER, Some(&a), &format!("#attack other={home_b}"));
+    let ra = assert_all_blocked("chat A", &attack_report(&m, &a, 1));
+
+    // The attacks really ran inside A's turn, in A's slice, under A's TasksMax.
+    let bus = ra["system_bus_set_unit_properties"]["detail"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        bus.contains(&format!("picortex-chat-{tag_a}.slice")),
+        "not in A's slice: {bus}"
+    );
+    let fork = ra["fork_bomb"]["detail"].as_str().unwrap_or("");
+    assert!(
+        fork.contains("EAGAIN") && fork.contains("TasksMax 256"),
+        "{fork}"
+    );
+    let b_bus = rb["system_bus_set_unit_properties"]["detail"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        b_bus.contains(&format!("picortex-chat-{tag_b}.slice")),
+        "not in B's slice: {b_bus}"
+    );
+
+    // B's turn was not disturbed, and the gateway and the simulator still answer.
+    let replies = wait_replies(&m, &b, before + 1);
+    let last = replies
+        .last()
+        .and_then(|r| r["text"].as_str())
+        .unwrap_or("");
+    assert!(
+        last.contains("standin: you said \"Cortex #sleep=12 busy\""),
+        "B's turn: {last}"
+    );
+    assert_eq!(
+        m.ok("systemctl is-active picortexd.service").trim(),
+        "active"
+    );
+    let health = m.ok("curl -s http://127.0.0.1:8470/health");
+    assert!(health.contains("\"db_ok\":true"), "{health}");
+    // And nothing was left outside the homes by the attacks.
+    let stray = m.sh("ls -d /etc/.picortex-attack-* /var/tmp/.picortex-attack-* /run/lock/picortex-drop-* /var/tmp/picortex-drop-* 2>/dev/null").stdout;
+    assert!(
+        stray.trim().is_empty(),
+        "attack leftovers outside the homes: {stray}"
+    );
+}
+
+#[test]
+fn a_memory_bomb_kills_only_its_own_turn() {
+    let m = Machine::boot();
+    m.start_picortex();
+    // Both chats exist first, so the two turns below start close together.
+    let b = open_group(&m, "Cortex hello");
+    let tag_b = chat_tag(&b);
+    wait_replies(&m, &b, 1);
+    let a = m.sim().text(OWNER, None, "hello")["chat_id"]
+        .as_str()
+        .expect("chat_id")
+        .to_owned();
+    let tag_a = chat_tag(&a);
+    wait_replies(&m, &a, 1);
+    let gateway_pid = m
+        .ok("systemctl show -P MainPID picortexd.service")
+        .trim()
+        .to_owned();
+    assert_ne!(gateway_pid, "0");
+
+    // B runs a long turn; meanwhile A allocates more than its chat's MemoryMax.
+    group_text(&m, &b, "Cortex #sleep=5 a long one");
+    m.wait_running_turn(Some(&tag_b), T);
+    let eat = (MEMORY_MAX >> 20) + 144;
+    m.sim().text(OWNER, Some(&a), &format!("#eatmem={eat}"));
+
+    let ra = wait_replies(&m, &a, 2);
+    let oom_reply = ra[1]["text"].as_str().unwrap_or("");
+    eprintln!("A's reply: {oom_reply}");
+    assert!(
+        oom_reply.to_lowercase().contains("ran out of memory"),
+        "A's reply does not say it ran out of memory: {oom_reply}"
+    );
+    let rb = wait_replies(&m, &b, 2);
+    let long_reply = rb[1]["text"].as_str().unwrap_or("");
+    assert!(
+        long_reply.contains("standin: you said \"Cortex #sleep=5 a long one\""),
+        "B's long turn: {long_reply}"
+    );
+
+    // The gateway lived through it, same process.
+    assert_eq!(
+        m.ok("systemctl show -P MainPID picortexd.service").trim(),
+        gateway_pid,
+        "picortexd was restarted"
+    );
+    assert_eq!(
+        m.ok("systemctl is-active picortexd.service").trim(),
+        "active"
+    );
+
+    // What the machine saw: the kernel's OOM kill in A's slice, and picortex-run's verdict.
+    // (The kernel log is the host's, shared by every machine: only this machine's lines.)
+    let kernel = m.journal(&format!("-k | grep -E 'oom_memcg=/{}/' || true", m.name));
+    eprintln!("kernel:\n{kernel}");
+    assert!(
+        kernel.contains(&format!("picortex-chat-{tag_a}.slice")),
+        "no OOM kill in A's slice:\n{kernel}"
+    );
+    assert!(
+        !kernel.contains(&format!("picortex-chat-{tag_b}.slice")),
+        "B's slice saw an OOM kill:\n{kernel}"
+    );
+    let run = m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortex-run PICORTEX_CHAT={a} | grep out_of_memory || true"
+    ));
+    eprintln!("picortex-run:\n{run}");
+    assert!(
+        !run.trim().is_empty(),
+        "picortex-run did not report out_of_memory"
+    );
+    let unit_end = m.journal("-o short -u 'picortex-turn-*' | grep -E 'Failed with result|Main process exited|Deactivated' || true");
+    eprintln!("turn units:\n{unit_end}");
+}
+
+/// The systemctl show value of `key` (empty when it is not set).
+fn prop<'a>(show: &'a str, key: &str) -> &'a str {
+    show.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or("")
+}
+
+#[test]
+fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let r = m.sim().text(OWNER, None, "#sleep=3 show me your sandbox");
+    let chat = r["chat_id"].as_str().expect("chat_id").to_owned();
+    let tag = chat_tag(&chat);
+    let home = format!("/var/lib/picortex/chats/{tag}");
+    let unit = m.wait_running_turn(Some(&tag), T);
+    let show = m.ok(&format!("systemctl show {unit}"));
+    let slice = m.ok(&format!("systemctl show picortex-chat-{tag}.slice"));
+
+    // No traffic to the host itself, link-local (cloud metadata) or the LAN. (Only the loopback
+    // part is tried for real, by the attack test; the others are checked here as properties.)
+    let deny: Vec<&str> = prop(&show, "IPAddressDeny").split_whitespace().collect();
+    for range in [
+        "127.0.0.0/8",
+        "::1/128",
+        "169.254.0.0/16",
+        "fe80::/10",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    ] {
+        assert!(
+            deny.contains(&range),
+            "IPAddressDeny lacks {range}: {deny:?}"
+        );
+    }
+    for (k, v) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("RestrictSUIDSGID", "yes"),
+        ("LockPersonality", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("ProtectClock", "yes"),
+        ("ProtectHostname", "yes"),
+        ("RestrictRealtime", "yes"),
+        ("UMask", "0077"),
+        ("ReadWritePaths", home.as_str()),
+        // The agent's JavaScript engine needs a JIT.
+        ("MemoryDenyWriteExecute", "no"),
+        ("User", &format!("chat-{tag}")),
+        ("Slice", &format!("picortex-chat-{tag}.slice")),
+        // Only its own home of /var/lib/picortex, no /run to write to, no system bus.
+        ("TemporaryFileSystem", "/var/lib/picortex:ro"),
+        ("BindPaths", &format!("{home}:{home}:rbind")),
+        ("ReadOnlyPaths", "/run /var/tmp"),
+    ] {
+        assert_eq!(prop(&show, k), v, "{unit}: {k}");
+    }
+    assert!(
+        prop(&show, "InaccessiblePaths")
+            .split_whitespace()
+            .any(|p| p == "-/run/dbus"),
+        "{}",
+        prop(&show, "InaccessiblePaths")
+    );
+    let filter = prop(&show, "SystemCallFilter");
+    assert!(
+        !filter.is_empty() && !filter.starts_with('~'),
+        "no system call allow-list: {filter}"
+    );
+    for call in [
+        "mount",
+        "bpf",
+        "kexec_load",
+        "init_module",
+        "reboot",
+        "swapon",
+        "ptrace",
+    ] {
+        assert!(
+            !filter.split_whitespace().any(|c| c == call),
+            "{call} is allowed"
+        );
+    }
+    assert_eq!(prop(&show, "SystemCallArchitectures"), "native");
+    let mut families: Vec<&str> = prop(&show, "RestrictAddressFamilies")
+        .split_whitespace()
+        .collect();
+    families.sort_unstable();
+    assert_eq!(families, ["AF_INET", "AF_INET6", "AF_UNIX"]);
+
+    // The chat's limits are on its slice.
+    assert_eq!(prop(&slice, "MemoryMax"), MEMORY_MAX.to_string());
+    let tasks: u64 = prop(&slice, "TasksMax")
+        .parse()
+        .unwrap_or_else(|_| panic!("TasksMax is not a number: {}", prop(&slice, "TasksMax")));
+    assert!((1..=4096).contains(&tasks), "TasksMax={tasks}");
+
+    // And in that sandbox the agent still works: its config dir and transcript are written.
+    let reply = wait_replies(&m, &chat, 1);
+    assert!(
+        reply[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("standin: you said"),
+        "{}",
+        reply[0]
+    );
+    m.ok(&format!(
+        "test -s {home}/.claude/.claude.json && ls {home}/.claude/projects/*/*.jsonl"
+    ));
+}
