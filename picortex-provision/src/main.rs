@@ -7,6 +7,7 @@
 
 mod archive;
 mod audit;
+mod egress;
 mod authz;
 mod service;
 mod units;

@@ -204,7 +204,8 @@ impl Provision {
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| fail(format!("chat {chat} is not provisioned; call EnsureChat first")))?;
-        match units::start_turn(conn, &acct, &chat, &turn, &limits, request, result).await {
+        let egress = crate::egress::load().map_err(&fail)?;
+        match units::start_turn(conn, &acct, &chat, &turn, &limits, &egress, request, result).await {
             Ok(unit) => {
                 audit::record(OP, &caller, chat.as_str(), turn.as_str(), "ok", &format!(
                     "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={}", acct.user, limits.memory_max, limits.runtime_max_usec));

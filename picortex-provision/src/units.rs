@@ -20,6 +20,7 @@ use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
+use crate::egress::Egress;
 use crate::users::ChatAccount;
 
 /// Where `make install` put picortex-run; fixed at build time so no caller can choose what the
@@ -134,8 +135,17 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
 
 /// The transient service for one turn. Resource limits live on the chat's slice (see
 /// `slice_properties`); this carries the sandbox, the runtime cap and the command.
-pub fn turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits: &Limits) -> Vec<(&'static str, Prop)> {
+pub fn turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits: &Limits, egress: &Egress) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
+    if let Egress::Allowlist(allow) = egress {
+        // Deny everything, then allow only the operator's ranges (systemd: allow wins over deny).
+        for (k, p) in props.iter_mut() {
+            if *k == "IPAddressDeny" {
+                *p = Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)]);
+            }
+        }
+        props.push(("IPAddressAllow", Prop::Ips(allow.clone())));
+    }
     // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
     // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
     if std::path::Path::new(API_KEY_PATH).is_file() {
@@ -300,6 +310,7 @@ pub async fn start_turn(
     chat: &ChatId,
     turn: &TurnId,
     limits: &Limits,
+    egress: &Egress,
     request: OwnedFd,
     result: OwnedFd,
 ) -> Result<String, UnitError> {
@@ -311,7 +322,7 @@ pub async fn start_turn(
         .map_err(systemd_err)?;
 
     let unit = turn.unit_name();
-    let mut props = convert(&turn_properties(acct, chat, turn, limits)).map_err(systemd_err)?;
+    let mut props = convert(&turn_properties(acct, chat, turn, limits, egress)).map_err(systemd_err)?;
     props.push(("StandardInputFileDescriptor".into(), fd_variant(&request)?));
     props.push(("StandardOutputFileDescriptor".into(), fd_variant(&result)?));
     mgr.start_transient_unit(unit.clone(), "fail".into(), props, vec![])
@@ -360,7 +371,7 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default());
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
         assert_eq!(get(&p, "User"), &Prop::Str(a.user.clone()));
         assert_eq!(get(&p, "Slice"), &Prop::Str(format!("picortex-chat-{}.slice", a.tag)));
         assert_eq!(get(&p, "WorkingDirectory"), &Prop::Str(a.home.clone()));
@@ -387,7 +398,7 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default());
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
         assert_eq!(get(&p, "TemporaryFileSystem"), &Prop::Pairs(vec![("/var/lib/picortex".into(), "ro".into())]));
         assert!(a.home.starts_with(&format!("{STATE_DIR}/")), "the home must lie under the hidden state dir");
         let Prop::Strs(ro) = get(&p, "ReadOnlyPaths") else { panic!("ReadOnlyPaths") };
@@ -397,6 +408,20 @@ mod tests {
         assert!(gone.iter().all(|g| g.starts_with("-/")), "a missing path must not fail the turn");
         assert_eq!(get(&p, "PrivateTmp"), &Prop::Bool(true));
         assert_eq!(get(&p, "ProtectProc"), &Prop::Str("invisible".into()));
+    }
+
+    #[test]
+    fn an_allowlist_denies_everything_else() {
+        let a = acct();
+        let chat = ChatId::parse("abc").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let allow = vec![(2, vec![160, 79, 104, 0], 23)];
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Allowlist(allow.clone()));
+        assert_eq!(get(&p, "IPAddressDeny"), &Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)]));
+        assert_eq!(get(&p, "IPAddressAllow"), &Prop::Ips(allow));
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        assert!(p.iter().all(|(k, _)| *k != "IPAddressAllow"));
+        assert_eq!(get(&p, "IPAddressDeny"), &Prop::Ips(denied_ranges()));
     }
 
     #[test]
@@ -428,7 +453,7 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        convert(&turn_properties(&a, &chat, &turn, &Limits::default())).unwrap();
+        convert(&turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet)).unwrap();
         convert(&slice_properties(&Limits::default())).unwrap();
     }
 }

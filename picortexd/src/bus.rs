@@ -23,28 +23,27 @@ pub enum BusError {
     Denied(String),
     #[error("the provisioning helper failed: {0}")]
     Helper(String),
+    #[error("already exists: {0}")]
+    Exists(String),
     #[error("systemd: {0}")]
     Systemd(String),
 }
 
 fn helper_err(e: zbus::Error) -> BusError {
-    match &e {
+    // The helper answers only AccessDenied, InvalidArgs, FileExists or Failed; any other error
+    // comes from the bus (cannot activate it, no reply, gone) and means it is not available.
+    // zbus reports the standard org.freedesktop.DBus.Error.* names as Error::FDO.
+    match e {
+        zbus::Error::FDO(f) => match *f {
+            zbus::fdo::Error::AccessDenied(m) => BusError::Denied(m),
+            zbus::fdo::Error::Failed(m) | zbus::fdo::Error::InvalidArgs(m) => BusError::Helper(m),
+            zbus::fdo::Error::FileExists(m) => BusError::Exists(m),
+            other => BusError::Unavailable(other.to_string()),
+        },
         zbus::Error::MethodError(name, msg, _) => {
-            let msg = msg.clone().unwrap_or_default();
-            // The helper answers only AccessDenied, InvalidArgs, FileExists or Failed; any other
-            // error comes from the bus (cannot activate it, no reply, gone) and means it is
-            // not available.
-            match name.as_str() {
-                "org.freedesktop.DBus.Error.AccessDenied" => BusError::Denied(msg),
-                "org.freedesktop.DBus.Error.Failed"
-                | "org.freedesktop.DBus.Error.InvalidArgs"
-                | "org.freedesktop.DBus.Error.FileExists" => {
-                    BusError::Helper(format!("{name}: {msg}"))
-                }
-                _ => BusError::Unavailable(format!("{name}: {msg}")),
-            }
+            BusError::Unavailable(format!("{name}: {}", msg.unwrap_or_default()))
         }
-        _ => BusError::Unavailable(e.to_string()),
+        other => BusError::Unavailable(other.to_string()),
     }
 }
 
@@ -149,18 +148,15 @@ impl Bus {
         match p
             .start_turn(chat_id, turn_id, request.into(), result.into(), limits)
             .await
+            .map_err(helper_err)
         {
             Ok(unit) => Ok(Started::Started(unit)),
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.DBus.Error.FileExists" =>
-            {
-                Ok(Started::AlreadyRunning(
-                    picortex_proto::ids::TurnId::parse(turn_id)
-                        .map(|t| t.unit_name())
-                        .unwrap_or_default(),
-                ))
-            }
-            Err(e) => Err(helper_err(e)),
+            Err(BusError::Exists(_)) => Ok(Started::AlreadyRunning(
+                picortex_proto::ids::TurnId::parse(turn_id)
+                    .map(|t| t.unit_name())
+                    .unwrap_or_default(),
+            )),
+            Err(e) => Err(e),
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Config {
     pub turns: TurnsConfig,
     /// Read by picortex-run, not by the gateway; accepted here so one file serves both.
     pub agent: Option<toml::Table>,
+    /// Read by picortex-provision (the turn's network fence), not by the gateway.
+    pub sandbox: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

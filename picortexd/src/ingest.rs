@@ -113,6 +113,7 @@ fn inbound(
         answer,
         reason: reason.to_owned(),
         answer_if_reply_to_bot: d.answer_if_reply_to_bot && !opt_out,
+        from_bot: m.is_from_bot(),
     }
 }
 
@@ -147,8 +148,8 @@ pub fn apply(
         return Ok(out);
     }
     let reason = match &env.data {
-        Event::MessageDelivered(m) => status(t, &m.id, "delivered", None)?,
-        Event::MessageRead(m) => status(t, &m.id, "read", None)?,
+        Event::MessageDelivered(m) => status_or_record(t, m, "delivered")?,
+        Event::MessageRead(m) => status_or_record(t, m, "read")?,
         Event::MessageFailed(f) => match &f.message_id {
             Some(id) => status(t, id, "failed", Some(f.code))?,
             None => "message.failed without a message id",
@@ -219,6 +220,24 @@ pub fn apply(
         reason: reason.into(),
     });
     Ok(out)
+}
+
+fn status_or_record(t: &Connection, m: &MessageEvent, s: &str) -> Result<&'static str, StoreError> {
+    if channel::message_status(t, &m.id, s, None)? {
+        return Ok("message status updated");
+    }
+    let text = m.text();
+    let unseen = channel::UnseenMessage {
+        linq_id: &m.id,
+        chat_id: &m.chat.id,
+        is_group: m.chat.is_group,
+        from_bot: m.is_from_bot(),
+        sender: &m.sender_handle.handle,
+        text: &text,
+        reply_to: m.reply_to_id(),
+    };
+    channel::status_of_unseen(t, &unseen, s)?;
+    Ok("status of a message not yet in the log; recorded with it")
 }
 
 fn status(

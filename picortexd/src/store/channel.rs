@@ -36,6 +36,30 @@ pub fn message_status(
     Ok(n > 0)
 }
 
+/// A status report for a message the log does not have yet (Linq's `message.delivered` can
+/// overtake our own record of the send): keep it as the message, with its status, so the later
+/// record of the send finds it.
+pub fn status_of_unseen(t: &Connection, m: &UnseenMessage<'_>, status: &str) -> Result<(), StoreError> {
+    ensure_chat_row(t, m.chat_id, Some(m.is_group))?;
+    t.execute(
+        "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, status, created_at)
+         VALUES (?1, ?2, CASE WHEN ?3 THEN 'outbound' ELSE 'inbound' END, ?4, ?5, ?6, ?7, ?8)",
+        params![m.linq_id, m.chat_id, m.from_bot, m.sender, m.text, m.reply_to, status, now_ms()],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct UnseenMessage<'a> {
+    pub linq_id: &'a str,
+    pub chat_id: &'a str,
+    pub is_group: bool,
+    pub from_bot: bool,
+    pub sender: &'a str,
+    pub text: &'a str,
+    pub reply_to: Option<&'a str>,
+}
+
 /// A message's text changed; the first version is kept in `original_text`.
 pub fn message_edited(t: &Connection, linq_id: &str, part_text: &str) -> Result<bool, StoreError> {
     let n = t.execute(
@@ -234,6 +258,7 @@ mod tests {
             answer: false,
             reason: "t".into(),
             answer_if_reply_to_bot: false,
+            from_bot: false,
         };
         s.call(move |t| ingest_message(t, &m)).await.unwrap();
         let (status, text, orig): (Option<String>, String, Option<String>) = s

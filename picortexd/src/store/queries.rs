@@ -24,6 +24,8 @@ pub struct Inbound {
     pub reason: String,
     /// Group messages answer when they reply to one of the bot's messages.
     pub answer_if_reply_to_bot: bool,
+    /// The bot's own message echoed back by Linq (`message.sent`, `is_me`).
+    pub from_bot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +91,8 @@ pub fn ingest_message(t: &Connection, m: &Inbound) -> Result<Ingested, StoreErro
     }
     ensure_chat(t, &m.chat_id, m.is_group, m.bot_handle.as_deref())?;
     t.execute(
-        "INSERT OR IGNORE INTO participants (chat_id, handle, is_me) VALUES (?1, ?2, 0)",
-        params![m.chat_id, m.sender],
+        "INSERT OR IGNORE INTO participants (chat_id, handle, is_me) VALUES (?1, ?2, ?3)",
+        params![m.chat_id, m.sender, m.from_bot],
     )?;
     let mut answer = m.answer;
     let mut reason = m.reason.clone();
@@ -112,8 +114,8 @@ pub fn ingest_message(t: &Connection, m: &Inbound) -> Result<Ingested, StoreErro
     }
     let n = t.execute(
         "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, event_id, gate, created_at)
-         VALUES (?1, ?2, 'inbound', ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![m.linq_id, m.chat_id, m.sender, m.text, m.reply_to, m.event_id, reason, now_ms()],
+         VALUES (?1, ?2, CASE WHEN ?9 THEN 'outbound' ELSE 'inbound' END, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![m.linq_id, m.chat_id, m.sender, m.text, m.reply_to, m.event_id, reason, now_ms(), m.from_bot],
     )?;
     if n == 0 {
         // Same Linq message under a new event id: stored once, answered once.
@@ -357,9 +359,14 @@ pub fn outbox_sent(t: &Connection, o: &Outgoing, linq_id: &str) -> Result<(), St
         "UPDATE outbox SET status = 'sent', attempts = attempts + 1, linq_message_id = ?2, sent_at = ?3 WHERE id = ?1",
         params![o.id, linq_id, now],
     )?;
+    // Linq's echo of this message (message.sent) may have been stored first, as an inbound row
+    // — after a crash between Linq's accept and this record it usually is. Linq's answer to our
+    // send is proof the message is the bot's: make the row say so.
     t.execute(
-        "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, status, sent_at, created_at)
-         VALUES (?1, ?2, 'outbound', NULL, ?3, ?4, 'sent', ?5, ?5)",
+        "INSERT INTO messages (linq_id, chat_id, direction, sender, text, reply_to, status, sent_at, created_at)
+         VALUES (?1, ?2, 'outbound', NULL, ?3, ?4, 'sent', ?5, ?5)
+         ON CONFLICT(linq_id) DO UPDATE SET direction = 'outbound', reply_to = COALESCE(messages.reply_to, excluded.reply_to),
+            status = COALESCE(messages.status, excluded.status), sent_at = COALESCE(messages.sent_at, excluded.sent_at)",
         params![linq_id, o.chat_id, o.text, o.reply_to, now],
     )?;
     Ok(())
@@ -428,6 +435,7 @@ mod tests {
             answer,
             reason: "test".into(),
             answer_if_reply_to_bot: false,
+            from_bot: false,
         }
     }
 
@@ -519,5 +527,48 @@ mod tests {
         assert_eq!(due[0].reply_to, None);
         let c = s.call(|t| chat(t, "c1")).await.unwrap().unwrap();
         assert!(c.session_started);
+    }
+
+    #[tokio::test]
+    async fn a_reply_whose_echo_came_first_is_still_the_bots() {
+        let (_d, s) = store().await;
+        let m = inbound("e1", "c1", "m1", true);
+        s.call(move |t| ingest_message(t, &m)).await.unwrap();
+        let job = s
+            .call(|t| runnable_turns(t, 1, &[]))
+            .await
+            .unwrap()
+            .remove(0);
+        let f = Finished {
+            outcome: "ok".into(),
+            ..Default::default()
+        };
+        s.call(move |t| finish_turn(t, &job, &f, &["answer".to_owned()]))
+            .await
+            .unwrap();
+        let o = s
+            .call(|t| due_outbox(t, i64::MAX, 10))
+            .await
+            .unwrap()
+            .remove(0);
+        // Linq accepted the send as "out1"; its message.sent echo is stored before we record it.
+        let mut echo = inbound("e2", "c1", "out1", false);
+        echo.event_type = "message.sent".into();
+        s.call(move |t| ingest_message(t, &echo)).await.unwrap();
+        s.call(move |t| outbox_sent(t, &o, "out1")).await.unwrap();
+        let (dir, reply_to): (String, Option<String>) = s
+            .call(|t| {
+                Ok(t.query_row(
+                    "SELECT direction, reply_to FROM messages WHERE linq_id = 'out1'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (dir.as_str(), reply_to.as_deref()),
+            ("outbound", Some("m1"))
+        );
     }
 }

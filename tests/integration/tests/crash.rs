@@ -35,7 +35,11 @@ fn rig(point: Option<&str>) -> Rig {
     m.start_picortex();
     // The simulator retries an undelivered webhook after 100 ms, doubling: a crash costs ~1 s.
     m.sim().config(json!({ "retry_base_ms": 100 }));
-    Rig { m, expected: Vec::new(), chats: [None, None] }
+    Rig {
+        m,
+        expected: Vec::new(),
+        chats: [None, None],
+    }
 }
 
 /// How many times picortexd died of SIGKILL, and whether it is serving again since the last time.
@@ -49,35 +53,47 @@ fn kills(m: &Machine) -> (usize, bool) {
 impl Rig {
     /// Person `who` (0 the owner, 1 a friend) writes `text` in their 1:1 chat with the bot.
     fn text(&mut self, who: usize, text: &str) {
-        let v = self.m.sim().text([OWNER, FRIEND][who], self.chats[who].as_deref(), text);
+        let v = self
+            .m
+            .sim()
+            .text([OWNER, FRIEND][who], self.chats[who].as_deref(), text);
         let chat = v["chat_id"].as_str().expect("chat_id").to_owned();
         self.chats[who] = Some(chat.clone());
-        self.expected.push(Expected { chat_id: chat, message_id: v["message_id"].as_str().expect("message_id").to_owned(), text: text.to_owned() });
+        self.expected.push(Expected {
+            chat_id: chat,
+            message_id: v["message_id"].as_str().expect("message_id").to_owned(),
+            text: text.to_owned(),
+        });
     }
 
     /// Wait for the `n`th SIGKILL of picortexd and for it to serve again.
     fn wait_killed_and_back(&self, n: usize) {
-        self.m.wait_for(&format!("picortexd killed {n} times and serving again"), T, || {
-            let (k, up) = kills(&self.m);
-            assert!(k <= n, "picortexd was killed {k} times, expected {n}");
-            (k == n && up).then_some(())
-        });
+        self.m.wait_for(
+            &format!("picortexd killed {n} times and serving again"),
+            T,
+            || {
+                let (k, up) = kills(&self.m);
+                assert!(k <= n, "picortexd was killed {k} times, expected {n}");
+                (k == n && up).then_some(())
+            },
+        );
     }
 
     /// Wait until every message so far has at least one answer.
     fn wait_answered(&self) {
         let sim = self.m.sim();
-        self.m.wait_for(&format!("answers to all {} messages", self.expected.len()), T, || {
-            (tally_replies(&sim, &self.expected).lost == 0).then_some(())
-        });
+        self.m.wait_for(
+            &format!("answers to all {} messages", self.expected.len()),
+            T,
+            || (tally_replies(&sim, &self.expected).lost == 0).then_some(()),
+        );
     }
 
     /// Wait until nothing is in flight: no webhook left to retry, no turn unfinished, no reply
     /// unsent. Then the next thing to reach an armed crash point is the next message's.
     fn settle(&self) {
-        self.m.wait_deliveries_settled(T);
         if self.expected.is_empty() {
-            return;
+            return self.m.wait_deliveries_settled(T);
         }
         self.m.wait_for("the gateway idle", T, || {
             let busy = self.m.sql_n(
@@ -85,6 +101,18 @@ impl Rig {
             );
             (busy == 0).then_some(())
         });
+        // Linq echoes each reply (message.sent, then message.delivered) a few ms after it
+        // accepted it; those webhooks must be through too.
+        let sim = self.m.sim();
+        self.m.wait_for("every reply delivered", T, || {
+            let all = self.chats.iter().flatten().all(|c| {
+                sim.sent(c)
+                    .iter()
+                    .all(|s| s["delivery_status"] == "delivered")
+            });
+            all.then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(100));
         self.m.wait_deliveries_settled(T);
     }
 
@@ -100,21 +128,69 @@ impl Rig {
             t.wrong.len()
         );
         assert!(t.clean(), "{point}: {t:?}");
-        assert_eq!(kills(&self.m).0, crashes, "{point}: picortexd was not killed as often as planned");
+        assert_eq!(
+            kills(&self.m).0,
+            crashes,
+            "{point}: picortexd was not killed as often as planned"
+        );
         let n = self.expected.len() as i64;
         let m = &self.m;
-        assert_eq!(m.sql_n("SELECT COUNT(*) FROM turns"), n, "{point}: not one turn per message");
-        assert_eq!(m.sql("SELECT status, outcome, COUNT(*) FROM turns GROUP BY 1, 2"), format!("done|ok|{n}"), "{point}: turns");
-        assert_eq!(m.sql("SELECT status, COUNT(*) FROM outbox GROUP BY 1"), format!("sent|{n}"), "{point}: outbox");
+        assert_eq!(
+            m.sql_n("SELECT COUNT(*) FROM turns"),
+            n,
+            "{point}: not one turn per message"
+        );
+        assert_eq!(
+            m.sql("SELECT status, outcome, COUNT(*) FROM turns GROUP BY 1, 2"),
+            format!("done|ok|{n}"),
+            "{point}: turns"
+        );
+        assert_eq!(
+            m.sql("SELECT status, COUNT(*) FROM outbox GROUP BY 1"),
+            format!("sent|{n}"),
+            "{point}: outbox"
+        );
         assert_eq!(
             m.sql_n("SELECT COUNT(DISTINCT linq_message_id) FROM outbox"),
             n,
             "{point}: two outbox rows recorded the same Linq message"
         );
+        // …and the ids recorded are the messages Linq has (a replayed key answers the original).
+        let mut recorded: Vec<String> = m
+            .sql("SELECT linq_message_id FROM outbox")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let sim = m.sim();
+        let mut on_linq: Vec<String> = self
+            .chats
+            .iter()
+            .flatten()
+            .flat_map(|c| sim.sent(c))
+            .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        recorded.sort();
+        on_linq.sort();
+        assert_eq!(
+            recorded, on_linq,
+            "{point}: the outbox recorded ids Linq does not have"
+        );
+        // The log knows each reply as the bot's, even when Linq's echo of it (message.sent)
+        // reached the gateway before the gateway had recorded the send.
+        assert_eq!(
+            m.sql("SELECT direction, COUNT(*) FROM messages GROUP BY 1 ORDER BY 1"),
+            format!("inbound|{n}\noutbound|{n}"),
+            "{point}: messages in the log"
+        );
         // Every turn unit released and every result file collected, crash or not.
-        m.wait_for("every turn unit released", Duration::from_secs(10), || m.loaded_turn_units().is_empty().then_some(()));
+        m.wait_for("every turn unit released", Duration::from_secs(10), || {
+            m.loaded_turn_units().is_empty().then_some(())
+        });
         let left = m.ok("ls -A /var/lib/picortex/turns");
-        assert!(left.trim().is_empty(), "{point}: result files left behind: {left}");
+        assert!(
+            left.trim().is_empty(),
+            "{point}: result files left behind: {left}"
+        );
     }
 }
 
@@ -127,7 +203,9 @@ fn crash_point(point: &str) -> Rig {
         r.m.rearm_failpoint();
         r.text(0, &format!("{point} round {round} from the owner"));
         r.text(1, &format!("{point} round {round} from a friend"));
-        r.m.wait_for(&format!("crash point {point} to fire"), T, || r.m.failpoint_fired().then_some(()));
+        r.m.wait_for(&format!("crash point {point} to fire"), T, || {
+            r.m.failpoint_fired().then_some(())
+        });
         r.wait_killed_and_back(round);
         r.wait_answered();
     }
@@ -147,8 +225,15 @@ fn killed_after_the_body_is_read_before_it_is_stored() {
             r.m.gateway_dropin("60-no-restart", "Restart=no");
         }
         r.m.rearm_failpoint();
-        let first = r.m.sim().text(OWNER, r.chats[0].as_deref(), &format!("{point} round {round}"));
-        assert!(first["status"].is_null(), "the first delivery should have been cut by the crash: {first}");
+        let first = r.m.sim().text(
+            OWNER,
+            r.chats[0].as_deref(),
+            &format!("{point} round {round}"),
+        );
+        assert!(
+            first["status"].is_null(),
+            "the first delivery should have been cut by the crash: {first}"
+        );
         r.chats[0] = first["chat_id"].as_str().map(str::to_owned);
         r.expected.push(Expected {
             chat_id: r.chats[0].clone().unwrap(),
@@ -159,8 +244,13 @@ fn killed_after_the_body_is_read_before_it_is_stored() {
         r.wait_killed_and_back(round);
         r.wait_answered();
     }
-    let by_systemd = r.m.journal("-u picortexd.service | grep -c 'Scheduled restart job' || true");
-    assert_eq!(by_systemd.trim(), ROUNDS.to_string(), "the last restart was not the socket's");
+    let by_systemd =
+        r.m.journal("-u picortexd.service | grep -c 'Scheduled restart job' || true");
+    assert_eq!(
+        by_systemd.trim(),
+        ROUNDS.to_string(),
+        "the last restart was not the socket's"
+    );
     r.verdict("webhook-received", ROUNDS + 1);
 }
 
@@ -200,10 +290,19 @@ fn killed_after_linq_accepted_the_reply_before_it_is_recorded() {
     // Each crash came after Linq accepted a reply: the outbox sent it again after the restart
     // under the same idempotency key, and the simulator answered with the original message
     // (200, not 202) and sent nothing new.
-    let replays: Vec<_> = r.m.sim().calls("/v3/chats/", "POST").into_iter()
-        .filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with("/messages")) && c["status"] == 200)
-        .collect();
-    assert!(replays.len() >= ROUNDS, "expected a replayed send per crash, got {}", replays.len());
+    let replays: Vec<_> =
+        r.m.sim()
+            .calls("/v3/chats/", "POST")
+            .into_iter()
+            .filter(|c| {
+                c["path"].as_str().is_some_and(|p| p.ends_with("/messages")) && c["status"] == 200
+            })
+            .collect();
+    assert!(
+        replays.len() >= ROUNDS,
+        "expected a replayed send per crash, got {}",
+        replays.len()
+    );
 }
 
 /// A real `kill -9` while a 3-second turn runs in its unit, with a second message of the same
@@ -216,14 +315,20 @@ fn killed_during_the_turn() {
         r.settle();
         r.text(0, &format!("#sleep=3 a long one, round {round}"));
         r.m.wait_for("the turn unit running", T, || {
-            let units = r.m.ok("systemctl list-units --plain --no-legend --state=running 'picortex-turn-*'");
+            let units = r
+                .m
+                .ok("systemctl list-units --plain --no-legend --state=running 'picortex-turn-*'");
             (!units.trim().is_empty()).then_some(())
         });
         r.text(0, &format!("queued behind the long one, round {round}"));
         r.text(1, &format!("another chat, round {round}"));
         std::thread::sleep(Duration::from_millis(300));
-        let running = r.m.ok("systemctl list-units --plain --no-legend --state=running 'picortex-turn-*'");
-        assert!(!running.trim().is_empty(), "the long turn ended before the kill");
+        let running =
+            r.m.ok("systemctl list-units --plain --no-legend --state=running 'picortex-turn-*'");
+        assert!(
+            !running.trim().is_empty(),
+            "the long turn ended before the kill"
+        );
         r.m.ok("systemctl kill -s KILL picortexd.service");
         r.wait_killed_and_back(round);
         r.wait_answered();
@@ -239,21 +344,35 @@ fn killed_while_sending() {
     let sim = r.m.sim();
     for round in 1..=ROUNDS {
         r.settle();
-        let before = if r.expected.is_empty() { 0 } else { r.m.sql_n("SELECT COUNT(*) FROM outbox") };
+        let before = if r.expected.is_empty() {
+            0
+        } else {
+            r.m.sql_n("SELECT COUNT(*) FROM outbox")
+        };
         sim.faults(json!({ "api_delay_ms": 1500 }));
         r.text(0, &format!("send me slowly, round {round}"));
         // The turn is recorded and its reply queued; the outbox posts it at once.
-        r.m.wait_for("the reply queued", T, || (r.m.sql_n("SELECT COUNT(*) FROM outbox") > before).then_some(()));
+        r.m.wait_for("the reply queued", T, || {
+            (r.m.sql_n("SELECT COUNT(*) FROM outbox") > before).then_some(())
+        });
         std::thread::sleep(Duration::from_millis(500));
-        let pending = r.m.sql_n("SELECT COUNT(*) FROM outbox WHERE status = 'pending'");
+        let pending =
+            r.m.sql_n("SELECT COUNT(*) FROM outbox WHERE status = 'pending'");
         assert_eq!(pending, 1, "the reply was not in flight at the kill");
         r.m.ok("systemctl kill -s KILL picortexd.service");
         sim.faults(json!({ "api_delay_ms": 0 }));
         r.wait_killed_and_back(round);
         r.wait_answered();
     }
-    let posts: Vec<_> = sim.calls("/v3/chats/", "POST").into_iter().filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with("/messages"))).collect();
+    let posts: Vec<_> = sim
+        .calls("/v3/chats/", "POST")
+        .into_iter()
+        .filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with("/messages")))
+        .collect();
     let replays = posts.iter().filter(|c| c["status"] == 200).count();
-    eprintln!("killed_while_sending: {} send calls answered, {replays} of them replays of an earlier key", posts.len());
+    eprintln!(
+        "killed_while_sending: {} send calls answered, {replays} of them replays of an earlier key",
+        posts.len()
+    );
     r.verdict("sending (real kill -9)", ROUNDS);
 }

@@ -1,0 +1,137 @@
+//! Where a turn may connect to (SPEC T1), from the operator's `[sandbox]` table in
+//! `/etc/picortex/picortexd.toml` — read by the helper itself, as root, so the gateway cannot
+//! loosen a turn's fence:
+//!
+//! ```toml
+//! [sandbox]
+//! egress = "internet"     # default: anything public; never the host, link-local or the LAN
+//! # egress = "allowlist"  # only these (e.g. the agent's API); still never host or link-local
+//! # egress_allow = ["160.79.104.0/23", "2607:6bc0::/48"]
+//! ```
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::Deserialize;
+
+pub const CONFIG_PATH: &str = "/etc/picortex/picortexd.toml";
+
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+
+/// A CIDR as systemd's IPAddressAllow/Deny take it: (family, address bytes, prefix length).
+pub type Range = (i32, Vec<u8>, u32);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Egress {
+    /// Public internet only.
+    Internet,
+    /// Only these ranges.
+    Allowlist(Vec<Range>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct File {
+    #[serde(default)]
+    sandbox: Sandbox,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Sandbox {
+    egress: Option<String>,
+    #[serde(default)]
+    egress_allow: Vec<String>,
+}
+
+pub fn parse_cidr(s: &str) -> Result<Range, String> {
+    let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 160.79.104.0/23"))?;
+    let len: u32 = len.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
+    if let Ok(a) = addr.parse::<Ipv4Addr>() {
+        if len > 32 {
+            return Err(format!("{s:?}: prefix longer than 32"));
+        }
+        return Ok((AF_INET, a.octets().to_vec(), len));
+    }
+    if let Ok(a) = addr.parse::<Ipv6Addr>() {
+        if len > 128 {
+            return Err(format!("{s:?}: prefix longer than 128"));
+        }
+        return Ok((AF_INET6, a.octets().to_vec(), len));
+    }
+    Err(format!("{s:?} is not an IPv4 or IPv6 CIDR"))
+}
+
+/// Whether two prefixes of one family share any address: they agree on the shorter prefix.
+fn overlaps(a: &Range, b: &Range) -> bool {
+    if a.0 != b.0 {
+        return false;
+    }
+    let bits = a.2.min(b.2) as usize;
+    (0..bits).all(|i| {
+        let bit = |v: &[u8]| v.get(i / 8).is_some_and(|byte| byte & (0x80 >> (i % 8)) != 0);
+        bit(&a.1) == bit(&b.1)
+    })
+}
+
+/// Whether `r` reaches the host itself (loopback) or link-local (cloud metadata), which no
+/// configuration may open to a turn.
+fn touches_host(r: &Range) -> bool {
+    let mut v6_loop = vec![0u8; 16];
+    if let Some(b) = v6_loop.last_mut() {
+        *b = 1;
+    }
+    let mut fe80 = vec![0u8; 16];
+    fe80.splice(0..2, [0xfe, 0x80]);
+    let never: [Range; 4] = [(AF_INET, vec![127, 0, 0, 0], 8), (AF_INET, vec![169, 254, 0, 0], 16), (AF_INET6, v6_loop, 128), (AF_INET6, fe80, 10)];
+    never.iter().any(|n| overlaps(r, n))
+}
+
+pub fn parse(text: &str) -> Result<Egress, String> {
+    let f: File = toml::from_str(text).map_err(|e| format!("{CONFIG_PATH}: [sandbox]: {e}"))?;
+    match f.sandbox.egress.as_deref().unwrap_or("internet") {
+        "internet" => Ok(Egress::Internet),
+        "allowlist" => {
+            let ranges = f.sandbox.egress_allow.iter().map(|s| parse_cidr(s)).collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{CONFIG_PATH}: sandbox.egress_allow: {e}"))?;
+            if let Some(bad) = ranges.iter().zip(&f.sandbox.egress_allow).find(|(r, _)| touches_host(r)) {
+                return Err(format!("{CONFIG_PATH}: sandbox.egress_allow: {} would open the host or link-local to turns", bad.1));
+            }
+            Ok(Egress::Allowlist(ranges))
+        }
+        other => Err(format!("{CONFIG_PATH}: sandbox.egress must be \"internet\" or \"allowlist\", not {other:?}")),
+    }
+}
+
+/// The operator's policy; a missing file means the default.
+pub fn load() -> Result<Egress, String> {
+    match std::fs::read_to_string(CONFIG_PATH) {
+        Ok(t) => parse(&t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Egress::Internet),
+        Err(e) => Err(format!("{CONFIG_PATH}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn default_is_internet_and_other_tables_are_ignored() {
+        assert_eq!(parse("").unwrap(), Egress::Internet);
+        assert_eq!(parse("[turns]\nmax_concurrent = 2\n[agent]\ncommand = \"x\"").unwrap(), Egress::Internet);
+    }
+
+    #[test]
+    fn allowlists_parse_and_never_open_the_host() {
+        let e = parse("[sandbox]\negress = \"allowlist\"\negress_allow = [\"160.79.104.0/23\", \"2607:6bc0::/48\"]").unwrap();
+        assert_eq!(e, Egress::Allowlist(vec![(2, vec![160, 79, 104, 0], 23), (10, "2607:6bc0::".parse::<Ipv6Addr>().unwrap().octets().to_vec(), 48)]));
+        for bad in ["127.0.0.0/8", "127.0.0.1/32", "0.0.0.0/0", "169.254.169.254/32", "::1/128", "fe80::/10", "::/0"] {
+            let t = format!("[sandbox]\negress = \"allowlist\"\negress_allow = [\"{bad}\"]");
+            assert!(parse(&t).unwrap_err().contains("would open the host"), "{bad} accepted");
+        }
+        assert!(parse("[sandbox]\negress = \"everything\"").is_err());
+        assert!(parse("[sandbox]\negress = \"allowlist\"\negress_allow = [\"10.0.0.0/33\"]").is_err());
+        assert!(parse("[sandbox]\negres = \"allowlist\"").is_err(), "typo accepted");
+    }
+}
