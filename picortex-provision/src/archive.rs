@@ -30,7 +30,9 @@ fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> UserError {
 /// A command with a clean environment, as root.
 fn root_cmd(bin: &str) -> Command {
     let mut c = Command::new(bin);
-    c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LC_ALL", "C");
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C");
     c
 }
 
@@ -54,7 +56,10 @@ fn run(mut c: Command, what: &str) -> Result<(), UserError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(UserError::Unsafe(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(UserError::Unsafe(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -64,7 +69,11 @@ pub fn latest_archive(tag: &ChatTag) -> Option<PathBuf> {
     let mut best: Option<(u128, PathBuf)> = None;
     for e in std::fs::read_dir(ARCHIVE_DIR).ok()?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(ts) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tar")).and_then(|t| t.parse::<u128>().ok()) else {
+        let Some(ts) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tar"))
+            .and_then(|t| t.parse::<u128>().ok())
+        else {
             continue;
         };
         if best.as_ref().is_none_or(|(b, _)| ts > *b) {
@@ -75,14 +84,18 @@ pub fn latest_archive(tag: &ChatTag) -> Option<PathBuf> {
 }
 
 fn now_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// Tar the home into the state directory, remove it, lock the user. Returns the archive path.
 pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
     let home = Path::new(&acct.home);
     if !home.exists() {
-        return latest_archive(&acct.tag).ok_or_else(|| UserError::Unsafe(format!("{} has no home and no archive", acct.user)));
+        return latest_archive(&acct.tag)
+            .ok_or_else(|| UserError::Unsafe(format!("{} has no home and no archive", acct.user)));
     }
     std::fs::create_dir_all(ARCHIVE_DIR).map_err(io(ARCHIVE_DIR))?;
     let path = PathBuf::from(format!("{ARCHIVE_DIR}/{}-{}.tar", acct.tag, now_ms()));
@@ -94,12 +107,26 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
         .open(&path)
         .map_err(io(path.display().to_string()))?;
     let mut c = as_user(acct, TAR);
-    c.args(["--create", "--file=-", "--numeric-owner", "--one-file-system", "-C", &acct.home, "."]);
-    c.current_dir("/").stdout(Stdio::from(file.try_clone().map_err(io("archive"))?)).stderr(Stdio::piped());
+    c.args([
+        "--create",
+        "--file=-",
+        "--numeric-owner",
+        "--one-file-system",
+        "-C",
+        &acct.home,
+        ".",
+    ]);
+    c.current_dir("/")
+        .stdout(Stdio::from(file.try_clone().map_err(io("archive"))?))
+        .stderr(Stdio::piped());
     let out = c.stdin(Stdio::null()).output().map_err(io(TAR))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&path);
-        return Err(UserError::Unsafe(format!("tar of {} failed: {}", acct.home, String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(UserError::Unsafe(format!(
+            "tar of {} failed: {}",
+            acct.home,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     file.sync_all().map_err(io(path.display().to_string()))?;
     // Empty the home as the user (it owns everything in it), then remove the directory itself.
@@ -107,7 +134,8 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
     chmod.args(["-R", "u+rwX", &acct.home]).current_dir("/");
     run(chmod, "chmod of the home")?;
     let mut find = as_user(acct, "/usr/bin/find");
-    find.args([&acct.home, "-mindepth", "1", "-delete"]).current_dir("/");
+    find.args([&acct.home, "-mindepth", "1", "-delete"])
+        .current_dir("/");
     run(find, "emptying the home")?;
     std::fs::remove_dir(home).map_err(io(acct.home.clone()))?;
     let mut lock = root_cmd(USERMOD);
@@ -119,13 +147,30 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
 /// Called with the home freshly (re)created and empty: if the chat was archived, unpack its
 /// newest archive into it as the chat user and unlock the user. Returns whether it restored.
 pub fn restore_if_archived(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
-    let Some(path) = latest_archive(&acct.tag) else { return Ok(None) };
+    let Some(path) = latest_archive(&acct.tag) else {
+        return Ok(None);
+    };
     let file = File::open(&path).map_err(io(path.display().to_string()))?;
     let mut c = as_user(acct, TAR);
-    c.args(["--extract", "--file=-", "--no-same-owner", "--delay-directory-restore", "-C", &acct.home]);
-    let out = c.current_dir("/").stdin(Stdio::from(file)).output().map_err(io(TAR))?;
+    c.args([
+        "--extract",
+        "--file=-",
+        "--no-same-owner",
+        "--delay-directory-restore",
+        "-C",
+        &acct.home,
+    ]);
+    let out = c
+        .current_dir("/")
+        .stdin(Stdio::from(file))
+        .output()
+        .map_err(io(TAR))?;
     if !out.status.success() {
-        return Err(UserError::Unsafe(format!("restoring {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(UserError::Unsafe(format!(
+            "restoring {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let mut unlock = root_cmd(USERMOD);
     unlock.args(["--unlock", "--expiredate", "", &acct.user]);
@@ -139,7 +184,11 @@ pub fn restore_if_archived(acct: &ChatAccount) -> Result<Option<PathBuf>, UserEr
 /// Archive (if there is anything to archive), then delete the user. The archive is kept, renamed
 /// so it is never restored: a chat that writes again starts afresh.
 pub fn remove(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
-    let archived = if Path::new(&acct.home).exists() { Some(archive(acct)?) } else { latest_archive(&acct.tag) };
+    let archived = if Path::new(&acct.home).exists() {
+        Some(archive(acct)?)
+    } else {
+        latest_archive(&acct.tag)
+    };
     let mut del = root_cmd(USERDEL);
     del.arg(&acct.user);
     run(del, "userdel")?;

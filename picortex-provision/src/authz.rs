@@ -31,7 +31,10 @@ pub async fn caller(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<Caller,
             .ok(),
         Err(_) => None,
     };
-    Ok(Caller { bus_name: sender.to_string(), uid })
+    Ok(Caller {
+        bus_name: sender.to_string(),
+        uid,
+    })
 }
 
 pub async fn check(
@@ -44,7 +47,11 @@ pub async fn check(
     let authority = AuthorityProxy::new(conn)
         .await
         .map_err(|e| AuthzError::Polkit(e.to_string()))?;
-    let flags = if hdr.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH) {
+    let flags = if hdr
+        .primary()
+        .flags()
+        .contains(Flags::ALLOW_INTERACTIVE_AUTH)
+    {
         CheckAuthorizationFlags::ALLOW_USER_INTERACTION
     } else {
         CheckAuthorizationFlags::empty()
@@ -56,6 +63,8 @@ pub async fn check(
     if r.is_authorized {
         Ok(())
     } else {
-        Err(AuthzError::Denied { action: action.to_owned() })
+        Err(AuthzError::Denied {
+            action: action.to_owned(),
+        })
     }
 }

@@ -44,8 +44,12 @@ struct Sandbox {
 }
 
 pub fn parse_cidr(s: &str) -> Result<Range, String> {
-    let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 160.79.104.0/23"))?;
-    let len: u32 = len.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR like 160.79.104.0/23"))?;
+    let len: u32 = len
+        .parse()
+        .map_err(|_| format!("{s:?}: bad prefix length"))?;
     if let Ok(a) = addr.parse::<Ipv4Addr>() {
         if len > 32 {
             return Err(format!("{s:?}: prefix longer than 32"));
@@ -68,7 +72,10 @@ fn overlaps(a: &Range, b: &Range) -> bool {
     }
     let bits = a.2.min(b.2) as usize;
     (0..bits).all(|i| {
-        let bit = |v: &[u8]| v.get(i / 8).is_some_and(|byte| byte & (0x80 >> (i % 8)) != 0);
+        let bit = |v: &[u8]| {
+            v.get(i / 8)
+                .is_some_and(|byte| byte & (0x80 >> (i % 8)) != 0)
+        };
         bit(&a.1) == bit(&b.1)
     })
 }
@@ -82,7 +89,12 @@ fn touches_host(r: &Range) -> bool {
     }
     let mut fe80 = vec![0u8; 16];
     fe80.splice(0..2, [0xfe, 0x80]);
-    let never: [Range; 4] = [(AF_INET, vec![127, 0, 0, 0], 8), (AF_INET, vec![169, 254, 0, 0], 16), (AF_INET6, v6_loop, 128), (AF_INET6, fe80, 10)];
+    let never: [Range; 4] = [
+        (AF_INET, vec![127, 0, 0, 0], 8),
+        (AF_INET, vec![169, 254, 0, 0], 16),
+        (AF_INET6, v6_loop, 128),
+        (AF_INET6, fe80, 10),
+    ];
     never.iter().any(|n| overlaps(r, n))
 }
 
@@ -91,14 +103,25 @@ pub fn parse(text: &str) -> Result<Egress, String> {
     match f.sandbox.egress.as_deref().unwrap_or("internet") {
         "internet" => Ok(Egress::Internet),
         "allowlist" => {
-            let ranges = f.sandbox.egress_allow.iter().map(|s| parse_cidr(s)).collect::<Result<Vec<_>, _>>()
+            let ranges = f
+                .sandbox
+                .egress_allow
+                .iter()
+                .map(|s| parse_cidr(s))
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("{CONFIG_PATH}: sandbox.egress_allow: {e}"))?;
-            if let Some(bad) = ranges.iter().zip(&f.sandbox.egress_allow).find(|(r, _)| touches_host(r)) {
+            if let Some(bad) = ranges
+                .iter()
+                .zip(&f.sandbox.egress_allow)
+                .find(|(r, _)| touches_host(r))
+            {
                 return Err(format!("{CONFIG_PATH}: sandbox.egress_allow: {} would open the host or link-local to turns", bad.1));
             }
             Ok(Egress::Allowlist(ranges))
         }
-        other => Err(format!("{CONFIG_PATH}: sandbox.egress must be \"internet\" or \"allowlist\", not {other:?}")),
+        other => Err(format!(
+            "{CONFIG_PATH}: sandbox.egress must be \"internet\" or \"allowlist\", not {other:?}"
+        )),
     }
 }
 
@@ -119,19 +142,48 @@ mod tests {
     #[test]
     fn default_is_internet_and_other_tables_are_ignored() {
         assert_eq!(parse("").unwrap(), Egress::Internet);
-        assert_eq!(parse("[turns]\nmax_concurrent = 2\n[agent]\ncommand = \"x\"").unwrap(), Egress::Internet);
+        assert_eq!(
+            parse("[turns]\nmax_concurrent = 2\n[agent]\ncommand = \"x\"").unwrap(),
+            Egress::Internet
+        );
     }
 
     #[test]
     fn allowlists_parse_and_never_open_the_host() {
         let e = parse("[sandbox]\negress = \"allowlist\"\negress_allow = [\"160.79.104.0/23\", \"2607:6bc0::/48\"]").unwrap();
-        assert_eq!(e, Egress::Allowlist(vec![(2, vec![160, 79, 104, 0], 23), (10, "2607:6bc0::".parse::<Ipv6Addr>().unwrap().octets().to_vec(), 48)]));
-        for bad in ["127.0.0.0/8", "127.0.0.1/32", "0.0.0.0/0", "169.254.169.254/32", "::1/128", "fe80::/10", "::/0"] {
+        assert_eq!(
+            e,
+            Egress::Allowlist(vec![
+                (2, vec![160, 79, 104, 0], 23),
+                (
+                    10,
+                    "2607:6bc0::".parse::<Ipv6Addr>().unwrap().octets().to_vec(),
+                    48
+                )
+            ])
+        );
+        for bad in [
+            "127.0.0.0/8",
+            "127.0.0.1/32",
+            "0.0.0.0/0",
+            "169.254.169.254/32",
+            "::1/128",
+            "fe80::/10",
+            "::/0",
+        ] {
             let t = format!("[sandbox]\negress = \"allowlist\"\negress_allow = [\"{bad}\"]");
-            assert!(parse(&t).unwrap_err().contains("would open the host"), "{bad} accepted");
+            assert!(
+                parse(&t).unwrap_err().contains("would open the host"),
+                "{bad} accepted"
+            );
         }
         assert!(parse("[sandbox]\negress = \"everything\"").is_err());
-        assert!(parse("[sandbox]\negress = \"allowlist\"\negress_allow = [\"10.0.0.0/33\"]").is_err());
-        assert!(parse("[sandbox]\negres = \"allowlist\"").is_err(), "typo accepted");
+        assert!(
+            parse("[sandbox]\negress = \"allowlist\"\negress_allow = [\"10.0.0.0/33\"]").is_err()
+        );
+        assert!(
+            parse("[sandbox]\negres = \"allowlist\"").is_err(),
+            "typo accepted"
+        );
     }
 }

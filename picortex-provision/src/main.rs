@@ -7,8 +7,8 @@
 
 mod archive;
 mod audit;
-mod egress;
 mod authz;
+mod egress;
 mod service;
 mod units;
 mod users;
@@ -46,13 +46,18 @@ fn parse_idle(mut args: impl Iterator<Item = String>) -> anyhow::Result<Duration
         match a.as_str() {
             "--idle-timeout" => {
                 let v = args.next().context("--idle-timeout needs seconds")?;
-                idle = Duration::from_secs(v.parse().context("--idle-timeout: not a number of seconds")?);
+                idle = Duration::from_secs(
+                    v.parse()
+                        .context("--idle-timeout: not a number of seconds")?,
+                );
             }
             "--version" => {
                 println!("picortex-provision {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other:?} (usage: picortex-provision [--idle-timeout SECONDS])"),
+            other => bail!(
+                "unknown argument {other:?} (usage: picortex-provision [--idle-timeout SECONDS])"
+            ),
         }
     }
     Ok(idle)

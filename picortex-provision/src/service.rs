@@ -25,7 +25,10 @@ pub struct Activity {
 
 impl Default for Activity {
     fn default() -> Self {
-        Self { in_flight: AtomicUsize::new(0), last: Mutex::new(Instant::now()) }
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
     }
 }
 
@@ -37,7 +40,10 @@ impl Activity {
         if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        self.last.lock().map(|t| t.elapsed()).unwrap_or(Duration::ZERO)
+        self.last
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::ZERO)
     }
     fn enter(self: &Arc<Self>) -> CallGuard {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -93,7 +99,10 @@ async fn authorize(
 }
 
 fn bad_input(op: &str, hdr: &Header<'_>, chat: &str, turn: &str, msg: String) -> fdo::Error {
-    let caller = Caller { bus_name: hdr.sender().map(|s| s.to_string()).unwrap_or_default(), uid: None };
+    let caller = Caller {
+        bus_name: hdr.sender().map(|s| s.to_string()).unwrap_or_default(),
+        uid: None,
+    };
     audit::record(op, &caller, chat, turn, "failed", &msg);
     fdo::Error::InvalidArgs(msg)
 }
@@ -112,17 +121,28 @@ impl Provision {
         let chat = ChatId::parse(chat_id).map_err(|e| bad_input(op, hdr, "", "", e.to_string()))?;
         let caller = authorize(conn, hdr, op, actions::MANAGE_CHAT, chat.as_str(), "").await?;
         let c = chat.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<Option<std::path::PathBuf>, users::UserError> {
-            let tag = users::existing_tag(&c)?.ok_or_else(|| users::UserError::Unsafe(format!("chat {c} was never provisioned")))?;
-            let acct = users::account(&tag)?;
-            act(&acct)
-        })
+        let r = tokio::task::spawn_blocking(
+            move || -> Result<Option<std::path::PathBuf>, users::UserError> {
+                let tag = users::existing_tag(&c)?.ok_or_else(|| {
+                    users::UserError::Unsafe(format!("chat {c} was never provisioned"))
+                })?;
+                let acct = users::account(&tag)?;
+                act(&acct)
+            },
+        )
         .await
         .map_err(|e| fdo::Error::Failed(e.to_string()))?;
         match r {
             Ok(path) => {
                 let p = path.map(|p| p.display().to_string()).unwrap_or_default();
-                audit::record(op, &caller, chat.as_str(), "", "ok", &format!("archive {p}"));
+                audit::record(
+                    op,
+                    &caller,
+                    chat.as_str(),
+                    "",
+                    "ok",
+                    &format!("archive {p}"),
+                );
                 Ok(p)
             }
             Err(e) => {
@@ -145,7 +165,8 @@ impl Provision {
     ) -> fdo::Result<(String, u32, String, String)> {
         let _g = self.activity.enter();
         const OP: &str = "EnsureChat";
-        let chat = ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
+        let chat =
+            ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
         let caller = authorize(conn, &hdr, OP, actions::ENSURE_CHAT, chat.as_str(), "").await?;
         let c = chat.clone();
         let r = tokio::task::spawn_blocking(move || users::ensure(&c))
@@ -153,7 +174,14 @@ impl Provision {
             .map_err(|e| fdo::Error::Failed(e.to_string()))?;
         match r {
             Ok(a) => {
-                audit::record(OP, &caller, chat.as_str(), "", "ok", &format!("user {} uid {} home {}", a.user, a.uid, a.home));
+                audit::record(
+                    OP,
+                    &caller,
+                    chat.as_str(),
+                    "",
+                    "ok",
+                    &format!("user {} uid {} home {}", a.user, a.uid, a.home),
+                );
                 Ok((a.user, a.uid, a.home, a.tag.slice()))
             }
             Err(e) => {
@@ -179,11 +207,23 @@ impl Provision {
     ) -> fdo::Result<String> {
         let _g = self.activity.enter();
         const OP: &str = "StartTurn";
-        let chat = ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", turn_id, e.to_string()))?;
-        let turn = TurnId::parse(turn_id).map_err(|e| bad_input(OP, &hdr, chat.as_str(), "", e.to_string()))?;
-        let limits = Limits::from_dict(&limits).map_err(|e| bad_input(OP, &hdr, chat.as_str(), turn.as_str(), e))?;
-        let caller = authorize(conn, &hdr, OP, actions::START_TURN, chat.as_str(), turn.as_str()).await?;
-        let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = (request.into(), result.into());
+        let chat =
+            ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", turn_id, e.to_string()))?;
+        let turn = TurnId::parse(turn_id)
+            .map_err(|e| bad_input(OP, &hdr, chat.as_str(), "", e.to_string()))?;
+        let limits = Limits::from_dict(&limits)
+            .map_err(|e| bad_input(OP, &hdr, chat.as_str(), turn.as_str(), e))?;
+        let caller = authorize(
+            conn,
+            &hdr,
+            OP,
+            actions::START_TURN,
+            chat.as_str(),
+            turn.as_str(),
+        )
+        .await?;
+        let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) =
+            (request.into(), result.into());
         let fail = |msg: String| {
             audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &msg);
             fdo::Error::Failed(msg)
@@ -194,21 +234,43 @@ impl Provision {
         })?;
         // The chat must have been provisioned through EnsureChat; a turn never creates users.
         let c = chat.clone();
-        let acct = tokio::task::spawn_blocking(move || -> Result<Option<users::ChatAccount>, users::UserError> {
-            match users::existing_tag(&c)? {
-                Some(_) => users::ensure(&c).map(Some),
-                None => Ok(None),
-            }
-        })
+        let acct = tokio::task::spawn_blocking(
+            move || -> Result<Option<users::ChatAccount>, users::UserError> {
+                match users::existing_tag(&c)? {
+                    Some(_) => users::ensure(&c).map(Some),
+                    None => Ok(None),
+                }
+            },
+        )
         .await
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail(format!("chat {chat} is not provisioned; call EnsureChat first")))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "chat {chat} is not provisioned; call EnsureChat first"
+            ))
+        })?;
         let egress = crate::egress::load().map_err(&fail)?;
-        match units::start_turn(conn, &acct, &chat, &turn, &limits, &egress, request, result).await {
+        let spec = units::TurnSpec {
+            acct: &acct,
+            chat: &chat,
+            turn: &turn,
+            limits: &limits,
+            egress: &egress,
+        };
+        match units::start_turn(conn, &spec, request, result).await {
             Ok(unit) => {
-                audit::record(OP, &caller, chat.as_str(), turn.as_str(), "ok", &format!(
-                    "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={}", acct.user, limits.memory_max, limits.runtime_max_usec));
+                audit::record(
+                    OP,
+                    &caller,
+                    chat.as_str(),
+                    turn.as_str(),
+                    "ok",
+                    &format!(
+                        "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={}",
+                        acct.user, limits.memory_max, limits.runtime_max_usec
+                    ),
+                );
                 Ok(unit)
             }
             Err(UnitError::Exists(m)) => {
@@ -228,7 +290,8 @@ impl Provision {
     ) -> fdo::Result<()> {
         let _g = self.activity.enter();
         const OP: &str = "ReleaseTurn";
-        let turn = TurnId::parse(turn_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
+        let turn =
+            TurnId::parse(turn_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
         let caller = authorize(conn, &hdr, OP, actions::START_TURN, "", turn.as_str()).await?;
         match units::release_turn(conn, &turn).await {
             Ok(()) => {
@@ -251,7 +314,10 @@ impl Provision {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
         let _g = self.activity.enter();
-        self.lifecycle("ArchiveChat", chat_id, &hdr, conn, |a| crate::archive::archive(a).map(Some)).await
+        self.lifecycle("ArchiveChat", chat_id, &hdr, conn, |a| {
+            crate::archive::archive(a).map(Some)
+        })
+        .await
     }
 
     /// Archive the chat if it has a home, then delete its user. Returns the archive's path.
@@ -262,7 +328,8 @@ impl Provision {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
         let _g = self.activity.enter();
-        self.lifecycle("RemoveChat", chat_id, &hdr, conn, crate::archive::remove).await
+        self.lifecycle("RemoveChat", chat_id, &hdr, conn, crate::archive::remove)
+            .await
     }
 
     /// The helper's version.

@@ -89,7 +89,11 @@ impl Limits {
             let (slot, lo, hi) = match k.as_str() {
                 L::MEMORY_MAX => (&mut l.memory_max, L::MEMORY_MAX_MIN, L::MEMORY_MAX_MAX),
                 L::TASKS_MAX => (&mut l.tasks_max, L::TASKS_MAX_MIN, L::TASKS_MAX_MAX),
-                L::RUNTIME_MAX_USEC => (&mut l.runtime_max_usec, L::RUNTIME_MAX_USEC_MIN, L::RUNTIME_MAX_USEC_MAX),
+                L::RUNTIME_MAX_USEC => (
+                    &mut l.runtime_max_usec,
+                    L::RUNTIME_MAX_USEC_MIN,
+                    L::RUNTIME_MAX_USEC_MAX,
+                ),
                 L::CPU_WEIGHT => (&mut l.cpu_weight, 1, 10000),
                 other => return Err(format!("unknown limit {other:?}")),
             };
@@ -135,7 +139,13 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
 
 /// The transient service for one turn. Resource limits live on the chat's slice (see
 /// `slice_properties`); this carries the sandbox, the runtime cap and the command.
-pub fn turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits: &Limits, egress: &Egress) -> Vec<(&'static str, Prop)> {
+pub fn turn_properties(
+    acct: &ChatAccount,
+    chat: &ChatId,
+    turn: &TurnId,
+    limits: &Limits,
+    egress: &Egress,
+) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
     if let Egress::Allowlist(allow) = egress {
         // Deny everything, then allow only the operator's ranges (systemd: allow wins over deny).
@@ -149,7 +159,13 @@ pub fn turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits:
     // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
     // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
     if std::path::Path::new(API_KEY_PATH).is_file() {
-        props.push(("LoadCredential", Prop::Pairs(vec![(API_KEY_CREDENTIAL.to_owned(), API_KEY_PATH.to_owned())])));
+        props.push((
+            "LoadCredential",
+            Prop::Pairs(vec![(
+                API_KEY_CREDENTIAL.to_owned(),
+                API_KEY_PATH.to_owned(),
+            )]),
+        ));
     }
     props
 }
@@ -158,21 +174,39 @@ pub fn turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits:
 pub const API_KEY_PATH: &str = "/etc/picortex/credentials/anthropic-api-key";
 pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
 
-fn base_turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits: &Limits) -> Vec<(&'static str, Prop)> {
+fn base_turn_properties(
+    acct: &ChatAccount,
+    chat: &ChatId,
+    turn: &TurnId,
+    limits: &Limits,
+) -> Vec<(&'static str, Prop)> {
     vec![
-        ("Description", Prop::Str(format!("picortex turn {turn} for chat {}", acct.tag))),
+        (
+            "Description",
+            Prop::Str(format!("picortex turn {turn} for chat {}", acct.tag)),
+        ),
         ("Type", s("exec")),
         ("Slice", Prop::Str(acct.tag.slice())),
         ("User", s(&acct.user)),
         ("Group", s(&acct.user)),
         ("WorkingDirectory", s(&acct.home)),
-        ("ExecStart", Prop::Exec(vec![(RUN_BIN.to_owned(), vec![RUN_BIN.to_owned(), "--turn".to_owned(), turn.to_string()], false)])),
+        (
+            "ExecStart",
+            Prop::Exec(vec![(
+                RUN_BIN.to_owned(),
+                vec![RUN_BIN.to_owned(), "--turn".to_owned(), turn.to_string()],
+                false,
+            )]),
+        ),
         ("StandardError", s("journal")),
         ("SyslogIdentifier", s("picortex-turn")),
-        ("LogExtraFields", Prop::Bytes(vec![
-            format!("PICORTEX_CHAT={chat}").into_bytes(),
-            format!("PICORTEX_TURN={turn}").into_bytes(),
-        ])),
+        (
+            "LogExtraFields",
+            Prop::Bytes(vec![
+                format!("PICORTEX_CHAT={chat}").into_bytes(),
+                format!("PICORTEX_TURN={turn}").into_bytes(),
+            ]),
+        ),
         // Keep the unit (and its Result) until the gateway has read it; see the module doc.
         ("RemainAfterExit", Prop::Bool(true)),
         ("RuntimeMaxUSec", Prop::U64(limits.runtime_max_usec)),
@@ -186,22 +220,34 @@ fn base_turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits
         ("ReadWritePaths", Prop::Strs(vec![acct.home.clone()])),
         // Other chats' homes are 0700 and the database 0600, but a turn should not even learn
         // which chats exist: /var/lib/picortex is an empty tmpfs with only this home in it.
-        ("TemporaryFileSystem", Prop::Pairs(vec![(STATE_DIR.to_owned(), "ro".to_owned())])),
-        ("BindPaths", Prop::Binds(vec![(acct.home.clone(), acct.home.clone(), false, MS_REC)])),
+        (
+            "TemporaryFileSystem",
+            Prop::Pairs(vec![(STATE_DIR.to_owned(), "ro".to_owned())]),
+        ),
+        (
+            "BindPaths",
+            Prop::Binds(vec![(acct.home.clone(), acct.home.clone(), false, MS_REC)]),
+        ),
         // /run: systemd 252 leaves it writable under ProtectSystem=strict once ProtectProc= is
         // set (its API-VFS /run entry escapes the read-only remount), and /run/lock is a 1777
         // tmpfs every chat could share files through. /var/tmp is the private one (PrivateTmp),
         // made read-only: the home is the one place a turn writes to that outlives it.
-        ("ReadOnlyPaths", Prop::Strs(vec!["/run".to_owned(), "/var/tmp".to_owned()])),
+        (
+            "ReadOnlyPaths",
+            Prop::Strs(vec!["/run".to_owned(), "/var/tmp".to_owned()]),
+        ),
         // No system bus: everything on it is polkit-checked, but systemd's unit list is
         // world-readable and names every chat's turns and slices, with their Linq chat ids in
         // LogExtraFields; and a turn has no business with any bus service. The helper's
         // registry and the gateway's credential sources are root-only already.
-        ("InaccessiblePaths", Prop::Strs(vec![
-            "-/run/dbus".to_owned(),
-            "-/var/lib/picortex-provision".to_owned(),
-            "-/etc/picortex/credentials".to_owned(),
-        ])),
+        (
+            "InaccessiblePaths",
+            Prop::Strs(vec![
+                "-/run/dbus".to_owned(),
+                "-/var/lib/picortex-provision".to_owned(),
+                "-/etc/picortex/credentials".to_owned(),
+            ]),
+        ),
         ("PrivateTmp", Prop::Bool(true)),
         ("PrivateDevices", Prop::Bool(true)),
         ("PrivateIPC", Prop::Bool(true)),
@@ -222,10 +268,22 @@ fn base_turn_properties(acct: &ChatAccount, chat: &ChatId, turn: &TurnId, limits
         ("ProtectHostname", Prop::Bool(true)),
         ("RemoveIPC", Prop::Bool(true)),
         ("KeyringMode", s("private")),
-        ("SystemCallArchitectures", Prop::Strs(vec!["native".to_owned()])),
-        ("SystemCallFilter", Prop::FlagStrs(true, vec!["@system-service".to_owned()])),
+        (
+            "SystemCallArchitectures",
+            Prop::Strs(vec!["native".to_owned()]),
+        ),
+        (
+            "SystemCallFilter",
+            Prop::FlagStrs(true, vec!["@system-service".to_owned()]),
+        ),
         ("SystemCallErrorNumber", Prop::I32(1)), // EPERM rather than a kill, so the agent can report it
-        ("RestrictAddressFamilies", Prop::FlagStrs(true, vec!["AF_UNIX".into(), "AF_INET".into(), "AF_INET6".into()])),
+        (
+            "RestrictAddressFamilies",
+            Prop::FlagStrs(
+                true,
+                vec!["AF_UNIX".into(), "AF_INET".into(), "AF_INET6".into()],
+            ),
+        ),
         ("IPAddressDeny", Prop::Ips(denied_ranges())),
         // Not MemoryDenyWriteExecute: the agent's JavaScript engine needs a JIT.
     ]
@@ -261,7 +319,10 @@ fn to_variant(p: &Prop) -> zbus::Result<OwnedVariant> {
 }
 
 fn convert(props: &[(&'static str, Prop)]) -> zbus::Result<Vec<(String, OwnedVariant)>> {
-    props.iter().map(|(k, p)| Ok(((*k).to_owned(), to_variant(p)?))).collect()
+    props
+        .iter()
+        .map(|(k, p)| Ok(((*k).to_owned(), to_variant(p)?)))
+        .collect()
 }
 
 /// The request fd must be a small regular file (a memfd) we can read; the result fd a regular
@@ -303,26 +364,57 @@ fn systemd_err(e: zbus::Error) -> UnitError {
     UnitError::Systemd(e.to_string())
 }
 
-/// Apply the chat's limits to its slice, then start the turn unit.
+/// Everything a turn unit is made of, checked.
+pub struct TurnSpec<'a> {
+    pub acct: &'a ChatAccount,
+    pub chat: &'a ChatId,
+    pub turn: &'a TurnId,
+    pub limits: &'a Limits,
+    pub egress: &'a Egress,
+}
+
+/// The limits this helper process last applied to each slice: setting them again would rewrite
+/// the slice's drop-ins on every turn for nothing.
+fn applied() -> &'static std::sync::Mutex<HashMap<String, Limits>> {
+    static APPLIED: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Limits>>> =
+        std::sync::OnceLock::new();
+    APPLIED.get_or_init(Default::default)
+}
+
+/// Apply the chat's limits to its slice (when they changed), then start the turn unit.
 pub async fn start_turn(
     conn: &zbus::Connection,
-    acct: &ChatAccount,
-    chat: &ChatId,
-    turn: &TurnId,
-    limits: &Limits,
-    egress: &Egress,
+    spec: &TurnSpec<'_>,
     request: OwnedFd,
     result: OwnedFd,
 ) -> Result<String, UnitError> {
+    let TurnSpec {
+        acct,
+        chat,
+        turn,
+        limits,
+        egress,
+    } = *spec;
     let mgr = ManagerProxy::new(conn).await.map_err(systemd_err)?;
     let slice = acct.tag.slice();
-    mgr.load_unit(slice.clone()).await.map_err(systemd_err)?;
-    mgr.set_unit_properties(slice, true, convert(&slice_properties(limits)).map_err(systemd_err)?)
+    let known = applied().lock().ok().and_then(|m| m.get(&slice).cloned());
+    if known.as_ref() != Some(limits) {
+        mgr.load_unit(slice.clone()).await.map_err(systemd_err)?;
+        mgr.set_unit_properties(
+            slice.clone(),
+            true,
+            convert(&slice_properties(limits)).map_err(systemd_err)?,
+        )
         .await
         .map_err(systemd_err)?;
+        if let Ok(mut m) = applied().lock() {
+            m.insert(slice, limits.clone());
+        }
+    }
 
     let unit = turn.unit_name();
-    let mut props = convert(&turn_properties(acct, chat, turn, limits, egress)).map_err(systemd_err)?;
+    let mut props =
+        convert(&turn_properties(acct, chat, turn, limits, egress)).map_err(systemd_err)?;
     props.push(("StandardInputFileDescriptor".into(), fd_variant(&request)?));
     props.push(("StandardOutputFileDescriptor".into(), fd_variant(&result)?));
     mgr.start_transient_unit(unit.clone(), "fail".into(), props, vec![])
@@ -335,7 +427,8 @@ pub async fn start_turn(
 }
 
 fn fd_variant(fd: &OwnedFd) -> Result<OwnedVariant, UnitError> {
-    OwnedVariant::try_from(Variant::from(Fd::from(fd.as_fd()))).map_err(|e| UnitError::Systemd(e.to_string()))
+    OwnedVariant::try_from(Variant::from(Fd::from(fd.as_fd())))
+        .map_err(|e| UnitError::Systemd(e.to_string()))
 }
 
 /// Stop a finished turn's unit and clear its failed state so systemd forgets it.
@@ -344,7 +437,11 @@ pub async fn release_turn(conn: &zbus::Connection, turn: &TurnId) -> Result<(), 
     let unit = turn.unit_name();
     match mgr.stop_unit(unit.clone(), "replace".into()).await {
         Ok(_) => {}
-        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => return Ok(()),
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+        {
+            return Ok(())
+        }
         Err(e) => return Err(systemd_err(e)),
     }
     let _ = mgr.reset_failed_unit(unit).await;
@@ -353,17 +450,32 @@ pub async fn release_turn(conn: &zbus::Connection, turn: &TurnId) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
     use super::*;
 
     fn acct() -> ChatAccount {
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let tag = chat.tag();
-        ChatAccount { user: tag.user_name(), uid: 990, gid: 990, home: tag.home(), tag }
+        ChatAccount {
+            user: tag.user_name(),
+            uid: 990,
+            gid: 990,
+            home: tag.home(),
+            tag,
+        }
     }
 
     fn get<'a>(props: &'a [(&'static str, Prop)], k: &str) -> &'a Prop {
-        &props.iter().find(|(n, _)| *n == k).unwrap_or_else(|| panic!("no {k}")).1
+        &props
+            .iter()
+            .find(|(n, _)| *n == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+            .1
     }
 
     #[test]
@@ -373,19 +485,38 @@ mod tests {
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
         let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
         assert_eq!(get(&p, "User"), &Prop::Str(a.user.clone()));
-        assert_eq!(get(&p, "Slice"), &Prop::Str(format!("picortex-chat-{}.slice", a.tag)));
+        assert_eq!(
+            get(&p, "Slice"),
+            &Prop::Str(format!("picortex-chat-{}.slice", a.tag))
+        );
         assert_eq!(get(&p, "WorkingDirectory"), &Prop::Str(a.home.clone()));
         assert_eq!(
             get(&p, "ExecStart"),
-            &Prop::Exec(vec![(RUN_BIN.into(), vec![RUN_BIN.into(), "--turn".into(), turn.to_string()], false)])
+            &Prop::Exec(vec![(
+                RUN_BIN.into(),
+                vec![RUN_BIN.into(), "--turn".into(), turn.to_string()],
+                false
+            )])
         );
         assert_eq!(get(&p, "ReadWritePaths"), &Prop::Strs(vec![a.home.clone()]));
-        assert_eq!(get(&p, "BindPaths"), &Prop::Binds(vec![(a.home.clone(), a.home.clone(), false, MS_REC)]));
+        assert_eq!(
+            get(&p, "BindPaths"),
+            &Prop::Binds(vec![(a.home.clone(), a.home.clone(), false, MS_REC)])
+        );
         assert_eq!(get(&p, "ProtectSystem"), &Prop::Str("strict".into()));
         assert_eq!(get(&p, "CapabilityBoundingSet"), &Prop::U64(0));
-        assert_eq!(get(&p, "RuntimeMaxUSec"), &Prop::U64(L::RUNTIME_MAX_USEC_DEFAULT));
-        assert!(p.iter().all(|(k, _)| *k != "Environment"), "no environment: nothing secret may travel in unit properties");
-        assert!(p.iter().all(|(k, _)| *k != "MemoryDenyWriteExecute"), "the agent's JIT needs W+X memory");
+        assert_eq!(
+            get(&p, "RuntimeMaxUSec"),
+            &Prop::U64(L::RUNTIME_MAX_USEC_DEFAULT)
+        );
+        assert!(
+            p.iter().all(|(k, _)| *k != "Environment"),
+            "no environment: nothing secret may travel in unit properties"
+        );
+        assert!(
+            p.iter().all(|(k, _)| *k != "MemoryDenyWriteExecute"),
+            "the agent's JIT needs W+X memory"
+        );
         // Every property name appears once.
         let mut names: Vec<_> = p.iter().map(|(k, _)| *k).collect();
         names.sort_unstable();
@@ -399,13 +530,26 @@ mod tests {
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
         let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
-        assert_eq!(get(&p, "TemporaryFileSystem"), &Prop::Pairs(vec![("/var/lib/picortex".into(), "ro".into())]));
-        assert!(a.home.starts_with(&format!("{STATE_DIR}/")), "the home must lie under the hidden state dir");
-        let Prop::Strs(ro) = get(&p, "ReadOnlyPaths") else { panic!("ReadOnlyPaths") };
+        assert_eq!(
+            get(&p, "TemporaryFileSystem"),
+            &Prop::Pairs(vec![("/var/lib/picortex".into(), "ro".into())])
+        );
+        assert!(
+            a.home.starts_with(&format!("{STATE_DIR}/")),
+            "the home must lie under the hidden state dir"
+        );
+        let Prop::Strs(ro) = get(&p, "ReadOnlyPaths") else {
+            panic!("ReadOnlyPaths")
+        };
         assert!(ro.contains(&"/run".to_owned()) && ro.contains(&"/var/tmp".to_owned()));
-        let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else { panic!("InaccessiblePaths") };
+        let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
+            panic!("InaccessiblePaths")
+        };
         assert!(gone.contains(&"-/run/dbus".to_owned()));
-        assert!(gone.iter().all(|g| g.starts_with("-/")), "a missing path must not fail the turn");
+        assert!(
+            gone.iter().all(|g| g.starts_with("-/")),
+            "a missing path must not fail the turn"
+        );
         assert_eq!(get(&p, "PrivateTmp"), &Prop::Bool(true));
         assert_eq!(get(&p, "ProtectProc"), &Prop::Str("invisible".into()));
     }
@@ -416,8 +560,17 @@ mod tests {
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
         let allow = vec![(2, vec![160, 79, 104, 0], 23)];
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Allowlist(allow.clone()));
-        assert_eq!(get(&p, "IPAddressDeny"), &Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)]));
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Allowlist(allow.clone()),
+        );
+        assert_eq!(
+            get(&p, "IPAddressDeny"),
+            &Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)])
+        );
         assert_eq!(get(&p, "IPAddressAllow"), &Prop::Ips(allow));
         let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
         assert!(p.iter().all(|(k, _)| *k != "IPAddressAllow"));
@@ -427,10 +580,20 @@ mod tests {
     #[test]
     fn denied_ranges_cover_loopback_link_local_and_private() {
         let d = denied_ranges();
-        for (fam, addr, len) in [(2, vec![127, 0, 0, 0], 8), (2, vec![169, 254, 0, 0], 16), (2, vec![10, 0, 0, 0], 8), (2, vec![192, 168, 0, 0], 16)] {
-            assert!(d.contains(&(fam, addr.clone(), len)), "{addr:?}/{len} missing");
+        for (fam, addr, len) in [
+            (2, vec![127, 0, 0, 0], 8),
+            (2, vec![169, 254, 0, 0], 16),
+            (2, vec![10, 0, 0, 0], 8),
+            (2, vec![192, 168, 0, 0], 16),
+        ] {
+            assert!(
+                d.contains(&(fam, addr.clone(), len)),
+                "{addr:?}/{len} missing"
+            );
         }
-        assert!(d.iter().all(|(f, a, _)| (*f == 2 && a.len() == 4) || (*f == 10 && a.len() == 16)));
+        assert!(d
+            .iter()
+            .all(|(f, a, _)| (*f == 2 && a.len() == 4) || (*f == 10 && a.len() == 16)));
     }
 
     #[test]
@@ -453,7 +616,14 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        convert(&turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet)).unwrap();
+        convert(&turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+        ))
+        .unwrap();
         convert(&slice_properties(&Limits::default())).unwrap();
     }
 }

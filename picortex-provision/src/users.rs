@@ -31,7 +31,10 @@ pub enum UserError {
     #[error("no free user name for this chat: tags of 8 to 16 hex characters are all taken")]
     Exhausted,
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Sys { path: String, source: nix::Error },
     #[error("useradd for {user} failed: {detail}")]
@@ -89,7 +92,9 @@ fn write_claim(tag: &ChatTag, chat: &ChatId) -> Result<(), UserError> {
         .custom_flags(libc_o_nofollow())
         .open(&p)
         .map_err(io(p.display().to_string()))?;
-    writeln!(f, "{chat}").and_then(|_| f.sync_all()).map_err(io(p.display().to_string()))
+    writeln!(f, "{chat}")
+        .and_then(|_| f.sync_all())
+        .map_err(io(p.display().to_string()))
 }
 
 fn libc_o_nofollow() -> i32 {
@@ -106,7 +111,10 @@ pub fn resolve_tag(chat: &ChatId) -> Result<ChatTag, UserError> {
                 tracing::warn!(chat = %chat, tag = %tag, "tag collision with another chat; trying a longer tag");
             }
             Claim::Free => {
-                if User::from_name(&tag.user_name()).map_err(sys(tag.user_name()))?.is_some() {
+                if User::from_name(&tag.user_name())
+                    .map_err(sys(tag.user_name()))?
+                    .is_some()
+                {
                     tracing::warn!(chat = %chat, user = %tag.user_name(),
                         "user exists but is not registered to any chat; not adopting it, trying a longer tag");
                     continue;
@@ -137,9 +145,19 @@ pub fn account(tag: &ChatTag) -> Result<ChatAccount, UserError> {
         .map_err(sys(name.clone()))?
         .ok_or_else(|| UserError::Unsafe(format!("user {name} does not exist")))?;
     if user.dir != Path::new(&tag.home()) {
-        return Err(UserError::Unsafe(format!("user {name} has home {}, not {}", user.dir.display(), tag.home())));
+        return Err(UserError::Unsafe(format!(
+            "user {name} has home {}, not {}",
+            user.dir.display(),
+            tag.home()
+        )));
     }
-    Ok(ChatAccount { user: name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: tag.home(), tag: tag.clone() })
+    Ok(ChatAccount {
+        user: name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: tag.home(),
+        tag: tag.clone(),
+    })
 }
 
 /// Create or repair the chat's user and home. Idempotent.
@@ -152,7 +170,10 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
             useradd(&tag)?;
             User::from_name(&name)
                 .map_err(sys(name.clone()))?
-                .ok_or_else(|| UserError::Useradd { user: name.clone(), detail: "user not found after useradd".into() })?
+                .ok_or_else(|| UserError::Useradd {
+                    user: name.clone(),
+                    detail: "user not found after useradd".into(),
+                })?
         }
     };
     if user.dir != Path::new(&tag.home()) {
@@ -164,7 +185,13 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
     }
     let had_home = Path::new(&tag.home()).exists();
     make_home(&tag, user.uid, user.gid)?;
-    let acct = ChatAccount { user: name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: tag.home(), tag };
+    let acct = ChatAccount {
+        user: name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: tag.home(),
+        tag,
+    };
     if !had_home {
         if let Some(from) = crate::archive::restore_if_archived(&acct)? {
             tracing::info!(chat = %chat, user = %acct.user, archive = %from.display(), "restored archived chat");
@@ -201,7 +228,10 @@ fn useradd(tag: &ChatTag) -> Result<(), UserError> {
 /// (the chats directory) by root alone: the gateway owns its state directory, so it could swap a
 /// `chats` of its own in, and this refuses that.
 fn open_trusted_dir(path: &str) -> Result<OwnedFd, UserError> {
-    let gateway_uid = User::from_name(GATEWAY_USER).ok().flatten().map(|u| u.uid.as_raw());
+    let gateway_uid = User::from_name(GATEWAY_USER)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw());
     let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
     let mut fd = open("/", flags, Mode::empty()).map_err(sys("/"))?;
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -209,7 +239,8 @@ fn open_trusted_dir(path: &str) -> Result<OwnedFd, UserError> {
         if *comp == ".." || *comp == "." {
             return Err(UserError::Unsafe(format!("{path}: relative component")));
         }
-        let next = openat(&fd, *comp, flags, Mode::empty()).map_err(sys(format!("{path} ({comp})")))?;
+        let next =
+            openat(&fd, *comp, flags, Mode::empty()).map_err(sys(format!("{path} ({comp})")))?;
         let st = fstat(&next).map_err(sys(path.to_owned()))?;
         let last = i + 1 == comps.len();
         let owner_ok = st.st_uid == 0 || (!last && Some(st.st_uid) == gateway_uid);
@@ -237,7 +268,12 @@ fn make_home(tag: &ChatTag, uid: Uid, gid: Gid) -> Result<(), UserError> {
     let home = openat(&parent, name, flags, Mode::empty()).map_err(sys(tag.home()))?;
     let st = fstat(&home).map_err(sys(tag.home()))?;
     if st.st_uid != 0 && st.st_uid != uid.as_raw() {
-        return Err(UserError::Unsafe(format!("{} is owned by uid {}, not {}", tag.home(), st.st_uid, uid)));
+        return Err(UserError::Unsafe(format!(
+            "{} is owned by uid {}, not {}",
+            tag.home(),
+            st.st_uid,
+            uid
+        )));
     }
     fchown(&home, Some(uid), Some(gid)).map_err(sys(tag.home()))?;
     fchmod(&home, Mode::S_IRWXU).map_err(sys(tag.home()))?;

@@ -24,7 +24,7 @@ use crate::ingest::Applied;
 use crate::linq::client::LinqClient;
 use crate::linq::events::parse_event;
 use crate::linq::verify::Verifier;
-use crate::store::channel::{self, Member};
+use crate::store::channel;
 use crate::store::queries::Ingested;
 use crate::store::Store;
 
@@ -215,15 +215,7 @@ impl App {
             tokio::spawn(async move {
                 match linq.get_chat(&chat).await {
                     Ok(c) => {
-                        let members: Vec<Member> = c
-                            .handles
-                            .iter()
-                            .map(|h| Member {
-                                handle: h.handle.clone(),
-                                is_me: h.is_me(),
-                                left: h.left_at.is_some(),
-                            })
-                            .collect();
+                        let members = crate::ingest::members_of(&c);
                         let name = c.display_name.clone();
                         let r = store
                             .call(move |t| {

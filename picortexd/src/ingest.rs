@@ -66,6 +66,18 @@ pub fn validate(env: &Envelope<Event>) -> Result<(), String> {
     Ok(())
 }
 
+/// The participants of a chat as Linq describes it (`chat.created`, `GET /v3/chats/{id}`).
+pub fn members_of(c: &crate::linq::events::Chat) -> Vec<Member> {
+    c.handles
+        .iter()
+        .map(|h| Member {
+            handle: h.handle.clone(),
+            is_me: h.is_me(),
+            left: h.left_at.is_some() || h.status.as_deref().is_some_and(|s| s != "active"),
+        })
+        .collect()
+}
+
 /// What the caller should do after the event is stored.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -199,16 +211,13 @@ pub fn apply(
             "group renamed"
         }
         Event::ChatCreated(c) => {
-            let members: Vec<Member> = c
-                .handles
-                .iter()
-                .map(|h| Member {
-                    handle: h.handle.clone(),
-                    is_me: h.is_me(),
-                    left: h.left_at.is_some() || h.status.as_deref().is_some_and(|s| s != "active"),
-                })
-                .collect();
-            channel::chat_details(t, &c.id, c.is_group, c.display_name.as_deref(), &members)?;
+            channel::chat_details(
+                t,
+                &c.id,
+                c.is_group,
+                c.display_name.as_deref(),
+                &members_of(c),
+            )?;
             "chat recorded"
         }
         Event::TypingStarted(_) | Event::TypingStopped(_) => "typing indicator",

@@ -572,7 +572,9 @@ impl Failure {
         let outcome = match e {
             BusError::Unavailable(_) => "helper_unavailable",
             BusError::Denied(_) => "helper_denied",
-            BusError::Helper(_) | BusError::Exists(_) | BusError::Systemd(_) => "unit_failed_to_start",
+            BusError::Helper(_) | BusError::Exists(_) | BusError::Systemd(_) => {
+                "unit_failed_to_start"
+            }
         };
         Self {
             outcome,

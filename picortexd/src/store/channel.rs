@@ -39,7 +39,11 @@ pub fn message_status(
 /// A status report for a message the log does not have yet (Linq's `message.delivered` can
 /// overtake our own record of the send): keep it as the message, with its status, so the later
 /// record of the send finds it.
-pub fn status_of_unseen(t: &Connection, m: &UnseenMessage<'_>, status: &str) -> Result<(), StoreError> {
+pub fn status_of_unseen(
+    t: &Connection,
+    m: &UnseenMessage<'_>,
+    status: &str,
+) -> Result<(), StoreError> {
     ensure_chat_row(t, m.chat_id, Some(m.is_group))?;
     t.execute(
         "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, status, created_at)

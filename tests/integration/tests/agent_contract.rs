@@ -56,6 +56,13 @@ fn argv_environment_prompt_permissions_and_onboarding() {
     sql(&m, &format!("UPDATE chats SET permission_mode = 'acceptEdits' WHERE id = '{chat_id}'"));
     let r = exchange(&m, &mut chat, "#argv again");
     assert!(r.contains("--resume") && r.contains("--permission-mode acceptEdits"), "{r}");
+
+    // A per-chat memory limit overrides turns.memory_max on the chat's slice.
+    let slice = format!("picortex-chat-{}.slice", chat_tag(&chat_id));
+    assert_eq!(m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(), (256u64 << 20).to_string());
+    sql(&m, &format!("UPDATE chats SET memory_max = {} WHERE id = '{chat_id}'", 128u64 << 20));
+    exchange(&m, &mut chat, "smaller now");
+    assert_eq!(m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(), (128u64 << 20).to_string());
 }
 
 #[test]
