@@ -26,29 +26,37 @@ pid=$("$m" boot "$stage" "$name" | tail -n1)
 trap '"$m" stop "$pid" "$name"' EXIT
 ex() { "$m" exec "$pid" "$@"; }
 
-# The benchmark's people (picortex-bench's handle(kind, i) = +1555<kind:3><i:4>) are listed as
-# owner handles, so no quarantine of strangers' chats applies to them.
-owners='"+15550002000"'
-for kind in 010 020 030; do
-  for i in $(seq 0 99); do owners+=$(printf ', "+1555%s%04d"' "$kind" "$i"); done
-done
-ex /bin/sh -c 'cat > /etc/picortex/picortexd.toml' <<TOML
-# Written by tests/bench/run.sh: the test configuration, with max_concurrent suited to the bench.
-[linq]
-api_base = "http://127.0.0.1:8900/api/partner"
-bot_names = ["Cortex"]
-
-[owner]
-handles = [$owners]
-
-[turns]
-max_concurrent = $max_conc
-memory_max = "256M"
-runtime_max_s = 60
-
-[agent]
-command = "/usr/lib/picortex-test/claude-standin"
-TOML
+# The staged test configuration, with two changes made before picortexd's first start:
+# turns.max_concurrent suited to the concurrent phase, and the benchmark's people
+# (picortex-bench's handle(kind, i) = +1555<kind:3><i:4>) added to the owner handles, so that no
+# quarantine of strangers' chats applies to them.
+python3 - "/proc/$pid/root/etc/picortex/picortexd.toml" "$max_conc" <<'PY'
+import re, sys
+path, max_conc = sys.argv[1], int(sys.argv[2])
+handles = ["+15550002000"] + ["+1555%03d%04d" % (k, i) for k in (10, 20, 30) for i in range(100)]
+text = open(path).read()
+def set_key(text, section, key, value):
+    lines, out, cur, done = text.splitlines(), [], None, False
+    for l in lines:
+        m = re.match(r"\s*\[([^\]]+)\]\s*$", l)
+        if m:
+            if cur == section and not done:
+                out.append(f"{key} = {value}"); done = True
+            cur = m.group(1)
+        elif cur == section and re.match(rf"\s*{key}\s*=", l):
+            if not done:
+                out.append(f"{key} = {value}"); done = True
+            continue
+        out.append(l)
+    if not done:
+        if cur != section:
+            out += ["", f"[{section}]"]
+        out.append(f"{key} = {value}")
+    return "\n".join(out) + "\n"
+text = set_key(text, "turns", "max_concurrent", str(max_conc))
+text = set_key(text, "owner", "handles", "[" + ", ".join('"%s"' % h for h in handles) + "]")
+open(path, "w").write("# max_concurrent and owner.handles set by tests/bench/run.sh\n" + text)
+PY
 install -m755 "$bin" "/proc/$pid/root/run/picortex-bench"
 ex systemctl start linq-sim.service
 ex systemctl enable --now picortexd.socket >/dev/null 2>&1
@@ -60,8 +68,10 @@ cp "/proc/$pid/root/run/bench.json" "$out_json"
 # Where a warm turn's time goes: journal timestamps of one chat's measured turns.
 echo
 echo "== where a warm turn's time goes (journal of the machine, median over the measured turns)"
-ex journalctl --no-pager -o json --output-fields=MESSAGE,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,UNIT,PICORTEX_TURN,PICORTEX_CHAT,S0_TURN,PICORTEX_OP,PICORTEX_OUTCOME,__REALTIME_TIMESTAMP \
+ex journalctl --no-pager -o json --output-fields=MESSAGE,SYSLOG_IDENTIFIER,UNIT,PICORTEX_TURN,PICORTEX_CHAT,PICORTEX_EVENT_ID,PICORTEX_OUTCOME \
   >"/proc/$pid/root/run/journal.json" 2>/dev/null || true
 python3 "$here/breakdown.py" "$out_json" "/proc/$pid/root/run/journal.json" || echo "(breakdown unavailable)"
+# The whole journal, for a closer look at anything odd (the machine is gone after this script).
+ex journalctl --no-pager -o short-precise >"$(dirname "$out_json")/bench-journal.txt" 2>/dev/null || true
 echo
-echo "JSON report: $out_json"
+echo "JSON report: $out_json; the machine's journal: $(dirname "$out_json")/bench-journal.txt"

@@ -29,7 +29,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S) -> Self {
-        Self { stream, buf: Vec::with_capacity(8192) }
+        Self {
+            stream,
+            buf: Vec::with_capacity(8192),
+        }
     }
 
     /// Read more bytes into the buffer; EOF is an error (a response was expected).
@@ -37,7 +40,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut chunk = [0u8; 16384];
         let n = self.stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-response",
+            ));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -58,7 +64,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             self.fill().await?;
         };
-        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("response head is not UTF-8"))?;
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| bad("response head is not UTF-8"))?;
         let mut lines = head.split("\r\n");
         let status = lines
             .next()
@@ -67,11 +74,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .ok_or_else(|| bad("no status line"))?;
         let (mut len, mut chunked, mut close) = (None::<usize>, false, false);
         for l in lines {
-            let Some((k, v)) = l.split_once(':') else { continue };
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
             let (k, v) = (k.trim(), v.trim());
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.parse().ok();
-            } else if k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked") {
+            } else if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+            {
                 chunked = true;
             } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
                 close = true;
@@ -98,7 +109,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             Vec::new()
         };
-        Ok(Response { status, body, close })
+        Ok(Response {
+            status,
+            body,
+            close,
+        })
     }
 
     async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
@@ -110,8 +125,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 self.fill().await?;
             };
-            let size_str = std::str::from_utf8(&self.buf[..line_end]).map_err(|_| bad("chunk size"))?;
-            let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad("chunk size"))?;
+            let size_str =
+                std::str::from_utf8(&self.buf[..line_end]).map_err(|_| bad("chunk size"))?;
+            let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("chunk size"))?;
             self.buf.drain(..line_end + 2);
             while self.buf.len() < size + 2 {
                 self.fill().await?;

@@ -37,7 +37,12 @@ pub struct Msg {
 }
 
 impl Sim {
-    pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let s = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&self.sock))
             .await
             .context("connecting to the simulator's control socket timed out")?
@@ -51,7 +56,11 @@ impl Sim {
         let r = tokio::time::timeout(Duration::from_secs(60), c.send(req.as_bytes()))
             .await
             .with_context(|| format!("{method} {path}: no answer in 60 s"))??;
-        let v = if r.body.is_empty() { Value::Null } else { serde_json::from_slice(&r.body).unwrap_or(Value::Null) };
+        let v = if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+        };
         Ok((r.status, v))
     }
 
@@ -72,13 +81,23 @@ impl Sim {
     }
 
     /// `from` writes `text` to the bot (in `chat_id`, or their 1:1 chat, created if new).
-    pub async fn inbound(&self, from: &str, chat_id: Option<&str>, text: &str) -> anyhow::Result<Sent> {
+    pub async fn inbound(
+        &self,
+        from: &str,
+        chat_id: Option<&str>,
+        text: &str,
+    ) -> anyhow::Result<Sent> {
         let mut b = json!({ "from": from, "text": text });
         if let Some(c) = chat_id {
             b["chat_id"] = json!(c);
         }
         let v = self.post("/control/inbound", b).await?;
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned).with_context(|| format!("inbound answer has no {k}: {v}"));
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("inbound answer has no {k}: {v}"))
+        };
         Ok(Sent {
             chat_id: s("chat_id")?,
             message_id: s("message_id")?,
@@ -111,8 +130,13 @@ impl Sim {
     /// When the gateway's 2xx for this event reached the simulator (first attempt), Unix ns,
     /// and how long that attempt took in ms.
     pub async fn accepted_at(&self, event_id: &str) -> anyhow::Result<(i128, u64)> {
-        let v = self.get(&format!("/control/deliveries?event_id={event_id}")).await?;
-        let d = v.as_array().and_then(|a| a.first()).with_context(|| format!("no delivery for event {event_id}"))?;
+        let v = self
+            .get(&format!("/control/deliveries?event_id={event_id}"))
+            .await?;
+        let d = v
+            .as_array()
+            .and_then(|a| a.first())
+            .with_context(|| format!("no delivery for event {event_id}"))?;
         let a = d
             .get("attempts")
             .and_then(Value::as_array)
@@ -122,7 +146,11 @@ impl Sim {
         if !(200..300).contains(&status) {
             bail!("event {event_id}: first delivery attempt answered {status}: {a}");
         }
-        let at = a.get("at").and_then(Value::as_str).and_then(parse_rfc3339_ns).with_context(|| format!("attempt time: {a}"))?;
+        let at = a
+            .get("at")
+            .and_then(Value::as_str)
+            .and_then(parse_rfc3339_ns)
+            .with_context(|| format!("attempt time: {a}"))?;
         let dur = a.get("duration_ms").and_then(Value::as_u64).unwrap_or(0);
         Ok((at + i128::from(dur) * 1_000_000, dur))
     }
@@ -133,13 +161,21 @@ pub fn parse_rfc3339_ns(s: &str) -> Option<i128> {
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
     let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
     let (hms, frac) = match time.split_once('.') {
         Some((a, b)) => (a, b),
         None => (time, ""),
     };
     let mut t = hms.split(':');
-    let (h, mi, se): (i64, i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let (h, mi, se): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
     let mut ns: i64 = 0;
     for (i, c) in frac.chars().take(9).enumerate() {
         ns += i64::from(c.to_digit(10)?) * 10i64.pow(8 - i as u32);
@@ -162,8 +198,14 @@ mod tests {
     #[test]
     fn parses_simulator_timestamps() {
         assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(
+            parse_rfc3339_ns("1970-01-01T00:00:01.5Z"),
+            Some(1_500_000_000)
+        );
         // date -u -d 2026-11-22T14:11:42Z +%s = 1795356702
-        assert_eq!(parse_rfc3339_ns("2026-11-22T14:11:42.885007438Z"), Some(1_795_356_702_885_007_438));
+        assert_eq!(
+            parse_rfc3339_ns("2026-11-22T14:11:42.885007438Z"),
+            Some(1_795_356_702_885_007_438)
+        );
     }
 }

@@ -27,7 +27,15 @@ impl Summary {
         let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         if v.is_empty() {
-            return Summary { n: 0, min: f64::NAN, p50: f64::NAN, p90: f64::NAN, p99: f64::NAN, max: f64::NAN, mean: f64::NAN };
+            return Summary {
+                n: 0,
+                min: f64::NAN,
+                p50: f64::NAN,
+                p90: f64::NAN,
+                p99: f64::NAN,
+                max: f64::NAN,
+                mean: f64::NAN,
+            };
         }
         Summary {
             n: v.len(),

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use self::futures_like::join_all;
+use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::sim::{Msg, Sent, Sim};
@@ -24,6 +24,13 @@ pub struct Sample {
     pub overhead_ms: f64,
     /// How long the webhook POST took (simulator's view), ms.
     pub webhook_ms: u64,
+    /// Unix ns, simulator clock: the gateway's 2xx received; the reply received.
+    pub accepted_ns: i64,
+    pub reply_ns: i64,
+    /// Client side: the whole exchange (bookkeeping requests and polling included), ms.
+    pub client_ms: f64,
+    /// Client side: how long `/control/inbound` took (the simulator answers after its POST), ms.
+    pub inbound_call_ms: f64,
 }
 
 pub fn is_answer(text: &str) -> bool {
@@ -37,13 +44,61 @@ fn find_reply<'a>(msgs: &'a [Msg], sent: &Sent, before: usize) -> Option<&'a Msg
         .or_else(|| msgs.get(before).filter(|m| m.reply_to.is_none()))
 }
 
+/// A turn that got no reply in time.
+#[derive(Debug)]
+pub struct NoReply {
+    pub sent: Sent,
+    pub text: String,
+}
+
+impl std::fmt::Display for NoReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no reply to {:?} (event {}) in chat {} in time",
+            self.text, self.sent.event_id, self.sent.chat_id
+        )
+    }
+}
+
+impl std::error::Error for NoReply {}
+
+/// Whether a turn that timed out was answered later, and how long after the webhook (ms).
+pub async fn late_reply(sim: &Sim, nr: &NoReply) -> String {
+    let msgs = sim.sent(Some(&nr.sent.chat_id)).await.unwrap_or_default();
+    let acc = sim.accepted_at(&nr.sent.event_id).await.map(|a| a.0).ok();
+    match (
+        msgs.iter()
+            .find(|m| m.reply_to.as_deref() == Some(nr.sent.message_id.as_str())),
+        acc,
+    ) {
+        (Some(m), Some(a)) => format!(
+            "{nr}; answered late, {:.0} ms after the webhook: {:?}",
+            (m.created_ns - a) as f64 / 1e6,
+            m.text
+        ),
+        (Some(m), None) => format!("{nr}; answered late: {:?}", m.text),
+        (None, _) => format!("{nr}; still unanswered at the end of the phase"),
+    }
+}
+
 /// Send one message and wait for its reply; poll the simulator every `poll`.
-pub async fn one(sim: &Sim, from: &str, chat_id: Option<&str>, text: &str, timeout: Duration, poll: Duration) -> anyhow::Result<Sample> {
+pub async fn one(
+    sim: &Sim,
+    from: &str,
+    chat_id: Option<&str>,
+    text: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> anyhow::Result<Sample> {
+    let t0 = Instant::now();
     let before = match chat_id {
         Some(c) => sim.sent(Some(c)).await?.len(),
         None => 0,
     };
+    let t_in = Instant::now();
     let sent = sim.inbound(from, chat_id, text).await?;
+    let inbound_call_ms = t_in.elapsed().as_secs_f64() * 1000.0;
     if !sent.status.is_some_and(|s| (200..300).contains(&s)) {
         bail!("webhook for {text:?} answered {:?}", sent.status);
     }
@@ -54,12 +109,19 @@ pub async fn one(sim: &Sim, from: &str, chat_id: Option<&str>, text: &str, timeo
             break m.clone();
         }
         if Instant::now() > end {
-            bail!("no reply to {text:?} in chat {} after {timeout:?}", sent.chat_id);
+            return Err(NoReply {
+                sent,
+                text: text.to_owned(),
+            }
+            .into());
         }
         tokio::time::sleep(poll).await;
     };
     if !is_answer(&reply.text) {
-        bail!("reply to {text:?} is not the agent's answer: {:?}", reply.text);
+        bail!(
+            "reply to {text:?} is not the agent's answer: {:?}",
+            reply.text
+        );
     }
     let (accepted, webhook_ms) = sim.accepted_at(&sent.event_id).await?;
     Ok(Sample {
@@ -68,6 +130,10 @@ pub async fn one(sim: &Sim, from: &str, chat_id: Option<&str>, text: &str, timeo
         message_id: sent.message_id,
         overhead_ms: (reply.created_ns - accepted) as f64 / 1e6,
         webhook_ms,
+        accepted_ns: accepted as i64,
+        reply_ns: reply.created_ns as i64,
+        client_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        inbound_call_ms,
     })
 }
 
@@ -82,46 +148,127 @@ pub struct SeqOutcome {
     pub samples: Vec<Sample>,
     pub errors: Vec<String>,
     pub chats: Vec<Chat>,
+    /// A real turn unit's transient unit file, as systemd wrote it (for the sandboxed floor).
+    pub turn_unit_file: Option<String>,
+}
+
+/// Watch /run/systemd/transient for a turn unit's file and return the first one seen, complete.
+/// The helper starts turn units over D-Bus; systemd writes every property it was given there.
+fn capture_turn_unit(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Option<String> {
+    use std::sync::atomic::Ordering;
+    let dir = std::path::Path::new("/run/systemd/transient");
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("picortex-turn-") && name.ends_with(".service") {
+                    // Written while StartTransientUnit runs; give it a moment to be complete.
+                    std::thread::sleep(Duration::from_millis(10));
+                    if let Ok(t) = std::fs::read_to_string(e.path()) {
+                        if t.contains("[Service]")
+                            && t.contains("\nUser=")
+                            && t.contains("\nExecStart=")
+                        {
+                            return Some(t);
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
 }
 
 /// Warm up `n_chats` chats (their first turn provisions them, then `warm_rounds` more turns
 /// each), then `n` turns one at a time, round robin.
-pub async fn sequential(sim: &Sim, handles: &[String], warm_rounds: usize, n: usize, budget: Duration) -> anyhow::Result<SeqOutcome> {
-    let poll = Duration::from_millis(2);
+pub async fn sequential(
+    sim: &Sim,
+    handles: &[String],
+    warm_rounds: usize,
+    n: usize,
+    budget: Duration,
+) -> anyhow::Result<SeqOutcome> {
+    let poll = Duration::from_millis(5);
     let t_end = Instant::now() + budget;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capture = {
+        let stop = stop.clone();
+        std::thread::spawn(move || capture_turn_unit(stop))
+    };
     let mut chats = Vec::new();
     for h in handles {
-        let s = one(sim, h, None, "hello from the benchmark (warm-up)", Duration::from_secs(60), poll)
-            .await
-            .with_context(|| format!("warm-up of the chat with {h}"))?;
-        chats.push(Chat { handle: h.clone(), chat_id: s.chat_id });
+        let s = one(
+            sim,
+            h,
+            None,
+            "hello from the benchmark (warm-up)",
+            Duration::from_secs(60),
+            poll,
+        )
+        .await
+        .with_context(|| format!("warm-up of the chat with {h}"))?;
+        chats.push(Chat {
+            handle: h.clone(),
+            chat_id: s.chat_id,
+        });
     }
     for r in 0..warm_rounds {
         for c in &chats {
-            one(sim, &c.handle, Some(&c.chat_id), &format!("warm-up round {r}"), Duration::from_secs(60), poll)
-                .await
-                .context("warm-up turn")?;
+            one(
+                sim,
+                &c.handle,
+                Some(&c.chat_id),
+                &format!("warm-up round {r}"),
+                Duration::from_secs(60),
+                poll,
+            )
+            .await
+            .context("warm-up turn")?;
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let turn_unit_file = capture.join().ok().flatten();
     let mut samples = Vec::new();
     let mut errors = Vec::new();
+    let mut late = Vec::new();
     for i in 0..n {
         if Instant::now() > t_end {
             errors.push(format!("time budget of {budget:?} spent after {i} turns"));
             break;
         }
         let c = &chats[i % chats.len()];
-        match one(sim, &c.handle, Some(&c.chat_id), &format!("benchmark turn {i}"), Duration::from_secs(30), poll).await {
+        match one(
+            sim,
+            &c.handle,
+            Some(&c.chat_id),
+            &format!("benchmark turn {i}"),
+            Duration::from_secs(30),
+            poll,
+        )
+        .await
+        {
             Ok(s) => samples.push(s),
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => match e.downcast::<NoReply>() {
+                Ok(nr) => late.push(nr),
+                Err(e) => errors.push(format!("{e:#}")),
+            },
         }
     }
-    Ok(SeqOutcome { samples, errors, chats })
+    for nr in &late {
+        errors.push(late_reply(sim, nr).await);
+    }
+    Ok(SeqOutcome {
+        samples,
+        errors,
+        chats,
+        turn_unit_file,
+    })
 }
 
 /// First messages of new chats, one at a time.
 pub async fn cold(sim: &Sim, handles: &[String], budget: Duration) -> SeqOutcome {
-    let poll = Duration::from_millis(2);
+    let poll = Duration::from_millis(5);
     let t_end = Instant::now() + budget;
     let mut samples = Vec::new();
     let mut errors = Vec::new();
@@ -131,15 +278,35 @@ pub async fn cold(sim: &Sim, handles: &[String], budget: Duration) -> SeqOutcome
             errors.push(format!("time budget of {budget:?} spent after {i} chats"));
             break;
         }
-        match one(sim, h, None, &format!("hello, I am new here ({i})"), Duration::from_secs(60), poll).await {
+        match one(
+            sim,
+            h,
+            None,
+            &format!("hello, I am new here ({i})"),
+            Duration::from_secs(60),
+            poll,
+        )
+        .await
+        {
             Ok(s) => {
-                chats.push(Chat { handle: h.clone(), chat_id: s.chat_id.clone() });
+                chats.push(Chat {
+                    handle: h.clone(),
+                    chat_id: s.chat_id.clone(),
+                });
                 samples.push(s);
             }
-            Err(e) => errors.push(format!("{h}: {e:#}")),
+            Err(e) => match e.downcast::<NoReply>() {
+                Ok(nr) => errors.push(late_reply(sim, &nr).await),
+                Err(e) => errors.push(format!("{h}: {e:#}")),
+            },
         }
     }
-    SeqOutcome { samples, errors, chats }
+    SeqOutcome {
+        samples,
+        errors,
+        chats,
+        turn_unit_file: None,
+    }
 }
 
 /// Minimal `join_all` over boxed futures on the current runtime (no futures crate needed).
@@ -179,7 +346,14 @@ pub struct ConcOutcome {
 
 /// `per_chat` messages to each chat, sent round by round (all chats at once within a round),
 /// each asking the stand-in to take `sleep_s` seconds; then wait for every reply.
-pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64, timeout: Duration, mut sample_rss: impl FnMut() -> u64) -> anyhow::Result<ConcOutcome> {
+pub async fn concurrent(
+    sim: &Sim,
+    chats: &[Chat],
+    per_chat: usize,
+    sleep_s: f64,
+    timeout: Duration,
+    mut sample_rss: impl FnMut() -> u64,
+) -> anyhow::Result<ConcOutcome> {
     let mut before: HashMap<String, usize> = HashMap::new();
     for m in chats {
         before.insert(m.chat_id.clone(), 0);
@@ -201,7 +375,10 @@ pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64
                 let (sim, c) = (sim.clone(), c.clone());
                 async move {
                     let text = format!("concurrent message {r} #sleep={sleep_s}");
-                    (c.chat_id.clone(), sim.inbound(&c.handle, Some(&c.chat_id), &text).await)
+                    (
+                        c.chat_id.clone(),
+                        sim.inbound(&c.handle, Some(&c.chat_id), &text).await,
+                    )
                 }
             })
             .collect();
@@ -229,7 +406,12 @@ pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64
         }
         let got: usize = chats
             .iter()
-            .map(|c| by_chat.get(&c.chat_id).map(|v| v.len().saturating_sub(before[&c.chat_id])).unwrap_or(0))
+            .map(|c| {
+                by_chat
+                    .get(&c.chat_id)
+                    .map(|v| v.len().saturating_sub(before[&c.chat_id]))
+                    .unwrap_or(0)
+            })
             .sum();
         if got >= expected || Instant::now() > end {
             break by_chat;
@@ -246,7 +428,13 @@ pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64
         let msgs = by_chat.get(&c.chat_id).unwrap_or(&empty);
         let b = before[&c.chat_id];
         let new: Vec<&Msg> = msgs.iter().skip(b).collect();
-        for (k, s) in sent.get(&c.chat_id).map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+        for (k, s) in sent
+            .get(&c.chat_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
             let reply = new
                 .iter()
                 .find(|m| m.reply_to.as_deref() == Some(s.message_id.as_str()))
@@ -260,7 +448,10 @@ pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64
                     }
                     last_reply = last_reply.max(m.created_ns);
                 }
-                Some(m) => notes.push(format!("chat {}: message {k} answered with {:?}", c.chat_id, m.text)),
+                Some(m) => notes.push(format!(
+                    "chat {}: message {k} answered with {:?}",
+                    c.chat_id, m.text
+                )),
                 None => notes.push(format!("chat {}: message {k} got no reply", c.chat_id)),
             }
         }
@@ -271,7 +462,11 @@ pub async fn concurrent(sim: &Sim, chats: &[Chat], per_chat: usize, sleep_s: f64
         failures: expected - answered,
         failure_notes: notes,
         latencies_ms: latencies,
-        makespan_s: if last_reply > first_acc { (last_reply - first_acc) as f64 / 1e9 } else { f64::NAN },
+        makespan_s: if last_reply > first_acc {
+            (last_reply - first_acc) as f64 / 1e9
+        } else {
+            f64::NAN
+        },
         send_s,
         rss_peak_sampled_kb: rss_peak,
     })
