@@ -1,5 +1,6 @@
 //! The two documents that cross a turn unit's boundary. The gateway writes a `TurnRequest` into a
-//! sealed memfd that becomes the unit's stdin; `picortex-run` writes exactly one `TurnResult` line
+//! sealed memfd that becomes the unit's stdin (or, for a unit started ahead of its turn, into a
+//! pipe whose write end it keeps until the turn comes); `picortex-run` writes exactly one `TurnResult` line
 //! to its stdout, which is a file the gateway created in its own state directory and handed over
 //! as a file descriptor. Neither ever passes through the chat's home or the unit's environment.
 //!
@@ -51,6 +52,9 @@ pub enum Outcome {
     AgentFailed,
     /// picortex-run refused to run the agent (wrong user, wrong place, bad request).
     Refused,
+    /// A unit started ahead of its turn (a spare) ended without receiving a request: its stdin
+    /// closed empty. Nothing ran; the gateway starts the turn again if one was meant for it.
+    NoRequest,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -120,6 +120,13 @@ impl Provision {
     ) -> fdo::Result<String> {
         let chat = ChatId::parse(chat_id).map_err(|e| bad_input(op, hdr, "", "", e.to_string()))?;
         let caller = authorize(conn, hdr, op, actions::MANAGE_CHAT, chat.as_str(), "").await?;
+        // Nothing of the chat may run while its home is archived or removed.
+        if let Ok(Some(tag)) = users::existing_tag(&chat) {
+            if let Err(e) = units::stop_slice(conn, &tag.slice()).await {
+                audit::record(op, &caller, chat.as_str(), "", "failed", &e.to_string());
+                return Err(fdo::Error::Failed(e.to_string()));
+            }
+        }
         let c = chat.clone();
         let r = tokio::task::spawn_blocking(
             move || -> Result<Option<std::path::PathBuf>, users::UserError> {

@@ -329,10 +329,12 @@ fn convert(props: &[(&'static str, Prop)]) -> zbus::Result<Vec<(String, OwnedVar
 /// file open for writing. Anything else (a socket, a pipe, a directory, a device) is refused.
 pub fn check_fds(request: &OwnedFd, result: &OwnedFd) -> Result<(), String> {
     let st = fstat(request.as_fd()).map_err(|e| format!("request fd: {e}"))?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Err("request fd is not a regular file".into());
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    // A pipe is how the gateway hands a request to a unit started ahead of its turn.
+    if kind != SFlag::S_IFREG && kind != SFlag::S_IFIFO {
+        return Err("request fd is neither a regular file nor a pipe".into());
     }
-    if u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_REQUEST_BYTES {
+    if kind == SFlag::S_IFREG && u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_REQUEST_BYTES {
         return Err(format!("request is larger than {MAX_REQUEST_BYTES} bytes"));
     }
     let st = fstat(result.as_fd()).map_err(|e| format!("result fd: {e}"))?;
@@ -429,6 +431,20 @@ pub async fn start_turn(
 fn fd_variant(fd: &OwnedFd) -> Result<OwnedVariant, UnitError> {
     OwnedVariant::try_from(Variant::from(Fd::from(fd.as_fd())))
         .map_err(|e| UnitError::Systemd(e.to_string()))
+}
+
+/// Stop everything running in a chat's slice (its turn, its spare) before its home goes away.
+pub async fn stop_slice(conn: &zbus::Connection, slice: &str) -> Result<(), UnitError> {
+    let mgr = ManagerProxy::new(conn).await.map_err(systemd_err)?;
+    match mgr.stop_unit(slice.to_owned(), "replace".into()).await {
+        Ok(_) => Ok(()),
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(systemd_err(e)),
+    }
 }
 
 /// Stop a finished turn's unit and clear its failed state so systemd forgets it.

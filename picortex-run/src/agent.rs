@@ -56,7 +56,9 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
         argv.extend(["--append-system-prompt".into(), s.clone()]);
     }
     argv.extend(config.extra_args.iter().cloned());
-    if let Some(settings) = credential_settings(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref()) {
+    if let Some(settings) =
+        credential_settings(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref())
+    {
         argv.extend(["--settings".into(), settings]);
     }
     match session {
@@ -74,7 +76,10 @@ pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
 /// the key is never in an environment, an argv, or a file in the chat's home.
 pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
     let dir = credentials_dir?;
-    let safe = dir.starts_with('/') && dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-@".contains(&b));
+    let safe = dir.starts_with('/')
+        && dir
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-@".contains(&b));
     let path = format!("{dir}/{API_KEY_CREDENTIAL}");
     if !safe || !std::path::Path::new(&path).is_file() {
         return None;
@@ -245,7 +250,11 @@ mod tests {
     fn the_api_key_reaches_the_agent_only_through_its_credentials_directory() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
-        assert_eq!(credential_settings(Some(&d)), None, "no credential, no settings");
+        assert_eq!(
+            credential_settings(Some(&d)),
+            None,
+            "no credential, no settings"
+        );
         std::fs::write(dir.path().join(API_KEY_CREDENTIAL), "sk-test").unwrap();
         let s = credential_settings(Some(&d)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();

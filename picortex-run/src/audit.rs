@@ -46,6 +46,7 @@ pub fn outcome_name(o: Outcome) -> &'static str {
         Outcome::OutOfMemory => "out_of_memory",
         Outcome::AgentFailed => "agent_failed",
         Outcome::Refused => "refused",
+        Outcome::NoRequest => "no_request",
     }
 }
 

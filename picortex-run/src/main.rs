@@ -11,7 +11,7 @@
 use picortex_proto::ids::TurnId;
 use picortex_proto::turn::{Outcome, TurnResult};
 use picortex_run::config::{load_config, DEFAULT_CONFIG_PATH};
-use picortex_run::request::{check_chat, read_request, validate_request};
+use picortex_run::request::{check_chat, read_request_or_none, validate_request};
 use picortex_run::turn::result_line;
 use picortex_run::{
     audit, preflight, run_turn, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
@@ -107,8 +107,18 @@ fn main() -> ExitCode {
         Ok(i) => i,
         Err(e) => return refuse(turn.as_str(), None, &e.0),
     };
-    let request = match read_request(std::io::stdin().lock()) {
-        Ok(r) => r,
+    // A spare unit waits here, sandbox ready, until the gateway hands it a turn.
+    let request = match read_request_or_none(std::io::stdin().lock()) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(turn = %turn, "spare unit let go without a request; nothing ran");
+            let r = TurnResult::failure(turn.as_str(), Outcome::NoRequest, "no request");
+            return if write_result(&r) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO_RESULT)
+            };
+        }
         Err(e) => return refuse(turn.as_str(), None, &e.0),
     };
     if let Err(e) =
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
     match result.outcome {
         Outcome::Ok => ExitCode::from(EXIT_OK),
         Outcome::Refused => ExitCode::from(EXIT_REFUSED),
+        Outcome::NoRequest => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_TURN_FAILED),
     }
 }

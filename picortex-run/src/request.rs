@@ -18,18 +18,30 @@ pub const PERMISSION_MODES: &[&str] = &[
 ];
 
 /// Read at most [`MAX_REQUEST_BYTES`] and parse; unknown fields are refused by the type.
-pub fn read_request(input: impl Read) -> Result<TurnRequest, Refusal> {
+/// Read the request; `Ok(None)` when stdin closed without a byte (a spare unit the gateway let go).
+pub fn read_request_or_none(input: impl Read) -> Result<Option<TurnRequest>, Refusal> {
     let mut buf = Vec::new();
     input
         .take(MAX_REQUEST_BYTES + 1)
         .read_to_end(&mut buf)
         .map_err(|e| Refusal(format!("cannot read the request: {e}")))?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    parse_request(&buf).map(Some)
+}
+
+fn parse_request(buf: &[u8]) -> Result<TurnRequest, Refusal> {
     if buf.len() as u64 > MAX_REQUEST_BYTES {
         return Err(Refusal(format!(
             "request is larger than {MAX_REQUEST_BYTES} bytes"
         )));
     }
-    serde_json::from_slice(&buf).map_err(|e| Refusal(format!("bad request: {e}")))
+    serde_json::from_slice(buf).map_err(|e| Refusal(format!("bad request: {e}")))
+}
+
+pub fn read_request(input: impl Read) -> Result<TurnRequest, Refusal> {
+    read_request_or_none(input)?.ok_or_else(|| Refusal("bad request: empty input".into()))
 }
 
 /// A session id as the CLI wants it: a UUID in its hyphenated form.
@@ -133,6 +145,10 @@ mod tests {
         assert!(e.0.contains("larger than"), "{e}");
         assert!(read_request(&b"not json"[..]).is_err());
         assert!(read_request(&b""[..]).is_err());
+        assert!(
+            read_request_or_none(&b""[..]).unwrap().is_none(),
+            "empty stdin is a released spare"
+        );
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct TurnsConfig {
     /// A file whose text is appended to the agent's system prompt on every turn (the owner's
     /// standing instructions), e.g. /etc/picortex/system-prompt.md.
     pub system_prompt_file: Option<std::path::PathBuf>,
+    /// How long a chat's spare turn unit (started ahead of its next message, so the answer does
+    /// not wait for systemd to build the sandbox) is kept unused; 0 = no spares.
+    pub spare_ttl_s: u64,
     /// Archive chats idle this many days (home tarred away, user locked; restored on the next
     /// message). Unset: never.
     pub archive_after_days: Option<u32>,
@@ -133,6 +136,7 @@ impl Default for TurnsConfig {
             permission_mode: "default".into(),
             system_prompt_file: None,
             archive_after_days: None,
+            spare_ttl_s: 300,
             daily_budget_usd: None,
         }
     }
@@ -239,6 +243,9 @@ impl Config {
         }
         if !(8..=16384).contains(&self.turns.tasks_max) {
             return bad("turns.tasks_max", "must be 8..=16384".into());
+        }
+        if self.turns.spare_ttl_s > 3600 {
+            return bad("turns.spare_ttl_s", "must be 0..=3600".into());
         }
         if !(1..=86400).contains(&self.turns.runtime_max_s) {
             return bad("turns.runtime_max_s", "must be 1..=86400".into());

@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod linq;
 pub mod outbox;
 pub mod reply;
+pub mod spares;
 pub mod store;
 pub mod turns;

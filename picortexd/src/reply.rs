@@ -140,6 +140,8 @@ pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config)
         ),
         Outcome::BadOutput => fail("bad_output", r.error.clone().unwrap_or_default()),
         Outcome::Refused => fail("refused", r.error.clone().unwrap_or_default()),
+        // Handled before composing (the turn is started again); never a reply on its own.
+        Outcome::NoRequest => fail("interrupted", "a spare unit got no request".into()),
         Outcome::AgentFailed => fail("agent_failed", r.error.clone().unwrap_or_default()),
         Outcome::OutOfMemory => fail("out_of_memory", r.error.clone().unwrap_or_default()),
     };

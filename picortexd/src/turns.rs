@@ -19,13 +19,14 @@ use std::time::Duration;
 use picortex_proto::bus::limits as L;
 use picortex_proto::ids::TurnId;
 use picortex_proto::turn::{Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::bus::{Bus, BusError, Started, UnitEnd};
 use crate::config::Config;
 use crate::linq::client::LinqClient;
 use crate::linq::split::split_reply;
 use crate::reply;
+use crate::spares::{Spare, Spares};
 use crate::store::queries::{self, Finished, TurnJob};
 use crate::store::Store;
 
@@ -39,6 +40,10 @@ pub struct Turns {
     pub outbox_wake: Arc<Notify>,
     /// Chats with a turn in flight in this process.
     busy: Mutex<HashSet<String>>,
+    /// Units started ahead of each chat's next turn (see `spares`).
+    spares: Spares,
+    spare_tx: mpsc::UnboundedSender<String>,
+    spare_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Turns {
@@ -51,6 +56,7 @@ impl Turns {
         wake: Arc<Notify>,
         outbox_wake: Arc<Notify>,
     ) -> Self {
+        let (spare_tx, spare_rx) = mpsc::unbounded_channel();
         Self {
             store,
             bus,
@@ -60,6 +66,9 @@ impl Turns {
             wake,
             outbox_wake,
             busy: Mutex::new(HashSet::new()),
+            spares: Spares::default(),
+            spare_tx,
+            spare_rx: Mutex::new(Some(spare_rx)),
         }
     }
 
@@ -86,9 +95,12 @@ impl Turns {
 
     /// Resume turns that were in flight when the gateway stopped, then dispatch forever.
     pub async fn run(self: Arc<Self>) {
+        let mut referenced = Vec::new();
         match self.store.call(queries::inflight_turns).await {
             Ok(jobs) => {
                 for job in jobs {
+                    referenced.push(job.turn_id.clone());
+                    referenced.push(job.unit_id());
                     if self.claim(&job.chat_id) {
                         tracing::info!(chat = %job.chat_id, turn = %job.turn_id, status = %job.status, "resuming turn after restart");
                         let me = self.clone();
@@ -98,7 +110,11 @@ impl Turns {
             }
             Err(e) => tracing::error!(error = %e, "cannot read in-flight turns"),
         }
-        tokio::spawn(self.clone().release_finished());
+        // Before anything new can start: what is not referenced now is left over.
+        self.clone().release_orphans(referenced).await;
+        if let Some(rx) = self.spare_rx.lock().ok().and_then(|mut r| r.take()) {
+            tokio::spawn(self.clone().spare_loop(rx));
+        }
         loop {
             self.dispatch().await;
             tokio::select! {
@@ -155,7 +171,7 @@ impl Turns {
     }
 
     async fn resume_inner(self: Arc<Self>, job: TurnJob) {
-        let unit = match TurnId::parse(&job.turn_id) {
+        let unit = match TurnId::parse(&job.unit_id()) {
             Ok(t) => t.unit_name(),
             Err(e) => {
                 return self
@@ -180,10 +196,10 @@ impl Turns {
         let result = if exists {
             None
         } else {
-            self.read_result(&job.turn_id)
+            self.read_result(&job.unit_id())
         };
         match exists {
-            true => self.watch_and_finish(job, unit).await,
+            true => self.watch_and_finish(job, unit, false).await,
             false if result.is_some() => self.finish(job, None, result).await,
             false if job.status == "starting" => {
                 // Never reached systemd (or vanished before it ran): start it afresh.
@@ -263,6 +279,19 @@ impl Turns {
                 .unwrap_or_else(|| self.cfg.turns.permission_mode.clone()),
             append_system_prompt: self.system_prompt(),
         };
+        if let Some(spare) = self.spares.take(&chat.id) {
+            match self
+                .hand_to_spare(&job, chat.archived, spare, request.clone())
+                .await
+            {
+                Ok(job) => {
+                    let unit = job.unit.clone().unwrap_or_default();
+                    self.watch_and_finish(job, unit, true).await;
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(error = %e, "spare unit unusable; starting a fresh one"),
+            }
+        }
         let req_fd = request_memfd(&request)
             .map_err(|e| Failure::internal(format!("request memfd: {e}")))?;
         let res_fd = self
@@ -314,18 +343,42 @@ impl Turns {
                 .await
                 .map_err(Failure::store)?;
         }
-        self.watch_and_finish(job, unit).await;
+        let job = TurnJob {
+            unit: Some(unit.clone()),
+            ..job
+        };
+        self.watch_and_finish(job, unit, false).await;
         Ok(())
     }
 
-    async fn watch_and_finish(&self, job: TurnJob, unit: String) {
-        // systemd enforces RuntimeMaxUSec; this only bounds our wait if it somehow did not.
-        let give_up = self.cfg.runtime_max() + Duration::from_secs(60);
+    /// Wait for the turn's unit to end, then finish the turn. For a unit started fresh, systemd
+    /// enforces `RuntimeMaxUSec` and this wait is only a backstop; a spare's unit started before
+    /// its turn, so the turn's own time limit is kept here: past it, the unit is stopped.
+    async fn watch_and_finish(&self, job: TurnJob, unit: String, spare: bool) {
+        let give_up = self.cfg.runtime_max()
+            + if spare {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(60)
+            };
         match self.bus.wait_unit(&unit, give_up).await {
             Ok(end) => {
                 crate::failpoint::hit("turn-ended");
-                let result = self.read_result(&job.turn_id);
+                let result = self.read_result(&job.unit_id());
                 self.finish(job, Some(end), result).await;
+            }
+            Err(e) if spare => {
+                tracing::warn!(unit = %unit, error = %e, "turn exceeded its time limit in a spare unit; stopping it");
+                if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
+                    tracing::warn!(error = %e, "could not stop the turn unit");
+                }
+                let end = UnitEnd {
+                    active_state: "failed".into(),
+                    result: "timeout".into(),
+                    exec_main_code: 2,
+                    exec_main_status: 15,
+                };
+                self.finish(job, Some(end), None).await;
             }
             Err(e) => {
                 tracing::error!(unit = %unit, error = %e, "lost track of the turn unit");
@@ -378,6 +431,25 @@ impl Turns {
     }
 
     async fn finish(&self, job: TurnJob, end: Option<UnitEnd>, result: Option<TurnResult>) {
+        if result
+            .as_ref()
+            .is_some_and(|r| r.outcome == Outcome::NoRequest)
+        {
+            // Its spare unit never got the request (the gateway died handing it over): nothing
+            // ran, so the turn goes back to the queue.
+            tracing::info!("turn's spare unit got no request; queueing the turn again");
+            let id = job.turn_id.clone();
+            if let Err(e) = self
+                .store
+                .call(move |t| queries::requeue_turn(t, &id))
+                .await
+            {
+                tracing::error!(error = %e, "cannot requeue the turn");
+            }
+            let _ = self.bus.release_turn(&job.unit_id()).await;
+            let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
+            return;
+        }
         let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg);
         let fin = Finished {
             outcome: r.outcome.to_owned(),
@@ -399,65 +471,173 @@ impl Turns {
         };
         self.record(&job, fin, &r.text).await;
         if end.is_some() {
-            if let Err(e) = self.bus.release_turn(&job.turn_id).await {
+            if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                 tracing::warn!(error = %e, "could not release the turn unit");
             }
         }
+        if r.outcome == "ok" {
+            let _ = self.spare_tx.send(job.chat_id.clone());
+        }
     }
 
-    /// At start-up: release the units, and delete the result files, of turns already recorded
-    /// as done. A gateway killed between recording a turn and releasing its unit leaves both
-    /// behind, and a unit kept by RemainAfterExit stays loaded until someone releases it.
-    async fn release_finished(self: Arc<Self>) {
+    /// At start-up: release every turn unit, and delete every result file, that no in-flight
+    /// turn refers to: those of turns recorded as done whose release a crash cut short (a unit
+    /// kept by RemainAfterExit stays loaded until someone releases it), and the spares of the
+    /// previous run, whose pipes closed with it.
+    async fn release_orphans(self: Arc<Self>, referenced: Vec<String>) {
         let units = match self.bus.turn_units().await {
             Ok(u) => u,
             Err(e) => {
                 return tracing::warn!(error = %e, "cannot list turn units; finished ones stay loaded")
             }
         };
-        let mut ids: Vec<String> = units
-            .iter()
-            .filter_map(|u| TurnId::from_unit_name(u))
-            .map(|t| t.as_str().to_owned())
-            .collect();
-        if let Ok(dir) = std::fs::read_dir(&self.results_dir) {
-            ids.extend(dir.flatten().filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .map(str::to_owned)
-            }));
-        }
-        ids.sort();
-        ids.dedup();
-        let done = self.store.call(move |t| {
-            let mut st = t.prepare("SELECT 1 FROM turns WHERE id = ?1 AND status = 'done'")?;
-            let mut done = Vec::new();
-            for id in ids {
-                if st.exists([&id])? {
-                    done.push(id);
-                }
-            }
-            Ok(done)
-        });
-        let done = match done.await {
-            Ok(d) => d,
-            Err(e) => return tracing::warn!(error = %e, "cannot read finished turns"),
-        };
-        for id in done {
-            let _ = std::fs::remove_file(self.result_path(&id));
-            let Ok(turn) = TurnId::parse(&id) else {
+        for unit in &units {
+            let Some(id) = TurnId::from_unit_name(unit) else {
                 continue;
             };
-            if units.contains(&turn.unit_name()) {
-                match self.bus.release_turn(&id).await {
-                    Ok(()) => {
-                        tracing::info!(turn = %id, "released the unit of a turn finished before the restart")
-                    }
-                    Err(e) => {
-                        tracing::warn!(turn = %id, error = %e, "could not release the turn unit")
+            if referenced.iter().any(|r| r == id.as_str()) {
+                continue;
+            }
+            match self.bus.release_turn(id.as_str()).await {
+                Ok(()) => tracing::info!(unit = %unit, "released a turn unit no turn refers to"),
+                Err(e) => {
+                    tracing::warn!(unit = %unit, error = %e, "could not release the turn unit")
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.results_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json").unwrap_or(&name);
+                if !referenced.iter().any(|r| r == id) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Hand a turn to its chat's spare unit: record that it runs there, then write the request
+    /// into the unit's stdin and close it. Returns the job with its unit.
+    async fn hand_to_spare(
+        &self,
+        job: &TurnJob,
+        was_archived: bool,
+        spare: Spare,
+        mut request: TurnRequest,
+    ) -> Result<TurnJob, String> {
+        let (id, unit, chat_id) = (job.turn_id.clone(), spare.unit.clone(), job.chat_id.clone());
+        self.store
+            .call(move |t| {
+                queries::set_turn_status(t, &id, "running", Some(&unit))?;
+                if was_archived {
+                    crate::store::channel::set_archived(t, &chat_id, false)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::failpoint::hit("spare-handoff");
+        request.turn_id = spare.id.clone();
+        let mut writer = spare.writer;
+        let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        let wrote = tokio::task::spawn_blocking(move || writer.write_all(&body)).await;
+        match wrote {
+            Ok(Ok(())) => {
+                tracing::info!(unit = %spare.unit, session = %request.session_id, resume = request.resume, "turn started in a spare unit");
+                Ok(TurnJob {
+                    unit: Some(spare.unit),
+                    ..job.clone()
+                })
+            }
+            Ok(Err(e)) => {
+                let _ = self.bus.release_turn(&spare.id).await;
+                Err(format!("writing the request to {}: {e}", spare.unit))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Start spares when asked (after a chat's turn answered) and let go of unused ones.
+    async fn spare_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+        let ttl = Duration::from_secs(self.cfg.turns.spare_ttl_s);
+        if ttl.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                chat = rx.recv() => match chat {
+                    Some(chat) => self.make_spare(&chat, ttl).await,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    for s in self.spares.expired(ttl) {
+                        drop(s.writer);
+                        let _ = self.bus.release_turn(&s.id).await;
+                        let _ = std::fs::remove_file(self.result_path(&s.id));
+                        tracing::debug!(unit = %s.unit, "let go of an unused spare unit");
                     }
                 }
+            }
+        }
+    }
+
+    async fn make_spare(&self, chat_id: &str, ttl: Duration) {
+        // One per chat; not for a chat whose next turn is already waiting (the dispatcher starts
+        // it now), nor more than there can be turns at once.
+        if self.spares.has(chat_id) || self.spares.len() >= self.cfg.turns.max_concurrent * 2 {
+            return;
+        }
+        let id = chat_id.to_owned();
+        let chat = match self
+            .store
+            .call(move |t| Ok((queries::has_queued(t, &id)?, queries::chat(t, &id)?)))
+            .await
+        {
+            Ok((false, Some(c))) if c.unix_user.is_some() && !c.archived => c,
+            _ => return,
+        };
+        let spare_id = uuid::Uuid::new_v4().simple().to_string();
+        let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => return tracing::warn!(error = %e, "pipe for a spare unit"),
+        };
+        let res_fd = match self.create_result_file(&spare_id) {
+            Ok(f) => f,
+            Err(e) => return tracing::warn!(error = %e, "result file for a spare unit"),
+        };
+        let runtime = self.cfg.turns.runtime_max_s + ttl.as_secs();
+        let limits = [
+            (
+                L::MEMORY_MAX,
+                chat.memory_max
+                    .unwrap_or_else(|| self.cfg.memory_max_bytes()),
+            ),
+            (L::TASKS_MAX, self.cfg.turns.tasks_max),
+            (L::RUNTIME_MAX_USEC, runtime * 1_000_000),
+        ];
+        match self
+            .bus
+            .start_turn(chat_id, &spare_id, reader, res_fd, &limits)
+            .await
+        {
+            Ok(Started::Started(unit)) | Ok(Started::AlreadyRunning(unit)) => {
+                let spare = Spare {
+                    id: spare_id.clone(),
+                    unit: unit.clone(),
+                    writer: std::fs::File::from(writer),
+                    since: std::time::Instant::now(),
+                };
+                if let Err(s) = self.spares.put(chat_id, spare) {
+                    drop(s.writer);
+                    let _ = self.bus.release_turn(&s.id).await;
+                } else {
+                    tracing::debug!(chat = %chat_id, unit = %unit, "spare unit ready");
+                }
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(self.result_path(&spare_id));
+                tracing::debug!(chat = %chat_id, error = %e, "no spare unit");
             }
         }
     }
@@ -489,7 +669,7 @@ impl Turns {
                 } else {
                     tracing::warn!(outcome = %fin.outcome, error = fin.error.as_deref().unwrap_or(""), "turn finished without an answer");
                 }
-                let _ = std::fs::remove_file(self.result_path(&job.turn_id));
+                let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
                 self.outbox_wake.notify_one();
             }
             Err(e) => {

@@ -197,9 +197,22 @@ pub struct TurnJob {
     /// Linq id of the inbound message, which the reply answers in-thread.
     pub reply_to: Option<String>,
     pub started_at: Option<i64>,
+    /// The unit the turn runs in, once known (a spare's unit has its own id).
+    pub unit: Option<String>,
 }
 
-const TURN_COLS: &str = "t.id, t.chat_id, t.status, m.text, m.linq_id, t.started_at";
+impl TurnJob {
+    /// The id of the turn's unit and result file: the turn's own, or its spare's.
+    pub fn unit_id(&self) -> String {
+        self.unit
+            .as_deref()
+            .and_then(picortex_proto::ids::TurnId::from_unit_name)
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_else(|| self.turn_id.clone())
+    }
+}
+
+const TURN_COLS: &str = "t.id, t.chat_id, t.status, m.text, m.linq_id, t.started_at, t.unit";
 
 fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
     Ok(TurnJob {
@@ -209,6 +222,7 @@ fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
         prompt: r.get(3)?,
         reply_to: r.get(4)?,
         started_at: r.get(5)?,
+        unit: r.get(6)?,
     })
 }
 
@@ -244,6 +258,24 @@ pub fn inflight_turns(t: &Connection) -> Result<Vec<TurnJob>, StoreError> {
     ))?;
     let v = st.query_map([], turn_job)?.collect::<Result<Vec<_>, _>>()?;
     Ok(v)
+}
+
+/// Put a turn back in the queue: its unit never got its request (a spare lost to a crash).
+pub fn requeue_turn(t: &Connection, id: &str) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE turns SET status = 'queued', unit = NULL, started_at = NULL WHERE id = ?1 AND status != 'done'",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Whether the chat has turns waiting.
+pub fn has_queued(t: &Connection, chat_id: &str) -> Result<bool, StoreError> {
+    Ok(t.query_row(
+        "SELECT EXISTS (SELECT 1 FROM turns WHERE chat_id = ?1 AND status = 'queued')",
+        [chat_id],
+        |r| r.get(0),
+    )?)
 }
 
 pub fn set_turn_status(

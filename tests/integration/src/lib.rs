@@ -110,6 +110,13 @@ impl Machine {
         }
     }
 
+    /// Turn off spare turn units (turns.spare_ttl_s = 0), for tests that count turn units or
+    /// need every turn to start afresh through the helper. Call before `start_picortex`.
+    pub fn without_spares(&self) {
+        let cfg = self.read("/etc/picortex/picortexd.toml").replacen("[turns]\n", "[turns]\nspare_ttl_s = 0\n", 1);
+        std::fs::write(self.path("/etc/picortex/picortexd.toml"), cfg).expect("write config");
+    }
+
     /// Start the Linq simulator and enable the gateway's socket (the gateway itself starts on
     /// the first connection).
     pub fn start_picortex(&self) {

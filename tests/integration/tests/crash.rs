@@ -32,6 +32,9 @@ fn rig(point: Option<&str>) -> Rig {
     if let Some(p) = point {
         m.arm_failpoint(p);
     }
+    // The matrix checks that no turn unit is left over, so every turn starts afresh here;
+    // the spare-unit handoff has its crash test in spares.rs.
+    m.without_spares();
     m.start_picortex();
     // The simulator retries an undelivered webhook after 100 ms, doubling: a crash costs ~1 s.
     m.sim().config(json!({ "retry_base_ms": 100 }));

@@ -28,6 +28,8 @@ fn running_turn_ip(m: &Machine, prompt_chat: &str) -> (String, String) {
 fn the_default_fence_and_the_strict_allowlist() {
     let m = Machine::boot();
     let cfg = m.read("/etc/picortex/picortexd.toml");
+    // The fence is read when a unit starts: no spare started under the previous configuration.
+    m.without_spares();
     m.start_picortex();
     let (deny, allow) = running_turn_ip(&m, "+15550002000");
     for r in ["127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fe80::/10", "fc00::/7"] {

@@ -12,6 +12,8 @@ fn machine() -> Machine {
     let m = Machine::boot();
     let cfg = m.read("/etc/picortex/picortexd.toml").replace("runtime_max_s = 60", "runtime_max_s = 3");
     std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
+    // Each failure must come through the helper and a fresh unit, not a spare started earlier.
+    m.without_spares();
     m.start_picortex();
     m
 }

@@ -14,6 +14,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 fn machine() -> Machine {
     let m = Machine::boot();
+    m.without_spares();
     m.start_picortex();
     m.sim().config(json!({ "retry_base_ms": 100 }));
     m

@@ -1,0 +1,106 @@
+//! Spare turn units: after a chat's turn, the gateway starts that chat's *next* turn unit ahead of
+//! time — sandbox built, picortex-run waiting on a pipe for its request — and keeps the pipe's
+//! write end. When the chat's next message comes, the turn is handed to the spare by writing the
+//! request and closing the pipe, so the ~70 ms systemd spends building the sandbox is off the
+//! path between a message and its answer.
+//!
+//! A spare is only a process waiting to be told what to do; nothing about it is durable. If the
+//! gateway dies, every spare's pipe closes empty and picortex-run exits with `no_request`; at the
+//! next start the gateway releases every turn unit no turn refers to. A turn is recorded as
+//! running in its spare's unit *before* the request is written, so a crash in between finds the
+//! unit's `no_request` and starts the turn again. Spares unused for `turns.spare_ttl_s` are let go.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Spare {
+    /// The unit's own turn id (`picortex-turn-<id>.service`, `--turn <id>`), not a turn's.
+    pub id: String,
+    pub unit: String,
+    /// Write end of the unit's stdin: the request goes here, then it is closed.
+    pub writer: File,
+    pub since: Instant,
+}
+
+#[derive(Default)]
+pub struct Spares {
+    by_chat: Mutex<HashMap<String, Spare>>,
+}
+
+impl Spares {
+    pub fn take(&self, chat: &str) -> Option<Spare> {
+        self.by_chat.lock().ok()?.remove(chat)
+    }
+
+    pub fn has(&self, chat: &str) -> bool {
+        self.by_chat
+            .lock()
+            .map(|m| m.contains_key(chat))
+            .unwrap_or(false)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_chat.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep a spare for `chat`; gives it back if the chat already has one.
+    pub fn put(&self, chat: &str, s: Spare) -> Result<(), Spare> {
+        match self.by_chat.lock() {
+            Ok(mut m) if !m.contains_key(chat) => {
+                m.insert(chat.to_owned(), s);
+                Ok(())
+            }
+            _ => Err(s),
+        }
+    }
+
+    /// Remove and return the spares older than `ttl`.
+    pub fn expired(&self, ttl: Duration) -> Vec<Spare> {
+        let Ok(mut m) = self.by_chat.lock() else {
+            return Vec::new();
+        };
+        let old: Vec<String> = m
+            .iter()
+            .filter(|(_, s)| s.since.elapsed() >= ttl)
+            .map(|(c, _)| c.clone())
+            .collect();
+        old.iter().filter_map(|c| m.remove(c)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare(id: &str) -> Spare {
+        Spare {
+            id: id.into(),
+            unit: format!("picortex-turn-{id}.service"),
+            writer: tempfile::tempfile().unwrap(),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn one_spare_per_chat_taken_once_and_expired_by_age() {
+        let s = Spares::default();
+        assert!(s.put("a", spare("1")).is_ok());
+        assert!(
+            s.put("a", spare("2")).is_err(),
+            "a second spare for one chat"
+        );
+        assert!(s.put("b", spare("3")).is_ok());
+        assert_eq!(s.take("a").map(|x| x.id), Some("1".into()));
+        assert!(s.take("a").is_none());
+        assert!(s.expired(Duration::from_secs(60)).is_empty());
+        let gone = s.expired(Duration::ZERO);
+        assert_eq!(gone.len(), 1);
+        assert!(s.is_empty());
+    }
+}
