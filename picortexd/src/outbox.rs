@@ -117,7 +117,7 @@ impl Outbox {
     }
 
     async fn send(&self, o: Outgoing) {
-        let span = tracing::info_span!("outbox", chat = %o.chat_id, outbox_id = o.id);
+        let span = tracing::info_span!("outbox", chat = %o.chat_id, turn = o.turn_id.as_deref().unwrap_or(""), outbox_id = o.id);
         let _g = span.enter();
         let wait = self.pair_wait(&o.chat_id);
         if !wait.is_zero() {

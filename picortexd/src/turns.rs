@@ -543,7 +543,9 @@ impl Turns {
         let wrote = tokio::task::spawn_blocking(move || writer.write_all(&body)).await;
         match wrote {
             Ok(Ok(())) => {
-                tracing::info!(unit = %spare.unit, session = %request.session_id, resume = request.resume, "turn started in a spare unit");
+                // Also under the spare's own id, which is what the unit's own lines (picortex-run, the
+                // agent's stderr) carry: `journalctl PICORTEX_TURN=<either>` finds this link.
+                tracing::info!(turn = %spare.id, unit = %spare.unit, session = %request.session_id, resume = request.resume, "turn started in a spare unit");
                 Ok(TurnJob {
                     unit: Some(spare.unit),
                     ..job.clone()

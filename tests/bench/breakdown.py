@@ -39,6 +39,12 @@ def main():
         us = int(e.get("__REALTIME_TIMESTAMP", 0))
         ident = e.get("SYSLOG_IDENTIFIER")
         turn = e.get("PICORTEX_TURN")
+        unit_turn = None
+        if isinstance(turn, list):
+            # The spare handoff line carries the turn's id and its spare unit's id.
+            m = unit_re.search(e.get("PICORTEX_UNIT", "") or "")
+            unit_turn = m.group(1) if m else None
+            turn = next((t for t in turn if t != unit_turn), None)
         if ident == "linq-sim":
             m = typing_re.search(msg)
             if m:

@@ -351,12 +351,14 @@ pub struct Outgoing {
     pub reply_to: Option<String>,
     pub idempotency_key: String,
     pub attempts: u32,
+    /// The turn this part answers, for the journal (PICORTEX_TURN).
+    pub turn_id: Option<String>,
 }
 
 /// The oldest pending part of each chat, if it is due (parts of one chat go out in order).
 pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
     let mut st = t.prepare_cached(
-        "SELECT o.id, o.chat_id, o.text, o.reply_to, o.idempotency_key, o.attempts FROM outbox o
+        "SELECT o.id, o.chat_id, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id FROM outbox o
          WHERE o.status = 'pending' AND o.next_attempt_at <= ?1
            AND o.id = (SELECT MIN(id) FROM outbox p WHERE p.chat_id = o.chat_id AND p.status = 'pending')
          ORDER BY o.id LIMIT ?2",
@@ -370,6 +372,7 @@ pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing
                 reply_to: r.get(3)?,
                 idempotency_key: r.get(4)?,
                 attempts: r.get::<_, i64>(5)? as u32,
+                turn_id: r.get(6)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
