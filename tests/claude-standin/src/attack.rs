@@ -572,7 +572,10 @@ pub struct PidScan {
 /// The process a thread id belongs to (`Tgid:` of /proc/<tid>/status).
 fn thread_group(tid: i32) -> Option<i32> {
     let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn proc_owner(pid: i32) -> Option<u32> {
@@ -601,7 +604,10 @@ fn scan_pids(me: u32) -> PidScan {
             // succeeds for processes of our own uid, i.e. this chat's own. One counts as foreign
             // only if /proc shows it belongs to someone else. A signalable pid that /proc hides is
             // one of ours that is not dumpable: a thread of picortex-run, which turns dumping off.
-            Ok(()) if proc_owner(pid).is_some_and(|o| o != me) && !own.contains(&thread_group(pid).unwrap_or(-1)) => {
+            Ok(())
+                if proc_owner(pid).is_some_and(|o| o != me)
+                    && !own.contains(&thread_group(pid).unwrap_or(-1)) =>
+            {
                 signalable_foreign.push(pid)
             }
             _ => {}

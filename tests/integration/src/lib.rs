@@ -53,16 +53,46 @@ impl Machine {
     /// Boot a machine with the staged install (`PICORTEX_STAGE`, default `build/stage`).
     pub fn boot() -> Machine {
         assert!(
-            Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false),
+            Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n")
+                .unwrap_or(false),
             "integration tests boot a systemd in namespaces and must run as root"
         );
-        let stage = std::env::var_os("PICORTEX_STAGE").map(PathBuf::from).unwrap_or_else(|| repo().join("build/stage"));
-        assert!(stage.join("usr/bin/picortexd").exists(), "no staged install at {} — run `make stage PROFILE=dev` (make test does)", stage.display());
-        let name = format!("pxt-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
-        let out = Command::new(script()).args(["boot"]).arg(&stage).arg(&name).output().expect("run machine.sh");
+        let stage = std::env::var_os("PICORTEX_STAGE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("build/stage"));
+        assert!(
+            stage.join("usr/bin/picortexd").exists(),
+            "no staged install at {} — run `make stage PROFILE=dev` (make test does)",
+            stage.display()
+        );
+        let name = format!(
+            "pxt-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new(script())
+            .args(["boot"])
+            .arg(&stage)
+            .arg(&name)
+            .output()
+            .expect("run machine.sh");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "boot failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
-        let pid = stdout.trim().lines().last().unwrap_or("").parse().expect("machine pid");
+        assert!(
+            out.status.success(),
+            "boot failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = stdout
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .parse()
+            .expect("machine pid");
         if !out.stderr.is_empty() {
             eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         }
@@ -81,7 +111,11 @@ impl Machine {
     /// Run a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
         let o = self.sh(script);
-        assert_eq!(o.code, 0, "`{script}` failed ({}):\n{}{}", o.code, o.stdout, o.stderr);
+        assert_eq!(
+            o.code, 0,
+            "`{script}` failed ({}):\n{}{}",
+            o.code, o.stdout, o.stderr
+        );
         o.stdout
     }
 
@@ -95,17 +129,26 @@ impl Machine {
     }
 
     pub fn journal(&self, args: &str) -> String {
-        self.sh(&format!("journalctl --no-pager -o cat {args}")).stdout
+        self.sh(&format!("journalctl --no-pager -o cat {args}"))
+            .stdout
     }
 
     /// Poll `f` until it returns Some, or fail after `timeout` saying what was awaited.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let end = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
                 return v;
             }
-            assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+            assert!(
+                Instant::now() < end,
+                "timed out after {timeout:?} waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -113,7 +156,11 @@ impl Machine {
     /// Turn off spare turn units (turns.spare_ttl_s = 0), for tests that count turn units or
     /// need every turn to start afresh through the helper. Call before `start_picortex`.
     pub fn without_spares(&self) {
-        let cfg = self.read("/etc/picortex/picortexd.toml").replacen("[turns]\n", "[turns]\nspare_ttl_s = 0\n", 1);
+        let cfg = self.read("/etc/picortex/picortexd.toml").replacen(
+            "[turns]\n",
+            "[turns]\nspare_ttl_s = 0\n",
+            1,
+        );
         std::fs::write(self.path("/etc/picortex/picortexd.toml"), cfg).expect("write config");
     }
 
@@ -125,7 +172,9 @@ impl Machine {
 
     /// The Linq simulator's control interface.
     pub fn sim(&self) -> Sim {
-        Sim { sock: self.path("/run/linq-sim/control.sock") }
+        Sim {
+            sock: self.path("/run/linq-sim/control.sock"),
+        }
     }
 
     /// The unit's main PID's /proc/<pid>/status.
@@ -139,9 +188,15 @@ impl Drop for Machine {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- journal of {} (last 400 lines) ----", self.name);
-            eprintln!("{}", self.sh("journalctl --no-pager -o short-precise -n 400").stdout);
+            eprintln!(
+                "{}",
+                self.sh("journalctl --no-pager -o short-precise -n 400")
+                    .stdout
+            );
         }
-        let _ = Command::new(script()).args(["stop", &self.pid.to_string(), &self.name]).status();
+        let _ = Command::new(script())
+            .args(["stop", &self.pid.to_string(), &self.name])
+            .status();
     }
 }
 
@@ -157,7 +212,8 @@ pub struct Sim {
 
 impl Sim {
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut s = UnixStream::connect(&self.sock).unwrap_or_else(|e| panic!("connect {}: {e}", self.sock.display()));
+        let mut s = UnixStream::connect(&self.sock)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.sock.display()));
         s.set_read_timeout(Some(Duration::from_secs(60))).ok();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         write!(
@@ -170,9 +226,23 @@ impl Sim {
         s.read_to_end(&mut raw).expect("read");
         let text = String::from_utf8_lossy(&raw);
         let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
-        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        };
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
     }
 
     pub fn post(&self, path: &str, body: Value) -> Value {
@@ -232,14 +302,20 @@ pub fn sign(secret: &str, id: &str, ts: i64, body: &str) -> (String, String) {
         .expect("secret");
     let mut m = Hmac::<Sha256>::new_from_slice(&key).expect("key");
     m.update(format!("{id}.{ts}.{body}").as_bytes());
-    let std = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes()));
+    let std = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+    );
     let mut l = Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes()).expect("key");
     l.update(format!("{ts}.{body}").as_bytes());
     (std, hex::encode(l.finalize().into_bytes()))
 }
 
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 // ---- crash and outage tests (tests/crash.rs, tests/outage.rs) ----
@@ -258,7 +334,10 @@ impl Machine {
 
     /// Arm crash point `point`: picortexd SIGKILLs itself the first time it gets there.
     pub fn arm_failpoint(&self, point: &str) {
-        self.gateway_dropin("50-failpoint", &format!("Environment=PICORTEX_FAILPOINT={point}"));
+        self.gateway_dropin(
+            "50-failpoint",
+            &format!("Environment=PICORTEX_FAILPOINT={point}"),
+        );
         self.rearm_failpoint();
     }
 
@@ -273,14 +352,20 @@ impl Machine {
 
     /// picortexd.service's current invocation (changes on every start); empty when never started.
     pub fn gateway_invocation(&self) -> String {
-        self.ok("systemctl show -P InvocationID picortexd.service").trim().to_owned()
+        self.ok("systemctl show -P InvocationID picortexd.service")
+            .trim()
+            .to_owned()
     }
 
     /// Wait until picortexd runs again under an invocation other than `before`.
     pub fn wait_gateway_restarted(&self, before: &str, timeout: Duration) -> String {
         self.wait_for("picortexd to be started again", timeout, || {
             let now = self.gateway_invocation();
-            let up = self.sh("systemctl is-active picortexd.service").stdout.trim() == "active";
+            let up = self
+                .sh("systemctl is-active picortexd.service")
+                .stdout
+                .trim()
+                == "active";
             (up && !now.is_empty() && now != before).then_some(now)
         })
     }
@@ -297,7 +382,8 @@ impl Machine {
     /// A query answering one integer.
     pub fn sql_n(&self, query: &str) -> i64 {
         let s = self.sql(query);
-        s.parse().unwrap_or_else(|_| panic!("{query}: not a number: {s:?}"))
+        s.parse()
+            .unwrap_or_else(|_| panic!("{query}: not a number: {s:?}"))
     }
 
     /// Wait until the simulator has no webhook delivery left to retry.
@@ -305,17 +391,22 @@ impl Machine {
         let sim = self.sim();
         self.wait_for("every webhook delivery settled", timeout, || {
             let d = sim.get("/control/deliveries");
-            let pending = d.as_array().map(|a| a.iter().filter(|d| d["state"] == "pending").count()).unwrap_or(0);
+            let pending = d
+                .as_array()
+                .map(|a| a.iter().filter(|d| d["state"] == "pending").count())
+                .unwrap_or(0);
             (pending == 0).then_some(())
         });
     }
 
     /// Turn units systemd still has loaded (the gateway releases each one after recording it).
     pub fn loaded_turn_units(&self) -> Vec<String> {
-        self.ok("systemctl list-units --all --plain --no-legend 'picortex-turn-*' | awk '{print $1}'")
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        self.ok(
+            "systemctl list-units --all --plain --no-legend 'picortex-turn-*' | awk '{print $1}'",
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
     }
 }
 
@@ -327,7 +418,10 @@ impl Sim {
 
     pub fn clear_faults(&self) {
         let (st, v) = self.request("DELETE", "/control/faults", None);
-        assert!((200..300).contains(&st), "DELETE /control/faults -> {st}: {v}");
+        assert!(
+            (200..300).contains(&st),
+            "DELETE /control/faults -> {st}: {v}"
+        );
     }
 
     /// Set run-time config (`retry_base_ms`, `echo_outbound`, `webhook_url`).
@@ -337,7 +431,9 @@ impl Sim {
 
     /// The partner API calls the simulator answered, oldest first.
     pub fn calls(&self, path_prefix: &str, method: &str) -> Vec<Value> {
-        match self.get(&format!("/control/calls?path_prefix={path_prefix}&method={method}")) {
+        match self.get(&format!(
+            "/control/calls?path_prefix={path_prefix}&method={method}"
+        )) {
             Value::Array(v) => v,
             _ => Vec::new(),
         }
@@ -374,7 +470,10 @@ impl Tally {
 /// answered exactly once, in its thread (`reply_to`), by the stand-in quoting that very message,
 /// and that each chat's answers came in the order its messages did.
 pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
-    let mut t = Tally { messages: expected.len(), ..Default::default() };
+    let mut t = Tally {
+        messages: expected.len(),
+        ..Default::default()
+    };
     let mut chats: Vec<&str> = expected.iter().map(|e| e.chat_id.as_str()).collect();
     chats.sort();
     chats.dedup();
@@ -383,8 +482,11 @@ pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
         let mine: Vec<&Expected> = expected.iter().filter(|e| e.chat_id == chat).collect();
         let mut order = Vec::new();
         for e in &mine {
-            let replies: Vec<(usize, &Value)> =
-                sent.iter().enumerate().filter(|(_, s)| s["reply_to"].as_str() == Some(e.message_id.as_str())).collect();
+            let replies: Vec<(usize, &Value)> = sent
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s["reply_to"].as_str() == Some(e.message_id.as_str()))
+                .collect();
             match replies.len() {
                 0 => t.lost += 1,
                 n => t.duplicated += n - 1,
@@ -392,7 +494,8 @@ pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
             for (_, r) in &replies {
                 let text = r["text"].as_str().unwrap_or_default();
                 if !text.contains(&format!("you said \"{}\"", e.text)) {
-                    t.wrong.push(format!("reply to {:?} does not quote it: {text:?}", e.text));
+                    t.wrong
+                        .push(format!("reply to {:?} does not quote it: {text:?}", e.text));
                 }
             }
             if let Some((i, _)) = replies.first() {
@@ -403,9 +506,14 @@ pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
             t.wrong.push(format!("chat {chat} answered out of order"));
         }
         let known: Vec<&str> = mine.iter().map(|e| e.message_id.as_str()).collect();
-        let stray = sent.iter().filter(|s| !s["reply_to"].as_str().is_some_and(|r| known.contains(&r))).count();
+        let stray = sent
+            .iter()
+            .filter(|s| !s["reply_to"].as_str().is_some_and(|r| known.contains(&r)))
+            .count();
         if stray > 0 {
-            t.wrong.push(format!("chat {chat}: {stray} bot message(s) answering nothing expected"));
+            t.wrong.push(format!(
+                "chat {chat}: {stray} bot message(s) answering nothing expected"
+            ));
             t.duplicated += stray;
         }
     }
@@ -418,7 +526,9 @@ impl Machine {
     /// The first turn unit that is running now in chat `tag`'s slice (any chat's when `None`),
     /// waiting up to `timeout` for one.
     pub fn wait_running_turn(&self, tag: Option<&str>, timeout: Duration) -> String {
-        let filter = tag.map(|t| format!("picortex-chat-{t}.slice")).unwrap_or_default();
+        let filter = tag
+            .map(|t| format!("picortex-chat-{t}.slice"))
+            .unwrap_or_default();
         self.wait_for(&format!("a running turn unit {filter}"), timeout, || {
             let out = self.sh(&format!(
                 "for u in $(systemctl list-units --plain --no-legend --state=running 'picortex-turn-*' | awk '{{print $1}}'); do \

@@ -14,55 +14,115 @@ fn exchange(m: &Machine, chat: &mut Option<String>, text: &str) -> String {
     let r = sim.text(OWNER, chat.as_deref(), text);
     let c = r["chat_id"].as_str().unwrap().to_owned();
     *chat = Some(c.clone());
-    let sent = m.wait_for(&format!("a reply to {text:?}"), Duration::from_secs(30), || {
-        let s = sim.sent(&c);
-        (s.len() > before).then_some(s)
-    });
+    let sent = m.wait_for(
+        &format!("a reply to {text:?}"),
+        Duration::from_secs(30),
+        || {
+            let s = sim.sent(&c);
+            (s.len() > before).then_some(s)
+        },
+    );
     sent[before]["text"].as_str().unwrap_or_default().to_owned()
 }
 
 fn sql(m: &Machine, q: &str) -> String {
-    m.ok(&format!("sqlite3 /var/lib/picortex/picortex.db \"{q}\"")).trim().to_owned()
+    m.ok(&format!("sqlite3 /var/lib/picortex/picortex.db \"{q}\""))
+        .trim()
+        .to_owned()
 }
 
 #[test]
 fn argv_environment_prompt_permissions_and_onboarding() {
     let m = Machine::boot();
-    std::fs::write(m.path("/etc/picortex/system-prompt.md"), "Answer like a pirate.\n").unwrap();
-    let cfg = m.read("/etc/picortex/picortexd.toml").replace("[turns]\n", "[turns]\nsystem_prompt_file = \"/etc/picortex/system-prompt.md\"\n");
+    std::fs::write(
+        m.path("/etc/picortex/system-prompt.md"),
+        "Answer like a pirate.\n",
+    )
+    .unwrap();
+    let cfg = m.read("/etc/picortex/picortexd.toml").replace(
+        "[turns]\n",
+        "[turns]\nsystem_prompt_file = \"/etc/picortex/system-prompt.md\"\n",
+    );
     std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
     m.start_picortex();
     let mut chat = None;
 
     let r = exchange(&m, &mut chat, "#argv #env #system #cwd hello");
-    for want in ["-p", "--output-format json", "--disable-slash-commands", "--permission-mode default", "--session-id"] {
+    for want in [
+        "-p",
+        "--output-format json",
+        "--disable-slash-commands",
+        "--permission-mode default",
+        "--session-id",
+    ] {
         assert!(r.contains(want), "argv lacks {want:?}: {r}");
     }
     assert!(!r.contains("--resume"), "first turn must not resume: {r}");
-    assert!(r.contains("Answer like a pirate."), "system prompt not appended: {r}");
-    for var in ["DISABLE_AUTOUPDATER", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "CLAUDE_CONFIG_DIR", "HOME"] {
+    assert!(
+        r.contains("Answer like a pirate."),
+        "system prompt not appended: {r}"
+    );
+    for var in [
+        "DISABLE_AUTOUPDATER",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+        "CLAUDE_CONFIG_DIR",
+        "HOME",
+    ] {
         assert!(r.contains(var), "environment lacks {var}: {r}");
     }
-    for var in ["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "INVOCATION_ID", "NOTIFY_SOCKET", "JOURNAL_STREAM"] {
-        assert!(!r.contains(&format!("{var},")) && !r.contains(&format!("{var}]")) && !r.contains(&format!("{var} ")), "environment leaks {var}: {r}");
+    for var in [
+        "CLAUDECODE",
+        "CLAUDE_CODE_ENTRYPOINT",
+        "INVOCATION_ID",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+    ] {
+        assert!(
+            !r.contains(&format!("{var},"))
+                && !r.contains(&format!("{var}]"))
+                && !r.contains(&format!("{var} ")),
+            "environment leaks {var}: {r}"
+        );
     }
     let chat_id = chat.clone().unwrap();
     let home = format!("/var/lib/picortex/chats/{}", chat_tag(&chat_id));
     assert!(r.contains(&home), "cwd is not the chat's home: {r}");
     let state = m.ok(&format!("cat {home}/.claude/.claude.json"));
-    assert!(state.contains("\"hasCompletedOnboarding\":true") || state.contains("\"hasCompletedOnboarding\": true"), "{state}");
+    assert!(
+        state.contains("\"hasCompletedOnboarding\":true")
+            || state.contains("\"hasCompletedOnboarding\": true"),
+        "{state}"
+    );
 
     // Later turns resume; a per-chat permission mode is pinned on every turn.
-    sql(&m, &format!("UPDATE chats SET permission_mode = 'acceptEdits' WHERE id = '{chat_id}'"));
+    sql(
+        &m,
+        &format!("UPDATE chats SET permission_mode = 'acceptEdits' WHERE id = '{chat_id}'"),
+    );
     let r = exchange(&m, &mut chat, "#argv again");
-    assert!(r.contains("--resume") && r.contains("--permission-mode acceptEdits"), "{r}");
+    assert!(
+        r.contains("--resume") && r.contains("--permission-mode acceptEdits"),
+        "{r}"
+    );
 
     // A per-chat memory limit overrides turns.memory_max on the chat's slice.
     let slice = format!("picortex-chat-{}.slice", chat_tag(&chat_id));
-    assert_eq!(m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(), (256u64 << 20).to_string());
-    sql(&m, &format!("UPDATE chats SET memory_max = {} WHERE id = '{chat_id}'", 128u64 << 20));
+    assert_eq!(
+        m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(),
+        (256u64 << 20).to_string()
+    );
+    sql(
+        &m,
+        &format!(
+            "UPDATE chats SET memory_max = {} WHERE id = '{chat_id}'",
+            128u64 << 20
+        ),
+    );
     exchange(&m, &mut chat, "smaller now");
-    assert_eq!(m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(), (128u64 << 20).to_string());
+    assert_eq!(
+        m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(),
+        (128u64 << 20).to_string()
+    );
 }
 
 #[test]
@@ -80,15 +140,25 @@ fn a_lost_session_is_replaced_and_told_once_and_usage_and_budget_hold() {
     assert!(r.starts_with("(I had lost our earlier conversation"), "{r}");
     assert!(r.contains("turn 1 of session"), "{r}");
     let r = exchange(&m, &mut chat, "and now?");
-    assert!(!r.contains("lost our earlier conversation"), "told twice: {r}");
-    assert!(r.contains("turn 2 of session") && r.contains("before that you said \"what was the word?\""), "new session not continued: {r}");
+    assert!(
+        !r.contains("lost our earlier conversation"),
+        "told twice: {r}"
+    );
+    assert!(
+        r.contains("turn 2 of session")
+            && r.contains("before that you said \"what was the word?\""),
+        "new session not continued: {r}"
+    );
 
     // Usage is stored per turn.
     let usage = sql(&m, &format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{chat_id}' AND outcome = 'ok' AND cost_usd > 0 AND input_tokens > 0 AND output_tokens > 0"));
     assert_eq!(usage, "3", "usage not stored per turn");
 
     // A daily budget below what was spent stops the next turn, with a clear reply.
-    sql(&m, &format!("UPDATE chats SET daily_budget_usd = 0.0001 WHERE id = '{chat_id}'"));
+    sql(
+        &m,
+        &format!("UPDATE chats SET daily_budget_usd = 0.0001 WHERE id = '{chat_id}'"),
+    );
     let r = exchange(&m, &mut chat, "one more?");
     assert!(r.contains("used up today's budget"), "{r}");
     assert_eq!(sql(&m, &format!("SELECT outcome FROM turns WHERE chat_id = '{chat_id}' ORDER BY created_at DESC LIMIT 1")), "budget_exhausted");

@@ -18,32 +18,58 @@ fn the_api_key_is_a_credential_of_the_turn_and_nothing_else() {
     // The agent gets the key (through its apiKeyHelper) and answers.
     let r = sim.text("+15550002000", None, "#auth hello");
     let chat = r["chat_id"].as_str().unwrap().to_owned();
-    let reply = m.wait_for("the authenticated reply", Duration::from_secs(30), || sim.sent(&chat).first().cloned());
+    let reply = m.wait_for("the authenticated reply", Duration::from_secs(30), || {
+        sim.sent(&chat).first().cloned()
+    });
     let text = reply["text"].as_str().unwrap_or_default();
-    assert!(text.contains(&format!("auth=apiKeyHelper:…{}", &KEY[KEY.len() - 4..])), "{text}");
+    assert!(
+        text.contains(&format!("auth=apiKeyHelper:…{}", &KEY[KEY.len() - 4..])),
+        "{text}"
+    );
 
     // While a turn runs, nothing outside its credentials directory holds the key.
     sim.text("+15550002000", Some(&chat), "#auth #sleep=4 a long one");
     let unit = m.wait_for("a running turn unit", Duration::from_secs(20), || {
-        let u = m.sh("systemctl list-units --no-legend --plain 'picortex-turn-*' | awk '{print $1}'").stdout;
+        let u = m
+            .sh("systemctl list-units --no-legend --plain 'picortex-turn-*' | awk '{print $1}'")
+            .stdout;
         let u = u.trim().to_owned();
         (!u.is_empty()).then_some(u)
     });
     std::thread::sleep(Duration::from_millis(500));
     // The searches read the key from a file, so that their own command lines do not contain it.
     std::fs::write(m.path("/root/needle"), KEY).unwrap();
-    let env_hits = m.sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ 2>/dev/null || true").stdout;
-    assert!(env_hits.trim().is_empty(), "key in process environments: {env_hits}");
-    let home_hits = m.sh("grep -r -l -a -F -f /root/needle /var/lib/picortex /home /tmp 2>/dev/null || true").stdout;
+    let env_hits = m
+        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ 2>/dev/null || true")
+        .stdout;
+    assert!(
+        env_hits.trim().is_empty(),
+        "key in process environments: {env_hits}"
+    );
+    let home_hits = m
+        .sh("grep -r -l -a -F -f /root/needle /var/lib/picortex /home /tmp 2>/dev/null || true")
+        .stdout;
     assert!(home_hits.trim().is_empty(), "key in files: {home_hits}");
     let props = m.ok(&format!("systemctl show {unit}"));
     assert!(!props.contains(KEY), "key in the unit's properties");
     let path = m.ok(&format!("busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager GetUnit s {unit} | cut -d'\"' -f2"));
     let lc = m.ok(&format!("busctl get-property org.freedesktop.systemd1 {} org.freedesktop.systemd1.Service LoadCredential", path.trim()));
-    assert!(lc.contains("\"anthropic-api-key\" \"/etc/picortex/credentials/anthropic-api-key\""), "no LoadCredential on the turn: {lc}");
-    let cmdlines = m.sh("grep -l -a -F -f /root/needle /proc/[0-9]*/cmdline 2>/dev/null || true").stdout;
-    assert!(cmdlines.trim().is_empty(), "key in a command line: {cmdlines}");
+    assert!(
+        lc.contains("\"anthropic-api-key\" \"/etc/picortex/credentials/anthropic-api-key\""),
+        "no LoadCredential on the turn: {lc}"
+    );
+    let cmdlines = m
+        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/cmdline 2>/dev/null || true")
+        .stdout;
+    assert!(
+        cmdlines.trim().is_empty(),
+        "key in a command line: {cmdlines}"
+    );
     // The gateway itself never has it.
-    assert!(!m.ok("systemctl show picortexd.service").contains("anthropic-api-key"));
-    m.wait_for("the second reply", Duration::from_secs(30), || (sim.sent(&chat).len() >= 2).then_some(()));
+    assert!(!m
+        .ok("systemctl show picortexd.service")
+        .contains("anthropic-api-key"));
+    m.wait_for("the second reply", Duration::from_secs(30), || {
+        (sim.sent(&chat).len() >= 2).then_some(())
+    });
 }

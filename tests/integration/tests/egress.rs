@@ -8,19 +8,34 @@ use std::time::Duration;
 use picortex_integration::Machine;
 
 fn no_turns(m: &Machine) -> bool {
-    m.sh("systemctl list-units --no-legend --plain 'picortex-turn-*'").stdout.trim().is_empty()
+    m.sh("systemctl list-units --no-legend --plain 'picortex-turn-*'")
+        .stdout
+        .trim()
+        .is_empty()
 }
 
 fn running_turn_ip(m: &Machine, prompt_chat: &str) -> (String, String) {
-    m.wait_for("no turn units left", Duration::from_secs(30), || no_turns(m).then_some(()));
+    m.wait_for("no turn units left", Duration::from_secs(30), || {
+        no_turns(m).then_some(())
+    });
     let sim = m.sim();
     sim.text(prompt_chat, None, "#sleep=3 fenced");
     let unit = m.wait_for("a running turn", Duration::from_secs(20), || {
-        let u = m.sh("systemctl list-units --no-legend --plain 'picortex-turn-*' | awk '{print $1}'").stdout.trim().to_owned();
+        let u = m
+            .sh("systemctl list-units --no-legend --plain 'picortex-turn-*' | awk '{print $1}'")
+            .stdout
+            .trim()
+            .to_owned();
         (!u.is_empty()).then_some(u)
     });
-    let deny = m.ok(&format!("systemctl show -P IPAddressDeny {unit}")).trim().to_owned();
-    let allow = m.ok(&format!("systemctl show -P IPAddressAllow {unit}")).trim().to_owned();
+    let deny = m
+        .ok(&format!("systemctl show -P IPAddressDeny {unit}"))
+        .trim()
+        .to_owned();
+    let allow = m
+        .ok(&format!("systemctl show -P IPAddressAllow {unit}"))
+        .trim()
+        .to_owned();
     (deny, allow)
 }
 
@@ -32,10 +47,25 @@ fn the_default_fence_and_the_strict_allowlist() {
     m.without_spares();
     m.start_picortex();
     let (deny, allow) = running_turn_ip(&m, "+15550002000");
-    for r in ["127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fe80::/10", "fc00::/7"] {
-        assert!(deny.split_whitespace().any(|d| d == r), "default fence lacks {r}: {deny}");
+    for r in [
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+        "fe80::/10",
+        "fc00::/7",
+    ] {
+        assert!(
+            deny.split_whitespace().any(|d| d == r),
+            "default fence lacks {r}: {deny}"
+        );
     }
-    assert!(allow.is_empty(), "default mode allow-lists something: {allow}");
+    assert!(
+        allow.is_empty(),
+        "default mode allow-lists something: {allow}"
+    );
 
     // Strict mode, configured by the operator; a bad list is refused, not half-applied.
     let strict = format!("{cfg}\n[sandbox]\negress = \"allowlist\"\negress_allow = [\"160.79.104.0/23\", \"2607:6bc0::/48\"]\n");
@@ -46,15 +76,33 @@ fn the_default_fence_and_the_strict_allowlist() {
     assert_eq!(denied, vec!["0.0.0.0/0", "::/0"], "{deny}");
     let mut allowed: Vec<&str> = allow.split_whitespace().collect();
     allowed.sort_unstable();
-    assert_eq!(allowed, vec!["160.79.104.0/23", "2607:6bc0::/48"], "{allow}");
+    assert_eq!(
+        allowed,
+        vec!["160.79.104.0/23", "2607:6bc0::/48"],
+        "{allow}"
+    );
 
-    let bad = format!("{cfg}\n[sandbox]\negress = \"allowlist\"\negress_allow = [\"127.0.0.1/32\"]\n");
+    let bad =
+        format!("{cfg}\n[sandbox]\negress = \"allowlist\"\negress_allow = [\"127.0.0.1/32\"]\n");
     std::fs::write(m.path("/etc/picortex/picortexd.toml"), bad).unwrap();
     let sim = m.sim();
     let r = sim.text("+15550002002", None, "let me at the host");
     let chat = r["chat_id"].as_str().unwrap().to_owned();
-    let reply = m.wait_for("a refusal", Duration::from_secs(30), || sim.sent(&chat).first().cloned());
-    assert!(reply["text"].as_str().unwrap_or_default().contains("couldn't start"), "{reply}");
-    let audit = m.journal("SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=StartTurn PICORTEX_OUTCOME=failed");
-    assert!(audit.contains("would open the host"), "refusal not explained in the journal: {audit}");
+    let reply = m.wait_for("a refusal", Duration::from_secs(30), || {
+        sim.sent(&chat).first().cloned()
+    });
+    assert!(
+        reply["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("couldn't start"),
+        "{reply}"
+    );
+    let audit = m.journal(
+        "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=StartTurn PICORTEX_OUTCOME=failed",
+    );
+    assert!(
+        audit.contains("would open the host"),
+        "refusal not explained in the journal: {audit}"
+    );
 }

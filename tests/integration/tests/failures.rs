@@ -10,7 +10,9 @@ const OWNER: &str = "+15550002000";
 /// Boot with a 3-second turn limit, so the timeout case is quick.
 fn machine() -> Machine {
     let m = Machine::boot();
-    let cfg = m.read("/etc/picortex/picortexd.toml").replace("runtime_max_s = 60", "runtime_max_s = 3");
+    let cfg = m
+        .read("/etc/picortex/picortexd.toml")
+        .replace("runtime_max_s = 60", "runtime_max_s = 3");
     std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
     // Each failure must come through the helper and a fresh unit, not a spare started earlier.
     m.without_spares();
@@ -25,16 +27,28 @@ fn exchange(m: &Machine, chat: &mut Option<String>, text: &str) -> String {
     let r = sim.text(OWNER, chat.as_deref(), text);
     let c = r["chat_id"].as_str().unwrap().to_owned();
     *chat = Some(c.clone());
-    let sent = m.wait_for(&format!("a reply to {text:?}"), Duration::from_secs(40), || {
-        let s = sim.sent(&c);
-        (s.len() > before).then_some(s)
-    });
-    assert_eq!(sent.len(), before + 1, "more than one reply to {text:?}: {sent:?}");
+    let sent = m.wait_for(
+        &format!("a reply to {text:?}"),
+        Duration::from_secs(40),
+        || {
+            let s = sim.sent(&c);
+            (s.len() > before).then_some(s)
+        },
+    );
+    assert_eq!(
+        sent.len(),
+        before + 1,
+        "more than one reply to {text:?}: {sent:?}"
+    );
     sent[before]["text"].as_str().unwrap_or_default().to_owned()
 }
 
 fn outcome_logged(m: &Machine, outcome: &str) -> bool {
-    !m.journal(&format!("SYSLOG_IDENTIFIER=picortexd PICORTEX_OUTCOME={outcome}")).trim().is_empty()
+    !m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortexd PICORTEX_OUTCOME={outcome}"
+    ))
+    .trim()
+    .is_empty()
 }
 
 #[test]
@@ -43,25 +57,53 @@ fn each_failure_gets_its_own_honest_reply_and_the_queue_moves_on() {
     let mut chat = None;
     let cases = [
         ("#sleep=10 a slow one", "took too long", "timeout"),
-        ("#is_error=API Error: Rate limit reached", "rate-limiting", "agent_error"),
-        ("#is_error=Invalid API key · Fix external API key", "credentials were refused", "agent_error"),
-        ("#is_error=Exceeded USD budget (5)", "spending limit", "agent_error"),
+        (
+            "#is_error=API Error: Rate limit reached",
+            "rate-limiting",
+            "agent_error",
+        ),
+        (
+            "#is_error=Invalid API key · Fix external API key",
+            "credentials were refused",
+            "agent_error",
+        ),
+        (
+            "#is_error=Exceeded USD budget (5)",
+            "spending limit",
+            "agent_error",
+        ),
         ("#empty say nothing", "without an answer", "empty_output"),
         ("#garbage", "garbled", "bad_output"),
         ("#crash", "stopped unexpectedly", "agent_failed"),
     ];
     for (prompt, words, outcome) in cases {
         let reply = exchange(&m, &mut chat, prompt);
-        assert!(reply.contains(words), "{prompt:?} got {reply:?}, expected it to say {words:?}");
-        assert!(!reply.contains("standin:"), "{prompt:?} was answered as if it worked: {reply}");
-        assert!(outcome_logged(&m, outcome), "no journal entry with PICORTEX_OUTCOME={outcome}");
+        assert!(
+            reply.contains(words),
+            "{prompt:?} got {reply:?}, expected it to say {words:?}"
+        );
+        assert!(
+            !reply.contains("standin:"),
+            "{prompt:?} was answered as if it worked: {reply}"
+        );
+        assert!(
+            outcome_logged(&m, outcome),
+            "no journal entry with PICORTEX_OUTCOME={outcome}"
+        );
         // The queue moves on: the next message is answered normally.
         let ok = exchange(&m, &mut chat, "still there?");
-        assert!(ok.contains("standin: you said \"still there?\""), "after {prompt:?}: {ok}");
+        assert!(
+            ok.contains("standin: you said \"still there?\""),
+            "after {prompt:?}: {ok}"
+        );
     }
     // Each failed turn ran exactly once: one picortex-run start per message.
     let starts = m.journal("SYSLOG_IDENTIFIER=picortex-run | grep -c 'turn started' || true");
-    assert_eq!(starts.trim(), (cases.len() * 2).to_string(), "a failed turn was retried");
+    assert_eq!(
+        starts.trim(),
+        (cases.len() * 2).to_string(),
+        "a failed turn was retried"
+    );
 }
 
 #[test]

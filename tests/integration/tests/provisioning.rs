@@ -26,18 +26,29 @@ fn users_and_homes_are_idempotent_collision_free_and_repaired() {
     // A tag already registered to another chat: resolved with a longer tag.
     let b = "bbbbbbbb-0000-4000-8000-000000000002";
     let tb = chat_tag(b);
-    m.ok(&format!("echo someone-else > /var/lib/picortex-provision/chats/{tb}"));
+    m.ok(&format!(
+        "echo someone-else > /var/lib/picortex-provision/chats/{tb}"
+    ));
     let out = ensure(&m, b);
     let long_b = &hex_of(b)[..9];
-    assert!(out.contains(&format!("\"chat-{long_b}\"")), "collision not resolved: {out}");
-    assert_eq!(home_state(&m, &format!("/var/lib/picortex/chats/{long_b}")), format!("700 chat-{long_b}"));
+    assert!(
+        out.contains(&format!("\"chat-{long_b}\"")),
+        "collision not resolved: {out}"
+    );
+    assert_eq!(
+        home_state(&m, &format!("/var/lib/picortex/chats/{long_b}")),
+        format!("700 chat-{long_b}")
+    );
 
     // A chat-<tag> user that picortex never registered is not adopted.
     let c = "cccccccc-0000-4000-8000-000000000003";
     let tc = chat_tag(c);
     m.ok(&format!("useradd --system --no-create-home chat-{tc}"));
     let out = ensure(&m, c);
-    assert!(out.contains(&format!("\"chat-{}\"", &hex_of(c)[..9])), "foreign user adopted: {out}");
+    assert!(
+        out.contains(&format!("\"chat-{}\"", &hex_of(c)[..9])),
+        "foreign user adopted: {out}"
+    );
 
     // Half-done provisioning (home gone, user gone) is repaired by the next call.
     let home = format!("/var/lib/picortex/chats/{tag}");
@@ -46,11 +57,23 @@ fn users_and_homes_are_idempotent_collision_free_and_repaired() {
     assert_eq!(home_state(&m, &home), format!("700 chat-{tag}"));
     m.ok(&format!("userdel chat-{tag}"));
     ensure(&m, a);
-    assert!(m.sh(&format!("getent passwd chat-{tag}")).code == 0, "user not recreated");
-    assert_eq!(home_state(&m, &home), format!("700 chat-{tag}"), "home not re-owned by the new user");
+    assert!(
+        m.sh(&format!("getent passwd chat-{tag}")).code == 0,
+        "user not recreated"
+    );
+    assert_eq!(
+        home_state(&m, &home),
+        format!("700 chat-{tag}"),
+        "home not re-owned by the new user"
+    );
 
-    let audit = m.journal("SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=EnsureChat PICORTEX_OUTCOME=ok | wc -l");
-    assert!(audit.trim().parse::<u32>().unwrap_or(0) >= 6, "EnsureChat calls not audited: {audit}");
+    let audit = m.journal(
+        "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=EnsureChat PICORTEX_OUTCOME=ok | wc -l",
+    );
+    assert!(
+        audit.trim().parse::<u32>().unwrap_or(0) >= 6,
+        "EnsureChat calls not audited: {audit}"
+    );
 }
 
 fn hex_of(s: &str) -> String {
@@ -65,18 +88,43 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
     let sim = m.sim();
     let r = sim.text("+15550002000", None, "remember the word quince");
     let chat = r["chat_id"].as_str().unwrap().to_owned();
-    m.wait_for("the first reply", Duration::from_secs(30), || (!sim.sent(&chat).is_empty()).then_some(()));
+    m.wait_for("the first reply", Duration::from_secs(30), || {
+        (!sim.sent(&chat).is_empty()).then_some(())
+    });
     let tag = chat_tag(&chat);
-    let (user, home) = (format!("chat-{tag}"), format!("/var/lib/picortex/chats/{tag}"));
-    m.ok(&format!("echo notes > {home}/notes.txt && chown {user}: {home}/notes.txt"));
+    let (user, home) = (
+        format!("chat-{tag}"),
+        format!("/var/lib/picortex/chats/{tag}"),
+    );
+    m.ok(&format!(
+        "echo notes > {home}/notes.txt && chown {user}: {home}/notes.txt"
+    ));
 
     let out = m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat}"));
-    assert!(out.contains(&format!("/var/lib/picortex-provision/archives/{tag}-")), "{out}");
-    assert_ne!(m.sh(&format!("test -e {home}")).code, 0, "home still there after archiving");
+    assert!(
+        out.contains(&format!("/var/lib/picortex-provision/archives/{tag}-")),
+        "{out}"
+    );
+    assert_ne!(
+        m.sh(&format!("test -e {home}")).code,
+        0,
+        "home still there after archiving"
+    );
     // Locked: password disabled and the account expired (shadow field 8 = day 1).
-    let expire = |m: &Machine| m.ok(&format!("getent shadow {user} | cut -d: -f8")).trim().to_owned();
+    let expire = |m: &Machine| {
+        m.ok(&format!("getent shadow {user} | cut -d: -f8"))
+            .trim()
+            .to_owned()
+    };
     assert_eq!(expire(&m), "1", "user not locked");
-    assert!(m.ok(&format!("systemctl show -P MemoryMax picortex-chat-{tag}.slice")).trim() != "infinity", "slice limits dropped");
+    assert!(
+        m.ok(&format!(
+            "systemctl show -P MemoryMax picortex-chat-{tag}.slice"
+        ))
+        .trim()
+            != "infinity",
+        "slice limits dropped"
+    );
 
     // The next message restores it, transparently, and the agent remembers.
     sim.text("+15550002000", Some(&chat), "what was the word?");
@@ -85,7 +133,10 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
         (s.len() >= 2).then_some(s)
     });
     let text = sent[1]["text"].as_str().unwrap_or_default();
-    assert!(text.contains("before that you said \"remember the word quince\""), "session not restored: {text}");
+    assert!(
+        text.contains("before that you said \"remember the word quince\""),
+        "session not restored: {text}"
+    );
     assert_eq!(home_state(&m, &home), format!("700 {user}"));
     assert_eq!(m.ok(&format!("cat {home}/notes.txt")).trim(), "notes");
     assert_eq!(m.ok(&format!("stat -c %U {home}/notes.txt")).trim(), user);
@@ -94,8 +145,15 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
     // Removal archives first, then deletes the user and home.
     let out = m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 RemoveChat s {chat}"));
     assert!(out.contains(".tar.removed"), "{out}");
-    assert_ne!(m.sh(&format!("getent passwd {user}")).code, 0, "user not deleted");
+    assert_ne!(
+        m.sh(&format!("getent passwd {user}")).code,
+        0,
+        "user not deleted"
+    );
     assert_ne!(m.sh(&format!("test -e {home}")).code, 0, "home not deleted");
     let audit = m.journal("SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OUTCOME=ok -o verbose | grep -E '^ *PICORTEX_OP=(ArchiveChat|RemoveChat)$' | sort | uniq -c");
-    assert!(audit.contains("ArchiveChat") && audit.contains("RemoveChat"), "lifecycle not audited: {audit}");
+    assert!(
+        audit.contains("ArchiveChat") && audit.contains("RemoveChat"),
+        "lifecycle not audited: {audit}"
+    );
 }

@@ -10,7 +10,10 @@ const OWNER: &str = "+15550002000";
 
 fn machine(max_concurrent: u32) -> Machine {
     let m = Machine::boot();
-    let cfg = m.read("/etc/picortex/picortexd.toml").replace("max_concurrent = 4", &format!("max_concurrent = {max_concurrent}"));
+    let cfg = m.read("/etc/picortex/picortexd.toml").replace(
+        "max_concurrent = 4",
+        &format!("max_concurrent = {max_concurrent}"),
+    );
     std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
     // Turn units are counted from the journal: no spares among them.
     m.without_spares();
@@ -23,8 +26,18 @@ fn unit_spans(m: &Machine) -> Vec<(String, f64, f64)> {
     let lines = m.journal("_PID=1 -o short-unix | grep -E 'picortex-turn-[0-9a-f]+\\.service' | grep -E ': (Started|Deactivated successfully)' || true");
     let mut spans: Vec<(String, f64, f64)> = Vec::new();
     for l in lines.lines() {
-        let ts: f64 = l.split_whitespace().next().and_then(|t| t.parse().ok()).unwrap_or(0.0);
-        let Some(unit) = l.split_whitespace().find(|w| w.starts_with("picortex-turn-")).map(|w| w.trim_end_matches(':').trim_end_matches('.').to_owned()) else { continue };
+        let ts: f64 = l
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0);
+        let Some(unit) = l
+            .split_whitespace()
+            .find(|w| w.starts_with("picortex-turn-"))
+            .map(|w| w.trim_end_matches(':').trim_end_matches('.').to_owned())
+        else {
+            continue;
+        };
         if l.contains("Started") {
             spans.push((unit, ts, f64::MAX));
         } else if let Some(s) = spans.iter_mut().find(|s| s.0 == unit) {
@@ -35,7 +48,11 @@ fn unit_spans(m: &Machine) -> Vec<(String, f64, f64)> {
 }
 
 fn max_overlap(spans: &[(String, f64, f64)]) -> usize {
-    spans.iter().map(|(_, s, _)| spans.iter().filter(|(_, a, b)| a <= s && s < b).count()).max().unwrap_or(0)
+    spans
+        .iter()
+        .map(|(_, s, _)| spans.iter().filter(|(_, a, b)| a <= s && s < b).count())
+        .max()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -51,11 +68,25 @@ fn a_chats_messages_wait_their_turn_and_are_answered_in_order() {
         let s = sim.sent(&chat);
         (s.len() >= 3).then_some(s)
     });
-    let texts: Vec<&str> = sent.iter().map(|s| s["text"].as_str().unwrap_or_default()).collect();
+    let texts: Vec<&str> = sent
+        .iter()
+        .map(|s| s["text"].as_str().unwrap_or_default())
+        .collect();
     assert!(texts[0].contains("\"#sleep=2 first\""), "{texts:?}");
-    assert!(texts[1].contains("you said \"second\"") && texts[1].contains("turn 2 of"), "{texts:?}");
-    assert!(texts[2].contains("you said \"third\"") && texts[2].contains("before that you said \"second\""), "{texts:?}");
-    assert_eq!(max_overlap(&unit_spans(&m)), 1, "turns of one chat overlapped");
+    assert!(
+        texts[1].contains("you said \"second\"") && texts[1].contains("turn 2 of"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[2].contains("you said \"third\"")
+            && texts[2].contains("before that you said \"second\""),
+        "{texts:?}"
+    );
+    assert_eq!(
+        max_overlap(&unit_spans(&m)),
+        1,
+        "turns of one chat overlapped"
+    );
 }
 
 #[test]
@@ -63,24 +94,49 @@ fn chats_run_in_parallel_up_to_the_limit() {
     let m = machine(2);
     let sim = m.sim();
     let chats: Vec<String> = (0..4)
-        .map(|i| sim.text(&format!("+1555000900{i}"), None, "#sleep=2 work")["chat_id"].as_str().unwrap().to_owned())
+        .map(|i| {
+            sim.text(&format!("+1555000900{i}"), None, "#sleep=2 work")["chat_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    m.wait_for("four replies", Duration::from_secs(60), || chats.iter().all(|c| sim.sent(c).len() == 1).then_some(()));
+    m.wait_for("four replies", Duration::from_secs(60), || {
+        chats.iter().all(|c| sim.sent(c).len() == 1).then_some(())
+    });
     let spans = unit_spans(&m);
     assert_eq!(spans.len(), 4, "{spans:?}");
-    assert_eq!(max_overlap(&spans), 2, "expected exactly 2 turns at once: {spans:?}");
+    assert_eq!(
+        max_overlap(&spans),
+        2,
+        "expected exactly 2 turns at once: {spans:?}"
+    );
 }
 
 #[test]
 fn queued_work_survives_a_gateway_restart() {
     let m = machine(1);
     let sim = m.sim();
-    let a = sim.text(OWNER, None, "#sleep=3 long one")["chat_id"].as_str().unwrap().to_owned();
-    let b = sim.text("+15550009999", None, "queued behind it")["chat_id"].as_str().unwrap().to_owned();
+    let a = sim.text(OWNER, None, "#sleep=3 long one")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = sim.text("+15550009999", None, "queued behind it")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::thread::sleep(Duration::from_millis(500));
     // Both are stored; one runs, one waits. Restart the gateway under them.
     m.ok("systemctl restart picortexd.service");
-    m.wait_for("both replies after the restart", Duration::from_secs(60), || (sim.sent(&a).len() == 1 && sim.sent(&b).len() == 1).then_some(()));
+    m.wait_for(
+        "both replies after the restart",
+        Duration::from_secs(60),
+        || (sim.sent(&a).len() == 1 && sim.sent(&b).len() == 1).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!((sim.sent(&a).len(), sim.sent(&b).len()), (1, 1), "a reply was lost or doubled");
+    assert_eq!(
+        (sim.sent(&a).len(), sim.sent(&b).len()),
+        (1, 1),
+        "a reply was lost or doubled"
+    );
 }

@@ -30,23 +30,51 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
     let m = Machine::boot();
     m.start_picortex();
     let sim = m.sim();
-    let chat = sim.text(OWNER, None, "hello")["chat_id"].as_str().unwrap().to_owned();
+    let chat = sim.text(OWNER, None, "hello")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(reply_n(&m, &chat, 1).contains("you said \"hello\""));
-    let spare = m.wait_for("a spare unit", Duration::from_secs(20), || loaded_turn_units(&m).first().cloned());
-    let slice = m.ok(&format!("systemctl show -P Slice {spare}"));
-    assert_eq!(slice.trim(), format!("picortex-chat-{}.slice", chat_tag(&chat)), "the spare is not in the chat's slice");
-    m.wait_for("the spare waiting for its request", Duration::from_secs(20), || {
-        (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(())
+    let spare = m.wait_for("a spare unit", Duration::from_secs(20), || {
+        loaded_turn_units(&m).first().cloned()
     });
+    let slice = m.ok(&format!("systemctl show -P Slice {spare}"));
+    assert_eq!(
+        slice.trim(),
+        format!("picortex-chat-{}.slice", chat_tag(&chat)),
+        "the spare is not in the chat's slice"
+    );
+    m.wait_for(
+        "the spare waiting for its request",
+        Duration::from_secs(20),
+        || (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(()),
+    );
 
     sim.text(OWNER, Some(&chat), "again");
     let r = reply_n(&m, &chat, 2);
-    assert!(r.contains("you said \"again\"") && r.contains("before that you said \"hello\""), "{r}");
-    let ran = m.journal(&format!("SYSLOG_IDENTIFIER=picortex-run _SYSTEMD_UNIT={spare} | grep -c 'turn started' || true"));
-    assert_eq!(ran.trim(), "1", "the second turn did not run in the spare {spare}");
-    assert!(!m.journal("SYSLOG_IDENTIFIER=picortexd | grep 'turn started in a spare unit' || true").trim().is_empty());
+    assert!(
+        r.contains("you said \"again\"") && r.contains("before that you said \"hello\""),
+        "{r}"
+    );
+    let ran = m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortex-run _SYSTEMD_UNIT={spare} | grep -c 'turn started' || true"
+    ));
+    assert_eq!(
+        ran.trim(),
+        "1",
+        "the second turn did not run in the spare {spare}"
+    );
+    assert!(!m
+        .journal("SYSLOG_IDENTIFIER=picortexd | grep 'turn started in a spare unit' || true")
+        .trim()
+        .is_empty());
     // And a new spare waits for the next message.
-    m.wait_for("the next spare", Duration::from_secs(20), || loaded_turn_units(&m).iter().any(|u| *u != spare).then_some(()));
+    m.wait_for("the next spare", Duration::from_secs(20), || {
+        loaded_turn_units(&m)
+            .iter()
+            .any(|u| *u != spare)
+            .then_some(())
+    });
 }
 
 #[test]
@@ -55,17 +83,30 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
     m.arm_failpoint("spare-handoff");
     m.start_picortex();
     let sim = m.sim();
-    let chat = sim.text(OWNER, None, "first")["chat_id"].as_str().unwrap().to_owned();
+    let chat = sim.text(OWNER, None, "first")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     reply_n(&m, &chat, 1);
-    m.wait_for("a spare unit", Duration::from_secs(20), || loaded_turn_units(&m).first().cloned());
+    m.wait_for("a spare unit", Duration::from_secs(20), || {
+        loaded_turn_units(&m).first().cloned()
+    });
     let before = m.gateway_invocation();
     sim.text(OWNER, Some(&chat), "second");
-    m.wait_for("the crash", Duration::from_secs(20), || m.failpoint_fired().then_some(()));
+    m.wait_for("the crash", Duration::from_secs(20), || {
+        m.failpoint_fired().then_some(())
+    });
     m.wait_gateway_restarted(&before, Duration::from_secs(30));
     let r = reply_n(&m, &chat, 2);
     assert!(r.contains("you said \"second\""), "{r}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(sim.sent(&chat).len(), 2, "a reply was lost or doubled");
-    let requeued = m.journal("SYSLOG_IDENTIFIER=picortexd | grep -c 'got no request; queueing the turn again' || true");
-    assert_eq!(requeued.trim(), "1", "the interrupted handoff was not detected");
+    let requeued = m.journal(
+        "SYSLOG_IDENTIFIER=picortexd | grep -c 'got no request; queueing the turn again' || true",
+    );
+    assert_eq!(
+        requeued.trim(),
+        "1",
+        "the interrupted handoff was not detected"
+    );
 }
