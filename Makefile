@@ -1,6 +1,6 @@
 # picortex — build, install, test, demo, bench.
 #   make demo     the whole system end to end in a throwaway systemd (as root)
-#   make test     unit tests, the Linq client compatibility test, and integration tests in a
+#   make test     rustfmt + clippy, unit tests, the Linq client compatibility test, and integration tests in a
 #                 throwaway systemd (as root)
 #   make install  DESTDIR=… PREFIX=… (default PREFIX=/usr)
 #   make bench    benchmarks (as root); prints a table, BENCH lines, and writes build/bench.json
@@ -76,7 +76,7 @@ integration-test: deps
 	$(MAKE) stage PROFILE=dev
 	PICORTEX_STAGE=$(CURDIR)/$(STAGE) $(CARGO) nextest run -p picortex-integration --locked --no-fail-fast
 
-test: deps unit-test compat-test integration-test
+test: deps lint unit-test compat-test integration-test
 
 demo: deps
 	$(MAKE) stage PROFILE=release
