@@ -152,8 +152,6 @@ impl Turns {
     async fn start(self: Arc<Self>, job: TurnJob) {
         let chat = job.chat_id.clone();
         let span = tracing::info_span!("turn", chat = %job.chat_id, turn = %job.turn_id);
-        let _e = span.enter();
-        drop(_e);
         let r =
             tracing::Instrument::instrument(self.clone().start_inner(job.clone()), span.clone())
                 .await;

@@ -157,3 +157,36 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
         "lifecycle not audited: {audit}"
     );
 }
+
+#[test]
+fn the_helper_exits_when_idle_and_the_bus_starts_it_again() {
+    let m = Machine::boot();
+    // A short idle period for the test (the shipped unit uses the 30-second default).
+    m.ok("mkdir -p /etc/systemd/system/picortex-provision.service.d && printf '[Service]\\nExecStart=\\nExecStart=/usr/libexec/picortex/picortex-provision --idle-timeout 2\\n' > /etc/systemd/system/picortex-provision.service.d/idle.conf && systemctl daemon-reload");
+    let active = |m: &Machine| {
+        m.sh("systemctl is-active picortex-provision.service")
+            .stdout
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(active(&m), "inactive");
+    ensure(&m, "dddddddd-0000-4000-8000-000000000004");
+    let first = m
+        .ok("systemctl show -P InvocationID picortex-provision.service")
+        .trim()
+        .to_owned();
+    m.wait_for(
+        "the helper to exit when idle",
+        Duration::from_secs(15),
+        || (active(&m) == "inactive").then_some(()),
+    );
+    assert!(m
+        .journal("SYSLOG_IDENTIFIER=picortex-provision")
+        .contains("idle, exiting"));
+    ensure(&m, "dddddddd-0000-4000-8000-000000000004");
+    let second = m
+        .ok("systemctl show -P InvocationID picortex-provision.service")
+        .trim()
+        .to_owned();
+    assert_ne!(first, second, "the helper was not started again by the bus");
+}
