@@ -110,3 +110,39 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
         "the interrupted handoff was not detected"
     );
 }
+
+#[test]
+fn a_turn_in_a_spare_keeps_its_own_time_limit() {
+    // The spare unit started before its turn, so systemd's RuntimeMaxSec cannot be the turn's
+    // limit; the gateway keeps it and stops the unit.
+    let m = Machine::boot();
+    let cfg = m
+        .read("/etc/picortex/picortexd.toml")
+        .replace("runtime_max_s = 60", "runtime_max_s = 3");
+    std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
+    m.start_picortex();
+    let sim = m.sim();
+    let chat = sim.text(OWNER, None, "hello")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    reply_n(&m, &chat, 1);
+    let spare = m.wait_for("a spare unit", Duration::from_secs(20), || {
+        loaded_turn_units(&m).first().cloned()
+    });
+    m.wait_for("the spare waiting", Duration::from_secs(20), || {
+        (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(())
+    });
+    let sent_at = std::time::Instant::now();
+    sim.text(OWNER, Some(&chat), "#sleep=30 a long one");
+    let r = reply_n(&m, &chat, 2);
+    assert!(r.contains("took too long"), "{r}");
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(15),
+        "the limit was not kept: {:?}",
+        sent_at.elapsed()
+    );
+    m.wait_for("the spare unit stopped", Duration::from_secs(10), || {
+        (!loaded_turn_units(&m).contains(&spare)).then_some(())
+    });
+}
