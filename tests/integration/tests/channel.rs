@@ -268,3 +268,76 @@ fn reads_tapbacks_participants_and_names_update_the_log() {
         "an event other than a new message got an answer"
     );
 }
+
+#[test]
+fn out_of_order_and_duplicated_deliveries_are_answered_once_each() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    let d = sim.text(OWNER, None, "first");
+    let dm = d["chat_id"].as_str().unwrap().to_owned();
+    m.wait_for("the first answer", Duration::from_secs(30), || {
+        (sim.sent(&dm).len() == 1).then_some(())
+    });
+
+    // Linq holds "second" and "third" back, each delivered twice, then sends them newest first.
+    sim.post(
+        "/control/faults",
+        json!({"hold_deliveries": true, "duplicate_deliveries": true}),
+    );
+    sim.text(OWNER, Some(&dm), "second");
+    sim.text(OWNER, Some(&dm), "third");
+    settle();
+    assert_eq!(sim.sent(&dm).len(), 1, "answered before delivery");
+    sim.post(
+        "/control/faults",
+        json!({"hold_deliveries": false, "duplicate_deliveries": false}),
+    );
+    let released = sim.post("/control/release", json!({"order": "reverse"}));
+    // Each held event went out twice (also the echoes of the first reply, held meanwhile): the
+    // second copy of every one is refused as a replay.
+    let statuses: Vec<u64> = released["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(statuses.len() >= 4, "{released}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        statuses.len() / 2,
+        "{released}"
+    );
+
+    m.wait_for("answers to both", Duration::from_secs(30), || {
+        (sim.sent(&dm).len() >= 3).then_some(())
+    });
+    settle();
+    let sent = sim.sent(&dm);
+    assert_eq!(
+        sent.len(),
+        3,
+        "a duplicated delivery was answered twice: {sent:?}"
+    );
+    let texts: Vec<&str> = sent
+        .iter()
+        .map(|s| s["text"].as_str().unwrap_or_default())
+        .collect();
+    for w in ["\"second\"", "\"third\""] {
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| t.starts_with(&format!("standin: you said {w}")))
+                .count(),
+            1,
+            "{w}: {texts:?}"
+        );
+    }
+    assert_eq!(
+        sql(
+            &m,
+            &format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{dm}'")
+        ),
+        "3"
+    );
+}

@@ -26,6 +26,7 @@ pub fn router(sim: Shared) -> Router {
         .route("/control/inbound", post(inbound))
         .route("/control/event", post(event))
         .route("/control/redeliver", post(redeliver))
+        .route("/control/release", post(release))
         .route("/control/messages", get(messages))
         .route("/control/sent", get(sent))
         .route("/control/calls", get(calls))
@@ -214,6 +215,41 @@ async fn redeliver(State(sim): State<Shared>, body: Bytes) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseReq {
+    #[serde(default)]
+    order: Option<String>,
+}
+
+/// Send the held deliveries: `{"order": "fifo"|"reverse"}` (default fifo).
+async fn release(State(sim): State<Shared>, body: Bytes) -> Response {
+    let req: ReleaseReq = if body.is_empty() {
+        ReleaseReq { order: None }
+    } else {
+        match parse(&body) {
+            Ok(r) => r,
+            Err(e) => return err(400, e),
+        }
+    };
+    let reverse = match req.order.as_deref() {
+        None | Some("fifo") => false,
+        Some("reverse") => true,
+        Some(o) => {
+            return err(
+                400,
+                format!("order must be \"fifo\" or \"reverse\", not {o:?}"),
+            )
+        }
+    };
+    let sent = webhooks::release_held(&sim, reverse).await;
+    let sent: Vec<Value> = sent
+        .into_iter()
+        .map(|(e, s)| json!({"event_id": e, "status": s}))
+        .collect();
+    Json(json!({ "released": sent })).into_response()
+}
+
+#[derive(Deserialize)]
 struct ChatFilter {
     chat_id: Option<String>,
 }
@@ -389,6 +425,7 @@ async fn set_faults(State(sim): State<Shared>, body: Bytes) -> Response {
     field!(api_delay_ms, as_u64);
     field!(api_down, as_bool);
     field!(duplicate_deliveries, as_bool);
+    field!(hold_deliveries, as_bool);
     st.faults = f;
     Json(json!(st.faults)).into_response()
 }

@@ -120,6 +120,10 @@ pub struct Faults {
     pub api_delay_ms: u64,
     pub api_down: bool,
     pub duplicate_deliveries: bool,
+    /// Keep new deliveries back (state "held") until `/control/release`, which sends them in
+    /// the order asked for: how a test makes Linq deliver out of order.
+    #[serde(default)]
+    pub hold_deliveries: bool,
 }
 
 /// A participant of one chat (Linq's `ChatHandle`).

@@ -130,6 +130,30 @@ pub async fn redeliver(sim: &Arc<Sim>, event_id: &str) -> Option<Option<u16>> {
     deliver(sim, event_id, true).await
 }
 
+/// Send every held delivery, oldest first or (`reverse`) newest first, one after another (each
+/// after the first attempt of the one before). Returns (event id, first status) in send order.
+pub async fn release_held(sim: &Arc<Sim>, reverse: bool) -> Vec<(String, Option<u16>)> {
+    let mut held: Vec<(u64, String)> = {
+        let mut st = sim.lock();
+        st.deliveries
+            .iter_mut()
+            .filter(|d| d.state == "held")
+            .map(|d| {
+                d.state = "pending".into();
+                (d.id, d.event_id.clone())
+            })
+            .collect()
+    };
+    if reverse {
+        held.reverse();
+    }
+    let mut out = Vec::new();
+    for (id, event_id) in held {
+        out.push((event_id, run(sim, id).await));
+    }
+    out
+}
+
 static DELIVERY_IDS: AtomicU64 = AtomicU64::new(1);
 
 async fn deliver(sim: &Arc<Sim>, event_id: &str, redelivery: bool) -> Option<Option<u16>> {
@@ -138,6 +162,7 @@ async fn deliver(sim: &Arc<Sim>, event_id: &str, redelivery: bool) -> Option<Opt
         let event_type = st.events.get(event_id)?.event_type.clone();
         let url = st.config.webhook_url.clone();
         let copies = if st.faults.duplicate_deliveries { 2 } else { 1 };
+        let held = st.faults.hold_deliveries;
         let mut ids = Vec::new();
         for n in 0..copies {
             let id = DELIVERY_IDS.fetch_add(1, Ordering::Relaxed);
@@ -147,10 +172,12 @@ async fn deliver(sim: &Arc<Sim>, event_id: &str, redelivery: bool) -> Option<Opt
                 event_type: event_type.clone(),
                 url: url.clone(),
                 created_at: fmt_ts(OffsetDateTime::now_utc()),
-                state: if url.is_some() {
-                    "pending"
-                } else {
+                state: if url.is_none() {
                     "no_webhook_url"
+                } else if held {
+                    "held"
+                } else {
+                    "pending"
                 }
                 .into(),
                 duplicate: n > 0,
@@ -158,6 +185,9 @@ async fn deliver(sim: &Arc<Sim>, event_id: &str, redelivery: bool) -> Option<Opt
                 attempts: Vec::new(),
             });
             ids.push(id);
+        }
+        if held && url.is_some() {
+            return Some(None);
         }
         if url.is_none() {
             tracing::warn!(
