@@ -399,6 +399,32 @@ impl Machine {
         });
     }
 
+    /// Wait until the bot has sent at least `n` messages in `chat`; all of them, oldest first.
+    pub fn wait_replies(&self, chat: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let sim = self.sim();
+        self.wait_for(&format!("{n} bot replies in chat {chat}"), timeout, || {
+            let s = sim.sent(chat);
+            (s.len() >= n).then_some(s)
+        })
+    }
+
+    /// `from` sends `text` in `chat` (a new 1:1 chat when None, which is then filled in) and the
+    /// bot's one reply to it comes back; more than one reply fails the test.
+    pub fn exchange(&self, from: &str, chat: &mut Option<String>, text: &str) -> String {
+        let sim = self.sim();
+        let before = chat.as_deref().map(|c| sim.sent(c).len()).unwrap_or(0);
+        let r = sim.text(from, chat.as_deref(), text);
+        let c = r["chat_id"].as_str().expect("chat_id").to_owned();
+        *chat = Some(c.clone());
+        let sent = self.wait_replies(&c, before + 1, Duration::from_secs(40));
+        assert_eq!(
+            sent.len(),
+            before + 1,
+            "more than one reply to {text:?}: {sent:?}"
+        );
+        sent[before]["text"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// Turn units systemd still has loaded (the gateway releases each one after recording it).
     pub fn loaded_turn_units(&self) -> Vec<String> {
         self.ok(

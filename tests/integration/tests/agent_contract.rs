@@ -2,34 +2,9 @@
 //! the owner's system prompt, per-chat permission mode, session recovery told once, usage stored
 //! per turn, and the daily budget.
 
-use std::time::Duration;
-
 use picortex_integration::{chat_tag, Machine};
 
 const OWNER: &str = "+15550002000";
-
-fn exchange(m: &Machine, chat: &mut Option<String>, text: &str) -> String {
-    let sim = m.sim();
-    let before = chat.as_deref().map(|c| sim.sent(c).len()).unwrap_or(0);
-    let r = sim.text(OWNER, chat.as_deref(), text);
-    let c = r["chat_id"].as_str().unwrap().to_owned();
-    *chat = Some(c.clone());
-    let sent = m.wait_for(
-        &format!("a reply to {text:?}"),
-        Duration::from_secs(30),
-        || {
-            let s = sim.sent(&c);
-            (s.len() > before).then_some(s)
-        },
-    );
-    sent[before]["text"].as_str().unwrap_or_default().to_owned()
-}
-
-fn sql(m: &Machine, q: &str) -> String {
-    m.ok(&format!("sqlite3 /var/lib/picortex/picortex.db \"{q}\""))
-        .trim()
-        .to_owned()
-}
 
 #[test]
 fn argv_environment_prompt_permissions_and_onboarding() {
@@ -47,7 +22,7 @@ fn argv_environment_prompt_permissions_and_onboarding() {
     m.start_picortex();
     let mut chat = None;
 
-    let r = exchange(&m, &mut chat, "#argv #env #system #cwd hello");
+    let r = m.exchange(OWNER, &mut chat, "#argv #env #system #cwd hello");
     for want in [
         "-p",
         "--output-format json",
@@ -95,11 +70,10 @@ fn argv_environment_prompt_permissions_and_onboarding() {
     );
 
     // Later turns resume; a per-chat permission mode is pinned on every turn.
-    sql(
-        &m,
-        &format!("UPDATE chats SET permission_mode = 'acceptEdits' WHERE id = '{chat_id}'"),
-    );
-    let r = exchange(&m, &mut chat, "#argv again");
+    m.sql(&format!(
+        "UPDATE chats SET permission_mode = 'acceptEdits' WHERE id = '{chat_id}'"
+    ));
+    let r = m.exchange(OWNER, &mut chat, "#argv again");
     assert!(
         r.contains("--resume") && r.contains("--permission-mode acceptEdits"),
         "{r}"
@@ -111,14 +85,11 @@ fn argv_environment_prompt_permissions_and_onboarding() {
         m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(),
         (256u64 << 20).to_string()
     );
-    sql(
-        &m,
-        &format!(
-            "UPDATE chats SET memory_max = {} WHERE id = '{chat_id}'",
-            128u64 << 20
-        ),
-    );
-    exchange(&m, &mut chat, "smaller now");
+    m.sql(&format!(
+        "UPDATE chats SET memory_max = {} WHERE id = '{chat_id}'",
+        128u64 << 20
+    ));
+    m.exchange(OWNER, &mut chat, "smaller now");
     assert_eq!(
         m.ok(&format!("systemctl show -P MemoryMax {slice}")).trim(),
         (128u64 << 20).to_string()
@@ -130,16 +101,18 @@ fn a_lost_session_is_replaced_and_told_once_and_usage_and_budget_hold() {
     let m = Machine::boot();
     m.start_picortex();
     let mut chat = None;
-    assert!(exchange(&m, &mut chat, "remember the word apricot").contains("turn 1 of session"));
+    assert!(m
+        .exchange(OWNER, &mut chat, "remember the word apricot")
+        .contains("turn 1 of session"));
     let chat_id = chat.clone().unwrap();
     let home = format!("/var/lib/picortex/chats/{}", chat_tag(&chat_id));
 
     // Someone wiped the agent's transcripts: the next turn starts a new session and says so.
     m.ok(&format!("rm -rf {home}/.claude/projects"));
-    let r = exchange(&m, &mut chat, "what was the word?");
+    let r = m.exchange(OWNER, &mut chat, "what was the word?");
     assert!(r.starts_with("(I had lost our earlier conversation"), "{r}");
     assert!(r.contains("turn 1 of session"), "{r}");
-    let r = exchange(&m, &mut chat, "and now?");
+    let r = m.exchange(OWNER, &mut chat, "and now?");
     assert!(
         !r.contains("lost our earlier conversation"),
         "told twice: {r}"
@@ -151,17 +124,16 @@ fn a_lost_session_is_replaced_and_told_once_and_usage_and_budget_hold() {
     );
 
     // Usage is stored per turn.
-    let usage = sql(&m, &format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{chat_id}' AND outcome = 'ok' AND cost_usd > 0 AND input_tokens > 0 AND output_tokens > 0"));
+    let usage = m.sql(&format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{chat_id}' AND outcome = 'ok' AND cost_usd > 0 AND input_tokens > 0 AND output_tokens > 0"));
     assert_eq!(usage, "3", "usage not stored per turn");
 
     // A daily budget below what was spent stops the next turn, with a clear reply.
-    sql(
-        &m,
-        &format!("UPDATE chats SET daily_budget_usd = 0.0001 WHERE id = '{chat_id}'"),
-    );
-    let r = exchange(&m, &mut chat, "one more?");
+    m.sql(&format!(
+        "UPDATE chats SET daily_budget_usd = 0.0001 WHERE id = '{chat_id}'"
+    ));
+    let r = m.exchange(OWNER, &mut chat, "one more?");
     assert!(r.contains("used up today's budget"), "{r}");
-    assert_eq!(sql(&m, &format!("SELECT outcome FROM turns WHERE chat_id = '{chat_id}' ORDER BY created_at DESC LIMIT 1")), "budget_exhausted");
+    assert_eq!(m.sql(&format!("SELECT outcome FROM turns WHERE chat_id = '{chat_id}' ORDER BY created_at DESC LIMIT 1")), "budget_exhausted");
     let runs = m.journal("SYSLOG_IDENTIFIER=picortex-run | grep -c 'turn started' || true");
     assert_eq!(runs.trim(), "3", "the agent ran despite the budget");
 }

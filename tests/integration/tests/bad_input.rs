@@ -50,15 +50,6 @@ fn post(m: &Machine, c: &Case) -> u16 {
     out.trim().parse().unwrap_or(0)
 }
 
-fn count(m: &Machine, table: &str) -> i64 {
-    m.ok(&format!(
-        "sqlite3 -readonly /var/lib/picortex/picortex.db 'SELECT COUNT(*) FROM {table}'"
-    ))
-    .trim()
-    .parse()
-    .expect("count")
-}
-
 #[test]
 fn bad_webhooks_are_refused_and_create_nothing() {
     let m = Machine::boot();
@@ -75,7 +66,10 @@ fn bad_webhooks_are_refused_and_create_nothing() {
         || (!sim.sent(&chat).is_empty()).then_some(()),
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let (msgs0, turns0) = (count(&m, "messages"), count(&m, "turns"));
+    let (msgs0, turns0) = (
+        m.sql_n("SELECT COUNT(*) FROM messages"),
+        m.sql_n("SELECT COUNT(*) FROM turns"),
+    );
 
     let now = now_unix();
     let signed = |id: &str, ts: i64, body: &[u8], key: &str| -> Vec<(String, String)> {
@@ -398,11 +392,15 @@ fn bad_webhooks_are_refused_and_create_nothing() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     // The two accepted-but-not-answered messages are in the log (as history), nothing else is.
     assert_eq!(
-        count(&m, "messages"),
+        m.sql_n("SELECT COUNT(*) FROM messages"),
         msgs0 + 2,
         "a bad webhook created a message"
     );
-    assert_eq!(count(&m, "turns"), turns0, "a bad webhook created a turn");
+    assert_eq!(
+        m.sql_n("SELECT COUNT(*) FROM turns"),
+        turns0,
+        "a bad webhook created a turn"
+    );
     assert_eq!(sim.sent(&chat).len(), 1, "a bad webhook got an answer");
     let rejected = m.journal("SYSLOG_IDENTIFIER=picortexd | grep -c 'webhook rejected' || true");
     assert!(

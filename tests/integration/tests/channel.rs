@@ -10,14 +10,6 @@ use picortex_integration::{json, Machine};
 const OWNER: &str = "+15550002000";
 const FRIEND: &str = "+15550003000";
 
-fn sql(m: &Machine, q: &str) -> String {
-    m.ok(&format!(
-        "sqlite3 -readonly /var/lib/picortex/picortex.db \"{q}\""
-    ))
-    .trim()
-    .to_owned()
-}
-
 fn settle() {
     std::thread::sleep(Duration::from_millis(1500));
 }
@@ -56,12 +48,9 @@ fn groups_typing_receipts_opt_out_and_splitting() {
         (sim.sent(&group).len() == 3).then_some(())
     });
     assert_eq!(
-        sql(
-            &m,
-            &format!(
-                "SELECT COUNT(*) FROM messages WHERE chat_id = '{group}' AND direction = 'inbound'"
-            )
-        ),
+        m.sql(&format!(
+            "SELECT COUNT(*) FROM messages WHERE chat_id = '{group}' AND direction = 'inbound'"
+        )),
         "4",
         "group context not kept"
     );
@@ -75,17 +64,15 @@ fn groups_typing_receipts_opt_out_and_splitting() {
     );
     // The group's details were read from Linq.
     m.wait_for("the group's details", Duration::from_secs(10), || {
-        (sql(
-            &m,
-            &format!("SELECT display_name FROM chats WHERE id = '{group}'"),
-        ) == "Team")
+        (m.sql(&format!(
+            "SELECT display_name FROM chats WHERE id = '{group}'"
+        )) == "Team")
             .then_some(())
     });
     assert_eq!(
-        sql(
-            &m,
-            &format!("SELECT COUNT(*) FROM participants WHERE chat_id = '{group}' AND is_me = 0")
-        ),
+        m.sql(&format!(
+            "SELECT COUNT(*) FROM participants WHERE chat_id = '{group}' AND is_me = 0"
+        )),
         "2"
     );
 
@@ -111,12 +98,9 @@ fn groups_typing_receipts_opt_out_and_splitting() {
 
     // The bot's own message came back as message.sent and delivered: recorded, never answered.
     assert_eq!(
-        sql(
-            &m,
-            &format!(
-                "SELECT status FROM messages WHERE chat_id = '{dm}' AND direction = 'outbound'"
-            )
-        ),
+        m.sql(&format!(
+            "SELECT status FROM messages WHERE chat_id = '{dm}' AND direction = 'outbound'"
+        )),
         "delivered"
     );
 
@@ -125,10 +109,7 @@ fn groups_typing_receipts_opt_out_and_splitting() {
     settle();
     assert_eq!(sim.sent(&dm).len(), 1, "answered STOP");
     assert_eq!(
-        sql(
-            &m,
-            &format!("SELECT opted_out FROM chats WHERE id = '{dm}'")
-        ),
+        m.sql(&format!("SELECT opted_out FROM chats WHERE id = '{dm}'")),
         "1"
     );
     sim.text(OWNER, Some(&dm), "ok I'm back");
@@ -138,10 +119,7 @@ fn groups_typing_receipts_opt_out_and_splitting() {
         || (sim.sent(&dm).len() == 2).then_some(()),
     );
     assert_eq!(
-        sql(
-            &m,
-            &format!("SELECT opted_out FROM chats WHERE id = '{dm}'")
-        ),
+        m.sql(&format!("SELECT opted_out FROM chats WHERE id = '{dm}'")),
         "0"
     );
 
@@ -228,37 +206,34 @@ fn reads_tapbacks_participants_and_names_update_the_log() {
     settle();
 
     assert_eq!(
-        sql(
-            &m,
-            &format!("SELECT status FROM messages WHERE linq_id = '{bot_msg}'")
-        ),
+        m.sql(&format!(
+            "SELECT status FROM messages WHERE linq_id = '{bot_msg}'"
+        )),
         "read"
     );
-    assert_eq!(sql(&m, &format!("SELECT kind FROM reactions WHERE message_linq_id = '{bot_msg}' AND removed_at IS NULL")), "love");
     assert_eq!(
-        sql(
-            &m,
-            &format!(
-                "SELECT text || '|' || original_text FROM messages WHERE linq_id = '{}'",
-                d["message_id"].as_str().unwrap()
-            )
-        ),
+        m.sql(&format!(
+            "SELECT kind FROM reactions WHERE message_linq_id = '{bot_msg}' AND removed_at IS NULL"
+        )),
+        "love"
+    );
+    assert_eq!(
+        m.sql(&format!(
+            "SELECT text || '|' || original_text FROM messages WHERE linq_id = '{}'",
+            d["message_id"].as_str().unwrap()
+        )),
         "hi (edited)|hi"
     );
-    assert_eq!(sql(&m, &format!("SELECT COUNT(*) FROM participants WHERE chat_id = '{group}' AND handle = '+15550004000' AND left_at IS NULL")), "1");
-    assert_eq!(sql(&m, &format!("SELECT COUNT(*) FROM participants WHERE chat_id = '{group}' AND handle = '{FRIEND}' AND left_at IS NOT NULL")), "1");
+    assert_eq!(m.sql(&format!("SELECT COUNT(*) FROM participants WHERE chat_id = '{group}' AND handle = '+15550004000' AND left_at IS NULL")), "1");
+    assert_eq!(m.sql(&format!("SELECT COUNT(*) FROM participants WHERE chat_id = '{group}' AND handle = '{FRIEND}' AND left_at IS NOT NULL")), "1");
     assert_eq!(
-        sql(
-            &m,
-            &format!("SELECT display_name FROM chats WHERE id = '{group}'")
-        ),
+        m.sql(&format!(
+            "SELECT display_name FROM chats WHERE id = '{group}'"
+        )),
         "Renamed"
     );
     assert_eq!(
-        sql(
-            &m,
-            "SELECT COUNT(*) FROM events WHERE event_type = 'poll.voted'"
-        ),
+        m.sql("SELECT COUNT(*) FROM events WHERE event_type = 'poll.voted'"),
         "1",
         "unknown event type not recorded"
     );
@@ -334,10 +309,9 @@ fn out_of_order_and_duplicated_deliveries_are_answered_once_each() {
         );
     }
     assert_eq!(
-        sql(
-            &m,
-            &format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{dm}'")
-        ),
+        m.sql(&format!(
+            "SELECT COUNT(*) FROM turns WHERE chat_id = '{dm}'"
+        )),
         "3"
     );
 }

@@ -7,16 +7,9 @@ use std::time::Duration;
 
 use picortex_integration::Machine;
 
-fn no_turns(m: &Machine) -> bool {
-    m.sh("systemctl list-units --no-legend --plain 'picortex-turn-*'")
-        .stdout
-        .trim()
-        .is_empty()
-}
-
 fn running_turn_ip(m: &Machine, prompt_chat: &str) -> (String, String) {
     m.wait_for("no turn units left", Duration::from_secs(30), || {
-        no_turns(m).then_some(())
+        m.loaded_turn_units().is_empty().then_some(())
     });
     let sim = m.sim();
     sim.text(prompt_chat, None, "#sleep=3 fenced");

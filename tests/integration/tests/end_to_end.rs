@@ -15,14 +15,6 @@ fn proc_field(status: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in /proc status"))
 }
 
-fn wait_reply(m: &Machine, chat: &str, n: usize) -> Vec<serde_json::Value> {
-    let sim = m.sim();
-    m.wait_for(&format!("{n} bot replies in chat {chat}"), T, || {
-        let s = sim.sent(chat);
-        (s.len() >= n).then_some(s)
-    })
-}
-
 #[test]
 fn gateway_is_socket_activated_unprivileged_and_healthy() {
     let m = Machine::boot();
@@ -94,7 +86,7 @@ fn a_text_gets_an_answer_as_the_chats_own_user_and_the_session_continues() {
     let first = sim.text(OWNER, None, "hello");
     let chat = first["chat_id"].as_str().expect("chat_id").to_owned();
     let msg1 = first["message_id"].as_str().expect("message_id").to_owned();
-    let replies = wait_reply(&m, &chat, 1);
+    let replies = m.wait_replies(&chat, 1, T);
     let r1 = &replies[0];
     let text1 = r1["text"].as_str().unwrap_or_default();
     assert!(
@@ -154,7 +146,7 @@ fn a_text_gets_an_answer_as_the_chats_own_user_and_the_session_continues() {
 
     // Second message: same session, and the agent remembers the first.
     sim.text(OWNER, Some(&chat), "what did I say?");
-    let replies = wait_reply(&m, &chat, 2);
+    let replies = m.wait_replies(&chat, 2, T);
     let text2 = replies[1]["text"].as_str().unwrap_or_default();
     assert!(
         text2.contains("turn 2 of session"),
@@ -213,7 +205,7 @@ fn forged_stale_and_replayed_webhooks_are_refused_and_start_nothing() {
     let first = sim.text(OWNER, None, "once only");
     let chat = first["chat_id"].as_str().unwrap().to_owned();
     let event_id = first["event_id"].as_str().unwrap().to_owned();
-    wait_reply(&m, &chat, 1);
+    m.wait_replies(&chat, 1, T);
     let deliveries = sim.get(&format!("/control/deliveries?event_id={event_id}"));
     let body = deliveries[0]["payload"].to_string();
     assert!(body.contains("once only"), "{body}");

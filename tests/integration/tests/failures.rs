@@ -1,7 +1,6 @@
 //! SPEC T4: every way a turn can fail ends in one short, specific reply and a journal entry with
 //! the reason; the chat's queue moves on, and nothing is retried blindly.
 
-use std::time::Duration;
 
 use picortex_integration::Machine;
 
@@ -18,29 +17,6 @@ fn machine() -> Machine {
     m.without_spares();
     m.start_picortex();
     m
-}
-
-/// Send `text` in `chat` and return the bot's next reply.
-fn exchange(m: &Machine, chat: &mut Option<String>, text: &str) -> String {
-    let sim = m.sim();
-    let before = chat.as_deref().map(|c| sim.sent(c).len()).unwrap_or(0);
-    let r = sim.text(OWNER, chat.as_deref(), text);
-    let c = r["chat_id"].as_str().unwrap().to_owned();
-    *chat = Some(c.clone());
-    let sent = m.wait_for(
-        &format!("a reply to {text:?}"),
-        Duration::from_secs(40),
-        || {
-            let s = sim.sent(&c);
-            (s.len() > before).then_some(s)
-        },
-    );
-    assert_eq!(
-        sent.len(),
-        before + 1,
-        "more than one reply to {text:?}: {sent:?}"
-    );
-    sent[before]["text"].as_str().unwrap_or_default().to_owned()
 }
 
 fn outcome_logged(m: &Machine, outcome: &str) -> bool {
@@ -77,7 +53,7 @@ fn each_failure_gets_its_own_honest_reply_and_the_queue_moves_on() {
         ("#crash", "stopped unexpectedly", "agent_failed"),
     ];
     for (prompt, words, outcome) in cases {
-        let reply = exchange(&m, &mut chat, prompt);
+        let reply = m.exchange(OWNER, &mut chat, prompt);
         assert!(
             reply.contains(words),
             "{prompt:?} got {reply:?}, expected it to say {words:?}"
@@ -91,7 +67,7 @@ fn each_failure_gets_its_own_honest_reply_and_the_queue_moves_on() {
             "no journal entry with PICORTEX_OUTCOME={outcome}"
         );
         // The queue moves on: the next message is answered normally.
-        let ok = exchange(&m, &mut chat, "still there?");
+        let ok = m.exchange(OWNER, &mut chat, "still there?");
         assert!(
             ok.contains("standin: you said \"still there?\""),
             "after {prompt:?}: {ok}"
@@ -110,21 +86,25 @@ fn each_failure_gets_its_own_honest_reply_and_the_queue_moves_on() {
 fn helper_unavailable_and_unit_start_failure_are_told() {
     let m = machine();
     let mut chat = None;
-    assert!(exchange(&m, &mut chat, "hello").contains("standin:"));
+    assert!(m.exchange(OWNER, &mut chat, "hello").contains("standin:"));
 
     // The turn unit cannot exec picortex-run.
     m.ok("chmod 000 /usr/libexec/picortex/picortex-run");
-    let reply = exchange(&m, &mut chat, "try this");
+    let reply = m.exchange(OWNER, &mut chat, "try this");
     assert!(reply.contains("couldn't start the agent"), "{reply}");
     assert!(outcome_logged(&m, "unit_failed_to_start"));
     m.ok("chmod 755 /usr/libexec/picortex/picortex-run");
-    assert!(exchange(&m, &mut chat, "and now?").contains("standin: you said \"and now?\""));
+    assert!(m
+        .exchange(OWNER, &mut chat, "and now?")
+        .contains("standin: you said \"and now?\""));
 
     // The helper cannot be started at all.
     m.ok("systemctl stop picortex-provision.service; systemctl mask picortex-provision.service");
-    let reply = exchange(&m, &mut chat, "anyone home?");
+    let reply = m.exchange(OWNER, &mut chat, "anyone home?");
     assert!(reply.contains("helper isn't available"), "{reply}");
     assert!(outcome_logged(&m, "helper_unavailable"));
     m.ok("systemctl unmask picortex-provision.service");
-    assert!(exchange(&m, &mut chat, "back?").contains("standin: you said \"back?\""));
+    assert!(m
+        .exchange(OWNER, &mut chat, "back?")
+        .contains("standin: you said \"back?\""));
 }

@@ -50,14 +50,6 @@ fn group_text(m: &Machine, chat: &str, text: &str) {
     );
 }
 
-fn wait_replies(m: &Machine, chat: &str, n: usize) -> Vec<Value> {
-    let sim = m.sim();
-    m.wait_for(&format!("{n} replies in chat {chat}"), T, || {
-        let s = sim.sent(chat);
-        (s.len() >= n).then_some(s)
-    })
-}
-
 /// The attack report among the bot's messages from index `from` on; a long reply may have been
 /// split into several messages.
 fn attack_report(m: &Machine, chat: &str, from: usize) -> Vec<Value> {
@@ -151,7 +143,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     let a = a_first["chat_id"].as_str().expect("chat_id").to_owned();
     let tag_a = chat_tag(&a);
     let home_a = format!("/var/lib/picortex/chats/{tag_a}");
-    wait_replies(&m, &a, 1);
+    m.wait_replies(&a, 1, T);
     let b = open_group(&m, &format!("Cortex #attack other={home_a}"));
     let tag_b = chat_tag(&b);
     assert_ne!(tag_a, tag_b);
@@ -194,7 +186,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     );
 
     // B's turn was not disturbed, and the gateway and the simulator still answer.
-    let replies = wait_replies(&m, &b, before + 1);
+    let replies = m.wait_replies(&b, before + 1, T);
     let last = replies
         .last()
         .and_then(|r| r["text"].as_str())
@@ -224,13 +216,13 @@ fn a_memory_bomb_kills_only_its_own_turn() {
     // Both chats exist first, so the two turns below start close together.
     let b = open_group(&m, "Cortex hello");
     let tag_b = chat_tag(&b);
-    wait_replies(&m, &b, 1);
+    m.wait_replies(&b, 1, T);
     let a = m.sim().text(OWNER, None, "hello")["chat_id"]
         .as_str()
         .expect("chat_id")
         .to_owned();
     let tag_a = chat_tag(&a);
-    wait_replies(&m, &a, 1);
+    m.wait_replies(&a, 1, T);
     let gateway_pid = m
         .ok("systemctl show -P MainPID picortexd.service")
         .trim()
@@ -243,14 +235,14 @@ fn a_memory_bomb_kills_only_its_own_turn() {
     let eat = (MEMORY_MAX >> 20) + 144;
     m.sim().text(OWNER, Some(&a), &format!("#eatmem={eat}"));
 
-    let ra = wait_replies(&m, &a, 2);
+    let ra = m.wait_replies(&a, 2, T);
     let oom_reply = ra[1]["text"].as_str().unwrap_or("");
     eprintln!("A's reply: {oom_reply}");
     assert!(
         oom_reply.to_lowercase().contains("ran out of memory"),
         "A's reply does not say it ran out of memory: {oom_reply}"
     );
-    let rb = wait_replies(&m, &b, 2);
+    let rb = m.wait_replies(&b, 2, T);
     let long_reply = rb[1]["text"].as_str().unwrap_or("");
     assert!(
         long_reply.contains("standin: you said \"Cortex #sleep=5 a long one\""),
@@ -403,7 +395,7 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     assert!((1..=4096).contains(&tasks), "TasksMax={tasks}");
 
     // And in that sandbox the agent still works: its config dir and transcript are written.
-    let reply = wait_replies(&m, &chat, 1);
+    let reply = m.wait_replies(&chat, 1, T);
     assert!(
         reply[0]["text"]
             .as_str()

@@ -8,21 +8,11 @@ use picortex_integration::{chat_tag, Machine};
 
 const OWNER: &str = "+15550002000";
 
-fn loaded_turn_units(m: &Machine) -> Vec<String> {
-    m.sh("systemctl list-units --no-legend --plain 'picortex-turn-*' | awk '{print $1}'")
-        .stdout
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 fn reply_n(m: &Machine, chat: &str, n: usize) -> String {
-    let sim = m.sim();
-    let sent = m.wait_for(&format!("reply {n}"), Duration::from_secs(40), || {
-        let s = sim.sent(chat);
-        (s.len() >= n).then_some(s)
-    });
-    sent[n - 1]["text"].as_str().unwrap_or_default().to_owned()
+    m.wait_replies(chat, n, Duration::from_secs(40))[n - 1]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -36,7 +26,7 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
         .to_owned();
     assert!(reply_n(&m, &chat, 1).contains("you said \"hello\""));
     let spare = m.wait_for("a spare unit", Duration::from_secs(20), || {
-        loaded_turn_units(&m).first().cloned()
+        m.loaded_turn_units().first().cloned()
     });
     let slice = m.ok(&format!("systemctl show -P Slice {spare}"));
     assert_eq!(
@@ -70,7 +60,7 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
         .is_empty());
     // And a new spare waits for the next message.
     m.wait_for("the next spare", Duration::from_secs(20), || {
-        loaded_turn_units(&m)
+        m.loaded_turn_units()
             .iter()
             .any(|u| *u != spare)
             .then_some(())
@@ -89,7 +79,7 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
         .to_owned();
     reply_n(&m, &chat, 1);
     m.wait_for("a spare unit", Duration::from_secs(20), || {
-        loaded_turn_units(&m).first().cloned()
+        m.loaded_turn_units().first().cloned()
     });
     let before = m.gateway_invocation();
     sim.text(OWNER, Some(&chat), "second");
@@ -128,7 +118,7 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
         .to_owned();
     reply_n(&m, &chat, 1);
     let spare = m.wait_for("a spare unit", Duration::from_secs(20), || {
-        loaded_turn_units(&m).first().cloned()
+        m.loaded_turn_units().first().cloned()
     });
     m.wait_for("the spare waiting", Duration::from_secs(20), || {
         (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(())
@@ -143,6 +133,6 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
         sent_at.elapsed()
     );
     m.wait_for("the spare unit stopped", Duration::from_secs(10), || {
-        (!loaded_turn_units(&m).contains(&spare)).then_some(())
+        (!m.loaded_turn_units().contains(&spare)).then_some(())
     });
 }
