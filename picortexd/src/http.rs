@@ -22,7 +22,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::ingest::Applied;
 use crate::linq::client::LinqClient;
-use crate::linq::events::parse_event;
+use crate::linq::events::{parse_event, Event};
 use crate::linq::verify::Verifier;
 use crate::store::channel;
 use crate::store::queries::Ingested;
@@ -168,6 +168,11 @@ async fn inbound(
         return refuse(StatusCode::BAD_REQUEST, &why);
     }
     let event_id = env.event_id.clone();
+    // New messages get the gate's reason, and unknown event types a note, at info level;
+    // delivery/read/typing events are frequent and decide nothing, so they stay at debug
+    // (journald rate-limits a burst, and drops lines).
+    let is_message = matches!(env.data, Event::MessageReceived(_) | Event::MessageSent(_));
+    let is_unknown = matches!(env.data, Event::Unknown { .. });
     let span = tracing::info_span!("event", event_id = %event_id, event_type = %env.event_type, chat = env.data.chat_id().unwrap_or(""));
     async move {
         let (body, bot_names) = (text.to_owned(), app.cfg.linq.bot_names.clone());
@@ -181,8 +186,12 @@ async fn inbound(
                 if let Some(t) = &turn_id {
                     tracing::info!(turn = %t, gate = %reason, "message stored; turn queued");
                     app.turns_wake.notify_one();
+                } else if is_message {
+                    tracing::info!(gate = %reason, "message stored; no turn");
+                } else if is_unknown {
+                    tracing::info!(effect = %reason, "unknown event type stored and ignored");
                 } else {
-                    tracing::info!(gate = %reason, "event stored; no turn");
+                    tracing::debug!(effect = %reason, "event stored");
                 }
                 app.after_ingest(fetch_details, mark_read);
                 (StatusCode::OK, Json(json!({ "status": "accepted", "event_id": event_id, "turn": turn_id.is_some() }))).into_response()
