@@ -1,7 +1,6 @@
 //! SPEC T4: every way a turn can fail ends in one short, specific reply and a journal entry with
 //! the reason; the chat's queue moves on, and nothing is retried blindly.
 
-
 use picortex_integration::Machine;
 
 const OWNER: &str = "+15550002000";
