@@ -31,6 +31,32 @@ pub struct TurnRequest {
     /// Text appended to the agent's system prompt (`--append-system-prompt`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub append_system_prompt: Option<String>,
+    /// What the turn is for; an answer unless said otherwise.
+    #[serde(default, skip_serializing_if = "TurnKind::is_answer")]
+    pub kind: TurnKind,
+    /// `--model` for this turn, overriding `[agent] model` (the discriminator's small model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// What a turn is for (SPEC A3).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnKind {
+    /// Answer the prompt in the chat's agent session.
+    #[default]
+    Answer,
+    /// Say whether the bot should answer at all: the chat's discriminator prompt
+    /// (`~/.picortex/prompts/discriminator.md`) over the message, with the request's model, in
+    /// a throwaway session (nothing persisted, the chat's session untouched). The result's text
+    /// carries a score between 0 and 1.
+    Discriminate,
+}
+
+impl TurnKind {
+    pub fn is_answer(&self) -> bool {
+        *self == TurnKind::Answer
+    }
 }
 
 /// How a turn ended, as picortex-run saw it. The gateway combines it with the unit's own

@@ -5,7 +5,7 @@
 
 use crate::config::{AgentConfig, AGENT_PATH};
 use crate::preflight::Identity;
-use picortex_proto::turn::TurnRequest;
+use picortex_proto::turn::{TurnKind, TurnRequest};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -49,8 +49,12 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
         "--permission-mode".into(),
         req.permission_mode.clone(),
     ];
-    if let Some(m) = &config.model {
+    if let Some(m) = req.model.as_ref().or(config.model.as_ref()) {
         argv.extend(["--model".into(), m.clone()]);
+    }
+    if req.kind == TurnKind::Discriminate {
+        // A throwaway question: no transcript, nothing to resume, the chat's session untouched.
+        argv.push("--no-session-persistence".into());
     }
     if let Some(s) = &req.append_system_prompt {
         argv.extend(["--append-system-prompt".into(), s.clone()]);
@@ -277,6 +281,8 @@ mod tests {
             prompt: "the prompt".into(),
             permission_mode: "dontAsk".into(),
             append_system_prompt: None,
+            kind: Default::default(),
+            model: None,
         }
     }
 

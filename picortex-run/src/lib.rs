@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod audit;
 pub mod config;
+pub mod discriminate;
 pub mod oom;
 pub mod output;
 pub mod preflight;

@@ -82,6 +82,17 @@ pub fn validate_request(req: &TurnRequest, turn: &TurnId) -> Result<(), Refusal>
             return refuse("the appended system prompt contains NUL".to_owned());
         }
     }
+    if let Some(m) = &req.model {
+        // It becomes an argv element after --model: a name, never an option.
+        let ok = !m.is_empty()
+            && m.len() <= 100
+            && !m.starts_with('-')
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:@[]".contains(&b));
+        if !ok {
+            return refuse(format!("model {:?} is not a model name", trunc(m)));
+        }
+    }
     Ok(())
 }
 
@@ -118,6 +129,8 @@ mod tests {
             prompt: "hello".into(),
             permission_mode: "dontAsk".into(),
             append_system_prompt: None,
+            kind: Default::default(),
+            model: None,
         }
     }
 
@@ -173,6 +186,10 @@ mod tests {
             },
             TurnRequest {
                 permission_mode: "--model".into(),
+                ..req()
+            },
+            TurnRequest {
+                model: Some("--dangerously-skip-permissions".into()),
                 ..req()
             },
             TurnRequest {

@@ -122,31 +122,73 @@ pub fn seed_onboarding(home: &Path) -> Result<Seeded, SeedError> {
 }
 
 fn read_state(dir: &OwnedFd) -> Result<Option<Vec<u8>>, SeedError> {
+    read_regular(dir, STATE_FILE_NAME, MAX_STATE_BYTES)
+}
+
+/// A regular file under `dir`, read whole up to `max` bytes; `None` if it does not exist.
+fn read_regular(dir: &OwnedFd, name: &str, max: u64) -> Result<Option<Vec<u8>>, SeedError> {
     // O_NONBLOCK: a FIFO planted under the name must not block us; it is refused below.
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = match openat(dir, STATE_FILE_NAME, flags, Mode::empty()) {
+    let fd = match openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => return Err(SeedError(format!("{STATE_FILE_NAME} is a symlink"))),
-        Err(e) => return Err(SeedError(format!("cannot open {STATE_FILE_NAME}: {e}"))),
+        Err(Errno::ELOOP) => return Err(SeedError(format!("{name} is a symlink"))),
+        Err(e) => return Err(SeedError(format!("cannot open {name}: {e}"))),
     };
-    let st = fstat(&fd).map_err(|e| SeedError(format!("cannot fstat {STATE_FILE_NAME}: {e}")))?;
+    let st = fstat(&fd).map_err(|e| SeedError(format!("cannot fstat {name}: {e}")))?;
     if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
-        return Err(SeedError(format!(
-            "{STATE_FILE_NAME} is not a regular file"
-        )));
+        return Err(SeedError(format!("{name} is not a regular file")));
     }
     let mut buf = Vec::new();
     std::fs::File::from(fd)
-        .take(MAX_STATE_BYTES + 1)
+        .take(max + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| SeedError(format!("cannot read {STATE_FILE_NAME}: {e}")))?;
-    if buf.len() as u64 > MAX_STATE_BYTES {
-        return Err(SeedError(format!(
-            "{STATE_FILE_NAME} is larger than {MAX_STATE_BYTES} bytes"
-        )));
+        .map_err(|e| SeedError(format!("cannot read {name}: {e}")))?;
+    if buf.len() as u64 > max {
+        return Err(SeedError(format!("{name} is larger than {max} bytes")));
     }
     Ok(Some(buf))
+}
+
+/// Open (creating it 0700 when missing) the directory `name` under `parent`, refusing a symlink
+/// or one owned by anyone else.
+fn open_own_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, SeedError> {
+    let dflags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match mkdirat(parent, name, Mode::S_IRWXU) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(SeedError(format!("cannot create {name}: {e}"))),
+    }
+    let dir = openat(parent, name, dflags, Mode::empty()).map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => SeedError(format!("{name} is not a directory")),
+        e => SeedError(format!("cannot open {name}: {e}")),
+    })?;
+    let st = fstat(&dir).map_err(|e| SeedError(format!("cannot fstat {name}: {e}")))?;
+    if st.st_uid != geteuid().as_raw() {
+        return Err(SeedError(format!("{name} is owned by uid {}", st.st_uid)));
+    }
+    Ok(dir)
+}
+
+/// The text of `<home>/<dirs…>/<name>`, seeded with `default` when it does not exist yet (the
+/// owner may edit it afterwards). Every component is opened without following symlinks.
+pub fn seeded_file(
+    home: &Path,
+    dirs: &[&str],
+    name: &str,
+    default: &[u8],
+    max: u64,
+) -> Result<Vec<u8>, SeedError> {
+    let dflags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = open(home, dflags, Mode::empty())
+        .map_err(|e| SeedError(format!("cannot open home {}: {e}", home.display())))?;
+    for d in dirs {
+        dir = open_own_dir(&dir, d)?;
+    }
+    if let Some(text) = read_regular(&dir, name, max)? {
+        return Ok(text);
+    }
+    write_atomically(&dir, name, default)?;
+    Ok(default.to_vec())
 }
 
 /// A temp file beside the target, fsync'd, then renamed over it: a reader (or a crash) sees the

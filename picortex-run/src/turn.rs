@@ -11,7 +11,7 @@ use crate::oom;
 use crate::output::{parse_output, AgentOutput};
 use crate::preflight::Identity;
 use crate::seed::seed_onboarding;
-use picortex_proto::turn::{Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES};
+use picortex_proto::turn::{Outcome, TurnKind, TurnRequest, TurnResult, MAX_RESULT_BYTES};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Instant;
@@ -248,6 +248,31 @@ fn run_once(
 /// for the start and the end of the turn.
 pub fn run_turn(config: &AgentConfig, request: &TurnRequest, identity: &Identity) -> TurnResult {
     let started = Instant::now();
+    if request.kind == TurnKind::Discriminate {
+        let asked = match crate::discriminate::instructions(&identity.home) {
+            Ok(i) => crate::discriminate::request(request, &i),
+            Err(e) => {
+                let r = TurnResult::failure(
+                    &request.turn_id,
+                    Outcome::Refused,
+                    format!("discriminator prompt: {e}"),
+                );
+                audit::turn_finished(request, identity, &r, started.elapsed());
+                return r;
+            }
+        };
+        let session = SessionArg::New(asked.session_id.clone());
+        audit::turn_started(
+            &asked,
+            identity,
+            &display_argv(&build_argv(config, &asked, &session)),
+        );
+        let mut result = execute_once(config, &asked, identity, session);
+        // The gateway knows nothing of the throwaway session; report the chat's own.
+        result.session_id = None;
+        audit::turn_finished(request, identity, &result, started.elapsed());
+        return result;
+    }
     let first = if request.resume {
         SessionArg::Resume(request.session_id.clone())
     } else {
@@ -261,6 +286,35 @@ pub fn run_turn(config: &AgentConfig, request: &TurnRequest, identity: &Identity
     let result = execute(config, request, identity, first);
     audit::turn_finished(request, identity, &result, started.elapsed());
     result
+}
+
+/// One run of the agent, no session recovery (the discriminator's throwaway session).
+fn execute_once(
+    config: &AgentConfig,
+    req: &TurnRequest,
+    id: &Identity,
+    session: SessionArg,
+) -> TurnResult {
+    if let Err(e) = seed_onboarding(&id.home) {
+        return TurnResult::failure(
+            &req.turn_id,
+            Outcome::Refused,
+            format!("cannot seed the agent's onboarding state: {e}"),
+        );
+    }
+    let program = match resolve_command(&config.command, AGENT_PATH) {
+        Ok(p) => p,
+        Err(e) => return TurnResult::failure(&req.turn_id, Outcome::AgentFailed, e.to_string()),
+    };
+    let env = build_env(id, &passthrough_env());
+    match run_once(&program, config, req, id, &env, session) {
+        Ok(a) => classify(&req.turn_id, &a),
+        Err(e) => TurnResult::failure(
+            &req.turn_id,
+            Outcome::AgentFailed,
+            clip(&e, MAX_ERROR_CHARS),
+        ),
+    }
 }
 
 fn execute(

@@ -56,6 +56,8 @@ fn refuses_here_and_never_starts_the_agent() {
         prompt: "hello".into(),
         permission_mode: "default".into(),
         append_system_prompt: None,
+        kind: Default::default(),
+        model: None,
     };
     let o = run(
         &["--turn", TURN, "--config", config.to_str().unwrap()],

@@ -123,6 +123,8 @@ fn request() -> TurnRequest {
         prompt: "hello".into(),
         permission_mode: "default".into(),
         append_system_prompt: None,
+        kind: Default::default(),
+        model: None,
     }
 }
 

@@ -43,6 +43,7 @@ pub struct Config {
     pub owner: OwnerConfig,
     pub http: HttpConfig,
     pub turns: TurnsConfig,
+    pub attention: AttentionConfig,
     /// Read by picortex-run, not by the gateway; accepted here so one file serves both.
     pub agent: Option<toml::Table>,
     /// Read by picortex-provision (the turn's network fence), not by the gateway.
@@ -138,6 +139,54 @@ impl Default for TurnsConfig {
             archive_after_days: None,
             spare_ttl_s: 300,
             daily_budget_usd: None,
+        }
+    }
+}
+
+/// The attention gate's settings (SPEC A1–A4); each chat's mode is in the log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionConfig {
+    /// The model the discriminator asks (`--model`): small and cheap.
+    pub discriminator_model: String,
+    /// Answer when the discriminator's score is at least this (0..=1).
+    pub threshold: f64,
+    /// Answer when the discriminator fails (no score, a failed turn). Default: stay quiet.
+    pub fail_open: bool,
+    /// Most answers per chat and hour that the discriminator may start (nobody asked for them).
+    pub max_unsolicited_per_hour: u32,
+    /// Group messages since the bot last spoke that a group turn's prompt carries, at most.
+    pub context_messages: usize,
+    /// … and at most this many bytes of them (oldest dropped first).
+    pub context_bytes: usize,
+}
+
+impl Default for AttentionConfig {
+    fn default() -> Self {
+        Self {
+            discriminator_model: "haiku".into(),
+            threshold: 0.6,
+            fail_open: false,
+            max_unsolicited_per_hour: 4,
+            context_messages: 30,
+            context_bytes: 8192,
+        }
+    }
+}
+
+impl AttentionConfig {
+    pub fn policy(&self) -> crate::attention::discriminator::Policy {
+        crate::attention::discriminator::Policy {
+            threshold: self.threshold,
+            fail_open: self.fail_open,
+            max_unsolicited_per_hour: self.max_unsolicited_per_hour,
+        }
+    }
+
+    pub fn context_bounds(&self) -> crate::context::Bounds {
+        crate::context::Bounds {
+            max_messages: self.context_messages,
+            max_bytes: self.context_bytes,
         }
     }
 }
@@ -268,6 +317,46 @@ impl Config {
                 "must be a positive number of USD".into(),
             );
         }
+        let a = &self.attention;
+        if !(0.0..=1.0).contains(&a.threshold) {
+            return bad("attention.threshold", "must be between 0 and 1".into());
+        }
+        if a.discriminator_model.is_empty()
+            || a.discriminator_model.len() > 100
+            || !a
+                .discriminator_model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:@[]".contains(&b))
+        {
+            return bad(
+                "attention.discriminator_model",
+                format!(
+                    "{:?} is not a model name like haiku or claude-haiku-4-5",
+                    a.discriminator_model
+                ),
+            );
+        }
+        if a.max_unsolicited_per_hour > 3600 {
+            return bad(
+                "attention.max_unsolicited_per_hour",
+                "must be 0..=3600".into(),
+            );
+        }
+        if a.context_messages > 500 {
+            return bad("attention.context_messages", "must be 0..=500".into());
+        }
+        if !(256..=256 * 1024).contains(&a.context_bytes) {
+            return bad("attention.context_bytes", "must be 256..=262144".into());
+        }
+        for h in &self.owner.handles {
+            let n = crate::owner::normalize(h);
+            if n.len() < 3 || n.len() > 320 {
+                return bad(
+                    "owner.handles",
+                    format!("{h:?} is not an E.164 number like +15555550100 or an email address"),
+                );
+            }
+        }
         if !PERMISSION_MODES.contains(&self.turns.permission_mode.as_str()) {
             return bad(
                 "turns.permission_mode",
@@ -341,6 +430,12 @@ mod tests {
             ),
             ("[linq]\napi_base = \"ftp://x\"", "linq.api_base"),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[attention]\nthreshold = 1.5", "attention.threshold"),
+            (
+                "[attention]\ndiscriminator_model = \"a b\"",
+                "attention.discriminator_model",
+            ),
+            ("[owner]\nhandles = [\"x\"]", "owner.handles"),
         ] {
             let e = Config::parse(text, "t").unwrap_err().to_string();
             assert!(e.contains(key), "{e}");

@@ -24,9 +24,9 @@ use crate::ingest::Applied;
 use crate::linq::client::LinqClient;
 use crate::linq::events::{parse_event, Event};
 use crate::linq::verify::Verifier;
-use crate::store::channel;
 use crate::store::queries::Ingested;
 use crate::store::Store;
+use crate::store::{authority, channel};
 
 pub struct App {
     pub store: Store,
@@ -35,6 +35,9 @@ pub struct App {
     pub bus: Arc<Bus>,
     pub linq: Arc<LinqClient>,
     pub turns_wake: Arc<Notify>,
+    pub outbox_wake: Arc<Notify>,
+    /// The owner and the bot's names, for quarantine, commands and the gate.
+    pub ctx: Arc<crate::ingest::Ctx>,
     pub started: Instant,
 }
 
@@ -175,13 +178,13 @@ async fn inbound(
     let is_unknown = matches!(env.data, Event::Unknown { .. });
     let span = tracing::info_span!("event", event_id = %event_id, event_type = %env.event_type, chat = env.data.chat_id().unwrap_or(""));
     async move {
-        let (body, bot_names) = (text.to_owned(), app.cfg.linq.bot_names.clone());
-        let applied = app.store.call(move |t| crate::ingest::apply(t, &env, &rid, &body, &bot_names)).await;
+        let (body, ctx) = (text.to_owned(), app.ctx.clone());
+        let applied = app.store.call(move |t| crate::ingest::apply(t, &env, &rid, &body, &ctx)).await;
         match applied {
             Ok(Applied { ingested: Some(Ingested::Duplicate), .. }) => {
                 refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again")
             }
-            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read }) => {
+            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read, wake_turns, wake_outbox }) => {
                 crate::failpoint::hit("webhook-stored");
                 if let Some(t) = &turn_id {
                     tracing::info!(turn = %t, gate = %reason, "message stored; turn queued");
@@ -192,6 +195,12 @@ async fn inbound(
                     tracing::info!(effect = %reason, "unknown event type stored and ignored");
                 } else {
                     tracing::debug!(effect = %reason, "event stored");
+                }
+                if wake_turns {
+                    app.turns_wake.notify_one();
+                }
+                if wake_outbox {
+                    app.outbox_wake.notify_one();
                 }
                 app.after_ingest(fetch_details, mark_read);
                 (StatusCode::OK, Json(json!({ "status": "accepted", "event_id": event_id, "turn": turn_id.is_some() }))).into_response()
@@ -220,30 +229,41 @@ impl App {
             });
         }
         if let Some(chat) = fetch_details {
-            let (linq, store) = (self.linq.clone(), self.store.clone());
+            let (linq, store, ctx) = (self.linq.clone(), self.store.clone(), self.ctx.clone());
+            let (turns_wake, outbox_wake) = (self.turns_wake.clone(), self.outbox_wake.clone());
             tokio::spawn(async move {
-                match linq.get_chat(&chat).await {
-                    Ok(c) => {
-                        let members = crate::ingest::members_of(&c);
-                        let name = c.display_name.clone();
-                        let r = store
-                            .call(move |t| {
-                                channel::chat_details(
-                                    t,
-                                    &c.id,
-                                    c.is_group,
-                                    name.as_deref(),
-                                    &members,
-                                )
-                            })
-                            .await;
-                        if let Err(e) = r {
-                            tracing::warn!(chat = %chat, error = %e, "chat details not stored");
+                let details = linq.get_chat(&chat).await;
+                if let Err(e) = &details {
+                    tracing::info!(chat = %chat, error = %e, "chat details not available from Linq; the owner decides on what the log knows");
+                }
+                let id = chat.clone();
+                // Once the participants are known (or cannot be), a waiting group is allowed if
+                // the owner is in it, and the owner is told about it otherwise.
+                let r = store
+                    .call(move |t| {
+                        if let Ok(c) = &details {
+                            let members = crate::ingest::members_of(c);
+                            channel::chat_details(
+                                t,
+                                &c.id,
+                                c.is_group,
+                                c.display_name.as_deref(),
+                                &members,
+                            )?;
+                        }
+                        authority::settle(t, &ctx.owner, &id, true)
+                    })
+                    .await;
+                match r {
+                    Ok(s) => {
+                        if s.wake_turns {
+                            turns_wake.notify_one();
+                        }
+                        if s.wake_outbox {
+                            outbox_wake.notify_one();
                         }
                     }
-                    Err(e) => {
-                        tracing::info!(chat = %chat, error = %e, "chat details not available from Linq")
-                    }
+                    Err(e) => tracing::warn!(chat = %chat, error = %e, "chat details not stored"),
                 }
             });
         }

@@ -1,15 +1,19 @@
-//! From a verified Linq event to the log (SPEC L2, L3): new messages go through the gate and may
-//! queue a turn; every other event updates what the log knows (delivery, reads, edits, tapbacks,
+//! From a verified Linq event to the log (SPEC L2, L3, C1, A1–A5): new messages go through
+//! quarantine, the owner's commands and the attention gate, and may queue or hold a turn; every other event updates what the log knows (delivery, reads, edits, tapbacks,
 //! participants, group names, chat details); unknown types are recorded and ignored. All of it
 //! happens in one store call, so an event is either fully applied or not at all, and a replayed
 //! event id changes nothing.
 
 use rusqlite::Connection;
 
-use crate::gate;
+use crate::attention::{self, Mode, Verdict};
+use crate::commands;
 use crate::linq::events::{Envelope, Event, MessageEvent};
+use crate::owner::Owner;
+use crate::quarantine::Access;
+use crate::store::authority;
 use crate::store::channel::{self, Member, Reaction};
-use crate::store::queries::{self, Inbound, Ingested};
+use crate::store::queries::{self, Inbound, Ingested, Stored, TurnKind};
 use crate::store::StoreError;
 
 /// Ids we store and put in paths or URLs later: Linq's are UUIDs; anything else is refused.
@@ -18,21 +22,6 @@ fn id_ok(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Whole-message opt-out words Linq honours for SMS (linq.md §3).
-pub fn is_opt_out(text: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "stop",
-        "unsubscribe",
-        "optout",
-        "opt out",
-        "cancel",
-        "end",
-        "quit",
-    ];
-    let t = text.trim().trim_end_matches(['.', '!']).to_lowercase();
-    WORDS.contains(&t.as_str())
 }
 
 /// Reject what must not reach the log: malformed ids and absurd sizes. Returns the reason.
@@ -78,6 +67,13 @@ pub fn members_of(c: &crate::linq::events::Chat) -> Vec<Member> {
         .collect()
 }
 
+/// What ingesting needs to know beyond the event: who the owner is, the bot's names.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    pub owner: Owner,
+    pub bot_names: Vec<String>,
+}
+
 /// What the caller should do after the event is stored.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -86,30 +82,20 @@ pub struct Applied {
     pub fetch_details: Option<String>,
     /// A message the bot will handle: send a read receipt for its chat.
     pub mark_read: Option<String>,
+    /// Turns became runnable without a new one (a chat was allowed).
+    pub wake_turns: bool,
+    /// The gateway queued a message of its own (a command's answer, a notice to the owner).
+    pub wake_outbox: bool,
 }
 
-fn inbound(
-    m: &MessageEvent,
-    env: &Envelope<Event>,
-    rid: &str,
-    body: &str,
-    bot_names: &[String],
-) -> Inbound {
-    let text = m.text();
-    let opt_out = !m.is_from_bot() && is_opt_out(&text);
-    let d = gate::decide(&gate::Facts {
-        is_group: m.chat.is_group,
-        from_bot: m.is_from_bot(),
-        reconciled: m.is_reconciled(),
-        mentions_bot: m.mentions_bot(),
-        text: &text,
-        bot_names,
-    });
-    let (answer, reason) = if opt_out {
-        (false, "opt-out word; the sender asked for no more messages")
-    } else {
-        (d.answer, d.reason)
-    };
+impl Applied {
+    fn settled(&mut self, s: authority::Settled) {
+        self.wake_turns |= s.wake_turns;
+        self.wake_outbox |= s.wake_outbox;
+    }
+}
+
+fn inbound(m: &MessageEvent, env: &Envelope<Event>, rid: &str, body: &str) -> Inbound {
     Inbound {
         event_id: env.event_id.clone(),
         event_type: env.event_type.clone(),
@@ -120,12 +106,152 @@ fn inbound(
         bot_handle: m.chat.owner_handle.as_ref().map(|h| h.handle.clone()),
         sender: m.sender_handle.handle.clone(),
         linq_id: m.id.clone(),
-        text,
+        text: m.text(),
         reply_to: m.reply_to_id().map(str::to_owned),
-        answer,
-        reason: reason.to_owned(),
-        answer_if_reply_to_bot: d.answer_if_reply_to_bot && !opt_out,
         from_bot: m.is_from_bot(),
+    }
+}
+
+/// A new message: store it, then in this order — quarantine (is the chat allowed?), the
+/// owner's commands, the attention gate — and queue, hold or skip its turn. Every decision is
+/// recorded with its reason.
+fn message(
+    t: &Connection,
+    m: &MessageEvent,
+    env: &Envelope<Event>,
+    rid: &str,
+    body: &str,
+    ctx: &Ctx,
+) -> Result<Applied, StoreError> {
+    let mut out = Applied::default();
+    let inb = inbound(m, env, rid, body);
+    let message_id = match queries::store_message(t, &inb)? {
+        Stored::DuplicateEvent => {
+            out.ingested = Some(Ingested::Duplicate);
+            return Ok(out);
+        }
+        Stored::DuplicateMessage => {
+            out.ingested = Some(stored(None, "message already stored under another event"));
+            return Ok(out);
+        }
+        Stored::New { message_id } => message_id,
+    };
+    if inb.from_bot {
+        out.ingested = Some(stored(None, "the bot's own message"));
+        return Ok(out);
+    }
+    let chat_id = &inb.chat_id;
+    if !inb.is_group {
+        // An opt-out word sets the flag; anything else the person writes lifts it (as Linq does).
+        channel::set_opted_out(t, chat_id, attention::is_opt_out(&inb.text))?;
+    }
+    if channel::needs_details(t, chat_id)? && inb.is_group {
+        out.fetch_details = Some(chat_id.clone());
+    }
+    // Quarantine first: a chat nobody allowed yet may become allowed by who is in it.
+    let members_known = !inb.is_group || out.fetch_details.is_none();
+    out.settled(authority::settle(t, &ctx.owner, chat_id, members_known)?);
+    let chat = queries::chat(t, chat_id)?.ok_or(StoreError::Gone)?;
+    let mode = Mode::of_chat(chat.attention.as_deref(), chat.is_group);
+    let record = |verdict: &str, rule: &str, reason: &str| {
+        authority::record_decision(
+            t,
+            &authority::GateRecord {
+                message_id,
+                chat_id,
+                mode,
+                verdict,
+                rule,
+                score: None,
+                reason,
+            },
+        )
+    };
+
+    // The owner's commands: answered by the gateway, never by a turn. Only the owner's own,
+    // live messages count (an edit arrives as message.edited and is never a command).
+    if ctx.owner.is_owner(&inb.sender) && !m.is_reconciled() {
+        let in_owner_dm = !chat.is_group;
+        if let Some(parsed) = commands::parse(&inb.text, in_owner_dm) {
+            let reply = match parsed {
+                commands::Parsed::Command(c) => {
+                    let fx = commands::execute(t, &chat, &c)?;
+                    out.wake_turns |= fx.wake_turns;
+                    tracing::info!(chat = %chat_id, command = ?c, "owner command");
+                    fx.reply
+                }
+                commands::Parsed::Invalid(why) => why,
+            };
+            authority::queue_text(
+                t,
+                chat_id,
+                &reply,
+                Some(&inb.linq_id),
+                &format!("picortex-cmd-{}", inb.linq_id),
+            )?;
+            out.wake_outbox = true;
+            record(
+                "command",
+                "owner_command",
+                "the owner's command; answered by picortex",
+            )?;
+            out.ingested = Some(stored(None, "the owner's command"));
+            return Ok(out);
+        }
+    }
+
+    let d = attention::decide(&attention::Facts {
+        mode,
+        from_bot: false,
+        reconciled: m.is_reconciled(),
+        mentions_bot: m.mentions_bot(),
+        replies_to_bot: queries::replies_to_bot(t, inb.reply_to.as_deref())?,
+        text: &inb.text,
+        bot_names: &ctx.bot_names,
+    });
+    if !d.answers() {
+        record(d.verdict.as_str(), d.rule, &d.reason)?;
+        out.ingested = Some(stored(None, &d.reason));
+        return Ok(out);
+    }
+    let kind = match d.verdict {
+        Verdict::Discriminate => TurnKind::Discriminate,
+        _ => TurnKind::Answer,
+    };
+    match chat.access {
+        Access::Blocked => {
+            let why = "the owner blocked this chat; nothing runs for it";
+            record("skip", "blocked", why)?;
+            out.ingested = Some(stored(None, why));
+        }
+        Access::Pending => {
+            queries::queue_turn(t, chat_id, message_id, kind, true)?;
+            let why = format!(
+                "held until the owner allows this chat ({}); {}",
+                chat.pending_no
+                    .map(|n| format!("#{n}"))
+                    .unwrap_or_else(|| "owner not told yet".into()),
+                d.reason
+            );
+            record("held", "quarantine", &why)?;
+            out.ingested = Some(stored(None, &why));
+        }
+        Access::Allowed => {
+            let turn = queries::queue_turn(t, chat_id, message_id, kind, false)?;
+            record(d.verdict.as_str(), d.rule, &d.reason)?;
+            if d.verdict == Verdict::Answer || mode.shows_attention_early() {
+                out.mark_read = Some(chat_id.clone());
+            }
+            out.ingested = Some(stored(Some(turn), &d.reason));
+        }
+    }
+    Ok(out)
+}
+
+fn stored(turn_id: Option<String>, reason: &str) -> Ingested {
+    Ingested::Stored {
+        turn_id,
+        reason: reason.to_owned(),
     }
 }
 
@@ -134,27 +260,12 @@ pub fn apply(
     env: &Envelope<Event>,
     rid: &str,
     body: &str,
-    bot_names: &[String],
+    ctx: &Ctx,
 ) -> Result<Applied, StoreError> {
-    let mut out = Applied::default();
     if let Event::MessageReceived(m) | Event::MessageSent(m) = &env.data {
-        let inb = inbound(m, env, rid, body, bot_names);
-        let ing = queries::ingest_message(t, &inb)?;
-        if let Ingested::Stored { turn_id, .. } = &ing {
-            if !m.is_from_bot() && !m.chat.is_group {
-                // An opt-out word sets the flag; anything else the person writes lifts it (as Linq does).
-                channel::set_opted_out(t, &m.chat.id, is_opt_out(&inb.text))?;
-            }
-            if turn_id.is_some() {
-                out.mark_read = Some(m.chat.id.clone());
-            }
-            if channel::needs_details(t, &m.chat.id)? && m.chat.is_group {
-                out.fetch_details = Some(m.chat.id.clone());
-            }
-        }
-        out.ingested = Some(ing);
-        return Ok(out);
+        return message(t, m, env, rid, body, ctx);
     }
+    let mut out = Applied::default();
     if !queries::record_event(t, &env.event_id, &env.event_type, rid, body)? {
         out.ingested = Some(Ingested::Duplicate);
         return Ok(out);
@@ -167,6 +278,7 @@ pub fn apply(
             None => "message.failed without a message id",
         },
         Event::MessageEdited(e) => {
+            // Recorded as history only: an edit never becomes a command, an approval or a turn.
             if channel::message_edited(t, &e.id, &e.part.text)? {
                 "message text updated"
             } else {
@@ -202,6 +314,9 @@ pub fn apply(
                     is_me,
                     matches!(env.data, Event::ParticipantAdded(_)),
                 )?;
+                // The owner joining a waiting group allows it.
+                let known = !channel::needs_details(t, c)?;
+                out.settled(authority::settle(t, &ctx.owner, c, known)?);
                 "participants updated"
             }
             _ => "participant event without chat or handle",
@@ -218,16 +333,14 @@ pub fn apply(
                 c.display_name.as_deref(),
                 &members_of(c),
             )?;
+            out.settled(authority::settle(t, &ctx.owner, &c.id, true)?);
             "chat recorded"
         }
         Event::TypingStarted(_) | Event::TypingStopped(_) => "typing indicator",
         Event::Unknown { .. } => "unknown event type; acknowledged and ignored",
         Event::MessageReceived(_) | Event::MessageSent(_) => "message",
     };
-    out.ingested = Some(Ingested::Stored {
-        turn_id: None,
-        reason: reason.into(),
-    });
+    out.ingested = Some(stored(None, reason));
     Ok(out)
 }
 
@@ -265,16 +378,6 @@ fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn opt_out_words_are_whole_messages() {
-        for w in ["STOP", "stop", " Stop. ", "UNSUBSCRIBE", "opt out", "Quit!"] {
-            assert!(is_opt_out(w), "{w}");
-        }
-        for w in ["stop that", "don't stop", "unsubscribe me please", ""] {
-            assert!(!is_opt_out(w), "{w}");
-        }
-    }
 
     #[test]
     fn ids_are_checked() {

@@ -1,16 +1,22 @@
 //! picortexd as a library: the gateway's parts, each a module named after its job, in the order a
-//! message flows through them: `http` (webhooks in) → `linq::verify`/`linq::events` → `gate` →
-//! `store` (the log and the queue) → `turns` (through the helper, on the `bus`) → `reply` →
-//! `outbox` → `linq::client` (replies out). `main.rs` only wires them together.
+//! message flows through them: `http` (webhooks in) → `linq::verify`/`linq::events` → `ingest`
+//! (`quarantine`: may this chat have an agent? `commands`: the owner's; `attention`: should the
+//! bot answer?) → `store` (the log and the queue) → `turns` (through the helper, on the `bus`;
+//! `context` writes the prompt) → `reply` → `outbox` → `linq::client` (replies out). Who may
+//! decide anything is `owner`. `main.rs` only wires them together.
 
+pub mod attention;
 pub mod bus;
+pub mod commands;
 pub mod config;
+pub mod context;
 pub mod failpoint;
-pub mod gate;
 pub mod http;
 pub mod ingest;
 pub mod linq;
 pub mod outbox;
+pub mod owner;
+pub mod quarantine;
 pub mod reply;
 pub mod spares;
 pub mod store;

@@ -153,6 +153,17 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     tokio::spawn(outbox.run());
     tokio::spawn(turns::archive_idle(store.clone(), bus.clone(), cfg.clone()));
 
+    let owner = picortexd::owner::Owner::new(&cfg.owner.handles);
+    if !owner.is_configured() {
+        tracing::warn!(
+            "no [owner] handles in {}: every chat stays quarantined and nobody can allow one",
+            args.config.display()
+        );
+    }
+    let ctx = Arc::new(picortexd::ingest::Ctx {
+        owner,
+        bot_names: cfg.linq.bot_names.clone(),
+    });
     let app = Arc::new(http::App {
         store: store.clone(),
         verifier,
@@ -160,6 +171,8 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         bus: bus.clone(),
         linq: linq.clone(),
         turns_wake,
+        outbox_wake,
+        ctx,
         started,
     });
     let listener = tokio::net::TcpListener::from_std(std_listener)?;

@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use tokio::sync::Notify;
 
 use crate::linq::client::{backoff, LinqClient};
+use crate::store::authority;
 use crate::store::queries::{self, Outgoing};
 use crate::store::{now_ms, Store};
 
@@ -141,6 +142,24 @@ impl Outbox {
         }
         drop(_g);
         crate::failpoint::hit("reply-before-send");
+        let mut o = o;
+        if let Some((to, from)) = o.open_dm.clone() {
+            // A message to a handle with no chat yet (the owner's first notice): use the chat if
+            // one appeared meanwhile, else open it — the idempotency key makes that happen once.
+            let h = to.clone();
+            match self
+                .store
+                .call(move |t| queries::direct_chat_with(t, &h))
+                .await
+            {
+                Ok(Some(chat)) => {
+                    o.chat_id = chat;
+                    o.open_dm = None;
+                }
+                Ok(None) => return self.open_dm(o, &to, &from).await,
+                Err(e) => return tracing::error!(error = %e, "cannot read the log"),
+            }
+        }
         let r = self
             .linq
             .send_message(
@@ -166,25 +185,73 @@ impl Outbox {
                     tracing::error!(error = %e, "reply sent but not recorded");
                 }
             }
-            Err(e) if e.is_retryable() && o.attempts + 1 < MAX_ATTEMPTS => {
-                let delay = backoff(o.attempts, e.retry_after());
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempts = o.attempts + 1, "reply not sent; will retry");
-                let (id, at, msg) = (o.id, now_ms() + delay.as_millis() as i64, e.to_string());
-                let _ = self
-                    .store
-                    .call(move |t| queries::outbox_retry(t, id, at, &msg))
-                    .await;
-            }
             Err(e) => {
-                tracing::error!(error = %e, attempts = o.attempts + 1, "reply given up: Linq will not accept it");
-                let (id, msg) = (o.id, e.to_string());
-                let _ = self
-                    .store
-                    .call(move |t| queries::outbox_failed(t, id, &msg))
-                    .await;
+                drop(_g);
+                self.failed(&o, e).await
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Send `o` as the first message of a new 1:1 chat with `to`, and record the chat.
+    async fn open_dm(&self, o: Outgoing, to: &str, from: &str) {
+        let r = self
+            .linq
+            .create_chat(from, to, &o.text, &o.idempotency_key)
+            .await;
+        match r {
+            Ok(sent) => {
+                tracing::info!(chat = %sent.chat_id, linq_message = %sent.message_id, "opened a 1:1 chat with the owner");
+                let (oo, mid, chat, to, from) = (
+                    o.clone(),
+                    sent.message_id.clone(),
+                    sent.chat_id.clone(),
+                    to.to_owned(),
+                    from.to_owned(),
+                );
+                let r = self
+                    .store
+                    .call(move |t| {
+                        authority::owner_dm_opened(t, &chat, &to, &from)?;
+                        let sent = Outgoing {
+                            chat_id: chat.clone(),
+                            open_dm: None,
+                            ..oo
+                        };
+                        t.execute(
+                            "UPDATE outbox SET chat_id = ?2 WHERE id = ?1",
+                            rusqlite::params![sent.id, chat],
+                        )?;
+                        queries::outbox_sent(t, &sent, &mid)
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "owner's chat opened but not recorded; the idempotency key makes the retry harmless");
+                }
+            }
+            Err(e) => self.failed(&o, e).await,
+        }
+        self.wake.notify_one();
+    }
+
+    /// A send that Linq did not take: retry later, or give up on what it will never accept.
+    async fn failed(&self, o: &Outgoing, e: crate::linq::client::LinqError) {
+        if e.is_retryable() && o.attempts + 1 < MAX_ATTEMPTS {
+            let delay = backoff(o.attempts, e.retry_after());
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempts = o.attempts + 1, "message not sent; will retry");
+            let (id, at, msg) = (o.id, now_ms() + delay.as_millis() as i64, e.to_string());
+            let _ = self
+                .store
+                .call(move |t| queries::outbox_retry(t, id, at, &msg))
+                .await;
+        } else {
+            tracing::error!(error = %e, attempts = o.attempts + 1, "message given up: Linq will not accept it");
+            let (id, msg) = (o.id, e.to_string());
+            let _ = self
+                .store
+                .call(move |t| queries::outbox_failed(t, id, &msg))
+                .await;
+        }
     }
 }
 

@@ -18,16 +18,22 @@ use std::time::Duration;
 
 use picortex_proto::bus::limits as L;
 use picortex_proto::ids::TurnId;
-use picortex_proto::turn::{Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES};
+use picortex_proto::turn::{
+    self as proto_turn, Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES,
+};
 use tokio::sync::{mpsc, Notify};
 
+use crate::attention::{discriminator, Mode};
 use crate::bus::{Bus, BusError, Started, UnitEnd};
 use crate::config::Config;
+use crate::context;
 use crate::linq::client::LinqClient;
 use crate::linq::split::split_reply;
+use crate::owner::Owner;
 use crate::reply;
 use crate::spares::{Spare, Spares};
-use crate::store::queries::{self, Finished, TurnJob};
+use crate::store::authority;
+use crate::store::queries::{self, Finished, TurnJob, TurnKind};
 use crate::store::Store;
 
 pub struct Turns {
@@ -44,6 +50,8 @@ pub struct Turns {
     spares: Spares,
     spare_tx: mpsc::UnboundedSender<String>,
     spare_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Whose words a prompt marks as the owner's.
+    owner: Owner,
 }
 
 impl Turns {
@@ -61,7 +69,6 @@ impl Turns {
             store,
             bus,
             linq,
-            cfg,
             results_dir,
             wake,
             outbox_wake,
@@ -69,6 +76,8 @@ impl Turns {
             spares: Spares::default(),
             spare_tx,
             spare_rx: Mutex::new(Some(spare_rx)),
+            owner: Owner::new(&cfg.owner.handles),
+            cfg,
         }
     }
 
@@ -256,7 +265,8 @@ impl Turns {
                 .await
                 .map_err(Failure::store)?;
         }
-        if !chat.is_group {
+        let discriminate = job.kind == TurnKind::Discriminate;
+        if !chat.is_group && !discriminate {
             let (linq, id) = (self.linq.clone(), chat.id.clone());
             tokio::spawn(async move {
                 if let Err(e) = linq.start_typing(&id).await {
@@ -265,17 +275,28 @@ impl Turns {
             });
         }
 
+        let prompt = self.prompt_for(&job, &chat).await?;
         let request = TurnRequest {
             turn_id: job.turn_id.clone(),
             chat_id: chat.id.clone(),
             session_id: chat.session_id.clone(),
             resume: chat.session_started,
-            prompt: job.prompt.clone(),
+            prompt,
             permission_mode: chat
                 .permission_mode
                 .clone()
                 .unwrap_or_else(|| self.cfg.turns.permission_mode.clone()),
-            append_system_prompt: self.system_prompt(),
+            append_system_prompt: if discriminate {
+                None
+            } else {
+                self.system_prompt()
+            },
+            kind: if discriminate {
+                proto_turn::TurnKind::Discriminate
+            } else {
+                proto_turn::TurnKind::Answer
+            },
+            model: discriminate.then(|| self.cfg.attention.discriminator_model.clone()),
         };
         if let Some(spare) = self.spares.take(&chat.id) {
             match self
@@ -429,6 +450,26 @@ impl Turns {
     }
 
     async fn finish(&self, job: TurnJob, end: Option<UnitEnd>, result: Option<TurnResult>) {
+        if job.kind == TurnKind::Discriminate
+            && !result
+                .as_ref()
+                .is_some_and(|r| r.outcome == Outcome::NoRequest)
+        {
+            let failed = match &result {
+                Some(r) if r.outcome == Outcome::Ok => None,
+                Some(_) | None => {
+                    Some(reply::compose(end.as_ref(), result.as_ref(), &self.cfg).outcome)
+                }
+            };
+            self.finish_discriminator(&job, result.as_ref(), failed)
+                .await;
+            if end.is_some() {
+                if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
+                    tracing::warn!(error = %e, "could not release the turn unit");
+                }
+            }
+            return;
+        }
         if result
             .as_ref()
             .is_some_and(|r| r.outcome == Outcome::NoRequest)
@@ -643,6 +684,12 @@ impl Turns {
     }
 
     async fn finish_without_unit(&self, job: &TurnJob, f: Failure) {
+        if job.kind == TurnKind::Discriminate {
+            // Nobody asked: a discriminator that could not run stays quiet (or answers, when
+            // configured fail-open); no failure reply goes to the chat.
+            tracing::warn!(outcome = f.outcome, error = %f.error, "discriminator turn could not run");
+            return self.finish_discriminator(job, None, Some(f.outcome)).await;
+        }
         tracing::error!(outcome = f.outcome, error = %f.error, "turn failed");
         let text = reply::for_failure(f.outcome, &self.cfg);
         let fin = Finished {
@@ -680,6 +727,109 @@ impl Turns {
 }
 
 impl Turns {
+    /// The prompt of a turn: the message, with the group's recent messages and who said what
+    /// (see `context`).
+    async fn prompt_for(&self, job: &TurnJob, chat: &queries::Chat) -> Result<String, Failure> {
+        let earlier = if chat.is_group {
+            let (id, before, n) = (
+                chat.id.clone(),
+                job.message_id,
+                self.cfg.attention.context_messages,
+            );
+            self.store
+                .call(move |t| queries::context_lines(t, &id, before, n))
+                .await
+                .map_err(Failure::store)?
+        } else {
+            Vec::new()
+        };
+        Ok(context::prompt(
+            &self.owner,
+            chat.is_group,
+            &job.sender,
+            &job.prompt,
+            &earlier,
+            self.cfg.attention.context_bounds(),
+        ))
+    }
+
+    /// A discriminator turn ended: answer (the same turn is queued again as an answer, first in
+    /// its chat's queue) or stay quiet; either way the decision is in the log with its score.
+    async fn finish_discriminator(
+        &self,
+        job: &TurnJob,
+        result: Option<&TurnResult>,
+        failed: Option<&str>,
+    ) {
+        // The model's text, or why there is none.
+        let answer: Result<String, String> = match (failed, result.and_then(|r| r.text.clone())) {
+            (None, Some(text)) => Ok(text),
+            (Some(f), _) => Err(f.to_owned()),
+            (None, None) => Err("no answer".to_owned()),
+        };
+        let policy = self.cfg.attention.policy();
+        let (j, cost) = (job.clone(), result.and_then(|r| r.cost_usd));
+        let r = self
+            .store
+            .call(move |t| {
+                let outcome = match &answer {
+                    Ok(text) => discriminator::Outcome::Answered(text),
+                    Err(f) => discriminator::Outcome::Failed(f),
+                };
+                let since = crate::store::now_ms() - 3_600_000;
+                let n = authority::unsolicited_since(t, &j.chat_id, since)?;
+                let v = discriminator::decide(&policy, &outcome, n);
+                let chat = queries::chat(t, &j.chat_id)?;
+                let mode = Mode::of_chat(
+                    chat.as_ref().and_then(|c| c.attention.as_deref()),
+                    chat.as_ref().is_some_and(|c| c.is_group),
+                );
+                authority::record_decision(
+                    t,
+                    &authority::GateRecord {
+                        message_id: j.message_id,
+                        chat_id: &j.chat_id,
+                        mode,
+                        verdict: if v.answer { "answer" } else { "skip" },
+                        rule: v.rule,
+                        score: v.score,
+                        reason: &v.reason,
+                    },
+                )?;
+                if v.answer {
+                    queries::promote_to_answer(t, &j.turn_id)?;
+                } else {
+                    let fin = Finished {
+                        outcome: "not_answered".into(),
+                        error: Some(v.reason.clone()),
+                        cost_usd: cost,
+                        ..Default::default()
+                    };
+                    queries::finish_turn(t, &j, &fin, &[])?;
+                }
+                Ok(v)
+            })
+            .await;
+        match r {
+            Ok(v) => {
+                tracing::info!(
+                    answer = v.answer,
+                    rule = v.rule,
+                    score = v.score.unwrap_or(-1.0),
+                    "discriminator decided: {}",
+                    v.reason
+                );
+                let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
+                if v.answer {
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the discriminator's decision; it is resumed after a restart")
+            }
+        }
+    }
+
     /// The owner's standing instructions, read afresh for each turn so edits apply at once.
     fn system_prompt(&self) -> Option<String> {
         let path = self.cfg.turns.system_prompt_file.as_ref()?;

@@ -23,7 +23,11 @@ api_base = "http://127.0.0.1:8900/api/partner"
 bot_names = ["Cortex"]
 
 [owner]
-handles = ["+15550002000"]
+# The people of the integration tests are all the owner's, so that only tests/quarantine.rs and
+# tests/attention.rs meet quarantine: their strangers write from +1555777xxxx.
+handles = ["+15550002000", "+15550002001", "+15550002002", "+15550003000", "+15550003001",
+           "+15550003002", "+15550003003", "+15550003004", "+15550009000", "+15550009001",
+           "+15550009002", "+15550009003", "+15550009999"]
 
 [turns]
 max_concurrent = 4

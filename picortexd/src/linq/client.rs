@@ -236,6 +236,61 @@ impl LinqClient {
         })
     }
 
+    /// `POST /v3/chats`: open a 1:1 chat from the bot's line `from` to `to` with a first text
+    /// message (which may not contain a URL, code 1005). The idempotency key makes a retry after
+    /// a lost answer return the same chat and message instead of a second one.
+    pub async fn create_chat(
+        &self,
+        from: &str,
+        to: &str,
+        text: &str,
+        idempotency_key: &str,
+    ) -> Result<SentMessage, LinqError> {
+        if text.trim().is_empty() {
+            return Err(LinqError::Invalid("message text is empty".into()));
+        }
+        if idempotency_key.is_empty() || idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(LinqError::Invalid(format!(
+                "idempotency key must be 1..={MAX_IDEMPOTENCY_KEY_LEN} characters"
+            )));
+        }
+        let body = json!({
+            "from": from,
+            "to": [to],
+            "message": {
+                "parts": [{"type": "text", "value": text}],
+                "idempotency_key": idempotency_key,
+            },
+        });
+        let resp = self.call(Method::POST, "/v3/chats", Some(&body)).await?;
+        #[derive(Deserialize)]
+        struct Resp {
+            chat: RespChat,
+        }
+        #[derive(Deserialize)]
+        struct RespChat {
+            id: String,
+            message: RespMessage,
+            #[serde(default)]
+            service: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct RespMessage {
+            id: String,
+            #[serde(default)]
+            delivery_status: Option<String>,
+        }
+        let r: Resp = serde_json::from_slice(&resp)
+            .map_err(|e| LinqError::Protocol(format!("create-chat response: {e}")))?;
+        check_id("new chat id", &r.chat.id)?;
+        Ok(SentMessage {
+            chat_id: r.chat.id,
+            message_id: r.chat.message.id,
+            delivery_status: r.chat.message.delivery_status,
+            service: r.chat.service,
+        })
+    }
+
     /// `POST /v3/chats/{chat_id}/typing`. 1:1 iMessage chats only; groups answer 403.
     pub async fn start_typing(&self, chat_id: &str) -> Result<(), LinqError> {
         check_id("chat id", chat_id)?;

@@ -239,7 +239,7 @@ pub fn set_opted_out(t: &Connection, chat_id: &str, opted_out: bool) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    use super::super::queries::{ingest_message, Inbound};
+    use super::super::queries::{store_message, Inbound};
     use super::super::Store;
     use super::*;
 
@@ -259,12 +259,9 @@ mod tests {
             linq_id: "m1".into(),
             text: "hello".into(),
             reply_to: None,
-            answer: false,
-            reason: "t".into(),
-            answer_if_reply_to_bot: false,
             from_bot: false,
         };
-        s.call(move |t| ingest_message(t, &m)).await.unwrap();
+        s.call(move |t| store_message(t, &m)).await.unwrap();
         let (status, text, orig): (Option<String>, String, Option<String>) = s
             .call(|t| {
                 assert!(message_status(t, "m1", "delivered", None)?);

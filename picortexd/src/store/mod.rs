@@ -6,6 +6,7 @@
 //! The schema is described in `SCHEMA.md`; the migrations (`NNNN_*.sql`) are applied in order at
 //! open, each in its own transaction, and the version is recorded in `PRAGMA user_version`.
 
+pub mod authority;
 pub mod channel;
 pub mod queries;
 
@@ -36,6 +37,7 @@ pub enum StoreError {
 const MIGRATIONS: &[&str] = &[
     include_str!("0001_initial.sql"),
     include_str!("0002_channel.sql"),
+    include_str!("0003_authority.sql"),
 ];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -113,13 +115,28 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             known,
         });
     }
+    // Migrations may rebuild a table (SQLite's documented way to change a column): foreign
+    // keys are off while they run, and checked whole before each commits.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let t = conn.transaction()?;
         t.execute_batch(m)?;
+        let broken: i64 =
+            t.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })?;
+        if broken > 0 {
+            return Err(StoreError::Commit(format!(
+                "migration {} leaves {broken} broken references; database left at version {}",
+                i + 1,
+                i
+            )));
+        }
         t.pragma_update(None, "user_version", (i + 1) as i64)?;
         t.commit()?;
         tracing::info!(version = i + 1, "database migrated");
     }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 

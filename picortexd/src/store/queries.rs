@@ -4,8 +4,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now_ms, StoreError};
+use crate::quarantine::Access;
 
-/// A `message.received` worth storing, with the gate's decision already made.
+/// A `message.received` (or the bot's `message.sent` echo) to store.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub event_id: String,
@@ -19,11 +20,6 @@ pub struct Inbound {
     pub linq_id: String,
     pub text: String,
     pub reply_to: Option<String>,
-    /// Whether to answer (before the reply-to-bot rule, which needs the log) and why.
-    pub answer: bool,
-    pub reason: String,
-    /// Group messages answer when they reply to one of the bot's messages.
-    pub answer_if_reply_to_bot: bool,
     /// The bot's own message echoed back by Linq (`message.sent`, `is_me`).
     pub from_bot: bool,
 }
@@ -32,10 +28,22 @@ pub struct Inbound {
 pub enum Ingested {
     /// The event id was seen before: nothing was written.
     Duplicate,
-    /// Stored; a turn was queued if the gate said so.
+    /// Stored; `turn_id` is the turn queued for it, if one was.
     Stored {
         turn_id: Option<String>,
         reason: String,
+    },
+}
+
+/// What `store_message` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The event id was seen before: nothing was written.
+    DuplicateEvent,
+    /// The same Linq message under a new event id: recorded once, decided once.
+    DuplicateMessage,
+    New {
+        message_id: i64,
     },
 }
 
@@ -83,65 +91,83 @@ fn ensure_chat(
     Ok(())
 }
 
-/// Store an inbound message and, if it is to be answered, queue its turn. Idempotent on the
-/// event id and on Linq's message id.
-pub fn ingest_message(t: &Connection, m: &Inbound) -> Result<Ingested, StoreError> {
+/// Store a message, its chat and its sender. Idempotent on the event id and on Linq's message
+/// id. Deciding what to do with it is the caller's (`ingest`).
+pub fn store_message(t: &Connection, m: &Inbound) -> Result<Stored, StoreError> {
     if !record_event(t, &m.event_id, &m.event_type, &m.request_id, &m.body)? {
-        return Ok(Ingested::Duplicate);
+        return Ok(Stored::DuplicateEvent);
     }
     ensure_chat(t, &m.chat_id, m.is_group, m.bot_handle.as_deref())?;
     t.execute(
         "INSERT OR IGNORE INTO participants (chat_id, handle, is_me) VALUES (?1, ?2, ?3)",
         params![m.chat_id, m.sender, m.from_bot],
     )?;
-    let mut answer = m.answer;
-    let mut reason = m.reason.clone();
-    if !answer && m.answer_if_reply_to_bot {
-        if let Some(r) = &m.reply_to {
-            let to_bot = t
-                .query_row(
-                    "SELECT 1 FROM messages WHERE linq_id = ?1 AND direction = 'outbound'",
-                    [r],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if to_bot {
-                answer = true;
-                reason = "reply to the bot".into();
-            }
-        }
-    }
     let n = t.execute(
-        "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, event_id, gate, created_at)
-         VALUES (?1, ?2, CASE WHEN ?9 THEN 'outbound' ELSE 'inbound' END, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![m.linq_id, m.chat_id, m.sender, m.text, m.reply_to, m.event_id, reason, now_ms(), m.from_bot],
+        "INSERT OR IGNORE INTO messages (linq_id, chat_id, direction, sender, text, reply_to, event_id, created_at)
+         VALUES (?1, ?2, CASE WHEN ?8 THEN 'outbound' ELSE 'inbound' END, ?3, ?4, ?5, ?6, ?7)",
+        params![m.linq_id, m.chat_id, m.sender, m.text, m.reply_to, m.event_id, now_ms(), m.from_bot],
     )?;
     if n == 0 {
-        // Same Linq message under a new event id: stored once, answered once.
-        return Ok(Ingested::Stored {
-            turn_id: None,
-            reason: "message already stored under another event".into(),
-        });
+        return Ok(Stored::DuplicateMessage);
     }
-    let message_id = t.last_insert_rowid();
-    let turn_id = if answer {
-        let id = new_id();
-        t.execute(
-            "INSERT INTO turns (id, chat_id, message_id, status, created_at) VALUES (?1, ?2, ?3, 'queued', ?4)",
-            params![id, m.chat_id, message_id, now_ms()],
-        )?;
-        Some(id)
-    } else {
-        None
+    Ok(Stored::New {
+        message_id: t.last_insert_rowid(),
+    })
+}
+
+/// Whether `reply_to` names one of the bot's own messages (a thread reply to the bot).
+pub fn replies_to_bot(t: &Connection, reply_to: Option<&str>) -> Result<bool, StoreError> {
+    let Some(r) = reply_to else {
+        return Ok(false);
     };
-    Ok(Ingested::Stored { turn_id, reason })
+    Ok(t.query_row(
+        "SELECT 1 FROM messages WHERE linq_id = ?1 AND direction = 'outbound'",
+        [r],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// What a turn does: answer the message, or ask the discriminator whether to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnKind {
+    Answer,
+    Discriminate,
+}
+
+impl TurnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnKind::Answer => "answer",
+            TurnKind::Discriminate => "discriminate",
+        }
+    }
+}
+
+/// Queue a turn for a stored message; `held` keeps it until the owner allows the chat.
+pub fn queue_turn(
+    t: &Connection,
+    chat_id: &str,
+    message_id: i64,
+    kind: TurnKind,
+    held: bool,
+) -> Result<String, StoreError> {
+    let id = new_id();
+    t.execute(
+        "INSERT INTO turns (id, chat_id, message_id, kind, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, chat_id, message_id, kind.as_str(), if held { "held" } else { "queued" }, now_ms()],
+    )?;
+    Ok(id)
 }
 
 #[derive(Debug, Clone)]
 pub struct Chat {
     pub id: String,
     pub is_group: bool,
+    pub display_name: Option<String>,
+    /// The bot's line in this chat (Linq's `chat.owner_handle`).
+    pub bot_handle: Option<String>,
     pub unix_user: Option<String>,
     pub home: Option<String>,
     pub session_id: String,
@@ -150,11 +176,30 @@ pub struct Chat {
     pub permission_mode: Option<String>,
     pub daily_budget_usd: Option<f64>,
     pub archived: bool,
+    /// The stored attention mode; `None` = the default for the chat's kind.
+    pub attention: Option<String>,
+    pub access: Access,
+    pub pending_no: Option<i64>,
+    /// The owner was told about this pending chat.
+    pub notified: bool,
+}
+
+impl Chat {
+    /// How the owner is told which chat is meant.
+    pub fn label(&self) -> String {
+        match (&self.display_name, self.is_group) {
+            (Some(n), true) => format!("the group \"{n}\""),
+            (None, true) => format!("group {}", self.id),
+            (_, false) => format!("chat {}", self.id),
+        }
+    }
 }
 
 pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
     Ok(t.query_row(
-        "SELECT id, kind, unix_user, home, session_id, session_started, memory_max, permission_mode, daily_budget_usd, archived_at IS NOT NULL FROM chats WHERE id = ?1",
+        "SELECT id, kind, unix_user, home, session_id, session_started, memory_max, permission_mode, daily_budget_usd,
+                archived_at IS NOT NULL, display_name, bot_handle, attention, access, pending_no, notified_at IS NOT NULL
+         FROM chats WHERE id = ?1",
         [id],
         |r| {
             Ok(Chat {
@@ -168,6 +213,12 @@ pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
                 permission_mode: r.get(7)?,
                 daily_budget_usd: r.get(8)?,
                 archived: r.get(9)?,
+                display_name: r.get(10)?,
+                bot_handle: r.get(11)?,
+                attention: r.get(12)?,
+                access: Access::from_stored(r.get::<_, Option<String>>(13)?.as_deref()),
+                pending_no: r.get(14)?,
+                notified: r.get(15)?,
             })
         },
     )
@@ -199,6 +250,10 @@ pub struct TurnJob {
     pub started_at: Option<i64>,
     /// The unit the turn runs in, once known (a spare's unit has its own id).
     pub unit: Option<String>,
+    pub kind: TurnKind,
+    /// The message's row and its sender, for the group context and the owner marks.
+    pub message_id: i64,
+    pub sender: String,
 }
 
 impl TurnJob {
@@ -212,7 +267,8 @@ impl TurnJob {
     }
 }
 
-const TURN_COLS: &str = "t.id, t.chat_id, t.status, m.text, m.linq_id, t.started_at, t.unit";
+const TURN_COLS: &str =
+    "t.id, t.chat_id, t.status, m.text, m.linq_id, t.started_at, t.unit, t.kind, m.id, COALESCE(m.sender, '')";
 
 fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
     Ok(TurnJob {
@@ -223,7 +279,51 @@ fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
         reply_to: r.get(4)?,
         started_at: r.get(5)?,
         unit: r.get(6)?,
+        kind: if r.get::<_, String>(7)? == "discriminate" {
+            TurnKind::Discriminate
+        } else {
+            TurnKind::Answer
+        },
+        message_id: r.get(8)?,
+        sender: r.get(9)?,
     })
+}
+
+/// The discriminator said to answer: the same turn becomes an answer turn, queued again with
+/// its place in the chat's queue (its `created_at`) kept, so it runs next.
+pub fn promote_to_answer(t: &Connection, id: &str) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE turns SET kind = 'answer', status = 'queued', unit = NULL, started_at = NULL WHERE id = ?1 AND status != 'done'",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// A chat's messages after the bot's last message and before `before_id`, oldest first, at most
+/// `limit` (the newest of them): the group context of a turn.
+pub fn context_lines(
+    t: &Connection,
+    chat_id: &str,
+    before_id: i64,
+    limit: usize,
+) -> Result<Vec<crate::context::Line>, StoreError> {
+    let mut st = t.prepare_cached(
+        "SELECT COALESCE(m.sender, ''), m.text FROM messages m
+         WHERE m.chat_id = ?1 AND m.id < ?2 AND m.direction = 'inbound'
+           AND m.id > COALESCE((SELECT MAX(id) FROM messages o WHERE o.chat_id = ?1 AND o.direction = 'outbound' AND o.id < ?2), 0)
+         ORDER BY m.id DESC LIMIT ?3",
+    )?;
+    let mut v = st
+        .query_map(params![chat_id, before_id, limit as i64], |r| {
+            Ok(crate::context::Line {
+                sender: r.get(0)?,
+                name: None,
+                text: r.get(1)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    v.reverse();
+    Ok(v)
 }
 
 /// The oldest queued turn of each chat that has no turn in flight, oldest chats first, at most
@@ -346,7 +446,10 @@ pub fn finish_turn(
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub id: i64,
+    /// The chat to send in; empty while `open_dm` is set.
     pub chat_id: String,
+    /// `(to, from)`: no chat with `to` exists yet; the send opens one from the bot's line `from`.
+    pub open_dm: Option<(String, String)>,
     pub text: String,
     pub reply_to: Option<String>,
     pub idempotency_key: String,
@@ -355,28 +458,49 @@ pub struct Outgoing {
     pub turn_id: Option<String>,
 }
 
-/// The oldest pending part of each chat, if it is due (parts of one chat go out in order).
+/// The oldest pending part of each chat (or each handle without a chat yet), if it is due: parts
+/// of one chat go out in order.
 pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
     let mut st = t.prepare_cached(
-        "SELECT o.id, o.chat_id, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id FROM outbox o
+        "SELECT o.id, COALESCE(o.chat_id, ''), o.to_handle, o.from_handle, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id
+         FROM outbox o
          WHERE o.status = 'pending' AND o.next_attempt_at <= ?1
-           AND o.id = (SELECT MIN(id) FROM outbox p WHERE p.chat_id = o.chat_id AND p.status = 'pending')
+           AND o.id = (SELECT MIN(id) FROM outbox p WHERE p.status = 'pending'
+                        AND COALESCE(p.chat_id, 'to:' || p.to_handle) = COALESCE(o.chat_id, 'to:' || o.to_handle))
          ORDER BY o.id LIMIT ?2",
     )?;
     let v = st
         .query_map(params![now, limit as i64], |r| {
+            let chat_id: String = r.get(1)?;
+            let to: Option<String> = r.get(2)?;
+            let from: Option<String> = r.get(3)?;
             Ok(Outgoing {
                 id: r.get(0)?,
-                chat_id: r.get(1)?,
-                text: r.get(2)?,
-                reply_to: r.get(3)?,
-                idempotency_key: r.get(4)?,
-                attempts: r.get::<_, i64>(5)? as u32,
-                turn_id: r.get(6)?,
+                open_dm: match (chat_id.is_empty(), to, from) {
+                    (true, Some(to), Some(from)) => Some((to, from)),
+                    _ => None,
+                },
+                chat_id,
+                text: r.get(4)?,
+                reply_to: r.get(5)?,
+                idempotency_key: r.get(6)?,
+                attempts: r.get::<_, i64>(7)? as u32,
+                turn_id: r.get(8)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(v)
+}
+
+/// The 1:1 chat the bot already has with `handle`, if the log knows one.
+pub fn direct_chat_with(t: &Connection, handle: &str) -> Result<Option<String>, StoreError> {
+    Ok(t.query_row(
+        "SELECT c.id FROM chats c JOIN participants p ON p.chat_id = c.id AND p.is_me = 0
+             WHERE c.kind = 'direct' AND p.handle = ?1 ORDER BY c.updated_at DESC LIMIT 1",
+        [handle],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// When the next pending part becomes due, if any.
@@ -454,8 +578,30 @@ mod tests {
     use super::super::Store;
     use super::*;
 
-    fn inbound(event: &str, chat: &str, msg: &str, answer: bool) -> Inbound {
-        Inbound {
+    /// A stored message, with a queued turn when `answer` (what `ingest` does once the gate
+    /// and quarantine said yes).
+    fn ingest_message(t: &Connection, m: &(Inbound, bool)) -> Result<Ingested, StoreError> {
+        Ok(match store_message(t, &m.0)? {
+            Stored::DuplicateEvent => Ingested::Duplicate,
+            Stored::New { message_id } if m.1 => Ingested::Stored {
+                turn_id: Some(queue_turn(
+                    t,
+                    &m.0.chat_id,
+                    message_id,
+                    TurnKind::Answer,
+                    false,
+                )?),
+                reason: "test".into(),
+            },
+            _ => Ingested::Stored {
+                turn_id: None,
+                reason: "test".into(),
+            },
+        })
+    }
+
+    fn inbound(event: &str, chat: &str, msg: &str, answer: bool) -> (Inbound, bool) {
+        let m = Inbound {
             event_id: event.into(),
             event_type: "message.received".into(),
             request_id: "r".into(),
@@ -467,11 +613,9 @@ mod tests {
             linq_id: msg.into(),
             text: format!("text of {msg}"),
             reply_to: None,
-            answer,
-            reason: "test".into(),
-            answer_if_reply_to_bot: false,
             from_bot: false,
-        }
+        };
+        (m, answer)
     }
 
     async fn store() -> (tempfile::TempDir, Store) {
@@ -588,7 +732,7 @@ mod tests {
             .remove(0);
         // Linq accepted the send as "out1"; its message.sent echo is stored before we record it.
         let mut echo = inbound("e2", "c1", "out1", false);
-        echo.event_type = "message.sent".into();
+        echo.0.event_type = "message.sent".into();
         s.call(move |t| ingest_message(t, &echo)).await.unwrap();
         s.call(move |t| outbox_sent(t, &o, "out1")).await.unwrap();
         let (dir, reply_to): (String, Option<String>) = s

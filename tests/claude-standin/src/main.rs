@@ -54,6 +54,7 @@
 //! | `#argv` | reply includes the arguments (the prompt argument excluded) |
 //! | `#system` | reply includes the `--append-system-prompt` text |
 //! | `#model` | reply includes the model |
+//! | `#score=<x>` | with `--no-session-persistence` (picortex's discriminator), the reply is only `{"score": <x>, "reason": …}` |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
 
 #![deny(unsafe_code)]
@@ -123,6 +124,8 @@ struct Args {
     settings: Option<String>,
     model: Option<String>,
     max_turns: Option<String>,
+    /// `--no-session-persistence`: no transcript is written (research/claude-cli.md §2).
+    no_session_persistence: bool,
     version: bool,
     positional: Vec<String>,
     /// Every argument except the positional prompt, for `#argv`.
@@ -202,6 +205,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Exit> {
             "--verbose" => a.verbose = true,
             "--fork-session" => a.fork_session = true,
             "--disable-slash-commands" => a.disable_slash_commands = true,
+            "--no-session-persistence" => a.no_session_persistence = true,
             "--dangerously-skip-permissions" => {
                 a.permission_mode = Some("bypassPermissions".into())
             }
@@ -245,6 +249,7 @@ struct Knobs {
     model: bool,
     attack: bool,
     attack_other: Option<String>,
+    score: Option<String>,
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -275,6 +280,7 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#system" => k.system = true,
                 "#model" => k.model = true,
                 "#attack" => k.attack = true,
+                "#score" => k.score = Some(value.to_owned()),
                 _ => {}
             }
             rest = &tail[1..];
@@ -432,6 +438,9 @@ fn append_line(
     cwd: &Path,
     message: Value,
 ) -> std::io::Result<()> {
+    if t.path.as_os_str().is_empty() {
+        return Ok(()); // --no-session-persistence
+    }
     if let Some(dir) = t.path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -856,6 +865,9 @@ fn run(argv: &[String]) -> Exit {
         }
     };
 
+    if args.no_session_persistence {
+        transcript.path = PathBuf::new();
+    }
     if knobs.empty {
         return Exit::code(0);
     }
@@ -938,6 +950,10 @@ fn run(argv: &[String]) -> Exit {
     if let Some(r) = &attack_report {
         // Nothing else in this reply, so the report parses as it is.
         reply = format!("standin: attack report {r}");
+    }
+    if let (true, Some(score)) = (args.no_session_persistence, &knobs.score) {
+        // Asked as picortex's discriminator: answer as its prompt asks, and only that.
+        reply = format!("{{\"score\": {score}, \"reason\": \"standin knob\"}}");
     }
     if knobs.cwd {
         reply.push_str(&format!(" | cwd={}", cwd.display()));

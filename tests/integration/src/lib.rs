@@ -153,15 +153,29 @@ impl Machine {
         }
     }
 
+    /// Add `lines` (TOML `key = value` lines) to section `[section]` of the gateway's
+    /// configuration, creating the section when the file has none. Call before
+    /// `start_picortex`. A key set twice makes picortexd refuse to start, loudly: a test never
+    /// silently runs on a configuration it did not mean.
+    pub fn configure(&self, section: &str, lines: &str) {
+        let path = self.path("/etc/picortex/picortexd.toml");
+        let cfg = std::fs::read_to_string(&path).expect("read config");
+        let header = format!("[{section}]\n");
+        let new = match cfg.find(&header) {
+            Some(at) if at == 0 || cfg[..at].ends_with('\n') => {
+                let after = at + header.len();
+                format!("{}{lines}\n{}", &cfg[..after], &cfg[after..])
+            }
+            _ => format!("{cfg}\n{header}{lines}\n"),
+        };
+        assert_ne!(new, cfg);
+        std::fs::write(&path, new).expect("write config");
+    }
+
     /// Turn off spare turn units (turns.spare_ttl_s = 0), for tests that count turn units or
     /// need every turn to start afresh through the helper. Call before `start_picortex`.
     pub fn without_spares(&self) {
-        let cfg = self.read("/etc/picortex/picortexd.toml").replacen(
-            "[turns]\n",
-            "[turns]\nspare_ttl_s = 0\n",
-            1,
-        );
-        std::fs::write(self.path("/etc/picortex/picortexd.toml"), cfg).expect("write config");
+        self.configure("turns", "spare_ttl_s = 0");
     }
 
     /// Start the Linq simulator and enable the gateway's socket (the gateway itself starts on
@@ -406,6 +420,20 @@ impl Machine {
             let s = sim.sent(chat);
             (s.len() >= n).then_some(s)
         })
+    }
+
+    /// Wait until the bot has sent a message containing `needle` in `chat`; that message.
+    pub fn wait_reply_containing(&self, chat: &str, needle: &str, timeout: Duration) -> Value {
+        let sim = self.sim();
+        self.wait_for(
+            &format!("a bot message containing {needle:?} in chat {chat}"),
+            timeout,
+            || {
+                sim.sent(chat)
+                    .into_iter()
+                    .find(|m| m["text"].as_str().is_some_and(|t| t.contains(needle)))
+            },
+        )
     }
 
     /// `from` sends `text` in `chat` (a new 1:1 chat when None, which is then filled in) and the

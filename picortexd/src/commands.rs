@@ -1,0 +1,273 @@
+//! The owner's commands in a chat (SPEC A5, C1, W1): `/picortex status|attention|allow|block|new|
+//! budget|help`, and in the owner's own DM the short answers to a quarantine notice, `allow <n>`
+//! and `block <n>`. Only the owner's messages are commands (the caller checks the sender);
+//! from anyone else the same text is an ordinary message. Commands are answered by the gateway
+//! itself, without a turn. `parse` is pure; `execute` applies a command to the log.
+
+use rusqlite::Connection;
+
+use crate::attention::Mode;
+use crate::quarantine::Access;
+use crate::store::authority::{self, Released};
+use crate::store::queries::Chat;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Status,
+    Attention(Mode),
+    /// `allow <n>` / `block <n>`: the owner's word on pending chat `n`.
+    Decide {
+        number: i64,
+        allow: bool,
+    },
+    New,
+    /// A daily budget in USD; `None` removes the chat's own budget (the default applies).
+    Budget(Option<f64>),
+    Help,
+}
+
+/// What the owner's text is, when it is meant as a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Command(Command),
+    /// Meant as a command but not one: the reply says why and what would work.
+    Invalid(String),
+}
+
+pub const PREFIX: &str = "/picortex";
+
+pub const HELP: &str = "picortex commands (only yours count):
+/picortex status — mode, session, queue, today's cost, recent decisions
+/picortex attention <mode> — always, mentions-only, discriminate, discriminate-quiet, silent
+/picortex new — start a fresh agent session for this chat
+/picortex budget <usd>|off — this chat's daily budget
+/picortex allow <n> / block <n> — answer a waiting chat (in our DM only; \"allow 3\" works too)
+/picortex help — this list";
+
+/// Parse the owner's message. `in_owner_dm`: it was sent in the owner's 1:1 chat with the bot,
+/// the only place approvals count.
+pub fn parse(text: &str, in_owner_dm: bool) -> Option<Parsed> {
+    let t = text.trim();
+    let words: Vec<&str> = t.split_whitespace().collect();
+    let (first, rest) = words.split_first()?;
+    if !first.eq_ignore_ascii_case(PREFIX) {
+        // The short answers to a notice, in the owner's DM only.
+        return match (in_owner_dm, words.as_slice()) {
+            (true, [verb, n]) if is_decision(verb) => Some(decision(verb, n, true)),
+            _ => None,
+        };
+    }
+    let Some((verb, args)) = rest.split_first() else {
+        return Some(Parsed::Command(Command::Help));
+    };
+    let verb = verb.to_ascii_lowercase();
+    let bad = |why: String| Some(Parsed::Invalid(format!("{why}\n\n{HELP}")));
+    match (verb.as_str(), args) {
+        ("status", []) => Some(Parsed::Command(Command::Status)),
+        ("help", []) => Some(Parsed::Command(Command::Help)),
+        ("new", []) => Some(Parsed::Command(Command::New)),
+        ("attention", [m]) => match Mode::parse(m) {
+            Ok(m) => Some(Parsed::Command(Command::Attention(m))),
+            Err(e) => bad(e),
+        },
+        ("budget", [v]) => match parse_budget(v) {
+            Ok(b) => Some(Parsed::Command(Command::Budget(b))),
+            Err(e) => bad(e),
+        },
+        (v, [n]) if is_decision(v) => Some(decision(v, n, in_owner_dm)),
+        (v, _) => bad(format!(
+            "\"{PREFIX} {v}\" with these arguments is not a command."
+        )),
+    }
+}
+
+fn is_decision(verb: &str) -> bool {
+    verb.eq_ignore_ascii_case("allow") || verb.eq_ignore_ascii_case("block")
+}
+
+fn decision(verb: &str, n: &str, in_owner_dm: bool) -> Parsed {
+    if !in_owner_dm {
+        return Parsed::Invalid(
+            "Approvals count only in your 1:1 chat with me; send it there.".into(),
+        );
+    }
+    match n.trim_start_matches('#').parse::<i64>() {
+        Ok(number) if number > 0 => Parsed::Command(Command::Decide {
+            number,
+            allow: verb.eq_ignore_ascii_case("allow"),
+        }),
+        _ => Parsed::Invalid(format!(
+            "\"{n}\" is not a waiting chat's number; use the number from my notice, e.g. \"allow 3\"."
+        )),
+    }
+}
+
+/// The most a chat's daily budget can be set to from a phone, in USD.
+pub const MAX_BUDGET_USD: f64 = 10_000.0;
+
+pub fn parse_budget(v: &str) -> Result<Option<f64>, String> {
+    if v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let n: f64 = v
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("\"{v}\" is not an amount in USD, like 5 or 2.50 (or \"off\")."))?;
+    if !n.is_finite() || !(0.0..=MAX_BUDGET_USD).contains(&n) {
+        return Err(format!(
+            "a budget is between 0 and {MAX_BUDGET_USD} USD a day."
+        ));
+    }
+    Ok(Some(n))
+}
+
+/// What executing a command changed, beyond its reply.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub reply: String,
+    /// Held turns became queued: the dispatcher should look.
+    pub wake_turns: bool,
+}
+
+/// Apply `cmd`, issued by the owner in `chat`, to the log.
+pub fn execute(t: &Connection, chat: &Chat, cmd: &Command) -> Result<Effects, StoreError> {
+    let mut fx = Effects::default();
+    fx.reply = match cmd {
+        Command::Help => HELP.to_owned(),
+        Command::Status => authority::status_text(t, chat)?,
+        Command::Attention(m) => {
+            authority::set_attention(t, &chat.id, Some(*m))?;
+            format!("Attention for this chat is now {m}.")
+        }
+        Command::New => {
+            let sid = authority::new_session(t, &chat.id)?;
+            format!("Fresh start: the next message here begins a new agent session ({sid}).")
+        }
+        Command::Budget(b) => {
+            authority::set_budget(t, &chat.id, *b)?;
+            match b {
+                Some(v) => format!("This chat's daily budget is now ${v:.2} (UTC days)."),
+                None => "This chat's own budget is off; the default applies.".into(),
+            }
+        }
+        Command::Decide { number, allow } => match authority::chat_by_number(t, *number)? {
+            None => format!("No chat has number {number}. \"/picortex status\" in our DM lists the waiting ones."),
+            Some(target) => {
+                let (access, reason) = crate::quarantine::decide(target.access, *allow);
+                let Released { queued, dropped } =
+                    authority::set_access(t, &target.id, access, reason)?;
+                fx.wake_turns = queued > 0;
+                let who = target.label();
+                match access {
+                    Access::Allowed if queued > 0 => format!(
+                        "Allowed {who} (#{number}). Answering its {queued} waiting message{} now.",
+                        if queued == 1 { "" } else { "s" }
+                    ),
+                    Access::Allowed => format!("Allowed {who} (#{number}). It gets an agent from its next message."),
+                    _ => format!(
+                        "Blocked {who} (#{number}). Nothing will run for it{}; its messages stay in the log.",
+                        if dropped > 0 { format!(" ({dropped} waiting message{} set aside)", if dropped == 1 { "" } else { "s" }) } else { String::new() }
+                    ),
+                }
+            }
+        },
+    };
+    Ok(fx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(t: &str, dm: bool) -> Option<Parsed> {
+        parse(t, dm)
+    }
+
+    #[test]
+    fn slash_commands_parse() {
+        use Command::*;
+        let c = |t| match cmd(t, false) {
+            Some(Parsed::Command(c)) => c,
+            other => panic!("{t}: {other:?}"),
+        };
+        assert_eq!(c("/picortex status"), Status);
+        assert_eq!(c("/PICORTEX   help "), Help);
+        assert_eq!(c("/picortex"), Help);
+        assert_eq!(c("/picortex new"), New);
+        assert_eq!(c("/picortex attention always"), Attention(Mode::Always));
+        assert_eq!(
+            c("/picortex attention Discriminate-Quiet"),
+            Attention(Mode::DiscriminateQuiet)
+        );
+        assert_eq!(c("/picortex budget 2.5"), Budget(Some(2.5)));
+        assert_eq!(c("/picortex budget $3"), Budget(Some(3.0)));
+        assert_eq!(c("/picortex budget off"), Budget(None));
+    }
+
+    #[test]
+    fn bad_commands_say_why() {
+        for t in [
+            "/picortex attention loud",
+            "/picortex budget lots",
+            "/picortex budget -1",
+            "/picortex budget 1e9",
+            "/picortex frobnicate",
+            "/picortex status now",
+        ] {
+            match cmd(t, true) {
+                Some(Parsed::Invalid(why)) => assert!(why.contains("/picortex help"), "{t}: {why}"),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn approvals_count_only_in_the_owners_dm() {
+        assert_eq!(
+            cmd("allow 3", true),
+            Some(Parsed::Command(Command::Decide {
+                number: 3,
+                allow: true
+            }))
+        );
+        assert_eq!(
+            cmd("Block #12", true),
+            Some(Parsed::Command(Command::Decide {
+                number: 12,
+                allow: false
+            }))
+        );
+        assert_eq!(
+            cmd("/picortex allow 3", true),
+            Some(Parsed::Command(Command::Decide {
+                number: 3,
+                allow: true
+            }))
+        );
+        assert_eq!(
+            cmd("allow 3", false),
+            None,
+            "bare words in a group are just text"
+        );
+        assert!(matches!(
+            cmd("/picortex allow 3", false),
+            Some(Parsed::Invalid(_))
+        ));
+        assert!(matches!(cmd("allow x", true), Some(Parsed::Invalid(_))));
+        assert!(matches!(cmd("allow 0", true), Some(Parsed::Invalid(_))));
+    }
+
+    #[test]
+    fn ordinary_text_is_not_a_command() {
+        for t in [
+            "hello",
+            "allow me to explain",
+            "please block 3 hours",
+            "",
+            "/pico status",
+        ] {
+            assert_eq!(cmd(t, true), None, "{t}");
+        }
+    }
+}
