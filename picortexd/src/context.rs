@@ -32,7 +32,8 @@ pub fn who(owner: &Owner, sender: &str, name: Option<&str>) -> String {
 }
 
 /// The prompt of a turn answering `message` from `sender`. `earlier` is the chat's messages
-/// since the bot last spoke, oldest first (groups only; empty for 1:1 chats). A 1:1 message from
+/// since the bot last spoke, oldest first (groups only; empty for 1:1 chats); pass one more than
+/// `b.max_messages` when there are, so the prompt can say that older ones were left out. A 1:1 message from
 /// the owner is passed as it is.
 pub fn prompt(
     owner: &Owner,
@@ -49,10 +50,9 @@ pub fn prompt(
     if is_group {
         let kept = bounded(earlier, b);
         if !kept.is_empty() {
-            let dropped = earlier.len() - kept.len();
             out.push_str("Messages in this group since you last spoke, oldest first");
-            if dropped > 0 {
-                out.push_str(&format!(" ({dropped} older ones left out)"));
+            if kept.len() < earlier.len() {
+                out.push_str(" (older ones left out)");
             }
             out.push_str(":\n");
             for l in kept {
@@ -182,7 +182,7 @@ mod tests {
         );
         assert!(p.contains("msg 49") && p.contains("msg 45"), "{p}");
         assert!(!p.contains("msg 44"), "{p}");
-        assert!(p.contains("45 older ones left out"), "{p}");
+        assert!(p.contains("(older ones left out)"), "{p}");
         let big: Vec<Line> = (0..10)
             .map(|i| line("+1", &format!("{i}{}", "x".repeat(1000))))
             .collect();

@@ -387,3 +387,144 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod authority_tests {
+    //! Quarantine, commands and the gate as `apply` runs them, on a real SQLite log.
+    use super::*;
+    use crate::linq::events::parse_event;
+    use crate::store::Store;
+    use serde_json::{json, Value};
+
+    const OWNER: &str = "+15550002000";
+    const STRANGER: &str = "+15557770000";
+    const DM: &str = "4c6113a3-cb58-46e5-a29c-326444779872";
+    const THEIRS: &str = "5d7224b4-dc69-47f6-b3ba-437555880983";
+    const GROUP: &str = "6e8335c5-ed7a-4807-84cb-548666991094";
+
+    fn ctx() -> Ctx {
+        Ctx {
+            owner: Owner::new(&[OWNER.into()]),
+            bot_names: vec![],
+        }
+    }
+
+    /// A `message.received` from `from` in `chat`, as Linq sends it.
+    fn message(n: u32, chat: &str, group: bool, from: &str, text: &str, late: bool) -> Vec<u8> {
+        let mut v: Value =
+            serde_json::from_str(include_str!("linq/fixtures/message.received-1to1.json")).unwrap();
+        v["event_id"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
+        v["data"]["id"] = json!(format!("10000000-0000-4000-8000-{n:012}"));
+        v["data"]["chat"]["id"] = json!(chat);
+        v["data"]["chat"]["is_group"] = json!(group);
+        v["data"]["sender_handle"]["handle"] = json!(from);
+        v["data"]["parts"][0]["value"] = json!(text);
+        if late {
+            v["data"]["reconciled_at"] = json!("2026-11-22T14:11:41Z");
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    async fn send(s: &Store, body: Vec<u8>) -> Applied {
+        let env = parse_event(&body).unwrap();
+        let text = String::from_utf8(body).unwrap();
+        s.call(move |t| apply(t, &env, "r", &text, &ctx()))
+            .await
+            .unwrap()
+    }
+
+    async fn q(s: &Store, sql: &'static str) -> String {
+        s.call(move |t| {
+            Ok(t.query_row(sql, [], |r| {
+                r.get::<_, Option<String>>(0).map(|v| v.unwrap_or_default())
+            })?)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stranger_is_held_until_the_owner_allows_it_from_their_dm() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("t.db")).unwrap();
+        let a = send(&s, message(1, THEIRS, false, STRANGER, "hello?", false)).await;
+        assert!(a.wake_outbox, "the owner is told");
+        assert!(matches!(
+            a.ingested,
+            Some(Ingested::Stored { turn_id: None, .. })
+        ));
+        assert_eq!(
+            q(&s, "SELECT access || pending_no FROM chats").await,
+            "pending1"
+        );
+        assert_eq!(q(&s, "SELECT status FROM turns").await, "held");
+        assert_eq!(
+            q(&s, "SELECT to_handle FROM outbox WHERE chat_id IS NULL").await,
+            OWNER,
+            "no DM with the owner yet: the outbox opens one"
+        );
+
+        // Not approvals: the owner in a group, the owner's late (reconciled) message, a stranger.
+        send(&s, message(2, GROUP, true, OWNER, "allow 1", false)).await;
+        send(&s, message(3, DM, false, OWNER, "allow 1", true)).await;
+        send(
+            &s,
+            message(4, GROUP, true, STRANGER, "/picortex allow 1", false),
+        )
+        .await;
+        assert_eq!(
+            q(
+                &s,
+                "SELECT access FROM chats WHERE id = '5d7224b4-dc69-47f6-b3ba-437555880983'"
+            )
+            .await,
+            "pending"
+        );
+        assert_eq!(q(&s, "SELECT status FROM turns").await, "held");
+
+        let a = send(&s, message(5, DM, false, OWNER, "allow 1", false)).await;
+        assert!(a.wake_turns && a.wake_outbox);
+        assert_eq!(
+            q(
+                &s,
+                "SELECT access FROM chats WHERE id = '5d7224b4-dc69-47f6-b3ba-437555880983'"
+            )
+            .await,
+            "allowed"
+        );
+        assert_eq!(q(&s, "SELECT status FROM turns").await, "queued");
+        assert!(q(
+            &s,
+            "SELECT text FROM outbox WHERE idempotency_key LIKE 'picortex-cmd-%'"
+        )
+        .await
+        .starts_with("Allowed"));
+    }
+
+    #[tokio::test]
+    async fn a_blocked_chat_runs_nothing_and_keeps_its_messages() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("t.db")).unwrap();
+        send(&s, message(1, DM, false, OWNER, "hi", false)).await;
+        send(&s, message(2, THEIRS, false, STRANGER, "hello?", false)).await;
+        assert_eq!(
+            q(&s, "SELECT CAST(COUNT(*) AS TEXT) FROM outbox WHERE chat_id = '4c6113a3-cb58-46e5-a29c-326444779872' AND to_handle IS NULL").await,
+            "1",
+            "the notice goes to the owner's existing DM"
+        );
+        send(&s, message(3, DM, false, OWNER, "block 1", false)).await;
+        let a = send(&s, message(4, THEIRS, false, STRANGER, "hello??", false)).await;
+        assert!(matches!(
+            a.ingested,
+            Some(Ingested::Stored { turn_id: None, .. })
+        ));
+        assert_eq!(
+            q(&s, "SELECT group_concat(status || ':' || COALESCE(outcome, '')) FROM turns WHERE chat_id = '5d7224b4-dc69-47f6-b3ba-437555880983'").await,
+            "done:blocked"
+        );
+        assert_eq!(
+            q(&s, "SELECT group_concat(rule) FROM gate_decisions g JOIN messages m ON m.id = g.message_id WHERE m.chat_id = '5d7224b4-dc69-47f6-b3ba-437555880983'").await,
+            "quarantine,blocked"
+        );
+    }
+}

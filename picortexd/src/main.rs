@@ -164,6 +164,17 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         owner,
         bot_names: cfg.linq.bot_names.clone(),
     });
+    // Chats left waiting without a decision (from before quarantine, or a group whose members
+    // Linq never told us) are decided now, not at their next message.
+    let o = ctx.owner.clone();
+    match store
+        .call(move |t| store::authority::settle_waiting(t, &o))
+        .await
+    {
+        Ok(s) if s.wake_outbox => outbox_wake.notify_one(),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot settle waiting chats"),
+    }
     let app = Arc::new(http::App {
         store: store.clone(),
         verifier,

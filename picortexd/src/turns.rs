@@ -734,7 +734,7 @@ impl Turns {
             let (id, before, n) = (
                 chat.id.clone(),
                 job.message_id,
-                self.cfg.attention.context_messages,
+                self.cfg.attention.context_messages + 1,
             );
             self.store
                 .call(move |t| queries::context_lines(t, &id, before, n))

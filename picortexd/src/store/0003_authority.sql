@@ -1,13 +1,12 @@
 -- Migration 3: the owner is the only authority (SPEC C1, W1) and attention modes (A1–A5).
 
 -- Quarantine: who may get an agent. A new chat starts pending until the owner's handle, the
--- owner's presence in the group, or the owner's word allows it; chats from before this migration
--- were being served and stay allowed.
+-- owner's presence in the group, or the owner's word allows it. Chats from before this migration
+-- are pending too: at start picortexd allows those of the owner and asks about the rest.
 ALTER TABLE chats ADD COLUMN access TEXT NOT NULL DEFAULT 'pending' CHECK (access IN ('allowed', 'pending', 'blocked'));
 ALTER TABLE chats ADD COLUMN access_reason TEXT;       -- why: owner's handle, owner in the group, the owner's word
 ALTER TABLE chats ADD COLUMN pending_no INTEGER;       -- the short number the owner answers with, while pending
 ALTER TABLE chats ADD COLUMN notified_at INTEGER;      -- when the owner was told about this pending chat
-UPDATE chats SET access = 'allowed', access_reason = 'served before quarantine existed';
 CREATE UNIQUE INDEX chats_pending_no ON chats(pending_no) WHERE pending_no IS NOT NULL;
 
 -- Turns: 'held' waits for the owner's allow; kind 'discriminate' asks the small model whether

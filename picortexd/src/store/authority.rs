@@ -290,6 +290,34 @@ pub fn settle(
     Ok(s)
 }
 
+/// At start: decide every chat still waiting without the owner having been told — chats from
+/// before quarantine existed, and groups whose participants never arrived (the gateway stopped
+/// before Linq answered). The owner's are allowed; the owner is told about the rest, and any
+/// turn they had queued is held.
+pub fn settle_waiting(t: &Connection, owner: &Owner) -> Result<Settled, StoreError> {
+    let ids: Vec<String> = {
+        let mut st = t.prepare(
+            "SELECT id FROM chats WHERE access = 'pending' AND notified_at IS NULL ORDER BY created_at",
+        )?;
+        let v = st
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        v
+    };
+    let mut all = Settled::default();
+    for id in ids {
+        let s = settle(t, owner, &id, true)?;
+        all.wake_turns |= s.wake_turns;
+        all.wake_outbox |= s.wake_outbox;
+        t.execute(
+            "UPDATE turns SET status = 'held' WHERE chat_id = ?1 AND status = 'queued'
+               AND EXISTS (SELECT 1 FROM chats c WHERE c.id = ?1 AND c.access != 'allowed')",
+            [&id],
+        )?;
+    }
+    Ok(all)
+}
+
 /// One gate decision (SPEC A4).
 pub struct GateRecord<'a> {
     pub message_id: i64,

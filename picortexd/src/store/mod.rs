@@ -227,6 +227,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn migration_3_keeps_every_row_and_holds_old_chats_for_a_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        {
+            let mut c = Connection::open(&p).unwrap();
+            for (i, m) in MIGRATIONS[..2].iter().enumerate() {
+                let t = c.transaction().unwrap();
+                t.execute_batch(m).unwrap();
+                t.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+                t.commit().unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO chats (id, kind, session_id, created_at, updated_at) VALUES ('c', 'direct', 's', 0, 0);
+                 INSERT INTO messages (linq_id, chat_id, direction, text, created_at) VALUES ('m', 'c', 'inbound', 'hi', 0);
+                 INSERT INTO turns (id, chat_id, message_id, status, created_at, cost_usd) VALUES ('t', 'c', 1, 'queued', 0, 0.5);
+                 INSERT INTO outbox (chat_id, turn_id, text, idempotency_key, status, next_attempt_at, created_at)
+                   VALUES ('c', 't', 'yo', 'k', 'pending', 0, 0);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        let row: (String, String, String, f64, String) = s
+            .call(|t| {
+                Ok(t.query_row(
+                    "SELECT c.access, t.kind, t.status, t.cost_usd, o.text FROM chats c, turns t, outbox o",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                "pending".into(),
+                "answer".into(),
+                "queued".into(),
+                0.5,
+                "yo".into()
+            )
+        );
+        let fk: bool = s
+            .call(|t| Ok(t.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert!(fk, "foreign keys are on again after migrating");
+    }
+
+    #[tokio::test]
     async fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.db");

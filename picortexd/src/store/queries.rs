@@ -336,6 +336,7 @@ pub fn runnable_turns(
     let mut st = t.prepare_cached(&format!(
         "SELECT {TURN_COLS} FROM turns t JOIN messages m ON m.id = t.message_id
          WHERE t.status = 'queued'
+           AND EXISTS (SELECT 1 FROM chats c WHERE c.id = t.chat_id AND c.access = 'allowed')
            AND t.created_at = (SELECT MIN(created_at) FROM turns q WHERE q.chat_id = t.chat_id AND q.status = 'queued')
            AND NOT EXISTS (SELECT 1 FROM turns a WHERE a.chat_id = t.chat_id AND a.status IN ('starting', 'running'))
          ORDER BY t.created_at LIMIT ?1"
@@ -581,7 +582,12 @@ mod tests {
     /// A stored message, with a queued turn when `answer` (what `ingest` does once the gate
     /// and quarantine said yes).
     fn ingest_message(t: &Connection, m: &(Inbound, bool)) -> Result<Ingested, StoreError> {
-        Ok(match store_message(t, &m.0)? {
+        let stored = store_message(t, &m.0)?;
+        t.execute(
+            "UPDATE chats SET access = 'allowed' WHERE id = ?1",
+            [&m.0.chat_id],
+        )?;
+        Ok(match stored {
             Stored::DuplicateEvent => Ingested::Duplicate,
             Stored::New { message_id } if m.1 => Ingested::Stored {
                 turn_id: Some(queue_turn(
@@ -670,6 +676,24 @@ mod tests {
         let busy = vec!["c2".to_owned()];
         let r = s.call(move |t| runnable_turns(t, 10, &busy)).await.unwrap();
         assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn turns_of_chats_not_allowed_never_run() {
+        let (_d, s) = store().await;
+        let x = inbound("e1", "c1", "m1", true);
+        s.call(move |t| ingest_message(t, &x)).await.unwrap();
+        s.call(|t| {
+            t.execute("UPDATE chats SET access = 'pending'", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(s
+            .call(|t| runnable_turns(t, 10, &[]))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

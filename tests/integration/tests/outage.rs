@@ -215,7 +215,7 @@ fn a_rejected_reply_is_given_up_recorded_and_not_retried() {
     assert!(error.contains("400"), "{row}");
     let log = m.journal("-u picortexd.service");
     assert!(
-        log.contains("reply given up"),
+        log.contains("given up: Linq will not accept it"),
         "no journal entry for the given-up reply"
     );
 

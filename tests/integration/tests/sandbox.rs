@@ -192,7 +192,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         .and_then(|r| r["text"].as_str())
         .unwrap_or("");
     assert!(
-        last.contains("standin: you said \"Cortex #sleep=12 busy\""),
+        last.starts_with("standin: you said") && last.contains("Cortex #sleep=12 busy\" (turn"),
         "B's turn: {last}"
     );
     assert_eq!(
@@ -245,7 +245,8 @@ fn a_memory_bomb_kills_only_its_own_turn() {
     let rb = m.wait_replies(&b, 2, T);
     let long_reply = rb[1]["text"].as_str().unwrap_or("");
     assert!(
-        long_reply.contains("standin: you said \"Cortex #sleep=5 a long one\""),
+        long_reply.starts_with("standin: you said")
+            && long_reply.contains("Cortex #sleep=5 a long one\" (turn"),
         "B's long turn: {long_reply}"
     );
 
