@@ -21,16 +21,21 @@ pub enum IdError {
     BadTag(String),
 }
 
+/// The one rule for every id Linq gives us (chats, messages, events, attachments): UUIDs today,
+/// so 1-64 characters of `[A-Za-z0-9-]`. The gateway refuses a webhook with any other id before it
+/// reaches the log, the Linq client refuses to put one in a URL, and the helper refuses it as a
+/// chat id: all three ask this function.
+pub fn is_linq_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// A validated Linq chat id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChatId(String);
 
 impl ChatId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if ok {
+        if is_linq_id(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(IdError::BadChatId(s.chars().take(80).collect()))

@@ -16,13 +16,7 @@ use crate::store::channel::{self, Member, Reaction};
 use crate::store::queries::{self, Inbound, Ingested, Stored, TurnKind};
 use crate::store::StoreError;
 
-/// Ids we store and put in paths or URLs later: Linq's are UUIDs; anything else is refused.
-fn id_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+use picortex_proto::ids::is_linq_id as id_ok;
 
 /// Reject what must not reach the log: malformed ids and absurd sizes. Returns the reason.
 pub fn validate(env: &Envelope<Event>) -> Result<(), String> {
@@ -382,7 +376,7 @@ mod tests {
     #[test]
     fn ids_are_checked() {
         assert!(id_ok("2915e81c-5068-4796-ace2-21d2c94ad298"));
-        for bad in ["", "../x", "a b", &"a".repeat(129), "x\u{0}"] {
+        for bad in ["", "../x", "a b", &"a".repeat(65), "x\u{0}", "a_b"] {
             assert!(!id_ok(bad), "{bad:?}");
         }
     }

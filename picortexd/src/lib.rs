@@ -15,6 +15,7 @@ pub mod http;
 pub mod ingest;
 pub mod linq;
 pub mod outbox;
+pub mod outcome;
 pub mod owner;
 pub mod quarantine;
 pub mod reply;

@@ -5,10 +5,11 @@ use picortex_proto::turn::{Outcome, TurnResult};
 
 use crate::bus::UnitEnd;
 use crate::config::Config;
+use crate::outcome::TurnOutcome as O;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    pub outcome: &'static str,
+    pub outcome: O,
     pub text: String,
     /// For the log: why it was not an answer.
     pub error: Option<String>,
@@ -31,18 +32,18 @@ fn minutes(secs: u64) -> String {
 }
 
 /// The reply for a failure that has no agent output to go on.
-pub fn for_failure(outcome: &str, cfg: &Config) -> String {
+pub fn for_failure(outcome: O, cfg: &Config) -> String {
     match outcome {
-        "timeout" => format!("That took too long (over {}), so I stopped it. Try a smaller request?", minutes(cfg.turns.runtime_max_s)),
-        "out_of_memory" => format!("I ran out of memory (this chat's limit is {}) and had to stop. Try a smaller request?", human_size(cfg.memory_max_bytes())),
-        "helper_unavailable" | "helper_denied" => "I can't start work right now: my system helper isn't available. The operator has been told.".into(),
-        "unit_failed_to_start" => "I couldn't start the agent for this chat. The operator has been told.".into(),
-        "budget_exhausted" => "This chat has used up today's budget for the AI, so I'll pause until midnight UTC.".into(),
-        "interrupted" => "I was interrupted (the server restarted) before I could finish that. Please send it again.".into(),
-        "empty_output" => "The agent finished without an answer. Please try again.".into(),
-        "bad_output" => "The agent's answer came back garbled, so I dropped it. Please try again.".into(),
-        "refused" => "I couldn't run the agent for this chat (a setup problem). The operator has been told.".into(),
-        "agent_failed" => "The agent stopped unexpectedly before answering. Please try again.".into(),
+        O::Timeout => format!("That took too long (over {}), so I stopped it. Try a smaller request?", minutes(cfg.turns.runtime_max_s)),
+        O::OutOfMemory => format!("I ran out of memory (this chat's limit is {}) and had to stop. Try a smaller request?", human_size(cfg.memory_max_bytes())),
+        O::HelperUnavailable | O::HelperDenied => "I can't start work right now: my system helper isn't available. The operator has been told.".into(),
+        O::UnitFailedToStart => "I couldn't start the agent for this chat. The operator has been told.".into(),
+        O::BudgetExhausted => "This chat has used up today's budget for the AI, so I'll pause until midnight UTC.".into(),
+        O::Interrupted => "I was interrupted (the server restarted) before I could finish that. Please send it again.".into(),
+        O::EmptyOutput => "The agent finished without an answer. Please try again.".into(),
+        O::BadOutput => "The agent's answer came back garbled, so I dropped it. Please try again.".into(),
+        O::Refused => "I couldn't run the agent for this chat (a setup problem). The operator has been told.".into(),
+        O::AgentFailed => "The agent stopped unexpectedly before answering. Please try again.".into(),
         _ => "Something went wrong on my side and I couldn't answer. The operator has been told.".into(),
     }
 }
@@ -74,20 +75,20 @@ fn agent_error_text(text: &str) -> String {
 
 pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config) -> Reply {
     let unit_result = end.map(|e| e.result.as_str()).unwrap_or("");
-    let fail = |outcome: &'static str, error: String| Reply {
+    let fail = |outcome: O, error: String| Reply {
         outcome,
         text: for_failure(outcome, cfg),
         error: Some(error),
     };
     if unit_result == "timeout" {
         return fail(
-            "timeout",
+            O::Timeout,
             format!("unit exceeded RuntimeMaxSec={}", cfg.turns.runtime_max_s),
         );
     }
     if unit_result == "oom-kill" || result.is_some_and(|r| r.outcome == Outcome::OutOfMemory) {
         return fail(
-            "out_of_memory",
+            O::OutOfMemory,
             "killed by the kernel OOM killer at the chat's MemoryMax".into(),
         );
     }
@@ -95,30 +96,30 @@ pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config)
         return match end {
             // picortex-run itself never ran (exec failure, user missing, …).
             Some(e) if e.exec_main_code == 1 && e.exec_main_status >= 200 => fail(
-                "unit_failed_to_start",
+                O::UnitFailedToStart,
                 format!(
                     "unit {} with status {} (systemd could not start picortex-run)",
                     e.result, e.exec_main_status
                 ),
             ),
             Some(e) => fail(
-                "agent_failed",
+                O::AgentFailed,
                 format!(
                     "no result; unit {} (code {}, status {})",
                     e.result, e.exec_main_code, e.exec_main_status
                 ),
             ),
-            None => fail("interrupted", "no unit and no result".into()),
+            None => fail(O::Interrupted, "no unit and no result".into()),
         };
     };
     let mut reply = match r.outcome {
         Outcome::Ok => match r.text.as_deref().map(str::trim) {
             Some(t) if !t.is_empty() => Reply {
-                outcome: "ok",
+                outcome: O::Ok,
                 text: t.to_owned(),
                 error: None,
             },
-            _ => fail("empty_output", "agent answered with empty text".into()),
+            _ => fail(O::EmptyOutput, "agent answered with empty text".into()),
         },
         Outcome::AgentError => {
             let t = r
@@ -127,25 +128,25 @@ pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config)
                 .or_else(|| r.error.clone())
                 .unwrap_or_default();
             Reply {
-                outcome: "agent_error",
+                outcome: O::AgentError,
                 text: agent_error_text(&t),
                 error: Some(t),
             }
         }
         Outcome::EmptyOutput => fail(
-            "empty_output",
+            O::EmptyOutput,
             r.error
                 .clone()
                 .unwrap_or_else(|| "agent printed nothing".into()),
         ),
-        Outcome::BadOutput => fail("bad_output", r.error.clone().unwrap_or_default()),
-        Outcome::Refused => fail("refused", r.error.clone().unwrap_or_default()),
+        Outcome::BadOutput => fail(O::BadOutput, r.error.clone().unwrap_or_default()),
+        Outcome::Refused => fail(O::Refused, r.error.clone().unwrap_or_default()),
         // Handled before composing (the turn is started again); never a reply on its own.
-        Outcome::NoRequest => fail("interrupted", "a spare unit got no request".into()),
-        Outcome::AgentFailed => fail("agent_failed", r.error.clone().unwrap_or_default()),
-        Outcome::OutOfMemory => fail("out_of_memory", r.error.clone().unwrap_or_default()),
+        Outcome::NoRequest => fail(O::Interrupted, "a spare unit got no request".into()),
+        Outcome::AgentFailed => fail(O::AgentFailed, r.error.clone().unwrap_or_default()),
+        Outcome::OutOfMemory => fail(O::OutOfMemory, r.error.clone().unwrap_or_default()),
     };
-    if r.new_session && reply.outcome == "ok" {
+    if r.new_session && reply.outcome == O::Ok {
         reply.text = format!(
             "(I had lost our earlier conversation, so I started a fresh one.)\n\n{}",
             reply.text
@@ -182,7 +183,7 @@ mod tests {
             Some(&res(Outcome::Ok, Some(" hi "))),
             &cfg(),
         );
-        assert_eq!((r.outcome, r.text.as_str()), ("ok", "hi"));
+        assert_eq!((r.outcome, r.text.as_str()), (O::Ok, "hi"));
     }
 
     #[test]
@@ -249,7 +250,7 @@ mod tests {
             (compose(None, None, &c), "interrupted", "interrupted"),
         ];
         for (r, outcome, words) in cases {
-            assert_eq!(r.outcome, outcome);
+            assert_eq!(r.outcome.as_str(), outcome);
             assert!(r.text.contains(words), "{outcome}: {:?}", r.text);
         }
     }

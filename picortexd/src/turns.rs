@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::context;
 use crate::linq::client::LinqClient;
 use crate::linq::split::split_reply;
+use crate::outcome::TurnOutcome as O;
 use crate::owner::Owner;
 use crate::reply;
 use crate::spares::{Spare, Spares};
@@ -241,7 +242,7 @@ impl Turns {
                 .map_err(Failure::store)?;
             if spent >= budget {
                 return Err(Failure {
-                    outcome: "budget_exhausted",
+                    outcome: O::BudgetExhausted,
                     error: format!("spent ${spent:.4} of ${budget:.2} today (UTC)"),
                 });
             }
@@ -404,7 +405,7 @@ impl Turns {
                 self.finish_without_unit(
                     &job,
                     Failure {
-                        outcome: "unit_lost",
+                        outcome: O::UnitLost,
                         error: e.to_string(),
                     },
                 )
@@ -491,7 +492,7 @@ impl Turns {
         }
         let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg);
         let fin = Finished {
-            outcome: r.outcome.to_owned(),
+            outcome: r.outcome,
             unit_result: end.as_ref().map(|e| e.result.clone()),
             error: r.error.clone(),
             session_id: result.as_ref().and_then(|r| r.session_id.clone()),
@@ -514,7 +515,7 @@ impl Turns {
                 tracing::warn!(error = %e, "could not release the turn unit");
             }
         }
-        if r.outcome == "ok" {
+        if r.outcome == O::Ok {
             let _ = self.spare_tx.send(job.chat_id.clone());
         }
     }
@@ -687,15 +688,14 @@ impl Turns {
         if job.kind == TurnKind::Discriminate {
             // Nobody asked: a discriminator that could not run stays quiet (or answers, when
             // configured fail-open); no failure reply goes to the chat.
-            tracing::warn!(outcome = f.outcome, error = %f.error, "discriminator turn could not run");
+            tracing::warn!(outcome = %f.outcome, error = %f.error, "discriminator turn could not run");
             return self.finish_discriminator(job, None, Some(f.outcome)).await;
         }
-        tracing::error!(outcome = f.outcome, error = %f.error, "turn failed");
+        tracing::error!(outcome = %f.outcome, error = %f.error, "turn failed: {} ({})", f.outcome, f.error);
         let text = reply::for_failure(f.outcome, &self.cfg);
         let fin = Finished {
-            outcome: f.outcome.to_owned(),
             error: Some(f.error),
-            ..Default::default()
+            ..Finished::new(f.outcome)
         };
         self.record(job, fin, &text).await;
     }
@@ -710,11 +710,11 @@ impl Turns {
         {
             Ok(()) => {
                 crate::failpoint::hit("turn-recorded");
-                let level_ok = fin.outcome == "ok";
+                let level_ok = fin.outcome == O::Ok;
                 if level_ok {
                     tracing::info!(outcome = %fin.outcome, cost_usd = fin.cost_usd.unwrap_or(0.0), duration_ms = fin.duration_ms.unwrap_or(0), "turn finished");
                 } else {
-                    tracing::warn!(outcome = %fin.outcome, error = fin.error.as_deref().unwrap_or(""), "turn finished without an answer");
+                    tracing::warn!(outcome = %fin.outcome, error = fin.error.as_deref().unwrap_or(""), "turn finished without an answer: {}", fin.outcome);
                 }
                 let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
                 self.outbox_wake.notify_one();
@@ -759,12 +759,12 @@ impl Turns {
         &self,
         job: &TurnJob,
         result: Option<&TurnResult>,
-        failed: Option<&str>,
+        failed: Option<O>,
     ) {
         // The model's text, or why there is none.
         let answer: Result<String, String> = match (failed, result.and_then(|r| r.text.clone())) {
             (None, Some(text)) => Ok(text),
-            (Some(f), _) => Err(f.to_owned()),
+            (Some(f), _) => Err(f.as_str().to_owned()),
             (None, None) => Err("no answer".to_owned()),
         };
         let policy = self.cfg.attention.policy();
@@ -800,10 +800,9 @@ impl Turns {
                     queries::promote_to_answer(t, &j.turn_id)?;
                 } else {
                     let fin = Finished {
-                        outcome: "not_answered".into(),
                         error: Some(v.reason.clone()),
                         cost_usd: cost,
-                        ..Default::default()
+                        ..Finished::new(O::NotAnswered)
                     };
                     queries::finish_turn(t, &j, &fin, &[])?;
                 }
@@ -881,29 +880,29 @@ fn utc_midnight_ms() -> i64 {
 /// Why a turn could not run; `outcome` is the stored outcome, which picks the reply.
 #[derive(Debug)]
 pub struct Failure {
-    pub outcome: &'static str,
+    pub outcome: O,
     pub error: String,
 }
 
 impl Failure {
     fn internal(error: String) -> Self {
         Self {
-            outcome: "internal_error",
+            outcome: O::InternalError,
             error,
         }
     }
     fn store(e: crate::store::StoreError) -> Self {
         Self {
-            outcome: "internal_error",
+            outcome: O::InternalError,
             error: e.to_string(),
         }
     }
     fn bus(e: BusError) -> Self {
         let outcome = match e {
-            BusError::Unavailable(_) => "helper_unavailable",
-            BusError::Denied(_) => "helper_denied",
+            BusError::Unavailable(_) => O::HelperUnavailable,
+            BusError::Denied(_) => O::HelperDenied,
             BusError::Helper(_) | BusError::Exists(_) | BusError::Systemd(_) => {
-                "unit_failed_to_start"
+                O::UnitFailedToStart
             }
         };
         Self {
@@ -913,7 +912,7 @@ impl Failure {
     }
     fn interrupted() -> Self {
         Self {
-            outcome: "interrupted",
+            outcome: O::Interrupted,
             error: "the turn's unit disappeared before it reported (system restart?)".into(),
         }
     }

@@ -407,12 +407,7 @@ impl LinqClient {
 /// Ids are interpolated into URL paths: allow only what Linq's UUIDs and our test ids use, so a
 /// crafted id cannot reach another endpoint.
 fn check_id(what: &str, id: &str) -> Result<(), LinqError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if picortex_proto::ids::is_linq_id(id) {
         Ok(())
     } else {
         Err(LinqError::Invalid(format!(

@@ -53,8 +53,8 @@ pub fn set_access(
         }
         Access::Blocked => {
             r.dropped = t.execute(
-                "UPDATE turns SET status = 'done', outcome = 'blocked', error = ?2, finished_at = ?3 WHERE chat_id = ?1 AND status = 'held'",
-                params![chat_id, reason, now],
+                "UPDATE turns SET status = 'done', outcome = ?4, error = ?2, finished_at = ?3 WHERE chat_id = ?1 AND status = 'held'",
+                params![chat_id, reason, now, crate::outcome::TurnOutcome::Blocked.as_str()],
             )?
         }
         Access::Pending => {}

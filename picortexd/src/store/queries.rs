@@ -4,6 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now_ms, StoreError};
+use crate::outcome::TurnOutcome;
 use crate::quarantine::Access;
 
 /// A `message.received` (or the bot's `message.sent` echo) to store.
@@ -393,9 +394,9 @@ pub fn set_turn_status(
 }
 
 /// How a turn ended, ready to be recorded.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Finished {
-    pub outcome: String,
+    pub outcome: TurnOutcome,
     pub unit_result: Option<String>,
     pub error: Option<String>,
     pub session_id: Option<String>,
@@ -406,6 +407,24 @@ pub struct Finished {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub duration_ms: Option<u64>,
+}
+
+impl Finished {
+    /// An end with `outcome` and nothing else known yet.
+    pub fn new(outcome: TurnOutcome) -> Self {
+        Self {
+            outcome,
+            unit_result: None,
+            error: None,
+            session_id: None,
+            new_session: false,
+            session_exists: false,
+            cost_usd: None,
+            input_tokens: None,
+            output_tokens: None,
+            duration_ms: None,
+        }
+    }
 }
 
 /// Record a turn's end and queue its reply parts in the outbox, atomically.
@@ -421,7 +440,7 @@ pub fn finish_turn(
             cost_usd = ?7, input_tokens = ?8, output_tokens = ?9, duration_ms = ?10, finished_at = ?11
          WHERE id = ?1 AND status != 'done'",
         params![
-            job.turn_id, f.outcome, f.unit_result, f.error, f.session_id, f.new_session as i64, f.cost_usd,
+            job.turn_id, f.outcome.as_str(), f.unit_result, f.error, f.session_id, f.new_session as i64, f.cost_usd,
             f.input_tokens.map(|v| v as i64), f.output_tokens.map(|v| v as i64), f.duration_ms.map(|v| v as i64), now
         ],
     )?;
@@ -707,9 +726,8 @@ mod tests {
             .unwrap()
             .remove(0);
         let f = Finished {
-            outcome: "ok".into(),
             session_exists: true,
-            ..Default::default()
+            ..Finished::new(TurnOutcome::Ok)
         };
         let parts = vec!["one".to_owned(), "two".to_owned()];
         for _ in 0..2 {
@@ -742,10 +760,7 @@ mod tests {
             .await
             .unwrap()
             .remove(0);
-        let f = Finished {
-            outcome: "ok".into(),
-            ..Default::default()
-        };
+        let f = Finished::new(TurnOutcome::Ok);
         s.call(move |t| finish_turn(t, &job, &f, &["answer".to_owned()]))
             .await
             .unwrap();
