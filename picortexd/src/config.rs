@@ -61,6 +61,8 @@ pub struct LinqConfig {
     pub request_timeout_s: u64,
     /// Longest reply part, in characters; longer replies are split.
     pub max_part_chars: usize,
+    /// Longest reply, in characters; a longer one is cut with a note (one turn, a few messages).
+    pub max_reply_chars: usize,
     /// Names the bot answers to in groups when a sender's client carries no mention entities.
     pub bot_names: Vec<String>,
 }
@@ -72,6 +74,7 @@ impl Default for LinqConfig {
             timestamp_tolerance_s: 300,
             request_timeout_s: 30,
             max_part_chars: 4000,
+            max_reply_chars: 16000,
             bot_names: Vec::new(),
         }
     }
@@ -268,6 +271,12 @@ impl Config {
             return bad(
                 "linq.max_part_chars",
                 "must be 100..=10000 (Linq's text limit)".into(),
+            );
+        }
+        if !(self.linq.max_part_chars..=100_000).contains(&self.linq.max_reply_chars) {
+            return bad(
+                "linq.max_reply_chars",
+                "must be at least linq.max_part_chars and at most 100000".into(),
             );
         }
         if !(1024..=64 << 20).contains(&self.http.max_body_bytes) {

@@ -27,6 +27,7 @@ use crate::attention::{discriminator, Mode};
 use crate::bus::{Bus, BusError, Started, UnitEnd};
 use crate::config::Config;
 use crate::context;
+use crate::linq::clean;
 use crate::linq::client::LinqClient;
 use crate::linq::split::split_reply;
 use crate::outcome::TurnOutcome as O;
@@ -701,7 +702,8 @@ impl Turns {
     }
 
     async fn record(&self, job: &TurnJob, fin: Finished, text: &str) {
-        let parts = split_reply(text, self.cfg.linq.max_part_chars);
+        let text = clean::for_phone(text, self.cfg.linq.max_reply_chars);
+        let parts = split_reply(&text, self.cfg.linq.max_part_chars);
         let (j, f) = (job.clone(), fin.clone());
         match self
             .store

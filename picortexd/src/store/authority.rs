@@ -124,6 +124,12 @@ pub fn owner_dm(t: &Connection, owner: &Owner) -> Result<Option<String>, StoreEr
     Ok(None)
 }
 
+/// The gateway's own messages are one part each, cleaned like every text that leaves (they quote
+/// other people's words: a notice carries a stranger's first message).
+fn own_text(text: &str) -> String {
+    crate::linq::clean::for_phone(text, crate::linq::split::DEFAULT_MAX_CHARS - 200)
+}
+
 /// Queue a message from the gateway itself (a command's answer, a notice) in the outbox.
 pub fn queue_text(
     t: &Connection,
@@ -132,6 +138,7 @@ pub fn queue_text(
     reply_to: Option<&str>,
     key: &str,
 ) -> Result<(), StoreError> {
+    let text = own_text(text);
     t.execute(
         "INSERT OR IGNORE INTO outbox (chat_id, part, text, reply_to, idempotency_key, status, next_attempt_at, created_at)
          VALUES (?1, 0, ?2, ?3, ?4, 'pending', ?5, ?5)",
@@ -153,6 +160,7 @@ pub fn notify_owner(
         queue_text(t, &dm, text, None, key)?;
         return Ok(true);
     }
+    let text = own_text(text);
     let (Some(to), Some(from)) = (owner.primary(), bot_line) else {
         tracing::error!(
             "cannot tell the owner about a waiting chat: no [owner] handles configured, or the bot's line is unknown"

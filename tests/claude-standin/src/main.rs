@@ -54,6 +54,7 @@
 //! | `#argv` | reply includes the arguments (the prompt argument excluded) |
 //! | `#system` | reply includes the `--append-system-prompt` text |
 //! | `#model` | reply includes the model |
+//! | `#hostile` | the reply is escape sequences, NUL, a bidi override and 200 kB of text |
 //! | `#score=<x>` | with `--no-session-persistence` (picortex's discriminator), the reply is only `{"score": <x>, "reason": …}` |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
 
@@ -250,6 +251,7 @@ struct Knobs {
     attack: bool,
     attack_other: Option<String>,
     score: Option<String>,
+    hostile: bool,
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -281,6 +283,7 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#model" => k.model = true,
                 "#attack" => k.attack = true,
                 "#score" => k.score = Some(value.to_owned()),
+                "#hostile" => k.hostile = true,
                 _ => {}
             }
             rest = &tail[1..];
@@ -950,6 +953,13 @@ fn run(argv: &[String]) -> Exit {
     if let Some(r) = &attack_report {
         // Nothing else in this reply, so the report parses as it is.
         reply = format!("standin: attack report {r}");
+    }
+    if knobs.hostile {
+        // What a hostile agent would send a phone: escapes, NUL, a bidi override, 200 kB.
+        reply = format!(
+            "\u{1b}[31mALERT\u{1b}[0m \u{1b}]0;pwned\u{7}nul\u{0}here \u{202E}desrever\u{202C} {}",
+            "flood ".repeat(200_000 / 6)
+        );
     }
     if let (true, Some(score)) = (args.no_session_persistence, &knobs.score) {
         // Asked as picortex's discriminator: answer as its prompt asks, and only that.
