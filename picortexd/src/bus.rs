@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use picortex_proto::bus::ProvisionProxy;
 use picortex_proto::ids::unit_object_path;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, Variant};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
@@ -27,6 +27,14 @@ pub enum BusError {
     Exists(String),
     #[error("systemd: {0}")]
     Systemd(String),
+}
+
+/// An error of a call to systemd: the connection being gone is the bus being unavailable.
+fn sys_err(e: zbus::Error) -> BusError {
+    match e {
+        zbus::Error::InputOutput(_) => BusError::Unavailable(e.to_string()),
+        e => BusError::Systemd(e.to_string()),
+    }
 }
 
 fn helper_err(e: zbus::Error) -> BusError {
@@ -65,9 +73,11 @@ pub enum Started {
 }
 
 /// A lazily connected system bus: the gateway keeps serving webhooks (and queueing turns) while
-/// the bus is down, and connects again on the next use.
+/// the bus is down, and connects again on the next use. A connection found dead (the bus daemon
+/// restarted) is dropped, so the next call — or the watchdog's next check — connects afresh
+/// instead of failing every turn until someone restarts the gateway.
 pub struct Bus {
-    conn: OnceCell<Connection>,
+    conn: Mutex<Option<Connection>>,
 }
 
 impl Default for Bus {
@@ -79,57 +89,81 @@ impl Default for Bus {
 impl Bus {
     pub fn new() -> Self {
         Self {
-            conn: OnceCell::new(),
+            conn: Mutex::new(None),
         }
     }
 
-    async fn conn(&self) -> Result<&Connection, BusError> {
-        self.conn
-            .get_or_try_init(|| async {
-                let c = Connection::system()
-                    .await
-                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
-                // PID 1 emits unit signals only to subscribed clients.
-                let mgr = ManagerProxy::new(&c)
-                    .await
-                    .map_err(|e| BusError::Systemd(e.to_string()))?;
-                if let Err(e) = mgr.subscribe().await {
-                    tracing::debug!(error = %e, "systemd Subscribe");
-                }
-                Ok(c)
-            })
+    async fn conn(&self) -> Result<Connection, BusError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Connection::system()
             .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        // PID 1 emits unit signals only to subscribed clients.
+        let mgr = ManagerProxy::new(&c).await.map_err(sys_err)?;
+        if let Err(e) = mgr.subscribe().await {
+            tracing::debug!(error = %e, "systemd Subscribe");
+        }
+        tracing::info!("connected to the system bus");
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Drop the connection after an error that says the bus is gone; the next use reconnects.
+    async fn check<T>(&self, r: Result<T, BusError>) -> Result<T, BusError> {
+        if let Err(BusError::Unavailable(e)) = &r {
+            if self.conn.lock().await.take().is_some() {
+                tracing::warn!(error = %e, "system bus connection lost; reconnecting on next use");
+            }
+        }
+        r
     }
 
     pub async fn connect(&self) -> Result<(), BusError> {
-        self.conn().await.map(|_| ())
+        let r = self.conn().await.map(|_| ());
+        self.check(r).await
     }
 
-    /// True if the bus daemon answers.
+    /// True if the bus daemon answers (connecting again if the old connection died).
     pub async fn ok(&self) -> bool {
-        match self.conn.get() {
-            Some(c) => match zbus::fdo::DBusProxy::new(c).await {
+        let alive = match self.conn.lock().await.clone() {
+            Some(c) => match zbus::fdo::DBusProxy::new(&c).await {
                 Ok(p) => p.get_id().await.is_ok(),
                 Err(_) => false,
             },
-            None => self.connect().await.is_ok(),
+            None => false,
+        };
+        if alive {
+            return true;
         }
+        let _ = self
+            .check::<()>(Err(BusError::Unavailable(
+                "the bus daemon does not answer".into(),
+            )))
+            .await;
+        self.connect().await.is_ok()
     }
 
     async fn provision(&self) -> Result<ProvisionProxy<'static>, BusError> {
-        let c = self.conn().await?.clone();
-        ProvisionProxy::new(&c).await.map_err(helper_err)
+        let c = self.conn().await;
+        let c = self.check(c).await?;
+        let p = ProvisionProxy::new(&c).await.map_err(helper_err);
+        self.check(p).await
     }
 
     pub async fn ensure_chat(
         &self,
         chat_id: &str,
     ) -> Result<(String, u32, String, String), BusError> {
-        self.provision()
+        let r = self
+            .provision()
             .await?
             .ensure_chat(chat_id)
             .await
-            .map_err(helper_err)
+            .map_err(helper_err);
+        self.check(r).await
     }
 
     pub async fn start_turn(
@@ -145,11 +179,11 @@ impl Bus {
             .iter()
             .map(|(k, v)| (*k, Variant::from(*v)))
             .collect();
-        match p
+        let r = p
             .start_turn(chat_id, turn_id, request.into(), result.into(), limits)
             .await
-            .map_err(helper_err)
-        {
+            .map_err(helper_err);
+        match self.check(r).await {
             Ok(unit) => Ok(Started::Started(unit)),
             Err(BusError::Exists(_)) => Ok(Started::AlreadyRunning(
                 picortex_proto::ids::TurnId::parse(turn_id)
@@ -161,59 +195,88 @@ impl Bus {
     }
 
     pub async fn archive_chat(&self, chat_id: &str) -> Result<String, BusError> {
-        self.provision()
+        let r = self
+            .provision()
             .await?
             .archive_chat(chat_id)
             .await
-            .map_err(helper_err)
+            .map_err(helper_err);
+        self.check(r).await
     }
 
     pub async fn release_turn(&self, turn_id: &str) -> Result<(), BusError> {
-        self.provision()
+        let r = self
+            .provision()
             .await?
             .release_turn(turn_id)
             .await
-            .map_err(helper_err)
+            .map_err(helper_err);
+        self.check(r).await
     }
 
     /// Whether systemd has the unit loaded.
     pub async fn unit_exists(&self, unit: &str) -> Result<bool, BusError> {
-        let c = self.conn().await?;
-        let mgr = ManagerProxy::new(c)
-            .await
-            .map_err(|e| BusError::Systemd(e.to_string()))?;
-        match mgr.get_unit(unit.to_owned()).await {
-            Ok(_) => Ok(true),
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
-            {
-                Ok(false)
+        let r = async {
+            let c = self.conn().await?;
+            let mgr = ManagerProxy::new(&c).await.map_err(sys_err)?;
+            match mgr.get_unit(unit.to_owned()).await {
+                Ok(_) => Ok(true),
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(sys_err(e)),
             }
-            Err(e) => Err(BusError::Systemd(e.to_string())),
         }
+        .await;
+        self.check(r).await
     }
 
     /// Every turn unit systemd has loaded (running, or kept after its end until released).
     pub async fn turn_units(&self) -> Result<Vec<String>, BusError> {
-        let c = self.conn().await?;
-        let mgr = ManagerProxy::new(c)
-            .await
-            .map_err(|e| BusError::Systemd(e.to_string()))?;
-        let units = mgr
-            .list_units_by_patterns(vec![], vec!["picortex-turn-*.service".to_owned()])
-            .await
-            .map_err(|e| BusError::Systemd(e.to_string()))?;
-        Ok(units.into_iter().map(|u| u.0).collect())
+        let r = async {
+            let c = self.conn().await?;
+            let mgr = ManagerProxy::new(&c).await.map_err(sys_err)?;
+            let units = mgr
+                .list_units_by_patterns(vec![], vec!["picortex-turn-*.service".to_owned()])
+                .await
+                .map_err(sys_err)?;
+            Ok(units.into_iter().map(|u| u.0).collect())
+        }
+        .await;
+        self.check(r).await
     }
 
     /// Wait until the unit's main process is done (active+exited under RemainAfterExit, or
     /// failed, or inactive with no job pending) and return how it ended. Listens for
     /// PropertiesChanged on the unit, re-reading the state on each one, with a slow poll as a
-    /// safety net; `give_up` bounds the wait.
+    /// safety net; `give_up` bounds the wait. The unit belongs to systemd, not to the bus: when
+    /// the bus connection is lost midway, the wait goes on over a new one.
     pub async fn wait_unit(&self, unit: &str, give_up: Duration) -> Result<UnitEnd, BusError> {
+        let deadline = tokio::time::Instant::now() + give_up;
+        loop {
+            let r = self.wait_unit_once(unit, deadline, give_up).await;
+            match self.check(r).await {
+                Err(BusError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(unit, error = %e, "lost the bus while watching a turn unit; watching again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn wait_unit_once(
+        &self,
+        unit: &str,
+        deadline: tokio::time::Instant,
+        give_up: Duration,
+    ) -> Result<UnitEnd, BusError> {
         let c = self.conn().await?;
+        let c = &c;
         let path = unit_object_path(unit);
-        let sys = |e: zbus::Error| BusError::Systemd(e.to_string());
+        let sys = sys_err;
         let props = zbus::fdo::PropertiesProxy::builder(c)
             .destination("org.freedesktop.systemd1")
             .path(path.clone())
@@ -228,7 +291,6 @@ impl Bus {
             .build()
             .await
             .map_err(sys)?;
-        let deadline = tokio::time::Instant::now() + give_up;
         loop {
             let state = unit_p.active_state().await.map_err(sys)?;
             let sub = unit_p.sub_state().await.map_err(sys)?;
@@ -251,7 +313,9 @@ impl Bus {
                 });
             }
             tokio::select! {
-                _ = changes.next() => {}
+                change = changes.next() => if change.is_none() {
+                    return Err(BusError::Unavailable("the bus closed the unit's signal stream".into()));
+                },
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(BusError::Systemd(format!("{unit} still {state}/{sub} after {}s", give_up.as_secs())));

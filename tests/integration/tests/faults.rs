@@ -1,0 +1,133 @@
+//! Faults from outside picortex (issue: keep it closed): the bus daemon restarted, journald
+//! restarted, the state directory full. Each time nothing accepted is lost and nothing is
+//! answered twice, and the gateway heals without anyone restarting it.
+
+use std::time::Duration;
+
+use picortex_integration::{tally_replies, Expected, Machine};
+
+const OWNER: &str = "+15550002000";
+const T: Duration = Duration::from_secs(60);
+
+fn expect(r: &serde_json::Value, text: &str) -> Expected {
+    Expected {
+        chat_id: r["chat_id"].as_str().unwrap().to_owned(),
+        message_id: r["message_id"].as_str().unwrap().to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+/// Everything settled: no delivery to retry, no turn queued or running, no reply pending.
+fn settled(m: &Machine) {
+    m.wait_deliveries_settled(T);
+    m.wait_for("no work left", T, || {
+        (m.sql_n(
+            "SELECT (SELECT COUNT(*) FROM turns WHERE status != 'done')
+                  + (SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
+        ) == 0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn the_gateway_rides_out_a_restart_of_the_bus_daemon() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    // A turn runs while the bus daemon goes away and comes back.
+    let slow = sim.text(OWNER, None, "#sleep=3 across the restart");
+    let chat = slow["chat_id"].as_str().unwrap().to_owned();
+    m.wait_running_turn(None, T);
+    let gw = m.gateway_invocation();
+    m.ok("systemctl restart dbus.service");
+    let mut want = vec![expect(&slow, "#sleep=3 across the restart")];
+    m.wait_replies(&chat, 1, T);
+    // Turns after it go through the helper over a new connection.
+    let after = sim.text(OWNER, Some(&chat), "after the restart");
+    want.push(expect(&after, "after the restart"));
+    m.wait_replies(&chat, 2, T);
+    settled(&m);
+    let t = tally_replies(&sim, &want[..]);
+    assert!(t.lost == 0 && t.duplicated == 0, "{t:?}");
+    assert_eq!(
+        m.sql_n("SELECT COUNT(*) FROM turns WHERE outcome != 'ok'"),
+        0,
+        "a turn failed: {}",
+        m.sql("SELECT outcome, error FROM turns WHERE outcome != 'ok'")
+    );
+    assert_eq!(
+        m.gateway_invocation(),
+        gw,
+        "the gateway had to be restarted"
+    );
+}
+
+#[test]
+fn the_gateway_rides_out_a_restart_of_journald() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    let slow = sim.text(OWNER, None, "#sleep=2 while journald restarts");
+    let chat = slow["chat_id"].as_str().unwrap().to_owned();
+    m.wait_running_turn(None, T);
+    m.ok("systemctl restart systemd-journald.service");
+    m.wait_replies(&chat, 1, T);
+    let after = sim.text(OWNER, Some(&chat), "and after it");
+    m.wait_replies(&chat, 2, T);
+    settled(&m);
+    let t = tally_replies(
+        &sim,
+        &[
+            expect(&slow, "#sleep=2 while journald restarts"),
+            expect(&after, "and after it"),
+        ],
+    );
+    assert!(t.clean(), "{t:?}");
+    assert!(
+        m.journal("-u picortexd.service").contains("reply sent"),
+        "the gateway's lines after the restart are not in the journal"
+    );
+}
+
+#[test]
+fn a_full_state_directory_answers_503_and_loses_nothing() {
+    let m = Machine::boot();
+    // The gateway's state on a small filesystem of its own, so it can be filled.
+    m.ok("mount -t tmpfs -o size=24m,mode=0711 picortex-state /var/lib/picortex && systemd-tmpfiles --create /usr/lib/tmpfiles.d/picortex.conf");
+    m.start_picortex();
+    let sim = m.sim();
+    sim.config(serde_json::json!({ "retry_base_ms": 200 }));
+    let first = sim.text(OWNER, None, "before the disk fills");
+    let chat = first["chat_id"].as_str().unwrap().to_owned();
+    m.wait_replies(&chat, 1, T);
+    settled(&m);
+    m.sh("fallocate -l 64m /var/lib/picortex/filler || dd if=/dev/zero of=/var/lib/picortex/filler bs=1M count=64 status=none");
+    let full = sim.text(OWNER, Some(&chat), "while the disk is full");
+    let id = full["event_id"].as_str().unwrap().to_owned();
+    m.wait_for("a 503 for the event while the disk is full", T, || {
+        let d = sim.get(&format!("/control/deliveries?event_id={id}"));
+        let refused = d
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["attempts"].as_array().cloned().unwrap_or_default())
+            .any(|a| a["status"] == 503);
+        refused.then_some(())
+    });
+    assert_eq!(
+        m.ok("systemctl is-active picortexd.service").trim(),
+        "active",
+        "the gateway died of a full disk"
+    );
+    m.ok("rm -f /var/lib/picortex/filler");
+    m.wait_replies(&chat, 2, T);
+    settled(&m);
+    let t = tally_replies(
+        &sim,
+        &[
+            expect(&first, "before the disk fills"),
+            expect(&full, "while the disk is full"),
+        ],
+    );
+    assert!(t.clean(), "{t:?}");
+}
