@@ -13,7 +13,7 @@ const SID: &str = "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10";
 const TURN: &str = "0123456789abcdef0123456789abcdef";
 
 /// The stand-in next to this test's own binary (`target/debug/claude-standin`), built if
-/// missing. `None` (the test is skipped, loudly) only if it cannot be had.
+/// missing. `None` only if it cannot be had — and then the test fails: it never skips itself.
 fn standin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let debug_dir = exe.parent()?.parent()?.to_owned(); // target/debug/deps/<test> → target/debug
@@ -42,20 +42,13 @@ fn standin() -> Option<PathBuf> {
     candidate.is_file().then_some(candidate)
 }
 
-macro_rules! standin_or_skip {
+macro_rules! standin_or_fail {
     () => {
         match standin() {
             Some(p) => p,
-            None => {
-                assert!(
-                    std::env::var_os("PICORTEX_REQUIRE_STANDIN").is_none(),
-                    "claude-standin is required but could not be built"
-                );
-                eprintln!(
-                    "SKIPPED: claude-standin not found; run `cargo build -p claude-standin` first"
-                );
-                return;
-            }
+            None => panic!(
+                "claude-standin could not be built; run `cargo build -p claude-standin` and look"
+            ),
         }
     };
 }
@@ -136,7 +129,7 @@ fn text(r: &TurnResult) -> &str {
 
 #[test]
 fn first_turn_then_resume_keeps_the_conversation() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let r = chat.turn(false, "hello there");
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
@@ -168,7 +161,7 @@ fn first_turn_then_resume_keeps_the_conversation() {
 
 #[test]
 fn the_agent_sees_only_the_built_environment_and_runs_in_the_home() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let r = chat.turn(false, "hi #env #cwd");
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
@@ -187,7 +180,7 @@ DISABLE_AUTOUPDATER,DISABLE_ERROR_REPORTING,DISABLE_TELEMETRY,HOME,LANG,LOGNAME,
 
 #[test]
 fn argv_carries_model_system_prompt_extra_args_and_session() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let config = AgentConfig {
         extra_args: vec!["--max-turns".into(), "5".into()],
@@ -214,7 +207,7 @@ fn argv_carries_model_system_prompt_extra_args_and_session() {
 
 #[test]
 fn resuming_a_missing_session_starts_a_new_one() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let r = chat.turn(true, "where were we");
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
@@ -229,7 +222,7 @@ fn resuming_a_missing_session_starts_a_new_one() {
 
 #[test]
 fn a_taken_session_id_is_resumed_instead() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     assert_eq!(chat.turn(false, "one").outcome, Outcome::Ok);
     // The gateway lost track (e.g. it crashed before storing the first result) and asks for a
@@ -243,7 +236,7 @@ fn a_taken_session_id_is_resumed_instead() {
 
 #[test]
 fn a_crashed_first_turn_is_reported_and_the_next_one_recovers() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let r = chat.turn(false, "hi #crash");
     assert_eq!(
@@ -258,7 +251,7 @@ fn a_crashed_first_turn_is_reported_and_the_next_one_recovers() {
 
 #[test]
 fn agent_errors_are_told_whatever_the_exit_code() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     for (prompt, code) in [
         ("#is_error=API Error: Rate limit reached", 1),
@@ -287,7 +280,7 @@ fn agent_errors_are_told_whatever_the_exit_code() {
 
 #[test]
 fn silence_garbage_and_failures() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let r = chat.turn(false, "#empty");
     assert_eq!(
@@ -311,7 +304,7 @@ fn silence_garbage_and_failures() {
 
 #[test]
 fn verbose_arrays_are_read() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let r = chat.turn(false, "hi #array");
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
@@ -332,7 +325,7 @@ fn verbose_arrays_are_read() {
 
 #[test]
 fn a_large_prompt_goes_through_the_pipe() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let prompt = "word ".repeat(180_000); // 900 KB, far beyond a pipe buffer
     let r = chat.turn(false, &prompt);
@@ -342,7 +335,7 @@ fn a_large_prompt_goes_through_the_pipe() {
 
 #[test]
 fn the_onboarding_state_is_merged_and_symlinks_refused() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     std::fs::create_dir(chat.path(".claude")).unwrap();
     std::fs::write(
@@ -372,7 +365,7 @@ fn the_onboarding_state_is_merged_and_symlinks_refused() {
 
 #[test]
 fn a_missing_agent_is_a_failure_not_a_panic() {
-    let s = standin_or_skip!();
+    let s = standin_or_fail!();
     let chat = Chat::new(&s);
     let config = AgentConfig {
         command: "no-such-agent-picortex".into(),

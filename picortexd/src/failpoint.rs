@@ -21,6 +21,18 @@ pub fn init(state_dir: &std::path::Path) {
     let _ = ARMED.set(armed);
 }
 
+/// Die here every time `cond` holds, if this is the armed point: a fault the process meets again
+/// after each restart (a webhook that crashes it, for the poison tests).
+pub fn hit_every_time(name: &str, cond: bool) {
+    let Some(Some((armed, _))) = ARMED.get() else {
+        return;
+    };
+    if armed == name && cond {
+        tracing::warn!(failpoint = %name, "crash point reached (every time): SIGKILL");
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Die here, if this is the armed point and it has not fired yet.
 pub fn hit(name: &str) {
     let Some(Some((armed, marker))) = ARMED.get() else {

@@ -38,6 +38,8 @@ pub struct App {
     pub outbox_wake: Arc<Notify>,
     /// The owner and the bot's names, for quarantine, commands and the gate.
     pub ctx: Arc<crate::ingest::Ctx>,
+    /// Webhooks in flight, and those that crashed the gateway too often (see `poison`).
+    pub poison: crate::poison::Guard,
     pub started: Instant,
 }
 
@@ -171,6 +173,11 @@ async fn inbound(
         return refuse(StatusCode::BAD_REQUEST, &why);
     }
     let event_id = env.event_id.clone();
+    if app.poison.is_poisoned(&event_id) {
+        return quarantine(&app, env, &rid, text).await;
+    }
+    let _in_flight = app.poison.enter(&event_id);
+    crate::failpoint::hit_every_time("webhook-poison", text.contains("#poison"));
     // New messages get the gate's reason, and unknown event types a note, at info level;
     // delivery/read/typing events are frequent and decide nothing, so they stay at debug
     // (journald rate-limits a burst, and drops lines).
@@ -214,6 +221,48 @@ async fn inbound(
     }
     .instrument(span)
     .await
+}
+
+/// A webhook that crashed the gateway `poison::STRIKES` times: stored as it came, never
+/// processed, answered 200 so Linq stops, and reported.
+async fn quarantine(
+    app: &App,
+    env: crate::linq::events::Envelope<Event>,
+    rid: &str,
+    body: &str,
+) -> Response {
+    let (id, kind, rid, body) = (
+        env.event_id.clone(),
+        env.event_type.clone(),
+        rid.to_owned(),
+        body.to_owned(),
+    );
+    let (i2, k2) = (id.clone(), kind.clone());
+    let stored = app
+        .store
+        .call(move |t| crate::store::queries::record_event(t, &i2, &k2, &rid, &body))
+        .await;
+    tracing::error!(
+        event_id = %id,
+        event_type = %kind,
+        strikes = crate::poison::STRIKES,
+        "webhook {id} crashed the gateway {} times; stored in the events table and not processed",
+        crate::poison::STRIKES
+    );
+    match stored {
+        Ok(_) => (
+            StatusCode::OK,
+            Json(json!({ "status": "quarantined", "event_id": id })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store event; answering 503 so Linq retries");
+            reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable; retry",
+            )
+        }
+    }
 }
 
 impl App {

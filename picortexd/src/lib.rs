@@ -17,6 +17,7 @@ pub mod linq;
 pub mod outbox;
 pub mod outcome;
 pub mod owner;
+pub mod poison;
 pub mod quarantine;
 pub mod reply;
 pub mod spares;

@@ -175,6 +175,18 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "cannot settle waiting chats"),
     }
+    // Webhooks that were in flight when the previous process died: one strike each.
+    let inflight_dir = args.state_dir.join("inflight");
+    let died_on = picortexd::poison::leftovers(&inflight_dir)
+        .with_context(|| format!("reading {}", inflight_dir.display()))?;
+    for id in &died_on {
+        tracing::warn!(event_id = %id, "webhook {id} was being processed when the gateway died");
+    }
+    let poisoned = store
+        .call(move |t| store::queries::poison_strike(t, &died_on, picortexd::poison::STRIKES))
+        .await
+        .context("recording webhooks in flight at the last crash")?;
+    let poison = picortexd::poison::Guard::new(inflight_dir, poisoned.into_iter().collect());
     let app = Arc::new(http::App {
         store: store.clone(),
         verifier,
@@ -184,6 +196,7 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         turns_wake,
         outbox_wake,
         ctx,
+        poison,
         started,
     });
     let listener = tokio::net::TcpListener::from_std(std_listener)?;

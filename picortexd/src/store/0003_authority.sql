@@ -73,6 +73,13 @@ DROP TABLE outbox;
 ALTER TABLE outbox_new RENAME TO outbox;
 CREATE INDEX outbox_pending ON outbox(status, next_attempt_at);
 
+-- Webhooks that were being processed when the gateway died, and how often (see poison.rs).
+CREATE TABLE poison (
+    event_id  TEXT PRIMARY KEY,
+    strikes   INTEGER NOT NULL,
+    last_at   INTEGER NOT NULL
+);
+
 -- Every attention decision, with its reason (SPEC A4). A message may have two: the gate's, and
 -- the discriminator's verdict that followed it.
 CREATE TABLE gate_decisions (

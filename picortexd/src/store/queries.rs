@@ -371,6 +371,27 @@ pub fn requeue_turn(t: &Connection, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One more crash for each event that was in flight when the gateway died; the events that
+/// have reached `strikes` crashes.
+pub fn poison_strike(
+    t: &Connection,
+    in_flight: &[String],
+    strikes: u32,
+) -> Result<Vec<String>, StoreError> {
+    for id in in_flight {
+        t.execute(
+            "INSERT INTO poison (event_id, strikes, last_at) VALUES (?1, 1, ?2)
+             ON CONFLICT(event_id) DO UPDATE SET strikes = strikes + 1, last_at = excluded.last_at",
+            params![id, now_ms()],
+        )?;
+    }
+    let mut st = t.prepare("SELECT event_id FROM poison WHERE strikes >= ?1")?;
+    let v = st
+        .query_map([strikes], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(v)
+}
+
 /// Whether the chat has turns waiting.
 pub fn has_queued(t: &Connection, chat_id: &str) -> Result<bool, StoreError> {
     Ok(t.query_row(

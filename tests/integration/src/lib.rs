@@ -172,10 +172,42 @@ impl Machine {
         std::fs::write(&path, new).expect("write config");
     }
 
+    /// Set `key` of `[section]` in the gateway's configuration to `value` (a TOML value),
+    /// replacing the line that sets it or adding one (never a silent no-op, as a text replace that
+    /// no longer matches would be). Call before `start_picortex`.
+    pub fn set_config(&self, section: &str, key: &str, value: &str) {
+        let path = self.path("/etc/picortex/picortexd.toml");
+        let cfg = std::fs::read_to_string(&path).expect("read config");
+        let mut out = Vec::new();
+        let (mut in_section, mut done) = (false, false);
+        for line in cfg.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                if in_section && !done {
+                    out.push(format!("{key} = {value}"));
+                    done = true;
+                }
+                in_section = t == format!("[{section}]");
+            } else if in_section && !done && t.split('=').next().map(str::trim) == Some(key) {
+                out.push(format!("{key} = {value}"));
+                done = true;
+                continue;
+            }
+            out.push(line.to_owned());
+        }
+        if !done {
+            if !in_section {
+                out.push(format!("[{section}]"));
+            }
+            out.push(format!("{key} = {value}"));
+        }
+        std::fs::write(&path, out.join("\n") + "\n").expect("write config");
+    }
+
     /// Turn off spare turn units (turns.spare_ttl_s = 0), for tests that count turn units or
     /// need every turn to start afresh through the helper. Call before `start_picortex`.
     pub fn without_spares(&self) {
-        self.configure("turns", "spare_ttl_s = 0");
+        self.set_config("turns", "spare_ttl_s", "0");
     }
 
     /// Start the Linq simulator and enable the gateway's socket (the gateway itself starts on
@@ -437,20 +469,49 @@ impl Machine {
     }
 
     /// `from` sends `text` in `chat` (a new 1:1 chat when None, which is then filled in) and the
-    /// bot's one reply to it comes back; more than one reply fails the test.
+    /// bot's one reply to it comes back; more than one reply fails the test, including one that
+    /// would come late (the count is taken again once the chat has nothing left to do).
     pub fn exchange(&self, from: &str, chat: &mut Option<String>, text: &str) -> String {
         let sim = self.sim();
         let before = chat.as_deref().map(|c| sim.sent(c).len()).unwrap_or(0);
         let r = sim.text(from, chat.as_deref(), text);
         let c = r["chat_id"].as_str().expect("chat_id").to_owned();
         *chat = Some(c.clone());
-        let sent = self.wait_replies(&c, before + 1, Duration::from_secs(40));
+        self.wait_replies(&c, before + 1, Duration::from_secs(40));
+        self.wait_chat_settled(&c, Duration::from_secs(40));
+        let sent = sim.sent(&c);
         assert_eq!(
             sent.len(),
             before + 1,
             "more than one reply to {text:?}: {sent:?}"
         );
         sent[before]["text"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Wait until `chat` has nothing in flight: no turn queued, starting or running, and no
+    /// message of the bot's waiting in the outbox. What the simulator has then is final.
+    pub fn wait_chat_settled(&self, chat: &str, timeout: Duration) {
+        self.wait_for(&format!("chat {chat} settled"), timeout, || {
+            (self.sql_n(&format!(
+                "SELECT (SELECT COUNT(*) FROM turns WHERE chat_id = '{chat}' AND status IN ('queued', 'starting', 'running'))
+                      + (SELECT COUNT(*) FROM outbox WHERE chat_id = '{chat}' AND status = 'pending')"
+            )) == 0)
+                .then_some(())
+        });
+    }
+
+    /// Wait until the whole system is settled: no webhook delivery left to retry, no turn queued,
+    /// starting or running, no message pending in the outbox. Counting after this sees every
+    /// duplicate that could still come.
+    pub fn wait_settled(&self, timeout: Duration) {
+        self.wait_deliveries_settled(timeout);
+        self.wait_for("no turn in flight and no reply pending", timeout, || {
+            (self.sql_n(
+                "SELECT (SELECT COUNT(*) FROM turns WHERE status IN ('queued', 'starting', 'running'))
+                      + (SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
+            ) == 0)
+                .then_some(())
+        });
     }
 
     /// Turn units systemd still has loaded (the gateway releases each one after recording it).

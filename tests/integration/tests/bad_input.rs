@@ -65,7 +65,7 @@ fn bad_webhooks_are_refused_and_create_nothing() {
         std::time::Duration::from_secs(30),
         || (!sim.sent(&chat).is_empty()).then_some(()),
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    m.wait_settled(std::time::Duration::from_secs(30));
     let (msgs0, turns0) = (
         m.sql_n("SELECT COUNT(*) FROM messages"),
         m.sql_n("SELECT COUNT(*) FROM turns"),
@@ -389,7 +389,7 @@ fn bad_webhooks_are_refused_and_create_nothing() {
     assert!(cases.len() >= 15);
     assert!(failures.is_empty(), "{failures:#?}");
 
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    m.wait_settled(std::time::Duration::from_secs(30));
     // The two accepted-but-not-answered messages are in the log (as history), nothing else is.
     assert_eq!(
         m.sql_n("SELECT COUNT(*) FROM messages"),

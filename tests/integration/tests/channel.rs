@@ -10,8 +10,9 @@ use picortex_integration::{json, Machine};
 const OWNER: &str = "+15550002000";
 const FRIEND: &str = "+15550003000";
 
-fn settle() {
-    std::thread::sleep(Duration::from_millis(1500));
+/// Wait until nothing is in flight, so what is counted next is final.
+fn settle(m: &Machine) {
+    m.wait_settled(Duration::from_secs(30));
 }
 
 #[test]
@@ -23,7 +24,7 @@ fn groups_typing_receipts_opt_out_and_splitting() {
     // A group: a plain message is kept as context, a mention or the bot's name gets an answer.
     let g = sim.post("/control/inbound", json!({"from": OWNER, "group": true, "participants": [FRIEND], "display_name": "Team", "text": "lunch anyone?"}));
     let group = g["chat_id"].as_str().unwrap().to_owned();
-    settle();
+    settle(&m);
     assert!(
         sim.sent(&group).is_empty(),
         "answered a group message without a mention"
@@ -82,7 +83,7 @@ fn groups_typing_receipts_opt_out_and_splitting() {
     m.wait_for("the DM answer", Duration::from_secs(30), || {
         (sim.sent(&dm).len() == 1).then_some(())
     });
-    settle();
+    settle(&m);
     let typing = sim.get(&format!(
         "/control/calls?path_prefix=/v3/chats/{dm}/typing&method=POST"
     ));
@@ -106,7 +107,7 @@ fn groups_typing_receipts_opt_out_and_splitting() {
 
     // STOP is respected; any later message lifts it.
     sim.text(OWNER, Some(&dm), "STOP");
-    settle();
+    settle(&m);
     assert_eq!(sim.sent(&dm).len(), 1, "answered STOP");
     assert_eq!(
         m.sql(&format!("SELECT opted_out FROM chats WHERE id = '{dm}'")),
@@ -203,7 +204,7 @@ fn reads_tapbacks_participants_and_names_update_the_log() {
     );
     ev("chat.typing_indicator.started", json!({"chat_id": dm}));
     ev("poll.voted", json!({"chat_id": dm, "anything": [1, 2, 3]}));
-    settle();
+    settle(&m);
 
     assert_eq!(
         m.sql(&format!(
@@ -262,7 +263,7 @@ fn out_of_order_and_duplicated_deliveries_are_answered_once_each() {
     );
     sim.text(OWNER, Some(&dm), "second");
     sim.text(OWNER, Some(&dm), "third");
-    settle();
+    settle(&m);
     assert_eq!(sim.sent(&dm).len(), 1, "answered before delivery");
     sim.post(
         "/control/faults",
@@ -287,7 +288,7 @@ fn out_of_order_and_duplicated_deliveries_are_answered_once_each() {
     m.wait_for("answers to both", Duration::from_secs(30), || {
         (sim.sent(&dm).len() >= 3).then_some(())
     });
-    settle();
+    settle(&m);
     let sent = sim.sent(&dm);
     assert_eq!(
         sent.len(),

@@ -115,8 +115,7 @@ impl Rig {
             });
             all.then_some(())
         });
-        std::thread::sleep(Duration::from_millis(100));
-        self.m.wait_deliveries_settled(T);
+        self.m.wait_settled(T);
     }
 
     /// The verdict: exactly once, checked on the simulator's side and in the gateway's log.

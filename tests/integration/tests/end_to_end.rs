@@ -278,7 +278,7 @@ fn forged_stale_and_replayed_webhooks_are_refused_and_start_nothing() {
     );
     assert!((200..300).contains(&st));
 
-    std::thread::sleep(Duration::from_secs(2));
+    m.wait_settled(Duration::from_secs(30));
     let sent = sim.sent(&chat);
     assert_eq!(sent.len(), 1, "expected exactly one reply: {sent:?}");
     let turns = m.journal("SYSLOG_IDENTIFIER=picortex-run | grep -c 'turn started' || true");

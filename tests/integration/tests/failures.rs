@@ -8,10 +8,7 @@ const OWNER: &str = "+15550002000";
 /// Boot with a 3-second turn limit, so the timeout case is quick.
 fn machine() -> Machine {
     let m = Machine::boot();
-    let cfg = m
-        .read("/etc/picortex/picortexd.toml")
-        .replace("runtime_max_s = 60", "runtime_max_s = 3");
-    std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
+    m.set_config("turns", "runtime_max_s", "3");
     // Each failure must come through the helper and a fresh unit, not a spare started earlier.
     m.without_spares();
     m.start_picortex();
@@ -24,6 +21,26 @@ fn outcome_logged(m: &Machine, outcome: &str) -> bool {
     ))
     .trim()
     .is_empty()
+}
+
+/// The newest turn of `chat` ended with `outcome`, in the log and in its own journal lines.
+fn turn_ended_as(m: &Machine, chat: &str, outcome: &str) -> Result<(), String> {
+    let row = m.sql(&format!(
+        "SELECT id || '|' || outcome FROM turns WHERE chat_id = '{chat}' ORDER BY created_at DESC LIMIT 1"
+    ));
+    let (turn, stored) = row.split_once('|').ok_or(format!("no turn: {row:?}"))?;
+    if stored != outcome {
+        return Err(format!("turn {turn} stored outcome {stored}"));
+    }
+    let logged = m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortexd PICORTEX_TURN={turn} PICORTEX_OUTCOME={outcome}"
+    ));
+    if logged.trim().is_empty() {
+        return Err(format!(
+            "turn {turn}: no journal entry with PICORTEX_OUTCOME={outcome}"
+        ));
+    }
+    Ok(())
 }
 
 #[test]
@@ -61,10 +78,10 @@ fn each_failure_gets_its_own_honest_reply_and_the_queue_moves_on() {
             !reply.contains("standin:"),
             "{prompt:?} was answered as if it worked: {reply}"
         );
-        assert!(
-            outcome_logged(&m, outcome),
-            "no journal entry with PICORTEX_OUTCOME={outcome}"
-        );
+        let c = chat.clone().expect("chat");
+        if let Err(e) = turn_ended_as(&m, &c, outcome) {
+            panic!("{prompt:?}: {e}");
+        }
         // The queue moves on: the next message is answered normally.
         let ok = m.exchange(OWNER, &mut chat, "still there?");
         assert!(

@@ -131,3 +131,56 @@ fn a_full_state_directory_answers_503_and_loses_nothing() {
     );
     assert!(t.clean(), "{t:?}");
 }
+
+#[test]
+fn a_webhook_that_kills_the_gateway_every_time_is_quarantined_not_crash_looped() {
+    let m = Machine::boot();
+    // picortexd SIGKILLs itself on every webhook whose text says #poison (a test crash point).
+    m.arm_failpoint("webhook-poison");
+    m.start_picortex();
+    let sim = m.sim();
+    sim.config(serde_json::json!({ "retry_base_ms": 300 }));
+    let mut chat = None;
+    m.exchange(OWNER, &mut chat, "before the poison");
+    let chat = chat.unwrap();
+    let poison = sim.text(OWNER, Some(&chat), "#poison this kills it");
+    let id = poison["event_id"].as_str().unwrap().to_owned();
+    let last = m.wait_for("the poison webhook answered at last", T, || {
+        let d = sim.get(&format!("/control/deliveries?event_id={id}"));
+        let d = d.as_array()?.first()?.clone();
+        (d["state"] == "delivered").then_some(d)
+    });
+    let attempts = last["attempts"].as_array().unwrap();
+    // Three deliveries killed it (picortexd's poison::STRIKES), the next was quarantined.
+    assert!(attempts.len() > 3, "{attempts:?}");
+    let restarts: u32 = m
+        .ok("systemctl show -P NRestarts picortexd.service")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restarts, 3, "the gateway died {restarts} times, not 3");
+    assert_eq!(
+        m.ok("systemctl is-active picortexd.socket picortexd.service")
+            .trim(),
+        "active\nactive"
+    );
+    assert!(m
+        .journal("-u picortexd.service")
+        .contains("crashed the gateway 3 times"));
+    assert_eq!(
+        m.sql_n(&format!(
+            "SELECT COUNT(*) FROM events WHERE event_id = '{id}'"
+        )),
+        1,
+        "the quarantined webhook is not kept for the operator"
+    );
+    assert_eq!(
+        m.sql_n("SELECT COUNT(*) FROM messages WHERE text LIKE '%#poison%'"),
+        0,
+        "the quarantined webhook was processed"
+    );
+    // Everything else goes on.
+    let mut c = Some(chat);
+    let r = m.exchange(OWNER, &mut c, "after the poison");
+    assert!(r.contains("after the poison"), "{r}");
+}

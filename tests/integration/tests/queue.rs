@@ -10,11 +10,7 @@ const OWNER: &str = "+15550002000";
 
 fn machine(max_concurrent: u32) -> Machine {
     let m = Machine::boot();
-    let cfg = m.read("/etc/picortex/picortexd.toml").replace(
-        "max_concurrent = 4",
-        &format!("max_concurrent = {max_concurrent}"),
-    );
-    std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
+    m.set_config("turns", "max_concurrent", &max_concurrent.to_string());
     // Turn units are counted from the journal: no spares among them.
     m.without_spares();
     m.start_picortex();
@@ -61,7 +57,7 @@ fn a_chats_messages_wait_their_turn_and_are_answered_in_order() {
     let sim = m.sim();
     let first = sim.text(OWNER, None, "#sleep=2 first");
     let chat = first["chat_id"].as_str().unwrap().to_owned();
-    std::thread::sleep(Duration::from_millis(300));
+    m.wait_running_turn(None, Duration::from_secs(20));
     sim.text(OWNER, Some(&chat), "second");
     sim.text(OWNER, Some(&chat), "third");
     let sent = m.wait_for("three replies", Duration::from_secs(40), || {
@@ -125,7 +121,7 @@ fn queued_work_survives_a_gateway_restart() {
         .as_str()
         .unwrap()
         .to_owned();
-    std::thread::sleep(Duration::from_millis(500));
+    m.wait_running_turn(None, Duration::from_secs(20));
     // Both are stored; one runs, one waits. Restart the gateway under them.
     m.ok("systemctl restart picortexd.service");
     m.wait_for(
@@ -133,7 +129,7 @@ fn queued_work_survives_a_gateway_restart() {
         Duration::from_secs(60),
         || (sim.sent(&a).len() == 1 && sim.sent(&b).len() == 1).then_some(()),
     );
-    std::thread::sleep(Duration::from_secs(1));
+    m.wait_settled(Duration::from_secs(30));
     assert_eq!(
         (sim.sent(&a).len(), sim.sent(&b).len()),
         (1, 1),

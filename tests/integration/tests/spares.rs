@@ -89,7 +89,7 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
     m.wait_gateway_restarted(&before, Duration::from_secs(30));
     let r = reply_n(&m, &chat, 2);
     assert!(r.contains("you said \"second\""), "{r}");
-    std::thread::sleep(Duration::from_secs(2));
+    m.wait_settled(Duration::from_secs(30));
     assert_eq!(sim.sent(&chat).len(), 2, "a reply was lost or doubled");
     let requeued = m.journal(
         "SYSLOG_IDENTIFIER=picortexd | grep -c 'got no request; queueing the turn again' || true",
@@ -106,10 +106,7 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
     // The spare unit started before its turn, so systemd's RuntimeMaxSec cannot be the turn's
     // limit; the gateway keeps it and stops the unit.
     let m = Machine::boot();
-    let cfg = m
-        .read("/etc/picortex/picortexd.toml")
-        .replace("runtime_max_s = 60", "runtime_max_s = 3");
-    std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
+    m.set_config("turns", "runtime_max_s", "3");
     m.start_picortex();
     let sim = m.sim();
     let chat = sim.text(OWNER, None, "hello")["chat_id"]
