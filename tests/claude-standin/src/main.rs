@@ -54,6 +54,8 @@
 //! | `#argv` | reply includes the arguments (the prompt argument excluded) |
 //! | `#system` | reply includes the `--append-system-prompt` text |
 //! | `#model` | reply includes the model |
+//! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
+//! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
 
 #![deny(unsafe_code)]
@@ -245,6 +247,8 @@ struct Knobs {
     model: bool,
     attack: bool,
     attack_other: Option<String>,
+    forge: bool,
+    cost: Option<f64>,
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -275,6 +279,8 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#system" => k.system = true,
                 "#model" => k.model = true,
                 "#attack" => k.attack = true,
+                "#forge" => k.forge = true,
+                "#cost" => k.cost = value.parse().ok(),
                 _ => {}
             }
             rest = &tail[1..];
@@ -481,6 +487,8 @@ struct Ctx {
     permission_mode: String,
     api_key_source: String,
     started: Instant,
+    /// `#cost=`: the cost to report instead of the computed one.
+    cost: Option<f64>,
 }
 
 impl Ctx {
@@ -530,7 +538,7 @@ impl Ctx {
         terminal_reason: &str,
     ) -> Value {
         let (input, output) = tokens;
-        let cost = (input + output) as f64 / 10000.0;
+        let cost = self.cost.unwrap_or((input + output) as f64 / 10000.0);
         let ms = self.started.elapsed().as_millis() as u64;
         let mut r = json!({
             "type": "result",
@@ -782,6 +790,7 @@ fn run(argv: &[String]) -> Exit {
         permission_mode: permission_mode.clone(),
         api_key_source: "none".into(),
         started,
+        cost: knobs.cost,
     };
 
     // Which session, and its transcript so far.
@@ -868,6 +877,7 @@ fn run(argv: &[String]) -> Exit {
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
+    let forge_report = knobs.forge.then(attack::forge_result);
     let attack_report = knobs
         .attack
         .then(|| attack::report(&attack::run_all(knobs.attack_other.as_deref())));
@@ -976,6 +986,9 @@ fn run(argv: &[String]) -> Exit {
     }
     if knobs.eatmem.is_some() {
         reply.push_str(&format!(" | ate {} MiB", hoard.len() >> 20));
+    }
+    if let Some(f) = &forge_report {
+        reply.push_str(&format!(" | forge={f}"));
     }
     drop(hoard);
 
