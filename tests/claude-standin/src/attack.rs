@@ -200,8 +200,147 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
         systemd_start_unit(),
         provision_helper(me),
     ]);
+    f.extend(kernel_surface());
     f.extend(network());
     f
+}
+
+/// A raw system call's outcome: its non-negative return, or the errno it set.
+fn sys(r: nix::libc::c_long) -> Result<nix::libc::c_long, Errno> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// One group of calls the turn's seccomp filter must refuse: blocked only if every call failed
+/// with EPERM (`SystemCallErrorNumber=`) or ENOSYS. The arguments work on an open kernel, so any
+/// other answer means the call got through.
+fn refused(name: &'static str, calls: &[(&str, Result<nix::libc::c_long, Errno>)]) -> Finding {
+    let blocked = calls
+        .iter()
+        .all(|(_, r)| matches!(r, Err(Errno::EPERM | Errno::ENOSYS)));
+    let detail = calls
+        .iter()
+        .map(|(c, r)| match r {
+            Ok(v) => format!("{c}={v}"),
+            Err(e) => format!("{c}:{e:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Finding::new(name, blocked, detail)
+}
+
+/// Kernel surface no agent needs and kernel exploits favour (issue 7, item 6): io_uring,
+/// userfaultfd and the kernel keyrings. Nothing persists: a ring or userfaultfd that opens is
+/// closed at once, a key added goes to this process's own keyring, which dies with it.
+#[allow(unsafe_code)]
+fn kernel_surface() -> Vec<Finding> {
+    use nix::libc::{self, c_long};
+    const KEY_SPEC_PROCESS_KEYRING: c_long = -2;
+    const KEY_SPEC_SESSION_KEYRING: c_long = -3;
+    const KEYCTL_GET_KEYRING_ID: c_long = 0;
+    const UFFD_USER_MODE_ONLY: c_long = 1;
+    const IORING_REGISTER_PROBE: c_long = 8;
+    let close = |fd: c_long| {
+        // SAFETY: `fd` was just returned to us by the kernel and nothing else holds it.
+        unsafe { libc::close(fd as libc::c_int) };
+    };
+
+    // struct io_uring_params is 120 bytes; zeroed asks for a plain one-entry ring.
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup reads and writes at most sizeof(struct io_uring_params) = 120
+    // bytes at `params`, which is that large and lives across the call.
+    let setup = sys(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) });
+    let ring = setup.unwrap_or(-1);
+    // SAFETY: no pointers (a null sigset with size 0); `ring` is our ring or -1.
+    let enter = sys(unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_enter,
+            ring,
+            0u32,
+            0u32,
+            0u32,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    });
+    let mut probe = [0u64; 64];
+    // SAFETY: IORING_REGISTER_PROBE with 8 ops writes 16 + 8*8 bytes into `probe` (512 bytes).
+    let register = sys(unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring,
+            IORING_REGISTER_PROBE,
+            probe.as_mut_ptr(),
+            8u32,
+        )
+    });
+    if ring >= 0 {
+        close(ring);
+    }
+    // SAFETY: no pointers.
+    let uffd = sys(unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC as c_long | UFFD_USER_MODE_ONLY,
+        )
+    });
+    if let Ok(fd) = uffd {
+        close(fd);
+    }
+    let (ty, desc, payload) = (c"user", c"picortex-attack-probe", b"x");
+    // SAFETY: keyctl(GET_KEYRING_ID) takes no pointers.
+    let keyctl = sys(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_GET_KEYRING_ID,
+            KEY_SPEC_SESSION_KEYRING,
+            0,
+        )
+    });
+    // SAFETY: the type and description are NUL-terminated C strings and the payload is as long
+    // as the length given; all outlive the call.
+    let add = sys(unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            KEY_SPEC_PROCESS_KEYRING,
+        )
+    });
+    // SAFETY: as above; a null callout string.
+    let request = sys(unsafe {
+        libc::syscall(
+            libc::SYS_request_key,
+            ty.as_ptr(),
+            c"picortex-attack-missing".as_ptr(),
+            std::ptr::null::<u8>(),
+            0,
+        )
+    });
+    vec![
+        refused(
+            "io_uring",
+            &[
+                ("io_uring_setup", setup),
+                ("io_uring_enter", enter),
+                ("io_uring_register", register),
+            ],
+        ),
+        refused("userfaultfd", &[("userfaultfd", uffd)]),
+        refused(
+            "kernel_keyring",
+            &[
+                ("keyctl", keyctl),
+                ("add_key", add),
+                ("request_key", request),
+            ],
+        ),
+    ]
 }
 
 /// What `#forge` puts in the reply to be found if it got through (see [`forge_result`]).
