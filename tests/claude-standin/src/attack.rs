@@ -205,6 +205,25 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
     f
 }
 
+/// `#journal_forge=<marker>`: the agent writes a journal entry dressed as the helper's audit
+/// record of a refused call (`SYSLOG_IDENTIFIER=picortex-provision`, `PICORTEX_*` fields,
+/// `<marker>` in its message) straight to journald's native socket. Returns "sent" or the error.
+pub fn forge_journal(marker: &str) -> String {
+    let entry = format!(
+        "SYSLOG_IDENTIFIER=picortex-provision\nPRIORITY=4\nPICORTEX_AUDIT=true\nPICORTEX_OP=EnsureChat\n\
+         PICORTEX_CALLER=:1.1\nPICORTEX_CALLER_UID=0\nPICORTEX_OUTCOME=refused\n\
+         MESSAGE=EnsureChat by uid 0 (:1.1): refused: {marker}\n"
+    );
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return en(&e),
+    };
+    match sock.send_to(entry.as_bytes(), "/run/systemd/journal/socket") {
+        Ok(_) => "sent".to_owned(),
+        Err(e) => en(&e),
+    }
+}
+
 /// A raw system call's outcome: its non-negative return, or the errno it set.
 fn sys(r: nix::libc::c_long) -> Result<nix::libc::c_long, Errno> {
     if r < 0 {

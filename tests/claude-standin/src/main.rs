@@ -55,6 +55,7 @@
 //! | `#system` | reply includes the `--append-system-prompt` text |
 //! | `#model` | reply includes the model |
 //! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
+//! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
 //! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
 
@@ -249,6 +250,7 @@ struct Knobs {
     attack_other: Option<String>,
     forge: bool,
     cost: Option<f64>,
+    journal_forge: Option<String>,
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -281,6 +283,7 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#attack" => k.attack = true,
                 "#forge" => k.forge = true,
                 "#cost" => k.cost = value.parse().ok(),
+                "#journal_forge" => k.journal_forge = Some(value.to_owned()),
                 _ => {}
             }
             rest = &tail[1..];
@@ -878,6 +881,7 @@ fn run(argv: &[String]) -> Exit {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
     let forge_report = knobs.forge.then(attack::forge_result);
+    let journal_forge = knobs.journal_forge.as_deref().map(attack::forge_journal);
     let attack_report = knobs
         .attack
         .then(|| attack::report(&attack::run_all(knobs.attack_other.as_deref())));
@@ -989,6 +993,9 @@ fn run(argv: &[String]) -> Exit {
     }
     if let Some(f) = &forge_report {
         reply.push_str(&format!(" | forge={f}"));
+    }
+    if let Some(j) = &journal_forge {
+        reply.push_str(&format!(" | journal_forge={j}"));
     }
     drop(hoard);
 
