@@ -79,8 +79,14 @@ fn refuse(channel: ResultChannel, turn: &str, chat: Option<&str>, reason: &str) 
 }
 
 fn main() -> ExitCode {
-    // First of all, before any log line or child: the result file leaves stdout (and stderr, if
-    // systemd made it the same file) for a descriptor only this process holds.
+    // Not dumpable, before anything else: the agent runs as the same user, and must not be able
+    // to ptrace this process or open its /proc/<pid>/mem or /proc/<pid>/fd/* (the result file)
+    // to forge the turn's result or its reported cost; a leftover of the chat's previous turn
+    // may be watching for this process to start. The agent becomes dumpable again at execve,
+    // which is fine: it is the untrusted party.
+    let dumpable = nix::sys::prctl::set_dumpable(false);
+    // Then, before any log line or child: the result file leaves stdout (and stderr, if systemd
+    // made it the same file) for a descriptor only this process holds.
     let channel = match ResultChannel::take_stdout() {
         Ok(c) => c,
         Err(e) => {
@@ -90,10 +96,7 @@ fn main() -> ExitCode {
         }
     };
     audit::init();
-    // Not dumpable: the agent runs as the same user, and must not be able to ptrace this process
-    // or open its /proc/<pid>/mem to forge the turn's result or its reported cost. The agent
-    // itself becomes dumpable again at execve, which is fine: it is the untrusted party.
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+    if let Err(e) = dumpable {
         return refuse(
             channel,
             "",
