@@ -2,7 +2,7 @@
 //! binds the host's /dev into each machine; shared memory must not come with it, or one
 //! machine's (or the host's) /dev/shm files would show up in every other one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use picortex_integration::Machine;
 
@@ -13,14 +13,17 @@ fn each_machine_has_its_own_dev_shm() {
     let name = format!("picortex-harness-{}-{}", std::process::id(), a.name);
     let host_name = format!("{name}-host");
     let host_file = Path::new("/dev/shm").join(&host_name);
-    std::fs::write(&host_file, "host").expect("write the host's /dev/shm");
-    struct Cleanup<'a>(&'a Path);
-    impl Drop for Cleanup<'_> {
+    // Both files go from the host when the test ends, the machine's too should it leak there.
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(self.0);
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
-    let _cleanup = Cleanup(&host_file);
+    let _cleanup = Cleanup(vec![host_file.clone(), Path::new("/dev/shm").join(&name)]);
+    std::fs::write(&host_file, "host").expect("write the host's /dev/shm");
 
     a.ok(&format!(
         "echo a > /dev/shm/{name} && test -s /dev/shm/{name}"
