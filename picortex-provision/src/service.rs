@@ -113,7 +113,7 @@ fn shown<T>(id: &Result<T, IdError>, as_str: fn(&T) -> &str) -> &str {
 }
 
 impl Provision {
-    /// Shared body of ArchiveChat and RemoveChat: validate, authorise (manage-chat), act on the
+    /// Shared body of ArchiveChat and RemoveChat: authorise (manage-chat), validate, act on the
     /// chat's account as root in a blocking task, audit.
     async fn lifecycle(
         &self,
