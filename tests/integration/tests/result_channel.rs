@@ -65,6 +65,15 @@ fn a_turn_cannot_forge_its_result_or_its_cost() {
     );
     assert_eq!(forge["stdout"], "wrote", "{forge}");
     assert_eq!(forge["stderr"], "wrote", "{forge}");
+    // None of the agent's own descriptors leads to a result file.
+    let own = forge["self"].as_object().expect("own descriptors");
+    assert!(
+        own.values().all(|v| !v
+            .as_str()
+            .unwrap_or("")
+            .contains("/var/lib/picortex/turns/")),
+        "the agent holds a result file: {forge}"
+    );
     let parent = forge["parent"].as_object().expect("parent tries");
     assert!(
         parent
