@@ -141,6 +141,17 @@ impl fmt::Display for TurnId {
     }
 }
 
+/// An agent session id: a UUID in its hyphenated form (8-4-4-4-12 hex digits), as the CLI wants
+/// it for `--session-id`/`--resume` and as the result document must carry it.
+pub fn is_session_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// systemd's object path for a unit name (`sd_bus_path_encode`): every byte that is not
 /// `[A-Za-z0-9]` becomes `_xx`, and a leading digit is escaped too.
 pub fn unit_object_path(unit: &str) -> String {
@@ -214,6 +225,24 @@ mod tests {
         );
         assert!(ChatTag::from_user_name("root").is_err());
         assert!(ChatTag::from_user_name("chat-../../x").is_err());
+    }
+
+    #[test]
+    fn session_ids_are_hyphenated_uuids() {
+        assert!(is_session_id("c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10"));
+        assert!(is_session_id("C91FB957-2F1E-4C4B-9A51-5B1D0C3E7A10"));
+        for bad in [
+            "",
+            "c91fb9572f1e4c4b9a515b1d0c3e7a10",
+            "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a1",
+            "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a100",
+            "c91fb957-2f1e-4c4b-9a51_5b1d0c3e7a10",
+            "g91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10",
+            "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a1\n",
+            "../../../../../../../../../etc/passwd",
+        ] {
+            assert!(!is_session_id(bad), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -5,14 +5,30 @@
 //! as a file descriptor. Neither ever passes through the chat's home or the unit's environment.
 //!
 //! Everything `picortex-run` writes is untrusted input for the gateway: the chat user controls the
-//! process that writes it. Parse with limits and treat unknown values as failures.
+//! process that writes it. Parse with limits and treat unknown values as failures: the gateway
+//! reads a result only through [`parse_result_document`] (one line, one document, every value
+//! bounded by [`TurnResult::validate`]).
 
+use crate::ids::{is_session_id, TurnId};
 use serde::{Deserialize, Serialize};
 
 /// The largest request picortex-run will read from stdin.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
 /// The largest result file the gateway will read.
 pub const MAX_RESULT_BYTES: u64 = 4 << 20;
+/// The longest reply text a result may carry (picortex-run shortens a longer one).
+pub const MAX_RESULT_TEXT_BYTES: usize = 1 << 20;
+/// The longest operator-facing error a result may carry.
+pub const MAX_RESULT_ERROR_BYTES: usize = 8 << 10;
+/// The most one turn may say it cost. No single agent run costs this much; a larger figure is a
+/// lie that would distort the chat's daily budget.
+pub const MAX_TURN_COST_USD: f64 = 1000.0;
+/// The most tokens of any one kind a turn may report.
+pub const MAX_TURN_TOKENS: u64 = 1_000_000_000;
+/// The longest a turn may say it took: the longest RuntimeMaxSec the helper accepts.
+pub const MAX_TURN_DURATION_MS: u64 = 24 * 3600 * 1000;
+/// The most agent turns one run may report.
+pub const MAX_TURN_NUM_TURNS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +100,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: u64,
@@ -95,7 +112,10 @@ pub struct Usage {
     pub cache_creation_input_tokens: u64,
 }
 
+/// The one document picortex-run writes. The gateway accepts it only through
+/// [`parse_result_document`]: one line, known fields, every value within [`TurnResult::validate`]'s bounds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct TurnResult {
     pub turn_id: String,
     pub outcome: Outcome,
@@ -142,5 +162,347 @@ impl TurnResult {
             signal: None,
             error: Some(error.into()),
         }
+    }
+
+    /// Every value within its bounds: the turn id well-formed, the session id a UUID, the cost
+    /// finite and in `0..=MAX_TURN_COST_USD`, token counts, duration and turn count bounded,
+    /// text and error bounded in bytes, a signal a signal number.
+    pub fn validate(&self) -> Result<(), ResultError> {
+        let bad = |what: String| Err(ResultError::OutOfBounds(what));
+        if TurnId::parse(&self.turn_id).is_err() {
+            return bad(format!("turn id {:?}", clip(&self.turn_id)));
+        }
+        if let Some(s) = self.session_id.as_deref().filter(|s| !is_session_id(s)) {
+            return bad(format!("session id {:?} is not a UUID", clip(s)));
+        }
+        if let Some(c) = self.cost_usd {
+            if !(c.is_finite() && (0.0..=MAX_TURN_COST_USD).contains(&c)) {
+                return bad(format!("cost_usd {c} outside 0..={MAX_TURN_COST_USD}"));
+            }
+        }
+        if let Some(u) = &self.usage {
+            for (k, n) in [
+                ("input_tokens", u.input_tokens),
+                ("output_tokens", u.output_tokens),
+                ("cache_read_input_tokens", u.cache_read_input_tokens),
+                ("cache_creation_input_tokens", u.cache_creation_input_tokens),
+            ] {
+                if n > MAX_TURN_TOKENS {
+                    return bad(format!("{k} {n} above {MAX_TURN_TOKENS}"));
+                }
+            }
+        }
+        if let Some(d) = self.duration_ms.filter(|d| *d > MAX_TURN_DURATION_MS) {
+            return bad(format!("duration_ms {d} above {MAX_TURN_DURATION_MS}"));
+        }
+        if let Some(n) = self.num_turns.filter(|n| *n > MAX_TURN_NUM_TURNS) {
+            return bad(format!("num_turns {n} above {MAX_TURN_NUM_TURNS}"));
+        }
+        if let Some(s) = self.signal.filter(|s| !(1..=64).contains(s)) {
+            return bad(format!("signal {s}"));
+        }
+        if let Some(t) = self
+            .text
+            .as_deref()
+            .filter(|t| t.len() > MAX_RESULT_TEXT_BYTES)
+        {
+            return bad(format!(
+                "text of {} bytes above {MAX_RESULT_TEXT_BYTES}",
+                t.len()
+            ));
+        }
+        if let Some(e) = self
+            .error
+            .as_deref()
+            .filter(|e| e.len() > MAX_RESULT_ERROR_BYTES)
+        {
+            return bad(format!(
+                "error of {} bytes above {MAX_RESULT_ERROR_BYTES}",
+                e.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a result document was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ResultError {
+    #[error("result document is larger than {MAX_RESULT_BYTES} bytes")]
+    TooLarge,
+    #[error("result document is not UTF-8")]
+    NotUtf8,
+    #[error("result document is not one line ending in a newline ({0} lines)")]
+    NotOneLine(usize),
+    #[error("result document is not a turn result: {0}")]
+    Malformed(String),
+    #[error("result document is for turn {0:?}")]
+    OtherTurn(String),
+    #[error("result document out of bounds: {0}")]
+    OutOfBounds(String),
+}
+
+/// The gateway's reading of a result file: `Ok(None)` when it is empty (picortex-run never wrote
+/// one), else exactly one newline-terminated line holding one [`TurnResult`] for `turn_id` that
+/// passes [`TurnResult::validate`]. Anything else, including a second line before or after a
+/// valid one, is refused: the file's writer is untrusted, and a forged line must not be chosen
+/// over, or instead of, the real one.
+pub fn parse_result_document(
+    bytes: &[u8],
+    turn_id: &str,
+) -> Result<Option<TurnResult>, ResultError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes.len() as u64 > MAX_RESULT_BYTES {
+        return Err(ResultError::TooLarge);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| ResultError::NotUtf8)?;
+    let lines = text.split_inclusive('\n').count();
+    let Some(line) = text
+        .strip_suffix('\n')
+        .filter(|l| lines == 1 && !l.contains('\r'))
+    else {
+        return Err(ResultError::NotOneLine(lines));
+    };
+    let r: TurnResult =
+        serde_json::from_str(line).map_err(|e| ResultError::Malformed(clip(&e.to_string())))?;
+    if r.turn_id != turn_id {
+        return Err(ResultError::OtherTurn(clip(&r.turn_id)));
+    }
+    r.validate()?;
+    Ok(Some(r))
+}
+
+/// Hostile values are quoted in errors, never at length.
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TURN: &str = "0123456789abcdef0123456789abcdef";
+    const SID: &str = "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10";
+
+    fn ok() -> TurnResult {
+        TurnResult {
+            turn_id: TURN.into(),
+            outcome: Outcome::Ok,
+            text: Some("hello".into()),
+            session_id: Some(SID.into()),
+            new_session: false,
+            cost_usd: Some(0.0123),
+            usage: Some(Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                ..Usage::default()
+            }),
+            duration_ms: Some(1500),
+            num_turns: Some(1),
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+        }
+    }
+
+    fn doc(r: &TurnResult) -> Vec<u8> {
+        let mut v = serde_json::to_vec(r).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    #[test]
+    fn a_real_result_is_valid() {
+        ok().validate().unwrap();
+        TurnResult::failure(TURN, Outcome::Refused, "no")
+            .validate()
+            .unwrap();
+        let max = TurnResult {
+            cost_usd: Some(MAX_TURN_COST_USD),
+            text: Some("x".repeat(MAX_RESULT_TEXT_BYTES)),
+            duration_ms: Some(MAX_TURN_DURATION_MS),
+            signal: Some(9),
+            ..ok()
+        };
+        max.validate().unwrap();
+    }
+
+    #[test]
+    fn values_out_of_bounds_are_refused() {
+        let cases: Vec<(&str, TurnResult)> = vec![
+            (
+                "negative cost",
+                TurnResult {
+                    cost_usd: Some(-1000.0),
+                    ..ok()
+                },
+            ),
+            (
+                "slightly negative cost",
+                TurnResult {
+                    cost_usd: Some(-1e-9),
+                    ..ok()
+                },
+            ),
+            (
+                "huge cost",
+                TurnResult {
+                    cost_usd: Some(MAX_TURN_COST_USD + 0.01),
+                    ..ok()
+                },
+            ),
+            (
+                "infinite cost",
+                TurnResult {
+                    cost_usd: Some(f64::INFINITY),
+                    ..ok()
+                },
+            ),
+            (
+                "NaN cost",
+                TurnResult {
+                    cost_usd: Some(f64::NAN),
+                    ..ok()
+                },
+            ),
+            (
+                "session not a uuid",
+                TurnResult {
+                    session_id: Some("../../etc".into()),
+                    ..ok()
+                },
+            ),
+            (
+                "turn id",
+                TurnResult {
+                    turn_id: "x".into(),
+                    ..ok()
+                },
+            ),
+            (
+                "tokens",
+                TurnResult {
+                    usage: Some(Usage {
+                        cache_read_input_tokens: MAX_TURN_TOKENS + 1,
+                        ..Usage::default()
+                    }),
+                    ..ok()
+                },
+            ),
+            (
+                "duration",
+                TurnResult {
+                    duration_ms: Some(MAX_TURN_DURATION_MS + 1),
+                    ..ok()
+                },
+            ),
+            (
+                "num_turns",
+                TurnResult {
+                    num_turns: Some(u64::MAX),
+                    ..ok()
+                },
+            ),
+            (
+                "signal",
+                TurnResult {
+                    signal: Some(-1),
+                    ..ok()
+                },
+            ),
+            (
+                "text",
+                TurnResult {
+                    text: Some("x".repeat(MAX_RESULT_TEXT_BYTES + 1)),
+                    ..ok()
+                },
+            ),
+            (
+                "error",
+                TurnResult {
+                    error: Some("e".repeat(MAX_RESULT_ERROR_BYTES + 1)),
+                    ..ok()
+                },
+            ),
+        ];
+        for (what, r) in cases {
+            assert!(
+                matches!(r.validate(), Err(ResultError::OutOfBounds(_))),
+                "{what} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reader_takes_exactly_one_line() {
+        let one = doc(&ok());
+        assert_eq!(parse_result_document(&one, TURN).unwrap(), Some(ok()));
+        assert_eq!(parse_result_document(b"", TURN).unwrap(), None);
+
+        // A forged line before or after the real one: neither is chosen.
+        let forged = TurnResult {
+            text: Some("FORGED".into()),
+            cost_usd: Some(0.0),
+            ..ok()
+        };
+        for two in [
+            [doc(&forged), one.clone()].concat(),
+            [one.clone(), doc(&forged)].concat(),
+            [one.clone(), b"\n".to_vec()].concat(),
+            [b"\n".to_vec(), one.clone()].concat(),
+        ] {
+            assert!(
+                matches!(
+                    parse_result_document(&two, TURN),
+                    Err(ResultError::NotOneLine(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(&two)
+            );
+        }
+        // Not newline-terminated, CR, whitespace, garbage, bytes.
+        let unterminated = &one[..one.len() - 1];
+        for bad in [
+            unterminated.to_vec(),
+            [unterminated, b"\r\n"].concat(),
+            b"\n".to_vec(),
+            b"   \n".to_vec(),
+            b"not json\n".to_vec(),
+            b"[]\n".to_vec(),
+            vec![0xff, b'\n'],
+        ] {
+            assert!(parse_result_document(&bad, TURN).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_reader_refuses_other_turns_unknown_fields_and_bad_values() {
+        let one = doc(&ok());
+        assert!(matches!(
+            parse_result_document(&one, "ffffffffffffffffffffffffffffffff"),
+            Err(ResultError::OtherTurn(_))
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&one).unwrap();
+        v["extra"] = serde_json::json!(1);
+        let extra = format!("{v}\n");
+        assert!(matches!(
+            parse_result_document(extra.as_bytes(), TURN),
+            Err(ResultError::Malformed(_))
+        ));
+        let neg = doc(&TurnResult {
+            cost_usd: Some(-1000.0),
+            ..ok()
+        });
+        assert!(matches!(
+            parse_result_document(&neg, TURN),
+            Err(ResultError::OutOfBounds(_))
+        ));
+        let big = vec![b' '; MAX_RESULT_BYTES as usize + 1];
+        assert_eq!(
+            parse_result_document(&big, TURN),
+            Err(ResultError::TooLarge)
+        );
     }
 }

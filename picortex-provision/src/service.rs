@@ -1,5 +1,8 @@
-//! The `org.picortex.Provision1` object. Each method: validate the input, identify the caller,
-//! ask polkit, do the work through `users`/`units`, and write one audit record, whatever happens.
+//! The `org.picortex.Provision1` object. Each method: identify the caller, ask polkit, validate
+//! the input, do the work through `users`/`units`, and write one audit record, whatever happens.
+//! Polkit comes first so that an unauthorised caller leaves one `refused` record and nothing it
+//! chose: until the caller is authorised, its arguments reach polkit and the journal only once
+//! they have passed their parser.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use picortex_proto::bus::actions;
-use picortex_proto::ids::{ChatId, TurnId};
+use picortex_proto::ids::{ChatId, IdError, TurnId};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection, OwnedFd, OwnedVariant};
 
@@ -98,17 +101,19 @@ async fn authorize(
     }
 }
 
-fn bad_input(op: &str, hdr: &Header<'_>, chat: &str, turn: &str, msg: String) -> fdo::Error {
-    let caller = Caller {
-        bus_name: hdr.sender().map(|s| s.to_string()).unwrap_or_default(),
-        uid: None,
-    };
-    audit::record(op, &caller, chat, turn, "failed", &msg);
+/// An authorised caller's malformed argument: audited as a failure, refused as invalid.
+fn bad_input(op: &str, caller: &Caller, chat: &str, turn: &str, msg: String) -> fdo::Error {
+    audit::record(op, caller, chat, turn, "failed", &msg);
     fdo::Error::InvalidArgs(msg)
 }
 
+/// An id as polkit and the audit may see it before the caller is authorised: only if it parsed.
+fn shown<T>(id: &Result<T, IdError>, as_str: fn(&T) -> &str) -> &str {
+    id.as_ref().map_or("", as_str)
+}
+
 impl Provision {
-    /// Shared body of ArchiveChat and RemoveChat: validate, authorise (manage-chat), act on the
+    /// Shared body of ArchiveChat and RemoveChat: authorise (manage-chat), validate, act on the
     /// chat's account as root in a blocking task, audit.
     async fn lifecycle(
         &self,
@@ -118,8 +123,10 @@ impl Provision {
         conn: &Connection,
         act: fn(&users::ChatAccount) -> Result<Option<std::path::PathBuf>, users::UserError>,
     ) -> fdo::Result<String> {
-        let chat = ChatId::parse(chat_id).map_err(|e| bad_input(op, hdr, "", "", e.to_string()))?;
-        let caller = authorize(conn, hdr, op, actions::MANAGE_CHAT, chat.as_str(), "").await?;
+        let chat = ChatId::parse(chat_id);
+        let shown_chat = shown(&chat, ChatId::as_str);
+        let caller = authorize(conn, hdr, op, actions::MANAGE_CHAT, shown_chat, "").await?;
+        let chat = chat.map_err(|e| bad_input(op, &caller, "", "", e.to_string()))?;
         // Nothing of the chat may run while its home is archived or removed.
         if let Ok(Some(tag)) = users::existing_tag(&chat) {
             if let Err(e) = units::stop_slice(conn, &tag.slice()).await {
@@ -172,9 +179,10 @@ impl Provision {
     ) -> fdo::Result<(String, u32, String, String)> {
         let _g = self.activity.enter();
         const OP: &str = "EnsureChat";
-        let chat =
-            ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
-        let caller = authorize(conn, &hdr, OP, actions::ENSURE_CHAT, chat.as_str(), "").await?;
+        let chat = ChatId::parse(chat_id);
+        let shown_chat = shown(&chat, ChatId::as_str);
+        let caller = authorize(conn, &hdr, OP, actions::ENSURE_CHAT, shown_chat, "").await?;
+        let chat = chat.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
         let c = chat.clone();
         let r = tokio::task::spawn_blocking(move || users::ensure(&c))
             .await
@@ -214,21 +222,13 @@ impl Provision {
     ) -> fdo::Result<String> {
         let _g = self.activity.enter();
         const OP: &str = "StartTurn";
-        let chat =
-            ChatId::parse(chat_id).map_err(|e| bad_input(OP, &hdr, "", turn_id, e.to_string()))?;
-        let turn = TurnId::parse(turn_id)
-            .map_err(|e| bad_input(OP, &hdr, chat.as_str(), "", e.to_string()))?;
+        let (chat, turn) = (ChatId::parse(chat_id), TurnId::parse(turn_id));
+        let (shown_chat, shown_turn) = (shown(&chat, ChatId::as_str), shown(&turn, TurnId::as_str));
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, shown_turn).await?;
+        let chat = chat.map_err(|e| bad_input(OP, &caller, "", shown_turn, e.to_string()))?;
+        let turn = turn.map_err(|e| bad_input(OP, &caller, chat.as_str(), "", e.to_string()))?;
         let limits = Limits::from_dict(&limits)
-            .map_err(|e| bad_input(OP, &hdr, chat.as_str(), turn.as_str(), e))?;
-        let caller = authorize(
-            conn,
-            &hdr,
-            OP,
-            actions::START_TURN,
-            chat.as_str(),
-            turn.as_str(),
-        )
-        .await?;
+            .map_err(|e| bad_input(OP, &caller, chat.as_str(), turn.as_str(), e))?;
         let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) =
             (request.into(), result.into());
         let fail = |msg: String| {
@@ -297,9 +297,10 @@ impl Provision {
     ) -> fdo::Result<()> {
         let _g = self.activity.enter();
         const OP: &str = "ReleaseTurn";
-        let turn =
-            TurnId::parse(turn_id).map_err(|e| bad_input(OP, &hdr, "", "", e.to_string()))?;
-        let caller = authorize(conn, &hdr, OP, actions::START_TURN, "", turn.as_str()).await?;
+        let turn = TurnId::parse(turn_id);
+        let shown_turn = shown(&turn, TurnId::as_str);
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, "", shown_turn).await?;
+        let turn = turn.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
         match units::release_turn(conn, &turn).await {
             Ok(()) => {
                 audit::record(OP, &caller, "", turn.as_str(), "ok", "");

@@ -56,6 +56,20 @@ pub enum Prop {
 /// `MS_REC`: BindPaths' flag for a recursive bind mount.
 const MS_REC: u64 = 16384;
 
+/// System calls `@system-service` allows that a turn is refused (EPERM) all the same: io_uring
+/// (a second way into the kernel that bypasses much of what seccomp sees, and a steady source
+/// of privilege escalations), userfaultfd (lets a process stall the kernel mid-copy, a staple of
+/// exploiting races) and the kernel keyrings (per-user kernel state an agent has no use for).
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "userfaultfd",
+    "add_key",
+    "request_key",
+    "keyctl",
+];
+
 /// The gateway's state directory: the database, the turn results and every chat's home. A turn
 /// sees an empty read-only tmpfs there, with only its own home bound back in.
 pub const STATE_DIR: &str = "/var/lib/picortex";
@@ -275,6 +289,15 @@ fn base_turn_properties(
         (
             "SystemCallFilter",
             Prop::FlagStrs(true, vec!["@system-service".to_owned()]),
+        ),
+        // A second, inverted list takes these back out of the allow-list above, as a
+        // `SystemCallFilter=~…` line after the first does in a unit file.
+        (
+            "SystemCallFilter",
+            Prop::FlagStrs(
+                false,
+                DENIED_SYSCALLS.iter().map(|c| (*c).to_owned()).collect(),
+            ),
         ),
         ("SystemCallErrorNumber", Prop::I32(1)), // EPERM rather than a kill, so the agent can report it
         (
@@ -533,11 +556,49 @@ mod tests {
             p.iter().all(|(k, _)| *k != "MemoryDenyWriteExecute"),
             "the agent's JIT needs W+X memory"
         );
-        // Every property name appears once.
+        // Every property name appears once, bar SystemCallFilter's allow-list and its exceptions.
         let mut names: Vec<_> = p.iter().map(|(k, _)| *k).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), p.len());
+        assert_eq!(names.len() + 1, p.len());
+        // The result channel is the gateway's stdout file alone: stderr goes to the journal
+        // (unset, systemd would duplicate stdout onto it).
+        assert_eq!(get(&p, "StandardError"), &Prop::Str("journal".into()));
+    }
+
+    #[test]
+    fn io_uring_userfaultfd_and_keyrings_are_taken_out_of_the_allow_list() {
+        let a = acct();
+        let chat = ChatId::parse("abc").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let filters: Vec<&Prop> = p
+            .iter()
+            .filter(|(k, _)| *k == "SystemCallFilter")
+            .map(|(_, v)| v)
+            .collect();
+        // Order matters: the allow-list first, then what is taken out of it.
+        assert_eq!(
+            filters,
+            [
+                &Prop::FlagStrs(true, vec!["@system-service".into()]),
+                &Prop::FlagStrs(
+                    false,
+                    [
+                        "io_uring_setup",
+                        "io_uring_enter",
+                        "io_uring_register",
+                        "userfaultfd",
+                        "add_key",
+                        "request_key",
+                        "keyctl"
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                ),
+            ]
+        );
+        assert_eq!(get(&p, "SystemCallErrorNumber"), &Prop::I32(1));
     }
 
     #[test]

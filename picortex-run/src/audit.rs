@@ -1,8 +1,8 @@
 //! The audit trail: structured journal entries at the start and end of every turn (and one for
 //! a refusal or a session recovery), with `PICORTEX_`-prefixed fields, so
 //! `journalctl PICORTEX_CHAT=<chat id>` shows the turn beside the gateway's own entries.
-//! Without a journal socket (a developer machine) the entries go to stderr as text; stdout is
-//! the result file and never carries logs.
+//! Without a journal socket (a developer machine) the entries go to stderr as text; the result
+//! file is never stdout or stderr by then (see `channel`), so it never carries logs.
 
 use crate::preflight::Identity;
 use picortex_proto::turn::{Outcome, TurnRequest, TurnResult};

@@ -1,17 +1,20 @@
 //! picortex-run: the narrow, audited wrapper that runs one agent turn as a chat's Unix user inside
 //! its transient unit (SPEC §1, T1–T4). systemd starts it as
-//! `picortex-run --turn <32 hex>` with a `TurnRequest` on stdin and a result file on stdout.
+//! `picortex-run --turn <32 hex>` with a `TurnRequest` on stdin and a result file on stdout,
+//! which it moves out of every child's reach before anything else runs.
 //!
 //! Everything that decides something is a plain function here, so unit tests reach it without a
 //! chat user or a unit: the self-checks ([`preflight`]), request validation ([`request`]), the
 //! agent's argv and environment ([`agent`]), reading its output ([`output`]), OOM detection
 //! ([`oom`]) and the turn itself with its one-shot session recovery ([`turn::run_turn`]).
-//! `main.rs` only wires them together and writes the one `TurnResult` line.
+//! `main.rs` only wires them together and writes the one `TurnResult` line through the result
+//! channel ([`channel`]), which no child of picortex-run can reach.
 
 #![deny(unsafe_code)]
 
 pub mod agent;
 pub mod audit;
+pub mod channel;
 pub mod config;
 pub mod discriminate;
 pub mod oom;

@@ -1,7 +1,7 @@
 //! `picortex-run --turn <32 hex> [--config PATH]`: systemd's ExecStart for one turn unit, run as
-//! the chat's user with a `TurnRequest` on stdin and the result file as stdout. It checks where
-//! it runs, checks the request, runs the agent through `picortex_run::run_turn` and writes
-//! exactly one `TurnResult` line. `--config` exists for tests; the unit never passes it.
+//! the chat's user with a `TurnRequest` on stdin and the result file as stdout. It takes the
+//! result file out of every child's reach, checks where it runs, checks the request, runs the
+//! agent through `picortex_run::run_turn` and writes exactly one `TurnResult` line. `--config` exists for tests; the unit never passes it.
 //!
 //! Exit status: 0 the agent answered, 1 the turn failed (the result says why), 2 refused,
 //! 3 the result could not be written.
@@ -10,13 +10,12 @@
 
 use picortex_proto::ids::TurnId;
 use picortex_proto::turn::{Outcome, TurnResult};
+use picortex_run::channel::ResultChannel;
 use picortex_run::config::{load_config, DEFAULT_CONFIG_PATH};
 use picortex_run::request::{check_chat, read_request_or_none, validate_request};
-use picortex_run::turn::result_line;
 use picortex_run::{
     audit, preflight, run_turn, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
 };
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,12 +55,8 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
     })
 }
 
-fn write_result(r: &TurnResult) -> bool {
-    let mut out = std::io::stdout().lock();
-    match out
-        .write_all(result_line(r).as_bytes())
-        .and_then(|_| out.flush())
-    {
+fn write_result(channel: ResultChannel, r: &TurnResult) -> bool {
+    match channel.write(r) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(turn = %r.turn_id, "cannot write the result: {e}");
@@ -70,10 +65,13 @@ fn write_result(r: &TurnResult) -> bool {
     }
 }
 
-fn refuse(turn: &str, chat: Option<&str>, reason: &str) -> ExitCode {
+fn refuse(channel: ResultChannel, turn: &str, chat: Option<&str>, reason: &str) -> ExitCode {
     audit::turn_refused(turn, chat, reason);
     let turn: String = turn.chars().take(64).collect();
-    if write_result(&TurnResult::failure(&turn, Outcome::Refused, reason)) {
+    if write_result(
+        channel,
+        &TurnResult::failure(&turn, Outcome::Refused, reason),
+    ) {
         ExitCode::from(EXIT_REFUSED)
     } else {
         ExitCode::from(EXIT_NO_RESULT)
@@ -81,18 +79,37 @@ fn refuse(turn: &str, chat: Option<&str>, reason: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Not dumpable, before anything else: the agent runs as the same user, and must not be able
+    // to ptrace this process or open its /proc/<pid>/mem or /proc/<pid>/fd/* (the result file)
+    // to forge the turn's result or its reported cost; a leftover of the chat's previous turn
+    // may be watching for this process to start. The agent becomes dumpable again at execve,
+    // which is fine: it is the untrusted party.
+    let dumpable = nix::sys::prctl::set_dumpable(false);
+    // Then, before any log line or child: the result file leaves stdout (and stderr, if systemd
+    // made it the same file) for a descriptor only this process holds.
+    let channel = match ResultChannel::take_stdout() {
+        Ok(c) => c,
+        Err(e) => {
+            audit::init();
+            tracing::error!("cannot take the result channel from stdout: {e}");
+            return ExitCode::from(EXIT_NO_RESULT);
+        }
+    };
     audit::init();
-    // Not dumpable: the agent runs as the same user, and must not be able to ptrace this process
-    // or open its /proc/<pid>/mem to forge the turn's result or its reported cost. The agent
-    // itself becomes dumpable again at execve, which is fine: it is the untrusted party.
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        return refuse("", None, &format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"));
+    if let Err(e) = dumpable {
+        return refuse(
+            channel,
+            "",
+            None,
+            &format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"),
+        );
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match parse_cli(&args) {
         Ok(c) => c,
         Err(e) => {
             return refuse(
+                channel,
                 "",
                 None,
                 &format!("usage: picortex-run --turn <turn id>: {e}"),
@@ -101,11 +118,11 @@ fn main() -> ExitCode {
     };
     let turn = match TurnId::parse(&cli.turn) {
         Ok(t) => t,
-        Err(e) => return refuse(&cli.turn, None, &e.to_string()),
+        Err(e) => return refuse(channel, &cli.turn, None, &e.to_string()),
     };
     let identity = match preflight() {
         Ok(i) => i,
-        Err(e) => return refuse(turn.as_str(), None, &e.0),
+        Err(e) => return refuse(channel, turn.as_str(), None, &e.0),
     };
     // A spare unit waits here, sandbox ready, until the gateway hands it a turn.
     let request = match read_request_or_none(std::io::stdin().lock()) {
@@ -113,23 +130,24 @@ fn main() -> ExitCode {
         Ok(None) => {
             tracing::info!(turn = %turn, "spare unit let go without a request; nothing ran");
             let r = TurnResult::failure(turn.as_str(), Outcome::NoRequest, "no request");
-            return if write_result(&r) {
+            return if write_result(channel, &r) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_NO_RESULT)
             };
         }
-        Err(e) => return refuse(turn.as_str(), None, &e.0),
+        Err(e) => return refuse(channel, turn.as_str(), None, &e.0),
     };
     if let Err(e) =
         validate_request(&request, &turn).and_then(|_| check_chat(&request, &identity.tag))
     {
-        return refuse(turn.as_str(), Some(&request.chat_id), &e.0);
+        return refuse(channel, turn.as_str(), Some(&request.chat_id), &e.0);
     }
     let config = match load_config(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             return refuse(
+                channel,
                 turn.as_str(),
                 Some(&request.chat_id),
                 &format!("configuration: {e}"),
@@ -140,7 +158,7 @@ fn main() -> ExitCode {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 
     let result = run_turn(&config, &request, &identity);
-    if !write_result(&result) {
+    if !write_result(channel, &result) {
         return ExitCode::from(EXIT_NO_RESULT);
     }
     match result.outcome {

@@ -44,10 +44,7 @@ pub fn read_request(input: impl Read) -> Result<TurnRequest, Refusal> {
     read_request_or_none(input)?.ok_or_else(|| Refusal("bad request: empty input".into()))
 }
 
-/// A session id as the CLI wants it: a UUID in its hyphenated form.
-pub fn is_session_id(s: &str) -> bool {
-    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
-}
+pub use picortex_proto::ids::is_session_id;
 
 /// Check the request against the `--turn` argument and the rules of the argv it will become.
 pub fn validate_request(req: &TurnRequest, turn: &TurnId) -> Result<(), Refusal> {

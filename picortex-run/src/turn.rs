@@ -11,7 +11,11 @@ use crate::oom;
 use crate::output::{parse_output, AgentOutput};
 use crate::preflight::Identity;
 use crate::seed::seed_onboarding;
-use picortex_proto::turn::{Outcome, TurnKind, TurnRequest, TurnResult, MAX_RESULT_BYTES};
+use picortex_proto::ids::TurnId;
+use picortex_proto::turn::{
+    Outcome, TurnKind, TurnRequest, TurnResult, MAX_RESULT_BYTES, MAX_RESULT_ERROR_BYTES,
+    MAX_RESULT_TEXT_BYTES,
+};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Instant;
@@ -178,10 +182,26 @@ pub fn classify(turn_id: &str, a: &Attempt) -> TurnResult {
     r
 }
 
-/// The one line picortex-run writes: the result as JSON, with the reply shortened if the whole
-/// line would not fit the gateway's [`MAX_RESULT_BYTES`].
+/// The one line picortex-run writes: the result as JSON, checked as the gateway will check it
+/// (`TurnResult::validate`). The reply and error are shortened to their limits, and the reply
+/// again if the whole line would not fit [`MAX_RESULT_BYTES`]; a result still out of bounds (an
+/// agent that reports an absurd cost, say) is written as `bad_output` instead, so the gateway and
+/// the journal agree on why the turn failed.
 pub fn result_line(r: &TurnResult) -> String {
     let mut r = r.clone();
+    if let Some(t) = &mut r.text {
+        shorten(t, MAX_RESULT_TEXT_BYTES);
+    }
+    if let Some(e) = &mut r.error {
+        shorten(e, MAX_RESULT_ERROR_BYTES);
+    }
+    // A refusal of a malformed --turn keeps its reason: the gateway refuses it by its turn id
+    // whatever it says.
+    if TurnId::parse(&r.turn_id).is_ok() {
+        if let Err(e) = r.validate() {
+            r = TurnResult::failure(&r.turn_id, Outcome::BadOutput, clip(&e.to_string(), 300));
+        }
+    }
     loop {
         let line = serde_json::to_string(&r).unwrap_or_else(|e| {
             format!(r#"{{"turn_id":{},"outcome":"bad_output","error":"cannot encode the result: {e}"}}"#, json_str(&r.turn_id))
@@ -196,7 +216,7 @@ pub fn result_line(r: &TurnResult) -> String {
                     cut -= 1;
                 }
                 t.truncate(cut);
-                t.push_str(" …[truncated]");
+                t.push_str(TRUNCATED);
             }
             _ => {
                 r.text = None;
@@ -204,6 +224,21 @@ pub fn result_line(r: &TurnResult) -> String {
             }
         }
     }
+}
+
+const TRUNCATED: &str = " …[truncated]";
+
+/// Cut `t` to at most `max` bytes, on a character boundary, marking the cut.
+fn shorten(t: &mut String, max: usize) {
+    if t.len() <= max {
+        return;
+    }
+    let mut cut = max.saturating_sub(TRUNCATED.len());
+    while !t.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    t.truncate(cut);
+    t.push_str(TRUNCATED);
 }
 
 fn json_str(s: &str) -> String {
@@ -594,6 +629,32 @@ mod tests {
         let line = result_line(&r);
         assert!((line.len() as u64) < MAX_RESULT_BYTES);
         let back: TurnResult = serde_json::from_str(&line).unwrap();
-        assert!(back.text.unwrap().ends_with("…[truncated]"));
+        let text = back.text.unwrap();
+        assert!(text.ends_with("…[truncated]"));
+        assert!(text.len() <= MAX_RESULT_TEXT_BYTES);
+
+        r.text = Some("a".repeat(MAX_RESULT_TEXT_BYTES + 100));
+        let back: TurnResult = serde_json::from_str(&result_line(&r)).unwrap();
+        assert_eq!(back.outcome, Outcome::Ok);
+        back.validate().unwrap();
+        assert_eq!(back.text.unwrap().len(), MAX_RESULT_TEXT_BYTES);
+    }
+
+    #[test]
+    fn a_result_the_gateway_would_refuse_is_written_as_bad_output() {
+        let mut r = classify(TURN, &attempt(ok_result("fine")));
+        r.cost_usd = Some(1e12);
+        let back: TurnResult = serde_json::from_str(&result_line(&r)).unwrap();
+        assert_eq!(back.outcome, Outcome::BadOutput);
+        back.validate().unwrap();
+        assert_eq!((back.text, back.cost_usd), (None, None));
+        assert!(back.error.unwrap().contains("cost_usd"));
+        // Every line it writes for a well-formed turn id passes the gateway's reader.
+        let doc = result_line(&r);
+        assert!(
+            picortex_proto::turn::parse_result_document(doc.as_bytes(), TURN)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -98,3 +98,29 @@ fn bad_arguments_are_refused_with_a_result() {
         assert!(r.error.is_some());
     }
 }
+
+/// A unit without `StandardError=` has stderr duplicated from stdout, the result file. Nothing
+/// but the one result line may reach that file: not picortex-run's own log lines (which go to
+/// stderr where there is no journal, as here), not anything a child writes to its stderr.
+#[test]
+fn stderr_that_is_the_result_file_carries_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("result.json");
+    let file = std::fs::File::create(&path).unwrap();
+    let o = Command::new(BIN)
+        .args(["--turn", "NOT-A-TURN"])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(o.code(), Some(2));
+    let out = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "exactly one line in the result file: {out:?}"
+    );
+    let r: TurnResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(r.outcome, Outcome::Refused);
+}

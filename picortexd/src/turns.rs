@@ -19,7 +19,7 @@ use std::time::Duration;
 use picortex_proto::bus::limits as L;
 use picortex_proto::ids::TurnId;
 use picortex_proto::turn::{
-    self as proto_turn, Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES,
+    self as proto_turn, parse_result_document, Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -431,22 +431,22 @@ impl Turns {
         Ok(f.into())
     }
 
-    /// The result document picortex-run wrote, if it is complete and for this turn. Untrusted:
-    /// size-limited, parsed strictly, turn id checked.
+    /// The result document picortex-run wrote; None when there is none. Untrusted: exactly one
+    /// bounded, validated document for this turn (`parse_result_document`), or the turn failed
+    /// with bad output: a rejected document is never a reply.
     fn read_result(&self, turn_id: &str) -> Option<TurnResult> {
         let f = std::fs::File::open(self.result_path(turn_id)).ok()?;
-        let mut buf = String::new();
-        f.take(MAX_RESULT_BYTES).read_to_string(&mut buf).ok()?;
-        let line = buf.lines().rev().find(|l| !l.trim().is_empty())?;
-        match serde_json::from_str::<TurnResult>(line) {
-            Ok(r) if r.turn_id == turn_id => Some(r),
-            Ok(_) => {
-                tracing::warn!("result file names another turn; ignoring it");
-                None
-            }
+        let mut buf = Vec::new();
+        f.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buf).ok()?;
+        match parse_result_document(&buf, turn_id) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "result file is not a turn result");
-                None
+                tracing::warn!(error = %e, "rejected the turn's result document");
+                Some(TurnResult::failure(
+                    turn_id,
+                    Outcome::BadOutput,
+                    e.to_string(),
+                ))
             }
         }
     }

@@ -26,6 +26,11 @@ for h in "${hier[@]}"; do
 done
 
 mount --rbind /dev "$root/dev"
+# The host's /dev is bound in, but shared memory and message queues must be the machine's own:
+# a private tmpfs over /dev/shm (else it is the host's, seen by every other machine too) and an
+# mqueue mounted from the machine's own IPC namespace. The mounts stay in this namespace.
+mount -t tmpfs -o mode=1777,nosuid,nodev,size=256M tmpfs "$root/dev/shm"
+if [ -d "$root/dev/mqueue" ]; then mount -t mqueue -o nosuid,nodev,noexec mqueue "$root/dev/mqueue"; fi
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 # Read-only, as container managers do: the machine must not change the host's kernel settings.

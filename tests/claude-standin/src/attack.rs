@@ -200,8 +200,242 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
         systemd_start_unit(),
         provision_helper(me),
     ]);
+    f.extend(kernel_surface());
     f.extend(network());
     f
+}
+
+/// `#journal_forge=<marker>`: the agent writes a journal entry dressed as the helper's audit
+/// record of a refused call (`SYSLOG_IDENTIFIER=picortex-provision`, `PICORTEX_*` fields,
+/// `<marker>` in its message) straight to journald's native socket. Returns "sent" or the error.
+pub fn forge_journal(marker: &str) -> String {
+    let entry = format!(
+        "SYSLOG_IDENTIFIER=picortex-provision\nPRIORITY=4\nPICORTEX_AUDIT=true\nPICORTEX_OP=EnsureChat\n\
+         PICORTEX_CALLER=:1.1\nPICORTEX_CALLER_UID=0\nPICORTEX_OUTCOME=refused\n\
+         MESSAGE=EnsureChat by uid 0 (:1.1): refused: {marker}\n"
+    );
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return en(&e),
+    };
+    match sock.send_to(entry.as_bytes(), "/run/systemd/journal/socket") {
+        Ok(_) => "sent".to_owned(),
+        Err(e) => en(&e),
+    }
+}
+
+/// A raw system call's outcome: its non-negative return, or the errno it set.
+fn sys(r: nix::libc::c_long) -> Result<nix::libc::c_long, Errno> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// One group of calls the turn's seccomp filter must refuse: blocked only if every call failed
+/// with EPERM (`SystemCallErrorNumber=`) or ENOSYS. The arguments work on an open kernel, so any
+/// other answer means the call got through.
+fn refused(name: &'static str, calls: &[(&str, Result<nix::libc::c_long, Errno>)]) -> Finding {
+    let blocked = calls
+        .iter()
+        .all(|(_, r)| matches!(r, Err(Errno::EPERM | Errno::ENOSYS)));
+    let detail = calls
+        .iter()
+        .map(|(c, r)| match r {
+            Ok(v) => format!("{c}={v}"),
+            Err(e) => format!("{c}:{e:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Finding::new(name, blocked, detail)
+}
+
+/// Kernel surface no agent needs and kernel exploits favour (issue 7, item 6): io_uring,
+/// userfaultfd and the kernel keyrings. Nothing persists: a ring or userfaultfd that opens is
+/// closed at once, a key added goes to this process's own keyring, which dies with it.
+#[allow(unsafe_code)]
+fn kernel_surface() -> Vec<Finding> {
+    use nix::libc::{self, c_long};
+    const KEY_SPEC_PROCESS_KEYRING: c_long = -2;
+    const KEY_SPEC_SESSION_KEYRING: c_long = -3;
+    const KEYCTL_GET_KEYRING_ID: c_long = 0;
+    const UFFD_USER_MODE_ONLY: c_long = 1;
+    const IORING_REGISTER_PROBE: c_long = 8;
+    let close = |fd: c_long| {
+        // SAFETY: `fd` was just returned to us by the kernel and nothing else holds it.
+        unsafe { libc::close(fd as libc::c_int) };
+    };
+
+    // struct io_uring_params is 120 bytes; zeroed asks for a plain one-entry ring.
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup reads and writes at most sizeof(struct io_uring_params) = 120
+    // bytes at `params`, which is that large and lives across the call.
+    let setup = sys(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) });
+    let ring = setup.unwrap_or(-1);
+    // SAFETY: no pointers (a null sigset with size 0); `ring` is our ring or -1.
+    let enter = sys(unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_enter,
+            ring,
+            0u32,
+            0u32,
+            0u32,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    });
+    let mut probe = [0u64; 64];
+    // SAFETY: IORING_REGISTER_PROBE with 8 ops writes 16 + 8*8 bytes into `probe` (512 bytes).
+    let register = sys(unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring,
+            IORING_REGISTER_PROBE,
+            probe.as_mut_ptr(),
+            8u32,
+        )
+    });
+    if ring >= 0 {
+        close(ring);
+    }
+    // SAFETY: no pointers.
+    let uffd = sys(unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC as c_long | UFFD_USER_MODE_ONLY,
+        )
+    });
+    if let Ok(fd) = uffd {
+        close(fd);
+    }
+    let (ty, desc, payload) = (c"user", c"picortex-attack-probe", b"x");
+    // SAFETY: keyctl(GET_KEYRING_ID) takes no pointers.
+    let keyctl = sys(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_GET_KEYRING_ID,
+            KEY_SPEC_SESSION_KEYRING,
+            0,
+        )
+    });
+    // SAFETY: the type and description are NUL-terminated C strings and the payload is as long
+    // as the length given; all outlive the call.
+    let add = sys(unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            KEY_SPEC_PROCESS_KEYRING,
+        )
+    });
+    // SAFETY: as above; a null callout string.
+    let request = sys(unsafe {
+        libc::syscall(
+            libc::SYS_request_key,
+            ty.as_ptr(),
+            c"picortex-attack-missing".as_ptr(),
+            std::ptr::null::<u8>(),
+            0,
+        )
+    });
+    vec![
+        refused(
+            "io_uring",
+            &[
+                ("io_uring_setup", setup),
+                ("io_uring_enter", enter),
+                ("io_uring_register", register),
+            ],
+        ),
+        refused("userfaultfd", &[("userfaultfd", uffd)]),
+        refused(
+            "kernel_keyring",
+            &[
+                ("keyctl", keyctl),
+                ("add_key", add),
+                ("request_key", request),
+            ],
+        ),
+    ]
+}
+
+/// What `#forge` puts in the reply to be found if it got through (see [`forge_result`]).
+pub const FORGED_TEXT: &str = "standin: FORGED REPLY";
+
+/// `#forge`: the agent tries to make the gateway believe a result picortex-run never wrote: a
+/// document with [`FORGED_TEXT`] and a negative cost for this very turn (its id is in the unit
+/// name), written to its stdout and stderr, to every other descriptor it holds, and to those of
+/// its parent, picortex-run. Returns what each attempt did, as one JSON object for the reply.
+pub fn forge_result() -> String {
+    let turn = cgroup_info()
+        .unit
+        .and_then(|u| {
+            u.strip_prefix("picortex-turn-")?
+                .strip_suffix(".service")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let line = json!({
+        "turn_id": turn, "outcome": "ok", "text": FORGED_TEXT,
+        "session_id": uuid::Uuid::new_v4().to_string(), "new_session": false,
+        "cost_usd": -1000.0, "usage": {"input_tokens": 1, "output_tokens": 1},
+    })
+    .to_string()
+        + "\n";
+    let put = |w: &mut dyn Write| match w.write_all(line.as_bytes()).and_then(|_| w.flush()) {
+        Ok(()) => "wrote".to_owned(),
+        Err(e) => en(&e),
+    };
+    let mut report = serde_json::Map::new();
+    report.insert("turn".into(), json!(turn));
+    report.insert("stdout".into(), json!(put(&mut io::stdout().lock())));
+    report.insert("stderr".into(), json!(put(&mut io::stderr().lock())));
+    // Every descriptor this process or its parent holds, reopened through /proc for writing.
+    let ppid = getppid().as_raw();
+    for (who, dir) in [
+        ("self", "/proc/self/fd".to_owned()),
+        ("parent", format!("/proc/{ppid}/fd")),
+    ] {
+        let mut tries = serde_json::Map::new();
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if who == "self" && ["0", "1", "2"].contains(&name.as_str()) {
+                        continue;
+                    }
+                    let target = fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_else(|e| en(&e));
+                    let did = match OpenOptions::new().append(true).open(e.path()) {
+                        Ok(mut f) => put(&mut f),
+                        Err(e) => en(&e),
+                    };
+                    tries.insert(name, json!(format!("{target}: {did}")));
+                }
+            }
+            Err(e) => {
+                tries.insert("*".into(), json!(en(&e)));
+            }
+        }
+        // The parent's stdout and stderr by name too, whether or not the listing showed them.
+        if who == "parent" {
+            for n in ["1", "2"] {
+                if !tries.contains_key(n) {
+                    let did = match OpenOptions::new().append(true).open(format!("{dir}/{n}")) {
+                        Ok(mut f) => put(&mut f),
+                        Err(e) => en(&e),
+                    };
+                    tries.insert(n.into(), json!(did));
+                }
+            }
+        }
+        report.insert(who.into(), Value::Object(tries));
+    }
+    Value::Object(report).to_string()
 }
 
 fn capabilities() -> Finding {

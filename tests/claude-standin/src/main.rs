@@ -56,6 +56,9 @@
 //! | `#model` | reply includes the model |
 //! | `#hostile` | the reply is escape sequences, NUL, a bidi override and 200 kB of text |
 //! | `#score=<x>` | with `--no-session-persistence` (picortex's discriminator), the reply is only `{"score": <x>, "reason": …}` |
+//! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
+//! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
+//! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
 
 #![deny(unsafe_code)]
@@ -252,6 +255,9 @@ struct Knobs {
     attack_other: Option<String>,
     score: Option<String>,
     hostile: bool,
+    forge: bool,
+    cost: Option<f64>,
+    journal_forge: Option<String>,
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -284,6 +290,9 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#attack" => k.attack = true,
                 "#score" => k.score = Some(value.to_owned()),
                 "#hostile" => k.hostile = true,
+                "#forge" => k.forge = true,
+                "#cost" => k.cost = value.parse().ok(),
+                "#journal_forge" => k.journal_forge = Some(value.to_owned()),
                 _ => {}
             }
             rest = &tail[1..];
@@ -493,6 +502,8 @@ struct Ctx {
     permission_mode: String,
     api_key_source: String,
     started: Instant,
+    /// `#cost=`: the cost to report instead of the computed one.
+    cost: Option<f64>,
 }
 
 impl Ctx {
@@ -542,7 +553,7 @@ impl Ctx {
         terminal_reason: &str,
     ) -> Value {
         let (input, output) = tokens;
-        let cost = (input + output) as f64 / 10000.0;
+        let cost = self.cost.unwrap_or((input + output) as f64 / 10000.0);
         let ms = self.started.elapsed().as_millis() as u64;
         let mut r = json!({
             "type": "result",
@@ -794,6 +805,7 @@ fn run(argv: &[String]) -> Exit {
         permission_mode: permission_mode.clone(),
         api_key_source: "none".into(),
         started,
+        cost: knobs.cost,
     };
 
     // Which session, and its transcript so far.
@@ -883,6 +895,8 @@ fn run(argv: &[String]) -> Exit {
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
+    let forge_report = knobs.forge.then(attack::forge_result);
+    let journal_forge = knobs.journal_forge.as_deref().map(attack::forge_journal);
     let attack_report = knobs
         .attack
         .then(|| attack::report(&attack::run_all(knobs.attack_other.as_deref())));
@@ -1002,6 +1016,12 @@ fn run(argv: &[String]) -> Exit {
     }
     if knobs.eatmem.is_some() {
         reply.push_str(&format!(" | ate {} MiB", hoard.len() >> 20));
+    }
+    if let Some(f) = &forge_report {
+        reply.push_str(&format!(" | forge={f}"));
+    }
+    if let Some(j) = &journal_forge {
+        reply.push_str(&format!(" | journal_forge={j}"));
     }
     drop(hoard);
 

@@ -190,3 +190,58 @@ fn the_helper_exits_when_idle_and_the_bus_starts_it_again() {
         .to_owned();
     assert_ne!(first, second, "the helper was not started again by the bus");
 }
+
+/// Issue 7, item 5: polkit decides before the arguments are even parsed, so a local user's
+/// malformed calls leave one `refused` record each and nothing of what they sent.
+#[test]
+fn an_unauthorised_malformed_call_leaves_only_a_refusal() {
+    let m = Machine::boot();
+    let marker = "ATTACKER-CHOSEN-7f3a";
+    let calls = [
+        ("EnsureChat", format!("'x/{marker} PICORTEX_OUTCOME=ok'")),
+        ("ArchiveChat", format!("'../{marker}'")),
+        ("RemoveChat", format!("'{marker}.x'")),
+        ("ReleaseTurn", format!("'{marker}'")),
+    ];
+    for (op, arg) in &calls {
+        let o = m.sh(&format!("runuser -u nobody -- busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 {op} s {arg}"));
+        assert_ne!(o.code, 0, "nobody's {op} succeeded");
+        assert!(
+            o.stderr.to_lowercase().contains("access denied"),
+            "{op} was not refused by polkit: {}",
+            o.stderr
+        );
+    }
+    let entries = |filter: &str| -> Vec<serde_json::Value> {
+        m.sh(&format!(
+            "journalctl --no-pager -o json SYSLOG_IDENTIFIER=picortex-provision {filter}"
+        ))
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+    };
+    let refused = m.wait_for("a refusal for each call", Duration::from_secs(20), || {
+        let r = entries("PICORTEX_OUTCOME=refused PICORTEX_CALLER_UID=65534");
+        (r.len() >= calls.len()).then_some(r)
+    });
+    let mut ops: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["PICORTEX_OP"].as_str())
+        .collect();
+    ops.sort_unstable();
+    assert_eq!(
+        ops,
+        ["ArchiveChat", "EnsureChat", "ReleaseTurn", "RemoveChat"]
+    );
+    // Nothing else of nobody's, and nothing it chose, anywhere in the helper's journal.
+    let by_nobody = entries("PICORTEX_CALLER_UID=65534");
+    assert_eq!(by_nobody.len(), calls.len(), "{by_nobody:#?}");
+    let all = m
+        .sh("journalctl --no-pager -o export SYSLOG_IDENTIFIER=picortex-provision")
+        .stdout;
+    assert!(
+        !all.contains(marker),
+        "the caller's arguments reached the audit trail:\n{all}"
+    );
+}

@@ -35,6 +35,9 @@ const REQUIRED: &[&str] = &[
     "connect_loopback",
     "system_bus_set_unit_properties",
     "cgroup_limits",
+    "io_uring",
+    "userfaultfd",
+    "kernel_keyring",
 ];
 
 /// A group with the owner and a friend, opened by a message that mentions the bot.
@@ -375,6 +378,13 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         "reboot",
         "swapon",
         "ptrace",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "userfaultfd",
+        "add_key",
+        "request_key",
+        "keyctl",
     ] {
         assert!(
             !filter.split_whitespace().any(|c| c == call),
