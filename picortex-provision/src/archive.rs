@@ -192,6 +192,8 @@ pub fn remove(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
     let mut del = root_cmd(USERDEL);
     del.arg(&acct.user);
     run(del, "userdel")?;
+    // Before anything else can look: a turn must not bring the user back.
+    crate::users::mark_removed(&acct.tag)?;
     let kept = match archived {
         Some(p) => {
             let removed = p.with_extension("tar.removed");

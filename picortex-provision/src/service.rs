@@ -67,11 +67,37 @@ impl Drop for CallGuard {
 
 pub struct Provision {
     activity: Arc<Activity>,
+    chats: ChatLocks,
 }
 
 impl Provision {
     pub fn new(activity: Arc<Activity>) -> Self {
-        Self { activity }
+        Self {
+            activity,
+            chats: ChatLocks::default(),
+        }
+    }
+}
+
+/// One lock per chat: provisioning, starting a turn, archiving and removing one chat happen one
+/// at a time, so a turn never starts in a home being archived and a removal never races a
+/// restore. Different chats never wait for each other.
+#[derive(Default)]
+struct ChatLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl ChatLocks {
+    async fn lock(&self, chat: &ChatId) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = match self.0.lock() {
+            Ok(mut map) => map.entry(chat.as_str().to_owned()).or_default().clone(),
+            // A poisoned map only means another call panicked holding it; the locks in it are
+            // still right.
+            Err(p) => p
+                .into_inner()
+                .entry(chat.as_str().to_owned())
+                .or_default()
+                .clone(),
+        };
+        m.lock_owned().await
     }
 }
 
@@ -127,6 +153,7 @@ impl Provision {
         let shown_chat = shown(&chat, ChatId::as_str);
         let caller = authorize(conn, hdr, op, actions::MANAGE_CHAT, shown_chat, "").await?;
         let chat = chat.map_err(|e| bad_input(op, &caller, "", "", e.to_string()))?;
+        let _chat_lock = self.chats.lock(&chat).await;
         // Nothing of the chat may run while its home is archived or removed.
         if let Ok(Some(tag)) = users::existing_tag(&chat) {
             if let Err(e) = units::stop_slice(conn, &tag.slice()).await {
@@ -183,6 +210,7 @@ impl Provision {
         let shown_chat = shown(&chat, ChatId::as_str);
         let caller = authorize(conn, &hdr, OP, actions::ENSURE_CHAT, shown_chat, "").await?;
         let chat = chat.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
+        let _chat_lock = self.chats.lock(&chat).await;
         let c = chat.clone();
         let r = tokio::task::spawn_blocking(move || users::ensure(&c))
             .await
@@ -239,7 +267,10 @@ impl Provision {
             audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &e);
             fdo::Error::InvalidArgs(e)
         })?;
-        // The chat must have been provisioned through EnsureChat; a turn never creates users.
+        // Until the unit is started: not while the chat is being archived or removed.
+        let _chat_lock = self.chats.lock(&chat).await;
+        // The chat must have been provisioned through EnsureChat (and not removed since); a
+        // turn never creates users.
         let c = chat.clone();
         let acct = tokio::task::spawn_blocking(
             move || -> Result<Option<users::ChatAccount>, users::UserError> {
@@ -254,7 +285,7 @@ impl Provision {
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| {
             fail(format!(
-                "chat {chat} is not provisioned; call EnsureChat first"
+                "chat {chat} is not provisioned (or was removed); call EnsureChat first"
             ))
         })?;
         let egress = crate::egress::load().map_err(&fail)?;

@@ -64,9 +64,14 @@ pub struct ChatAccount {
 /// What the registry says about a tag.
 enum Claim {
     Ours,
+    /// Ours, but the chat was removed (RemoveChat): only EnsureChat brings it back, never a turn.
+    Removed,
     Theirs,
     Free,
 }
+
+/// The line RemoveChat appends to a chat's registry entry.
+const REMOVED: &str = "removed";
 
 fn registry_path(tag: &ChatTag) -> PathBuf {
     Path::new(REGISTRY_DIR).join(tag.as_str())
@@ -75,8 +80,14 @@ fn registry_path(tag: &ChatTag) -> PathBuf {
 fn claim_of(tag: &ChatTag, chat: &ChatId) -> Result<Claim, UserError> {
     let p = registry_path(tag);
     match std::fs::read_to_string(&p) {
-        Ok(s) if s.trim_end() == chat.as_str() => Ok(Claim::Ours),
-        Ok(_) => Ok(Claim::Theirs),
+        Ok(s) => {
+            let mut lines = s.lines();
+            match (lines.next(), lines.next()) {
+                (Some(c), None) if c == chat.as_str() => Ok(Claim::Ours),
+                (Some(c), Some(REMOVED)) if c == chat.as_str() => Ok(Claim::Removed),
+                _ => Ok(Claim::Theirs),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Claim::Free),
         Err(e) => Err(io(p.display().to_string())(e)),
     }
@@ -107,6 +118,13 @@ pub fn resolve_tag(chat: &ChatId) -> Result<ChatTag, UserError> {
         let tag = chat.tag_with_len(len);
         match claim_of(&tag, chat)? {
             Claim::Ours => return Ok(tag),
+            Claim::Removed => {
+                // An explicit EnsureChat brings a removed chat back under its old tag.
+                let p = registry_path(&tag);
+                std::fs::remove_file(&p).map_err(io(p.display().to_string()))?;
+                write_claim(&tag, chat)?;
+                return Ok(tag);
+            }
             Claim::Theirs => {
                 tracing::warn!(chat = %chat, tag = %tag, "tag collision with another chat; trying a longer tag");
             }
@@ -127,7 +145,21 @@ pub fn resolve_tag(chat: &ChatId) -> Result<ChatTag, UserError> {
     Err(UserError::Exhausted)
 }
 
-/// The tag a chat already owns, without claiming one.
+/// Record in the chat's registry entry that RemoveChat deleted it: from now on only EnsureChat
+/// provisions it again; StartTurn finds it unprovisioned.
+pub fn mark_removed(tag: &ChatTag) -> Result<(), UserError> {
+    let p = registry_path(tag);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc_o_nofollow())
+        .open(&p)
+        .map_err(io(p.display().to_string()))?;
+    writeln!(f, "{REMOVED}")
+        .and_then(|_| f.sync_all())
+        .map_err(io(p.display().to_string()))
+}
+
+/// The tag a chat already owns (and was not removed from), without claiming one.
 pub fn existing_tag(chat: &ChatId) -> Result<Option<ChatTag>, UserError> {
     for len in 8..=16 {
         let tag = chat.tag_with_len(len);

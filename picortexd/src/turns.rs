@@ -755,8 +755,9 @@ impl Turns {
         ))
     }
 
-    /// A discriminator turn ended: answer (the same turn is queued again as an answer, first in
-    /// its chat's queue) or stay quiet; either way the decision is in the log with its score.
+    /// A discriminator turn ended: answer (an answer turn is queued in the discriminator's place,
+    /// first in its chat's queue) or stay quiet; either way the decision is in the log with its
+    /// score.
     async fn finish_discriminator(
         &self,
         job: &TurnJob,
@@ -798,15 +799,14 @@ impl Turns {
                         reason: &v.reason,
                     },
                 )?;
+                let fin = Finished {
+                    error: (!v.answer).then(|| v.reason.clone()),
+                    cost_usd: cost,
+                    ..Finished::new(if v.answer { O::Ok } else { O::NotAnswered })
+                };
+                queries::finish_turn(t, &j, &fin, &[])?;
                 if v.answer {
-                    queries::promote_to_answer(t, &j.turn_id)?;
-                } else {
-                    let fin = Finished {
-                        error: Some(v.reason.clone()),
-                        cost_usd: cost,
-                        ..Finished::new(O::NotAnswered)
-                    };
-                    queries::finish_turn(t, &j, &fin, &[])?;
+                    queries::queue_answer_after(t, &j)?;
                 }
                 Ok(v)
             })

@@ -290,14 +290,17 @@ fn turn_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnJob> {
     })
 }
 
-/// The discriminator said to answer: the same turn becomes an answer turn, queued again with
-/// its place in the chat's queue (its `created_at`) kept, so it runs next.
-pub fn promote_to_answer(t: &Connection, id: &str) -> Result<(), StoreError> {
+/// The discriminator said to answer: queue the answer as a turn of its own (its own unit: the
+/// discriminator's may still be loaded) that keeps the discriminator turn's place in the chat's
+/// queue (its `created_at`), so it runs next.
+pub fn queue_answer_after(t: &Connection, discriminator: &TurnJob) -> Result<String, StoreError> {
+    let id = new_id();
     t.execute(
-        "UPDATE turns SET kind = 'answer', status = 'queued', unit = NULL, started_at = NULL WHERE id = ?1 AND status != 'done'",
-        [id],
+        "INSERT INTO turns (id, chat_id, message_id, kind, status, created_at)
+         SELECT ?1, chat_id, message_id, 'answer', 'queued', created_at FROM turns WHERE id = ?2",
+        params![id, discriminator.turn_id],
     )?;
-    Ok(())
+    Ok(id)
 }
 
 /// A chat's messages after the bot's last message and before `before_id`, oldest first, at most

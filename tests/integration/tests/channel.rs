@@ -98,11 +98,15 @@ fn groups_typing_receipts_opt_out_and_splitting() {
     );
 
     // The bot's own message came back as message.sent and delivered: recorded, never answered.
-    assert_eq!(
-        m.sql(&format!(
-            "SELECT status FROM messages WHERE chat_id = '{dm}' AND direction = 'outbound'"
-        )),
-        "delivered"
+    m.wait_for(
+        "the bot's message recorded as delivered",
+        Duration::from_secs(30),
+        || {
+            (m.sql(&format!(
+                "SELECT status FROM messages WHERE chat_id = '{dm}' AND direction = 'outbound'"
+            )) == "delivered")
+                .then_some(())
+        },
     );
 
     // STOP is respected; any later message lifts it.

@@ -245,3 +245,76 @@ fn an_unauthorised_malformed_call_leaves_only_a_refusal() {
         "the caller's arguments reached the audit trail:\n{all}"
     );
 }
+
+/// The newest ok audit record of `op` for `chat`, as journald timestamped it (µs).
+fn audited_at(m: &Machine, op: &str, chat: &str) -> Option<u64> {
+    let out = m.journal(&format!(
+        "_SYSTEMD_UNIT=picortex-provision.service PICORTEX_OP={op} PICORTEX_CHAT={chat} PICORTEX_OUTCOME=ok -o json -n 1"
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.lines().last()?).ok()?;
+    v["__REALTIME_TIMESTAMP"].as_str()?.parse().ok()
+}
+
+/// Issue 7, item 10: the helper does one thing at a time per chat. A turn asked for while its
+/// chat is being archived starts only once the archive is done (in the restored home, nothing
+/// lost); after RemoveChat, a turn does not bring the user back.
+#[test]
+fn a_turn_waits_for_its_chats_archive_and_never_revives_a_removed_chat() {
+    let m = Machine::boot();
+    m.without_spares();
+    m.start_picortex();
+    let sim = m.sim();
+    let mut chat = None;
+    m.exchange("+15550002000", &mut chat, "hello");
+    let chat = chat.unwrap();
+    let tag = chat_tag(&chat);
+    let (user, home) = (
+        format!("chat-{tag}"),
+        format!("/var/lib/picortex/chats/{tag}"),
+    );
+    // Enough in the home that archiving takes a while.
+    m.ok(&format!(
+        "dd if=/dev/zero of={home}/big bs=1M count=600 status=none && chown {user}: {home}/big"
+    ));
+    m.ok(&format!("(busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat} > /tmp/archive.out 2>&1; echo $? > /tmp/archive.rc) >/dev/null 2>&1 &"));
+    m.wait_for("the archive under way", Duration::from_secs(20), || {
+        (m.sh("pgrep -x tar").code == 0).then_some(())
+    });
+    sim.text("+15550002000", Some(&chat), "are you there?");
+    m.wait_reply_containing(&chat, "are you there?", Duration::from_secs(60));
+    assert_eq!(
+        m.ok("cat /tmp/archive.rc").trim(),
+        "0",
+        "{}",
+        m.read("/tmp/archive.out")
+    );
+    let (archived, started) = (
+        audited_at(&m, "ArchiveChat", &chat).expect("ArchiveChat audited"),
+        audited_at(&m, "StartTurn", &chat).expect("StartTurn audited"),
+    );
+    assert!(
+        started > archived,
+        "the turn started while its home was being archived"
+    );
+    assert_eq!(
+        m.ok(&format!("stat -c %s {home}/big")).trim(),
+        (600u64 << 20).to_string(),
+        "the home lost a file to the race"
+    );
+
+    // Removed: a later message does not bring the user back.
+    m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 RemoveChat s {chat}"));
+    sim.text("+15550002000", Some(&chat), "still there?");
+    m.wait_reply_containing(&chat, "couldn't start the agent", Duration::from_secs(30));
+    assert_ne!(
+        m.sh(&format!("getent passwd {user}")).code,
+        0,
+        "a turn re-created the removed chat's user"
+    );
+    assert!(m
+        .journal(&format!("_SYSTEMD_UNIT=picortex-provision.service PICORTEX_OP=StartTurn PICORTEX_CHAT={chat} PICORTEX_OUTCOME=failed"))
+        .contains("was removed"));
+    // An explicit EnsureChat brings it back.
+    ensure(&m, &chat);
+    assert_eq!(m.sh(&format!("getent passwd {user}")).code, 0);
+}
