@@ -9,6 +9,12 @@ pub const CHATS_DIR: &str = "/var/lib/picortex/chats";
 /// Parent of every chat slice (`picortex-chat-<hex>.slice` nests under it by systemd's dash rule).
 pub const CHAT_SLICE_PARENT: &str = "picortex-chat.slice";
 pub const USER_PREFIX: &str = "chat-";
+/// Chat users' uids and gids come from a range of their own, far from the system range
+/// (100–999 on Debian, shared with every package's service users) and from the ranges systemd
+/// allocates (dynamic users, homed, nspawn containers): however many chats there are, they never
+/// take an id the system needs. See systemd's UIDS-GIDS.md.
+pub const CHAT_ID_MIN: u32 = 1_900_000_000;
+pub const CHAT_ID_MAX: u32 = 1_900_999_999;
 pub const TURN_UNIT_PREFIX: &str = "picortex-turn-";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::process::Command;
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 use nix::unistd::{fchown, Gid, Uid, User};
-use picortex_proto::ids::{ChatId, ChatTag, CHATS_DIR};
+use picortex_proto::ids::{ChatId, ChatTag, CHATS_DIR, CHAT_ID_MAX, CHAT_ID_MIN};
 
 const REGISTRY_DIR: &str = "/var/lib/picortex-provision/chats";
 const USERADD: &str = "/usr/sbin/useradd";
@@ -238,6 +238,13 @@ fn useradd(tag: &ChatTag) -> Result<(), UserError> {
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .args(["--system", "--user-group", "--no-create-home"])
+        // Ids from the chats' own range (not the shared system range), and no lastlog/faillog
+        // records, which at such uids would be huge sparse files.
+        .arg("--no-log-init")
+        .args(["-K", &format!("SYS_UID_MIN={CHAT_ID_MIN}")])
+        .args(["-K", &format!("SYS_UID_MAX={CHAT_ID_MAX}")])
+        .args(["-K", &format!("SYS_GID_MIN={CHAT_ID_MIN}")])
+        .args(["-K", &format!("SYS_GID_MAX={CHAT_ID_MAX}")])
         .args(["--home-dir", &tag.home()])
         .args(["--shell", NOLOGIN])
         .args(["--comment", &format!("picortex chat {tag}")])

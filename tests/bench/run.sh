@@ -8,6 +8,9 @@
 #   tests/bench/run.sh STAGE [picortex-bench args...]
 #   BENCH_MAX_CONCURRENT=50   turns.max_concurrent for the run (the concurrent phase runs 50 chats)
 #   BENCH_JSON=PATH           where to write the JSON report (default build/bench.json)
+#   SOAK_MINUTES=30           length of the soak phase (0: none)
+#   BENCH_DISK=1              also measure ingest with the state directory on the host's disk
+#                             (a second machine; its state lives in build/bench-disk-state)
 set -euo pipefail
 stage=${1:?usage: run.sh STAGE [picortex-bench args...]}
 shift
@@ -25,15 +28,15 @@ name=picortex-bench-$$
 pid=$("$m" boot "$stage" "$name" | tail -n1)
 trap '"$m" stop "$pid" "$name"' EXIT
 ex() { "$m" exec "$pid" "$@"; }
-
 # The staged test configuration, with two changes made before picortexd's first start:
 # turns.max_concurrent suited to the concurrent phase, and the benchmark's people
 # (picortex-bench's handle(kind, i) = +1555<kind:3><i:4>) added to the owner handles, so that no
 # quarantine of strangers' chats applies to them.
-python3 - "/proc/$pid/root/etc/picortex/picortexd.toml" "$max_conc" <<'PY'
+configure() { # $1: the machine's PID
+python3 - "/proc/$1/root/etc/picortex/picortexd.toml" "$max_conc" <<'PY'
 import re, sys
 path, max_conc = sys.argv[1], int(sys.argv[2])
-handles = ["+15550002000"] + ["+1555%03d%04d" % (k, i) for k in (10, 20, 30) for i in range(100)]
+handles = ["+15550002000"] + ["+1555%03d%04d" % (k, i) for k, n in ((10, 100), (20, 100), (30, 200)) for i in range(n)]
 text = open(path).read()
 def set_key(text, section, key, value):
     lines, out, cur, done = text.splitlines(), [], None, False
@@ -57,13 +60,39 @@ text = set_key(text, "turns", "max_concurrent", str(max_conc))
 text = set_key(text, "owner", "handles", "[" + ", ".join('"%s"' % h for h in handles) + "]")
 open(path, "w").write("# max_concurrent and owner.handles set by tests/bench/run.sh\n" + text)
 PY
+}
+configure "$pid"
 install -m755 "$bin" "/proc/$pid/root/run/picortex-bench"
 ex systemctl start linq-sim.service
 ex systemctl enable --now picortexd.socket >/dev/null 2>&1
 
-ex /run/picortex-bench --json /run/bench.json --max-concurrent "$max_conc" "$@"
+ex /run/picortex-bench --json /run/bench.json --max-concurrent "$max_conc" --soak-minutes "${SOAK_MINUTES:-30}" "$@"
 mkdir -p "$(dirname "$out_json")"
 cp "/proc/$pid/root/run/bench.json" "$out_json"
+
+# Ingest again with the state directory on the host's disk: a second machine, the same phase.
+if [ "${BENCH_DISK:-1}" = 1 ]; then
+  disk=$repo/build/bench-disk-state
+  rm -rf "$disk" && mkdir -p "$disk"
+  dname=picortex-bench-disk-$$
+  dpid=$(MACHINE_BIND="$disk:/var/lib/picortex" "$m" boot "$stage" "$dname" | tail -n1)
+  trap '"$m" stop "$pid" "$name"; "$m" stop "$dpid" "$dname"' EXIT
+  configure "$dpid"
+  install -m755 "$bin" "/proc/$dpid/root/run/picortex-bench"
+  "$m" exec "$dpid" systemctl start linq-sim.service
+  "$m" exec "$dpid" systemctl enable --now picortexd.socket >/dev/null 2>&1
+  "$m" exec "$dpid" /run/picortex-bench --json /run/bench-disk.json --phases ingest --ingest-disk
+  python3 - "$out_json" "/proc/$dpid/root/run/bench-disk.json" <<'PY'
+import json, sys
+main, disk = (json.load(open(p)) for p in sys.argv[1:3])
+main["metrics"].update(disk["metrics"])
+main["details"]["ingest_disk"] = disk["details"].get("ingest")
+json.dump(main, open(sys.argv[1], "w"), indent=2)
+PY
+  "$m" stop "$dpid" "$dname"
+  trap '"$m" stop "$pid" "$name"' EXIT
+  rm -rf "$disk"
+fi
 
 # Where a warm turn's time goes: journal timestamps of one chat's measured turns.
 echo

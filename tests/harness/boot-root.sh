@@ -12,6 +12,12 @@ mkdir -p "$work/rw/upper" "$work/rw/work" "$work/root"
 [ -n "$stage" ] && cp -a "$stage/." "$work/rw/upper/"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/rw/upper,workdir=$work/rw/work" "$work/root"
 root=$work/root
+# MACHINE_BIND=HOST_DIR:GUEST_DIR puts a directory of the host's disk into the machine (the bench
+# measures ingest with the state directory on a real disk). Only what the caller names.
+if [ -n "${MACHINE_BIND:-}" ]; then
+  mkdir -p "$root${MACHINE_BIND#*:}"
+  mount --bind "${MACHINE_BIND%%:*}" "$root${MACHINE_BIND#*:}"
+fi
 
 # Own cgroup subtree in every hierarchy the host has, so machines never share cgroups with each
 # other or the host, and the whole machine is cleaned up by removing one directory per hierarchy.

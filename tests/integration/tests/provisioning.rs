@@ -22,6 +22,24 @@ fn users_and_homes_are_idempotent_collision_free_and_repaired() {
     assert_eq!(ensure(&m, a), first, "EnsureChat is not idempotent");
     let tag = chat_tag(a);
     assert!(first.contains(&format!("\"chat-{tag}\"")), "{first}");
+    // Issue 7, item 4: chats take ids from their own range, never the shared system range.
+    let ids = m.ok(&format!("id -u chat-{tag}; id -g chat-{tag}"));
+    for id in ids.split_whitespace() {
+        let id: u32 = id.parse().unwrap();
+        assert!(
+            (1_900_000_000..=1_900_999_999).contains(&id),
+            "chat user id {id} outside the chats' range"
+        );
+    }
+    assert_eq!(
+        m.ok("stat -c %s /var/log/lastlog 2>/dev/null || echo 0")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            < 1 << 30,
+        true,
+        "a chat user's lastlog record made a huge sparse file"
+    );
 
     // A tag already registered to another chat: resolved with a longer tag.
     let b = "bbbbbbbb-0000-4000-8000-000000000002";
