@@ -98,14 +98,18 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
             .ok_or_else(|| UserError::Unsafe(format!("{} has no home and no archive", acct.user)));
     }
     std::fs::create_dir_all(ARCHIVE_DIR).map_err(io(ARCHIVE_DIR))?;
+    // Written as .partial and renamed once complete and synced: a live `<tag>-<ms>.tar` always
+    // holds a whole home, so a helper killed at any point leaves either the home or an archive
+    // that `users::ensure` restores from (see `empty_home`).
     let path = PathBuf::from(format!("{ARCHIVE_DIR}/{}-{}.tar", acct.tag, now_ms()));
+    let partial = path.with_extension("tar.partial");
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&path)
-        .map_err(io(path.display().to_string()))?;
+        .open(&partial)
+        .map_err(io(partial.display().to_string()))?;
     let mut c = as_user(acct, TAR);
     c.args([
         "--create",
@@ -121,27 +125,37 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
         .stderr(Stdio::piped());
     let out = c.stdin(Stdio::null()).output().map_err(io(TAR))?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&partial);
         return Err(UserError::Unsafe(format!(
             "tar of {} failed: {}",
             acct.home,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    file.sync_all().map_err(io(path.display().to_string()))?;
-    // Empty the home as the user (it owns everything in it), then remove the directory itself.
+    file.sync_all().map_err(io(partial.display().to_string()))?;
+    std::fs::rename(&partial, &path).map_err(io(path.display().to_string()))?;
+    File::open(ARCHIVE_DIR)
+        .and_then(|d| d.sync_all())
+        .map_err(io(ARCHIVE_DIR))?;
+    crate::failpoint::hit("archive-after-tar");
+    empty_home(acct)?;
+    crate::failpoint::hit("archive-after-empty");
+    std::fs::remove_dir(home).map_err(io(acct.home.clone()))?;
+    let mut lock = root_cmd(USERMOD);
+    lock.args(["--lock", "--expiredate", "1", &acct.user]);
+    run(lock, "usermod --lock")?;
+    Ok(path)
+}
+
+/// Empty the home as the user (it owns everything in it); the directory itself stays.
+pub fn empty_home(acct: &ChatAccount) -> Result<(), UserError> {
     let mut chmod = as_user(acct, "/usr/bin/chmod");
     chmod.args(["-R", "u+rwX", &acct.home]).current_dir("/");
     run(chmod, "chmod of the home")?;
     let mut find = as_user(acct, "/usr/bin/find");
     find.args([&acct.home, "-mindepth", "1", "-delete"])
         .current_dir("/");
-    run(find, "emptying the home")?;
-    std::fs::remove_dir(home).map_err(io(acct.home.clone()))?;
-    let mut lock = root_cmd(USERMOD);
-    lock.args(["--lock", "--expiredate", "1", &acct.user]);
-    run(lock, "usermod --lock")?;
-    Ok(path)
+    run(find, "emptying the home")
 }
 
 /// Called with the home freshly (re)created and empty: if the chat was archived, unpack its

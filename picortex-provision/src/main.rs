@@ -9,6 +9,7 @@ mod archive;
 mod audit;
 mod authz;
 mod egress;
+mod failpoint;
 mod service;
 mod units;
 mod users;

@@ -138,6 +138,7 @@ pub fn resolve_tag(chat: &ChatId) -> Result<ChatTag, UserError> {
                     continue;
                 }
                 write_claim(&tag, chat)?;
+                crate::failpoint::hit("ensure-after-claim");
                 return Ok(tag);
             }
         }
@@ -224,7 +225,13 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
         home: tag.home(),
         tag,
     };
-    if !had_home {
+    if had_home && crate::archive::latest_archive(&acct.tag).is_some() {
+        // A live archive beside a home: an archive was cut short after its tar was complete
+        // (the home may be half emptied). The archive is the truth: finish emptying, restore.
+        tracing::warn!(chat = %chat, user = %acct.user, "an archive of this chat was interrupted; restoring from it");
+        crate::archive::empty_home(&acct)?;
+    }
+    if !had_home || crate::archive::latest_archive(&acct.tag).is_some() {
         if let Some(from) = crate::archive::restore_if_archived(&acct)? {
             tracing::info!(chat = %chat, user = %acct.user, archive = %from.display(), "restored archived chat");
         }

@@ -250,8 +250,17 @@ impl Turns {
         }
 
         if chat.unix_user.is_none() {
-            let (user, uid, home, slice) =
-                self.bus.ensure_chat(&chat.id).await.map_err(Failure::bus)?;
+            // EnsureChat is idempotent, and the bus starts the helper again: a helper that went
+            // away mid-call (killed, crashed) gets one more try before the chat is told.
+            let (user, uid, home, slice) = match self.bus.ensure_chat(&chat.id).await {
+                Err(BusError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "the helper went away while provisioning; asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.bus.ensure_chat(&chat.id).await
+                }
+                r => r,
+            }
+            .map_err(Failure::bus)?;
             tracing::info!(user = %user, uid, home = %home, slice = %slice, "chat provisioned");
             let id = chat.id.clone();
             self.store

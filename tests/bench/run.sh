@@ -24,6 +24,8 @@ max_conc=${BENCH_MAX_CONCURRENT:-50}
 cargo build --release --locked -p picortex-bench
 bin=$repo/target/release/picortex-bench
 
+# A signal ends the script through its EXIT trap, which powers the machines off.
+trap 'exit 130' INT TERM
 name=picortex-bench-$$
 pid=$("$m" boot "$stage" "$name" | tail -n1)
 trap '"$m" stop "$pid" "$name"' EXIT

@@ -25,9 +25,8 @@ bot_names = ["Cortex"]
 [owner]
 # The people of the integration tests are all the owner's, so that only tests/quarantine.rs and
 # tests/attention.rs meet quarantine: their strangers write from +1555777xxxx.
-handles = ["+15550002000", "+15550002001", "+15550002002", "+15550003000", "+15550003001",
-           "+15550003002", "+15550003003", "+15550003004", "+15550009000", "+15550009001",
-           "+15550009002", "+15550009003", "+15550009999"]
+# (One line: tests and the bench set keys line by line.)
+handles = ["+15550002000", "+15550002001", "+15550002002", "+15550003000", "+15550003001", "+15550003002", "+15550003003", "+15550003004", "+15550009000", "+15550009001", "+15550009002", "+15550009003", "+15550009999"]
 
 [turns]
 max_concurrent = 4

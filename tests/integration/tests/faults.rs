@@ -184,3 +184,74 @@ fn a_webhook_that_kills_the_gateway_every_time_is_quarantined_not_crash_looped()
     let r = m.exchange(OWNER, &mut c, "after the poison");
     assert!(r.contains("after the poison"), "{r}");
 }
+
+/// Arm crash point `point` of the helper: it SIGKILLs itself the first time it gets there.
+fn arm_helper(m: &Machine, point: &str) {
+    m.ok(&format!(
+        "mkdir -p /run/systemd/system/picortex-provision.service.d && printf '[Service]\\nEnvironment=PICORTEX_PROVISION_FAILPOINT={point}\\n' > /run/systemd/system/picortex-provision.service.d/50-failpoint.conf && systemctl daemon-reload && systemctl stop picortex-provision.service && rm -f /var/lib/picortex-provision/failpoint.fired"
+    ));
+}
+
+fn helper_fired(m: &Machine) -> bool {
+    m.path("/var/lib/picortex-provision/failpoint.fired")
+        .exists()
+}
+
+#[test]
+fn the_helper_killed_while_provisioning_loses_nothing() {
+    let m = Machine::boot();
+    // Killed after it registered the chat's tag, before the user exists.
+    arm_helper(&m, "ensure-after-claim");
+    m.start_picortex();
+    let sim = m.sim();
+    let first = sim.text(OWNER, None, "my first message");
+    let chat = first["chat_id"].as_str().unwrap().to_owned();
+    m.wait_replies(&chat, 1, T);
+    m.wait_settled(T);
+    assert!(helper_fired(&m), "the crash point was never reached");
+    let t = tally_replies(&sim, &[expect(&first, "my first message")]);
+    assert!(t.clean(), "{t:?}");
+    let tag = picortex_integration::chat_tag(&chat);
+    assert_eq!(
+        m.ok(&format!("stat -c '%a %U' /var/lib/picortex/chats/{tag}"))
+            .trim(),
+        format!("700 chat-{tag}")
+    );
+}
+
+#[test]
+fn the_helper_killed_while_archiving_loses_no_file() {
+    let m = Machine::boot();
+    m.without_spares();
+    m.start_picortex();
+    let mut chat = None;
+    m.exchange(OWNER, &mut chat, "remember this");
+    let chat = chat.unwrap();
+    let tag = picortex_integration::chat_tag(&chat);
+    let home = format!("/var/lib/picortex/chats/{tag}");
+    m.ok(&format!(
+        "echo precious > {home}/notes.txt && chown chat-{tag}: {home}/notes.txt"
+    ));
+    // Killed with the archive complete and the home emptied, before the home is removed.
+    arm_helper(&m, "archive-after-empty");
+    let out = m.sh(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat}"));
+    assert_ne!(
+        out.code, 0,
+        "the archive was not interrupted: {}",
+        out.stdout
+    );
+    assert!(helper_fired(&m), "the crash point was never reached");
+    assert_eq!(
+        m.sh(&format!("test -e {home}/notes.txt")).code,
+        1,
+        "the crash point is past emptying the home"
+    );
+    // The next message finds the home as it was, from the archive, and the session too.
+    let r = m.exchange(OWNER, &mut Some(chat.clone()), "what did I say?");
+    assert!(r.contains("before that you said \"remember this\""), "{r}");
+    assert_eq!(m.ok(&format!("cat {home}/notes.txt")).trim(), "precious");
+    assert_eq!(
+        m.ok(&format!("stat -c '%a %U' {home}")).trim(),
+        format!("700 chat-{tag}")
+    );
+}
