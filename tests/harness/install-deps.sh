@@ -1,6 +1,6 @@
 #!/bin/bash
 # Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 machine:
-# systemd, dbus, polkitd and iproute2 for the throwaway systemd; python3-venv for the Linq
+# systemd, dbus, polkitd and iproute2 for the throwaway systemd; libfaketime for one fault test; python3-venv for the Linq
 # client compatibility test; cargo-nextest. Quiet when everything is already there.
 set -euo pipefail
 need=()
@@ -11,6 +11,8 @@ command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
+# The clock-jump fault test moves the gateway's wall clock with libfaketime's LD_PRELOAD.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 command -v useradd >/dev/null || need+=(passwd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -31,8 +31,14 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     let exp = BACKOFF_BASE
         .saturating_mul(1u32 << attempt.min(16))
         .min(BACKOFF_CAP);
-    retry_after.map_or(exp, |ra| exp.max(ra))
+    retry_after
+        .map_or(exp, |ra| exp.max(ra))
+        .min(MAX_RETRY_DELAY)
 }
+
+/// The longest any retry is put off, whatever Linq's Retry-After says. A send scheduled further
+/// away than this can only be a clock that jumped back (the outbox then sends it now).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 
 /// A failed API call, classified for the caller's retry decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

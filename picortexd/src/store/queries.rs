@@ -503,18 +503,20 @@ pub struct Outgoing {
 }
 
 /// The oldest pending part of each chat (or each handle without a chat yet), if it is due: parts
-/// of one chat go out in order.
+/// of one chat go out in order. A part due further ahead than any retry is ever put off was
+/// scheduled before the wall clock jumped back: it is due now, not hours later.
 pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+    let jumped = now + crate::linq::client::MAX_RETRY_DELAY.as_millis() as i64 + 60_000;
     let mut st = t.prepare_cached(
         "SELECT o.id, COALESCE(o.chat_id, ''), o.to_handle, o.from_handle, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id
          FROM outbox o
-         WHERE o.status = 'pending' AND o.next_attempt_at <= ?1
+         WHERE o.status = 'pending' AND (o.next_attempt_at <= ?1 OR o.next_attempt_at > ?3)
            AND o.id = (SELECT MIN(id) FROM outbox p WHERE p.status = 'pending'
                         AND COALESCE(p.chat_id, 'to:' || p.to_handle) = COALESCE(o.chat_id, 'to:' || o.to_handle))
          ORDER BY o.id LIMIT ?2",
     )?;
     let v = st
-        .query_map(params![now, limit as i64], |r| {
+        .query_map(params![now, limit as i64, jumped], |r| {
             let chat_id: String = r.get(1)?;
             let to: Option<String> = r.get(2)?;
             let from: Option<String> = r.get(3)?;
@@ -547,7 +549,8 @@ pub fn direct_chat_with(t: &Connection, handle: &str) -> Result<Option<String>, 
     .optional()?)
 }
 
-/// When the next pending part becomes due, if any.
+/// When the next pending part becomes due, if any (the caller sleeps at most 30 s regardless, so
+/// a part made due by a clock jump is found on the next round).
 pub fn next_outbox_due(t: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(t.query_row(
         "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'",
@@ -719,6 +722,41 @@ mod tests {
         let busy = vec!["c2".to_owned()];
         let r = s.call(move |t| runnable_turns(t, 10, &busy)).await.unwrap();
         assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_part_put_off_past_any_retry_delay_is_due_after_a_clock_jump() {
+        let (_d, s) = store().await;
+        let m = inbound("e1", "c1", "m1", true);
+        s.call(move |t| ingest_message(t, &m)).await.unwrap();
+        let job = s
+            .call(|t| runnable_turns(t, 1, &[]))
+            .await
+            .unwrap()
+            .remove(0);
+        let f = Finished::new(TurnOutcome::Ok);
+        s.call(move |t| finish_turn(t, &job, &f, &["answer".to_owned()]))
+            .await
+            .unwrap();
+        let now = now_ms();
+        // Retried in 10 s: not due now.
+        s.call(move |t| outbox_retry(t, 1, now + 10_000, "503"))
+            .await
+            .unwrap();
+        assert!(s
+            .call(move |t| due_outbox(t, now, 10))
+            .await
+            .unwrap()
+            .is_empty());
+        // The clock jumps back two hours: the part now looks due in two hours; it is due now.
+        let back = now - 2 * 3_600_000;
+        assert_eq!(
+            s.call(move |t| due_outbox(t, back, 10))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]

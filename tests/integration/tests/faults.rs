@@ -255,3 +255,37 @@ fn the_helper_killed_while_archiving_loses_no_file() {
         format!("700 chat-{tag}")
     );
 }
+
+#[test]
+fn a_reply_put_off_for_a_retry_is_sent_when_linq_is_back_even_after_the_clock_jumped_back() {
+    let m = Machine::boot();
+    // picortexd's wall clock comes from libfaketime, with an offset read from a file the test
+    // moves (timers stay on the real monotonic clock, as they are).
+    m.ok("echo '+0' > /run/picortex-faketime && chmod 644 /run/picortex-faketime");
+    m.gateway_dropin(
+        "60-faketime",
+        "Environment=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 FAKETIME_TIMESTAMP_FILE=/run/picortex-faketime FAKETIME_NO_CACHE=1 FAKETIME_DONT_FAKE_MONOTONIC=1",
+    );
+    m.start_picortex();
+    let sim = m.sim();
+    let hello = sim.text(OWNER, None, "hello");
+    let chat = hello["chat_id"].as_str().unwrap().to_owned();
+    m.wait_replies(&chat, 1, T);
+    // Linq's API goes down: the reply is put off for a retry.
+    sim.faults(serde_json::json!({ "api_down": true }));
+    let r = sim.text(OWNER, Some(&chat), "while Linq is down");
+    m.wait_for("the reply waiting for a retry", T, || {
+        (m.sql_n("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND attempts >= 1") == 1)
+            .then_some(())
+    });
+    // The gateway's clock jumps back two hours; then Linq comes back.
+    m.ok("echo '-2h' > /run/picortex-faketime");
+    sim.clear_faults();
+    m.wait_reply_containing(&chat, "while Linq is down", T);
+    m.wait_chat_settled(&chat, T);
+    let t = tally_replies(
+        &sim,
+        &[expect(&hello, "hello"), expect(&r, "while Linq is down")],
+    );
+    assert!(t.clean(), "{t:?}");
+}
