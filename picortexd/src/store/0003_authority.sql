@@ -94,3 +94,8 @@ CREATE TABLE gate_decisions (
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX gate_decisions_chat ON gate_decisions(chat_id, id);
+-- The decisions' reasons lived in messages.gate; they are gate_decisions rows now.
+INSERT INTO gate_decisions (message_id, chat_id, mode, verdict, rule, reason, created_at)
+  SELECT id, chat_id, 'unknown', 'skip', 'before_migration_3', gate, created_at FROM messages
+  WHERE direction = 'inbound' AND gate IS NOT NULL;
+ALTER TABLE messages DROP COLUMN gate;

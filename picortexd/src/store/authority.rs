@@ -343,10 +343,6 @@ pub fn record_decision(t: &Connection, g: &GateRecord<'_>) -> Result<(), StoreEr
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![g.message_id, g.chat_id, g.mode.as_str(), g.verdict, g.rule, g.score, g.reason, now_ms()],
     )?;
-    t.execute(
-        "UPDATE messages SET gate = ?2 WHERE id = ?1",
-        params![g.message_id, g.reason],
-    )?;
     Ok(())
 }
 

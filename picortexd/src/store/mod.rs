@@ -241,7 +241,7 @@ mod tests {
             }
             c.execute_batch(
                 "INSERT INTO chats (id, kind, session_id, created_at, updated_at) VALUES ('c', 'direct', 's', 0, 0);
-                 INSERT INTO messages (linq_id, chat_id, direction, text, created_at) VALUES ('m', 'c', 'inbound', 'hi', 0);
+                 INSERT INTO messages (linq_id, chat_id, direction, text, gate, created_at) VALUES ('m', 'c', 'inbound', 'hi', 'direct chat', 0);
                  INSERT INTO turns (id, chat_id, message_id, status, created_at, cost_usd) VALUES ('t', 'c', 1, 'queued', 0, 0.5);
                  INSERT INTO outbox (chat_id, turn_id, text, idempotency_key, status, next_attempt_at, created_at)
                    VALUES ('c', 't', 'yo', 'k', 'pending', 0, 0);",
@@ -269,6 +269,11 @@ mod tests {
                 "yo".into()
             )
         );
+        let why: String = s
+            .call(|t| Ok(t.query_row("SELECT reason FROM gate_decisions", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(why, "direct chat", "an old decision's reason was lost");
         let fk: bool = s
             .call(|t| Ok(t.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?))
             .await

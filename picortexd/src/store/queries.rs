@@ -506,7 +506,8 @@ pub struct Outgoing {
 /// of one chat go out in order. A part due further ahead than any retry is ever put off was
 /// scheduled before the wall clock jumped back: it is due now, not hours later.
 pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
-    let jumped = now + crate::linq::client::MAX_RETRY_DELAY.as_millis() as i64 + 60_000;
+    let jumped =
+        now.saturating_add(crate::linq::client::MAX_RETRY_DELAY.as_millis() as i64 + 60_000);
     let mut st = t.prepare_cached(
         "SELECT o.id, COALESCE(o.chat_id, ''), o.to_handle, o.from_handle, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id
          FROM outbox o
