@@ -13,6 +13,7 @@ pub mod context;
 pub mod failpoint;
 pub mod http;
 pub mod ingest;
+pub mod instance;
 pub mod linq;
 pub mod outbox;
 pub mod outcome;

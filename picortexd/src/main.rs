@@ -121,6 +121,7 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         )
         .context("Linq client")?,
     );
+    let _instance = picortexd::instance::claim(&args.state_dir).map_err(anyhow::Error::msg)?;
     failpoint::init(&args.state_dir);
     let results_dir = args.state_dir.join("turns");
     std::fs::create_dir_all(&results_dir)

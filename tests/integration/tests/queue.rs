@@ -136,3 +136,45 @@ fn queued_work_survives_a_gateway_restart() {
         "a reply was lost or doubled"
     );
 }
+
+/// A second picortexd started by hand on the live state directory (the README's development
+/// command) refuses to start, saying who holds it, and the live turns finish untouched.
+#[test]
+fn a_second_gateway_on_the_same_state_refuses_and_the_live_turn_finishes() {
+    let m = machine(4);
+    let sim = m.sim();
+    let r = sim.text(OWNER, None, "#sleep=3 a long one");
+    let chat = r["chat_id"].as_str().unwrap().to_owned();
+    m.wait_running_turn(None, Duration::from_secs(20));
+    let live = m
+        .ok("systemctl show -P MainPID picortexd.service")
+        .trim()
+        .to_owned();
+    let second = m.sh("timeout 20 /usr/bin/picortexd --listen 127.0.0.1:8471 --credentials-dir /etc/picortex/credentials --state-dir /var/lib/picortex");
+    assert_ne!(
+        second.code, 0,
+        "a second gateway started: {}",
+        second.stdout
+    );
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another picortexd (pid {live})")),
+        "{}",
+        second.stderr
+    );
+    let sent = m.wait_replies(&chat, 1, Duration::from_secs(30));
+    assert!(
+        sent[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a long one"),
+        "{sent:?}"
+    );
+    assert_eq!(
+        m.sql(&format!(
+            "SELECT outcome FROM turns WHERE chat_id = '{chat}'"
+        )),
+        "ok"
+    );
+}
