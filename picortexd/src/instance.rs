@@ -29,7 +29,7 @@ pub fn claim(state_dir: &Path) -> Result<Instance, String> {
             let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o644));
             let _ = lock.set_len(0);
             let _ = lock.rewind();
-            let _ = write!(lock, "{}\n", std::process::id());
+            let _ = writeln!(lock, "{}", std::process::id());
             Ok(Instance(lock))
         }
         Err((mut file, _)) => {
