@@ -239,12 +239,40 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
     Ok(acct)
 }
 
+/// The uid a chat's user gets: derived from its tag, so a user deleted and created again (or
+/// restored on another machine) gets the same uid and finds its home still its own; the next
+/// free one when another user holds it.
+fn chat_uid(tag: &ChatTag) -> Result<u32, UserError> {
+    let span = CHAT_ID_MAX - CHAT_ID_MIN + 1;
+    let seed = tag
+        .as_str()
+        .get(..8)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+        % span;
+    for i in 0..span.min(4096) {
+        let uid = CHAT_ID_MIN + (seed + i) % span;
+        let taken = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .map_err(sys(format!("uid {uid}")))?
+            .is_some()
+            || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(uid))
+                .map_err(sys(format!("gid {uid}")))?
+                .is_some();
+        if !taken {
+            return Ok(uid);
+        }
+    }
+    Err(UserError::Exhausted)
+}
+
 fn useradd(tag: &ChatTag) -> Result<(), UserError> {
     let name = tag.user_name();
+    let uid = chat_uid(tag)?.to_string();
     let out = Command::new(USERADD)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .args(["--system", "--user-group", "--no-create-home"])
+        .args(["--uid", &uid])
         // Ids from the chats' own range (not the shared system range), and no lastlog/faillog
         // records, which at such uids would be huge sparse files.
         .arg("--no-log-init")
