@@ -41,6 +41,7 @@
 //! | `#sleep=<seconds>` | sleep (float seconds) before answering |
 //! | `#eatmem=<MiB>` | allocate and touch that much memory, then continue |
 //! | `#fill=<MiB>` | first of all, write that much into `fill.bin` in the working directory (the chat's home), 1 MiB at a time, stopping at the first error, and keep the file; the reply ends with ` \| fill: wrote <n> MiB of <MiB>, <then the error, or no error>` |
+//! | `#subvol` | try to make a btrfs subvolume and a snapshot of the working directory in it (`/usr/bin/btrfs`), whose space would escape the home's quota; the reply ends with ` \| subvol: create=<ok or the error> snapshot=<ok or the error>` |
 //! | `#crash` | abort (SIGABRT) after the user message is in the transcript |
 //! | `#fail` | message on stderr, exit 1, nothing on stdout |
 //! | `#is_error=<text>` | result `subtype:"success"`, `is_error:true`, `result:<text>`, exit 1 |
@@ -239,6 +240,7 @@ struct Knobs {
     sleep: Option<f64>,
     eatmem: Option<u64>,
     fill: Option<u64>,
+    subvol: bool,
     crash: bool,
     fail: bool,
     is_error: Option<String>,
@@ -277,6 +279,7 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#sleep" => k.sleep = value.parse().ok(),
                 "#eatmem" => k.eatmem = value.parse().ok(),
                 "#fill" => k.fill = value.parse().ok(),
+                "#subvol" => k.subvol = true,
                 "#crash" => k.crash = true,
                 "#fail" => k.fail = true,
                 "#exit" => k.exit = value.parse().ok(),
@@ -896,6 +899,7 @@ fn run(argv: &[String]) -> Exit {
     }
 
     let fill_report = knobs.fill.map(fill);
+    let subvol_report = knobs.subvol.then(subvol);
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
@@ -1021,6 +1025,9 @@ fn run(argv: &[String]) -> Exit {
     if let Some(f) = &fill_report {
         reply.push_str(&format!(" | {f}"));
     }
+    if let Some(v) = &subvol_report {
+        reply.push_str(&format!(" | {v}"));
+    }
     if knobs.eatmem.is_some() {
         reply.push_str(&format!(" | ate {} MiB", hoard.len() >> 20));
     }
@@ -1092,6 +1099,25 @@ fn fill(mib: u64) -> String {
         "fill: wrote {} MiB of {mib}, {}",
         written >> 20,
         error.map_or("no error".to_owned(), |e| format!("then {e}"))
+    )
+}
+
+/// `#subvol`: what became of a subvolume and a snapshot made by the agent itself.
+fn subvol() -> String {
+    let btrfs = |args: &[&str]| match std::process::Command::new("/usr/bin/btrfs")
+        .args(args)
+        .output()
+    {
+        Ok(o) if o.status.success() => "ok".to_owned(),
+        Ok(o) => String::from_utf8_lossy(&o.stderr)
+            .trim()
+            .replace(char::is_whitespace, "_"),
+        Err(e) => format!("cannot_run_btrfs:{e}").replace(char::is_whitespace, "_"),
+    };
+    format!(
+        "subvol: create={} snapshot={}",
+        btrfs(&["subvolume", "create", "escape-subvol"]),
+        btrfs(&["subvolume", "snapshot", ".", "escape-snap"])
     )
 }
 

@@ -153,3 +153,25 @@ fn without_a_quota_filesystem_the_helper_refuses_to_provision_and_says_why() {
         .journal("_SYSTEMD_UNIT=picortex-provision.service PICORTEX_OP=EnsureChat PICORTEX_OUTCOME=failed")
         .contains("not on a btrfs with quotas"));
 }
+
+#[test]
+fn a_turn_cannot_make_subvolumes_whose_space_would_escape_its_quota() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    let a = sim.text(OWNER_A, None, "#subvol escape")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reply_n(&m, &a, 1);
+    assert!(r.contains("| subvol: create="), "{r}");
+    assert!(
+        !r.contains("create=ok") && !r.contains("snapshot=ok"),
+        "a turn made a subvolume or snapshot of its own: {r}"
+    );
+    assert!(r.contains("Operation_not_permitted"), "{r}");
+    // The chats filesystem holds A's home and nothing else.
+    let list = m.ok("btrfs subvolume list /var/lib/picortex/chats");
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.trim_end().ends_with(&chat_tag(&a)), "{list}");
+}
