@@ -163,6 +163,7 @@ fn main() -> ExitCode {
     }
 
     let result = run_turn(&config, &request, &identity);
+    let result = picortex_run::diskfull::reclassify(result, &identity.home);
     if !write_result(channel, &result) {
         return ExitCode::from(EXIT_NO_RESULT);
     }

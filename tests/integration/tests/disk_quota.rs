@@ -110,18 +110,39 @@ fn a_chat_at_its_quota_fails_only_its_own_writes() {
     );
     assert!((16..=32).contains(&n), "A wrote {n} MiB with a 32M quota");
 
+    // While A's home is full, the agent cannot even start; A is told why, in so many words, and
+    // the operator finds the cause in the journal.
+    sim.text(OWNER_A, Some(&a), "while full");
+    let ra = reply_n(&m, &a, 3);
+    assert!(ra.contains("storage is full"), "{ra}");
+    m.wait_chat_settled(&a, T);
+    assert_eq!(
+        m.sql(&format!(
+            "SELECT outcome FROM turns WHERE chat_id = '{a}' ORDER BY created_at DESC, rowid DESC LIMIT 1"
+        ))
+        .trim(),
+        "disk_full"
+    );
+    assert!(m
+        .journal(&format!(
+            "_SYSTEMD_UNIT=picortexd.service PICORTEX_CHAT={a} PICORTEX_OUTCOME=disk_full -o verbose"
+        ))
+        .contains("PICORTEX_ERROR=the chat's home is at its disk quota"));
+
     // Once the file is gone (an operator or the owner removes it), A's turns and writes work.
     m.ok(&format!("rm {fill}"));
     sim.text(OWNER_A, Some(&a), "#fill=8 after cleanup");
-    let ra = reply_n(&m, &a, 3);
+    let ra = reply_n(&m, &a, 4);
     assert!(ra.contains("you said \"#fill=8 after cleanup\""), "{ra}");
     assert_eq!(filled(&ra).1, "8 MiB of 8, no error", "{ra}");
 
-    // No turn of either chat failed: A's writes failed inside its turn, nothing else did.
+    // No other turn of either chat failed: A's writes failed inside its own turns, and only
+    // the turn that found its home full ended otherwise than ok.
     m.wait_settled(T);
     assert_eq!(
-        m.sql_n("SELECT count(*) FROM turns WHERE status = 'done' AND outcome != 'ok'"),
-        0
+        m.sql("SELECT group_concat(outcome) FROM turns WHERE status = 'done' AND outcome != 'ok'")
+            .trim(),
+        "disk_full"
     );
 }
 
