@@ -73,7 +73,7 @@ fn a_chat_at_its_quota_fails_only_its_own_writes() {
 
     // A writes twice its quota and keeps its turn open, at its quota, while B talks.
     let messages_before = m.sql_n("SELECT count(*) FROM messages");
-    sim.text(OWNER_A, Some(&a), "#fill=64 #sleep=8 fill it up");
+    sim.text(OWNER_A, Some(&a), "#fill=64 #sleep=12 fill it up");
     let fill = format!("{home_a}/fill.bin");
     m.wait_for("A's file at its quota", T, || {
         let size: u64 = m
