@@ -22,7 +22,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use nix::sys::stat::fstat;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::{fstat, Mode};
 use serde::Deserialize;
 
 use crate::egress::CONFIG_PATH;
@@ -67,12 +68,23 @@ struct QgroupLimitArgs {
     lim: QgroupLimit,
 }
 
+/// `struct btrfs_ioctl_fs_info_args` of linux/btrfs.h: the fields used here, then the rest.
+#[repr(C)]
+struct FsInfoArgs {
+    max_id: u64,
+    num_devices: u64,
+    fsid: [u8; 16],
+    rest: [u8; 1024 - 32],
+}
+
 /// The kernel's `_IOC(dir, type, nr, size)`.
 const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | (BTRFS_IOCTL_MAGIC << 8) | nr
 }
 /// `_IOW(BTRFS_IOCTL_MAGIC, 14, struct btrfs_ioctl_vol_args)`
 const BTRFS_IOC_SUBVOL_CREATE: u32 = ioc(1, 14, std::mem::size_of::<VolArgs>());
+/// `_IOR(BTRFS_IOCTL_MAGIC, 31, struct btrfs_ioctl_fs_info_args)`
+const BTRFS_IOC_FS_INFO: u32 = ioc(2, 31, std::mem::size_of::<FsInfoArgs>());
 /// `_IOR(BTRFS_IOCTL_MAGIC, 43, struct btrfs_ioctl_qgroup_limit_args)` (sic: _IOR upstream)
 const BTRFS_IOC_QGROUP_LIMIT: u32 = ioc(2, 43, std::mem::size_of::<QgroupLimitArgs>());
 
@@ -220,10 +232,7 @@ pub fn check_chats_fs(chats: &OwnedFd, path: &str) -> Result<(), DiskError> {
             fs: format!("a filesystem of type {:#x}", fs.filesystem_type().0),
         });
     }
-    let ours = nix::sys::statvfs::fstatvfs(chats).map_err(sys("statvfs", path))?;
-    let gateway =
-        nix::sys::statvfs::statvfs(GATEWAY_STATE).map_err(sys("statvfs", GATEWAY_STATE))?;
-    if ours.filesystem_id() == gateway.filesystem_id() {
+    if same_filesystem_as_gateway(chats, path)? {
         return Err(DiskError::SharedWithGateway {
             path: path.to_owned(),
         });
@@ -236,6 +245,43 @@ pub fn check_chats_fs(chats: &OwnedFd, path: &str) -> Result<(), DiskError> {
         }),
         Err(e) => Err(sys("BTRFS_IOC_QGROUP_LIMIT", path)(e)),
     }
+}
+
+/// Whether the chats directory shares its space with the gateway's state. On btrfs the statfs
+/// filesystem id differs between subvolumes of one filesystem, so two btrfs are compared by
+/// their filesystem UUIDs instead.
+fn same_filesystem_as_gateway(chats: &OwnedFd, path: &str) -> Result<bool, DiskError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let gateway = open(GATEWAY_STATE, flags, Mode::empty()).map_err(sys("open", GATEWAY_STATE))?;
+    let gw_fs = nix::sys::statfs::fstatfs(&gateway).map_err(sys("statfs", GATEWAY_STATE))?;
+    if gw_fs.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC {
+        return Ok(btrfs_fsid(chats).map_err(sys("BTRFS_IOC_FS_INFO", path))?
+            == btrfs_fsid(&gateway).map_err(sys("BTRFS_IOC_FS_INFO", GATEWAY_STATE))?);
+    }
+    let ours = nix::sys::statvfs::fstatvfs(chats).map_err(sys("statvfs", path))?;
+    let theirs = nix::sys::statvfs::fstatvfs(&gateway).map_err(sys("statvfs", GATEWAY_STATE))?;
+    Ok(ours.filesystem_id() == theirs.filesystem_id())
+}
+
+/// The UUID of the btrfs `dir` is on.
+fn btrfs_fsid(dir: &OwnedFd) -> Result<[u8; 16], nix::Error> {
+    let mut args = FsInfoArgs {
+        max_id: 0,
+        num_devices: 0,
+        fsid: [0; 16],
+        rest: [0; 1024 - 32],
+    };
+    // SAFETY: BTRFS_IOC_FS_INFO writes one `struct btrfs_ioctl_fs_info_args` (1024 bytes, the
+    // size of FsInfoArgs, which the request number encodes) through the pointer, which is valid
+    // and exclusively ours for the duration of the call; the fd stays open.
+    let r = unsafe {
+        libc::ioctl(
+            dir.as_fd().as_raw_fd(),
+            BTRFS_IOC_FS_INFO as _,
+            &mut args as *mut FsInfoArgs,
+        )
+    };
+    nix::Error::result(r).map(|_| args.fsid)
 }
 
 /// Create subvolume `name` in `parent` (EEXIST when there is anything by that name).
@@ -351,6 +397,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<QgroupLimitArgs>(), 48);
         assert_eq!(BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e);
         assert_eq!(BTRFS_IOC_QGROUP_LIMIT, 0x8030_942b);
+        assert_eq!(std::mem::size_of::<FsInfoArgs>(), 1024);
+        assert_eq!(BTRFS_IOC_FS_INFO, 0x8400_941f);
         let l = DiskQuota { bytes: 32 << 20 }.limit();
         assert_eq!(l.flags, 3);
         assert_eq!(

@@ -196,3 +196,37 @@ fn a_turn_cannot_make_subvolumes_whose_space_would_escape_its_quota() {
     assert_eq!(list.lines().count(), 1, "{list}");
     assert!(list.trim_end().ends_with(&chat_tag(&a)), "{list}");
 }
+
+#[test]
+fn chats_on_another_subvolume_of_the_gateways_btrfs_are_refused() {
+    let m = Machine::boot();
+    m.ok(
+        "busctl call org.picortex.Provision1 /org/picortex/Provision1 \
+          org.picortex.Provision1 EnsureChat s chat-first >/dev/null",
+    );
+    // The operator's mistake, built from the chats filesystem itself: /var/lib/picortex becomes
+    // one of its subvolumes, and the chats directory its top. The statfs ids of the two differ
+    // (btrfs gives each subvolume its own); the filesystem does not.
+    m.ok("systemctl stop picortex-provision && \
+          src=$(findmnt -n -o SOURCE --mountpoint /var/lib/picortex/chats) && \
+          btrfs subvolume create /var/lib/picortex/chats/gw >/dev/null && \
+          cp -a /var/lib/picortex/turns /var/lib/picortex/chats/gw/ && \
+          mkdir /var/lib/picortex/chats/gw/chats && \
+          mount --bind /var/lib/picortex/chats/gw /var/lib/picortex && \
+          mount -o subvolid=5 \"$src\" /var/lib/picortex/chats");
+    let out = m.sh(
+        "busctl call org.picortex.Provision1 /org/picortex/Provision1 \
+                    org.picortex.Provision1 EnsureChat s chat-second",
+    );
+    assert_ne!(
+        out.code, 0,
+        "provisioned beside the database: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("is on the same filesystem as /var/lib/picortex"),
+        "{}",
+        out.stderr
+    );
+}
