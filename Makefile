@@ -37,9 +37,12 @@ install: build
 	install -Dm755 $(TARGETDIR)/picortexd            $(DESTDIR)$(BINDIR)/picortexd
 	install -Dm755 $(TARGETDIR)/picortex-provision   $(DESTDIR)$(LIBEXECDIR)/picortex-provision
 	install -Dm755 $(TARGETDIR)/picortex-run         $(DESTDIR)$(LIBEXECDIR)/picortex-run
+	install -Dm755 dist/picortex-chats-fs            $(DESTDIR)$(LIBEXECDIR)/picortex-chats-fs
 	install -Dm644 units/picortexd.socket            $(DESTDIR)$(UNITDIR)/picortexd.socket
 	install -Dm644 units/picortexd.service           $(DESTDIR)$(UNITDIR)/picortexd.service
 	install -Dm644 units/picortex-provision.service  $(DESTDIR)$(UNITDIR)/picortex-provision.service
+	install -Dm644 units/picortex-chats-fs.service   $(DESTDIR)$(UNITDIR)/picortex-chats-fs.service
+	install -Dm644 units/var-lib-picortex-chats.mount $(DESTDIR)$(UNITDIR)/var-lib-picortex-chats.mount
 	install -Dm644 units/picortex.slice              $(DESTDIR)$(UNITDIR)/picortex.slice
 	install -Dm644 units/picortex-chat.slice         $(DESTDIR)$(UNITDIR)/picortex-chat.slice
 	install -Dm644 units/org.picortex.Provision1.service $(DESTDIR)$(DBUSDIR)/system-services/org.picortex.Provision1.service

@@ -92,6 +92,9 @@ pub enum Outcome {
     OutOfMemory,
     /// The agent exited or died without a result for another reason.
     AgentFailed,
+    /// The agent failed and the chat's home is at its disk quota (picortex-run tried a write
+    /// there and got EDQUOT or ENOSPC): the likely cause, and one only the operator can lift.
+    DiskFull,
     /// picortex-run refused to run the agent (wrong user, wrong place, bad request).
     Refused,
     /// A unit started ahead of its turn (a spare) ended without receiving a request: its stdin

@@ -41,6 +41,9 @@ struct Sandbox {
     egress: Option<String>,
     #[serde(default)]
     egress_allow: Vec<String>,
+    /// Read by disk.rs.
+    #[serde(default, rename = "disk_quota")]
+    _disk_quota: Option<toml::Value>,
 }
 
 pub fn parse_cidr(s: &str) -> Result<Range, String> {

@@ -216,14 +216,17 @@ impl Provision {
             .await
             .map_err(|e| fdo::Error::Failed(e.to_string()))?;
         match r {
-            Ok(a) => {
+            Ok((a, quota)) => {
                 audit::record(
                     OP,
                     &caller,
                     chat.as_str(),
                     "",
                     "ok",
-                    &format!("user {} uid {} home {}", a.user, a.uid, a.home),
+                    &format!(
+                        "user {} uid {} home {} disk_quota {quota}",
+                        a.user, a.uid, a.home
+                    ),
                 );
                 Ok((a.user, a.uid, a.home, a.tag.slice()))
             }
@@ -275,7 +278,7 @@ impl Provision {
         let acct = tokio::task::spawn_blocking(
             move || -> Result<Option<users::ChatAccount>, users::UserError> {
                 match users::existing_tag(&c)? {
-                    Some(_) => users::ensure(&c).map(Some),
+                    Some(_) => users::ensure(&c).map(|(a, _)| Some(a)),
                     None => Ok(None),
                 }
             },

@@ -7,8 +7,10 @@
 //! registry entry (not ours) is never adopted. The registry entry is written before the user, so
 //! a helper killed midway leaves a state the next call completes.
 //!
-//! Homes are created through file descriptors (`openat` with `O_NOFOLLOW`, `mkdirat`, `fchown`),
-//! never by path, so a chat user cannot redirect the helper with a symlink.
+//! Homes are created through file descriptors (`openat` with `O_NOFOLLOW`, a subvolume made in
+//! the opened parent, `fchown`), never by path, so a chat user cannot redirect the helper with a
+//! symlink. Each home is a btrfs subvolume with the operator's disk quota (see disk.rs), set on
+//! every call, so a changed limit reaches a chat at its next turn.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -17,9 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::fcntl::{open, openat, OFlag};
-use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+use nix::sys::stat::{fchmod, fstat, Mode};
 use nix::unistd::{fchown, Gid, Uid, User};
 use picortex_proto::ids::{ChatId, ChatTag, CHATS_DIR, CHAT_ID_MAX, CHAT_ID_MIN};
+
+use crate::disk::DiskQuota;
 
 const REGISTRY_DIR: &str = "/var/lib/picortex-provision/chats";
 const USERADD: &str = "/usr/sbin/useradd";
@@ -41,6 +45,8 @@ pub enum UserError {
     Useradd { user: String, detail: String },
     #[error("{0}")]
     Unsafe(String),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
 }
 
 fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> UserError {
@@ -193,8 +199,18 @@ pub fn account(tag: &ChatTag) -> Result<ChatAccount, UserError> {
     })
 }
 
-/// Create or repair the chat's user and home. Idempotent.
-pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
+/// Create or repair the chat's user and home, and set the home's disk quota. Idempotent.
+/// Refuses before creating anything when the chats filesystem cannot hold a quota.
+pub fn ensure(chat: &ChatId) -> Result<(ChatAccount, DiskQuota), UserError> {
+    let quota = crate::disk::load()?;
+    let chats = open_trusted_dir(CHATS_DIR)?;
+    crate::disk::check_chats_fs(&chats, CHATS_DIR)?;
+    // Traversable, not listable: a turn must not learn which other chats exist. A fresh
+    // filesystem's root comes 0755.
+    let st = fstat(&chats).map_err(sys(CHATS_DIR))?;
+    if st.st_mode & 0o777 != 0o711 {
+        fchmod(&chats, Mode::from_bits_truncate(0o711)).map_err(sys(CHATS_DIR))?;
+    }
     let tag = resolve_tag(chat)?;
     let name = tag.user_name();
     let user = match User::from_name(&name).map_err(sys(name.clone()))? {
@@ -217,7 +233,7 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
         )));
     }
     let had_home = Path::new(&tag.home()).exists();
-    make_home(&tag, user.uid, user.gid)?;
+    make_home(&chats, &tag, user.uid, user.gid, quota)?;
     let acct = ChatAccount {
         user: name,
         uid: user.uid.as_raw(),
@@ -236,7 +252,7 @@ pub fn ensure(chat: &ChatId) -> Result<ChatAccount, UserError> {
             tracing::info!(chat = %chat, user = %acct.user, archive = %from.display(), "restored archived chat");
         }
     }
-    Ok(acct)
+    Ok((acct, quota))
 }
 
 /// The uid a chat's user gets: derived from its tag, so a user deleted and created again (or
@@ -331,15 +347,22 @@ fn open_trusted_dir(path: &str) -> Result<OwnedFd, UserError> {
     Ok(fd)
 }
 
-fn make_home(tag: &ChatTag, uid: Uid, gid: Gid) -> Result<(), UserError> {
-    let parent = open_trusted_dir(CHATS_DIR)?;
+/// The home as a subvolume of its own in `parent` (the chats directory), owned by the chat's
+/// user, mode 0700, with its quota.
+fn make_home(
+    parent: &OwnedFd,
+    tag: &ChatTag,
+    uid: Uid,
+    gid: Gid,
+    quota: DiskQuota,
+) -> Result<(), UserError> {
     let name = tag.as_str();
-    match mkdirat(&parent, name, Mode::S_IRWXU) {
+    match crate::disk::create_subvolume(parent, name) {
         Ok(()) | Err(nix::Error::EEXIST) => {}
         Err(e) => return Err(sys(tag.home())(e)),
     }
     let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
-    let home = openat(&parent, name, flags, Mode::empty()).map_err(sys(tag.home()))?;
+    let home = openat(parent, name, flags, Mode::empty()).map_err(sys(tag.home()))?;
     let st = fstat(&home).map_err(sys(tag.home()))?;
     if st.st_uid != 0 && st.st_uid != uid.as_raw() {
         return Err(UserError::Unsafe(format!(
@@ -351,5 +374,6 @@ fn make_home(tag: &ChatTag, uid: Uid, gid: Gid) -> Result<(), UserError> {
     }
     fchown(&home, Some(uid), Some(gid)).map_err(sys(tag.home()))?;
     fchmod(&home, Mode::S_IRWXU).map_err(sys(tag.home()))?;
+    crate::disk::apply(&home, &tag.home(), quota)?;
     Ok(())
 }

@@ -45,6 +45,7 @@ pub fn outcome_name(o: Outcome) -> &'static str {
         Outcome::BadOutput => "bad_output",
         Outcome::OutOfMemory => "out_of_memory",
         Outcome::AgentFailed => "agent_failed",
+        Outcome::DiskFull => "disk_full",
         Outcome::Refused => "refused",
         Outcome::NoRequest => "no_request",
     }

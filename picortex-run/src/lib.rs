@@ -17,6 +17,8 @@ pub mod audit;
 pub mod channel;
 pub mod config;
 pub mod discriminate;
+pub mod diskfull;
+pub mod nosubvol;
 pub mod oom;
 pub mod output;
 pub mod preflight;

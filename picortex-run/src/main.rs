@@ -156,8 +156,14 @@ fn main() -> ExitCode {
     };
     // Files the agent creates are the chat's alone, whatever the unit's UMask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // No btrfs subvolumes or snapshots of the agent's own: their space would escape the home's
+    // quota (see picortex_run::nosubvol).
+    if let Err(e) = picortex_run::nosubvol::install() {
+        return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
+    }
 
     let result = run_turn(&config, &request, &identity);
+    let result = picortex_run::diskfull::reclassify(result, &identity.home);
     if !write_result(channel, &result) {
         return ExitCode::from(EXIT_NO_RESULT);
     }

@@ -44,6 +44,7 @@ pub fn for_failure(outcome: O, cfg: &Config) -> String {
         O::BadOutput => "The agent's answer came back garbled, so I dropped it. Please try again.".into(),
         O::Refused => "I couldn't run the agent for this chat (a setup problem). The operator has been told.".into(),
         O::AgentFailed => "The agent stopped unexpectedly before answering. Please try again.".into(),
+        O::DiskFull => "This chat's storage is full (it has used all of its disk quota), so the agent can't work here. The operator has been told.".into(),
         _ => "Something went wrong on my side and I couldn't answer. The operator has been told.".into(),
     }
 }
@@ -144,6 +145,7 @@ pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config)
         // Handled before composing (the turn is started again); never a reply on its own.
         Outcome::NoRequest => fail(O::Interrupted, "a spare unit got no request".into()),
         Outcome::AgentFailed => fail(O::AgentFailed, r.error.clone().unwrap_or_default()),
+        Outcome::DiskFull => fail(O::DiskFull, r.error.clone().unwrap_or_default()),
         Outcome::OutOfMemory => fail(O::OutOfMemory, r.error.clone().unwrap_or_default()),
     };
     if r.new_session && reply.outcome == O::Ok {

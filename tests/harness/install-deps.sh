@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 machine:
-# systemd, dbus, polkitd and iproute2 for the throwaway systemd; libfaketime for one fault test; python3-venv for the Linq
+# systemd, dbus, polkitd and iproute2 for the throwaway systemd; btrfs-progs for the chats
+# filesystem; libfaketime for one fault test; python3-venv for the Linq
 # client compatibility test; cargo-nextest. Quiet when everything is already there.
 set -euo pipefail
 need=()
@@ -14,6 +15,7 @@ command -v curl >/dev/null || need+=(curl)
 # The clock-jump fault test moves the gateway's wall clock with libfaketime's LD_PRELOAD.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 command -v useradd >/dev/null || need+=(passwd)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

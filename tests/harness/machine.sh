@@ -58,7 +58,12 @@ journal)
   ;;
 stop)
   pid=$2 name=$3
+  loops=""
   if kill -0 "$pid" 2>/dev/null; then
+    # The loop device under the machine's chats filesystem (var-lib-picortex-chats.mount), by
+    # device and backing inode, so that only that one is ever detached below.
+    loops=$(enter "$pid" /bin/sh -c 'd=$(findmnt -n -o SOURCE --mountpoint /var/lib/picortex/chats 2>/dev/null || true)
+      case $d in /dev/loop*) losetup -n -O NAME,BACK-INO,BACK-MAJ:MIN "$d" ;; esac' 2>/dev/null || true)
     enter "$pid" systemctl poweroff --no-block >/dev/null 2>&1 || true
     for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
@@ -68,6 +73,18 @@ stop)
   for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
     [ -d "$h/$name" ] && find "$h/$name" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
+  # Unmounting detaches a loop device mount(8) set up (autoclear), and so does the end of the
+  # machine's mount namespace; should either not happen, the device must not outlive the machine.
+  while read -r dev ino majmin; do
+    [ -n "${dev:-}" ] || continue
+    for _ in $(seq 1 50); do
+      [ "$(losetup -n -O BACK-INO,BACK-MAJ:MIN "$dev" 2>/dev/null | xargs)" = "$ino $majmin" ] || break
+      sleep 0.1
+    done
+    if [ "$(losetup -n -O BACK-INO,BACK-MAJ:MIN "$dev" 2>/dev/null | xargs)" = "$ino $majmin" ]; then
+      losetup -d "$dev" || true
+    fi
+  done <<< "$loops"
   rm -rf "${base:?}/$name"
   ;;
 *)

@@ -37,6 +37,9 @@ runtime_max_s = 60
 command = "/usr/lib/picortex-test/claude-standin"
 TOML
 
+# The chats filesystem of a test machine: a sparse image in the machine's tmpfs upper layer.
+printf 'PICORTEX_CHATS_FS_SIZE=2G\n' > "$stage/etc/picortex/chats-fs.conf"
+
 mkdir -p "$stage/etc/systemd/system"
 cat > "$stage/etc/systemd/system/linq-sim.service" <<'UNIT'
 [Unit]

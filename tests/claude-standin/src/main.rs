@@ -40,6 +40,8 @@
 //! |---|---|
 //! | `#sleep=<seconds>` | sleep (float seconds) before answering |
 //! | `#eatmem=<MiB>` | allocate and touch that much memory, then continue |
+//! | `#fill=<MiB>` | first of all, write that much into `fill.bin` in the working directory (the chat's home), 1 MiB at a time, stopping at the first error, and keep the file; the reply ends with ` \| fill: wrote <n> MiB of <MiB>, <then the error, or no error>` |
+//! | `#subvol` | try to make a btrfs subvolume and a snapshot of the working directory in it (`/usr/bin/btrfs`), whose space would escape the home's quota; the reply ends with ` \| subvol: create=<ok or the error> snapshot=<ok or the error>` |
 //! | `#crash` | abort (SIGABRT) after the user message is in the transcript |
 //! | `#fail` | message on stderr, exit 1, nothing on stdout |
 //! | `#is_error=<text>` | result `subtype:"success"`, `is_error:true`, `result:<text>`, exit 1 |
@@ -237,6 +239,8 @@ fn project_dir_name(cwd: &Path) -> String {
 struct Knobs {
     sleep: Option<f64>,
     eatmem: Option<u64>,
+    fill: Option<u64>,
+    subvol: bool,
     crash: bool,
     fail: bool,
     is_error: Option<String>,
@@ -274,6 +278,8 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
             match key {
                 "#sleep" => k.sleep = value.parse().ok(),
                 "#eatmem" => k.eatmem = value.parse().ok(),
+                "#fill" => k.fill = value.parse().ok(),
+                "#subvol" => k.subvol = true,
                 "#crash" => k.crash = true,
                 "#fail" => k.fail = true,
                 "#exit" => k.exit = value.parse().ok(),
@@ -892,6 +898,8 @@ fn run(argv: &[String]) -> Exit {
         eprintln!("Transcript writes are failing ({e}); this session may not be resumable.");
     }
 
+    let fill_report = knobs.fill.map(fill);
+    let subvol_report = knobs.subvol.then(subvol);
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
@@ -1014,6 +1022,12 @@ fn run(argv: &[String]) -> Exit {
             reply.push_str(&format!(" | auth={source}:…{tail}"));
         }
     }
+    if let Some(f) = &fill_report {
+        reply.push_str(&format!(" | {f}"));
+    }
+    if let Some(v) = &subvol_report {
+        reply.push_str(&format!(" | {v}"));
+    }
     if knobs.eatmem.is_some() {
         reply.push_str(&format!(" | ate {} MiB", hoard.len() >> 20));
     }
@@ -1042,6 +1056,69 @@ fn run(argv: &[String]) -> Exit {
     );
     ctx.emit(with_preamble(&ctx, vec![assistant, r]));
     Exit::code(knobs.exit.unwrap_or(0))
+}
+
+/// `#fill=<MiB>`: how far writing `fill.bin` got and what stopped it (a chat at its disk quota
+/// sees EDQUOT, "Disk quota exceeded").
+fn fill(mib: u64) -> String {
+    let mut f = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("fill.bin")
+    {
+        Ok(f) => f,
+        Err(e) => return format!("fill: cannot create fill.bin: {e}"),
+    };
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written: u64 = 0;
+    let mut error = None;
+    'outer: for _ in 0..mib {
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            match f.write(rest) {
+                Ok(0) => {
+                    error = Some("a write of 0 bytes".to_owned());
+                    break 'outer;
+                }
+                Ok(n) => {
+                    written += n as u64;
+                    rest = &rest[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break 'outer;
+                }
+            }
+        }
+    }
+    if let (Err(e), None) = (f.sync_all(), &error) {
+        error = Some(format!("fsync: {e}"));
+    }
+    format!(
+        "fill: wrote {} MiB of {mib}, {}",
+        written >> 20,
+        error.map_or("no error".to_owned(), |e| format!("then {e}"))
+    )
+}
+
+/// `#subvol`: what became of a subvolume and a snapshot made by the agent itself.
+fn subvol() -> String {
+    let btrfs = |args: &[&str]| match std::process::Command::new("/usr/bin/btrfs")
+        .args(args)
+        .output()
+    {
+        Ok(o) if o.status.success() => "ok".to_owned(),
+        Ok(o) => String::from_utf8_lossy(&o.stderr)
+            .trim()
+            .replace(char::is_whitespace, "_"),
+        Err(e) => format!("cannot_run_btrfs:{e}").replace(char::is_whitespace, "_"),
+    };
+    format!(
+        "subvol: create={} snapshot={}",
+        btrfs(&["subvolume", "create", "escape-subvol"]),
+        btrfs(&["subvolume", "snapshot", ".", "escape-snap"])
+    )
 }
 
 /// The init message goes first in stream-json and in verbose arrays.

@@ -51,3 +51,47 @@ fn each_machine_has_its_own_dev_shm() {
     // Still a working /dev/shm: world-writable and sticky, as the machine's services expect.
     assert_eq!(a.ok("stat -c %a /dev/shm").trim(), "1777");
 }
+
+/// A machine's chats filesystem is a loop device of the host's kernel (the harness binds the
+/// host's /dev): it must be gone with the machine, and its mount never seen on the host.
+#[test]
+fn a_machines_chats_loop_device_goes_with_it() {
+    let m = Machine::boot();
+    m.ok(
+        "busctl call org.picortex.Provision1 /org/picortex/Provision1 \
+          org.picortex.Provision1 EnsureChat s harness-loop-check >/dev/null",
+    );
+    let dev = m
+        .ok("findmnt -n -o SOURCE --mountpoint /var/lib/picortex/chats")
+        .trim()
+        .to_owned();
+    assert!(
+        dev.starts_with("/dev/loop"),
+        "chats not on a loop device: {dev}"
+    );
+    let back = m
+        .ok(&format!("losetup -n -O BACK-INO,BACK-MAJ:MIN {dev}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(&m.name) && !host_mounts.contains("/var/lib/picortex/chats"),
+        "the machine's mounts are visible on the host"
+    );
+    let name = m.name.clone();
+    drop(m);
+    let now = std::process::Command::new("losetup")
+        .args(["-n", "-O", "BACK-INO,BACK-MAJ:MIN", &dev])
+        .output()
+        .unwrap();
+    let now = String::from_utf8_lossy(&now.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_ne!(
+        now, back,
+        "{dev} still holds the stopped machine's chats image"
+    );
+    assert!(!Path::new("/run/picortex-machines").join(&name).exists());
+}
