@@ -125,6 +125,75 @@ pub fn parse(text: &str) -> Result<Egress, String> {
     }
 }
 
+/// Every address assigned to the machine's interfaces (both families, loopback included), each
+/// as a single-address range: a turn must not reach the host's own listeners through them,
+/// whatever range they fall in. Read at each StartTurn, so a new address fences the next turn
+/// (a spare keeps the list of the moment it started). The helper runs in the host's network
+/// namespace for this (see units/picortex-provision.service).
+pub fn host_addresses() -> Result<Vec<Range>, String> {
+    let ifs = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?;
+    let mut v: Vec<Range> = Vec::new();
+    for i in ifs {
+        let Some(a) = i.address else { continue };
+        let r = if let Some(v4) = a.as_sockaddr_in() {
+            (AF_INET, v4.ip().octets().to_vec(), 32)
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            (AF_INET6, v6.ip().octets().to_vec(), 128)
+        } else {
+            continue;
+        };
+        if !v.contains(&r) {
+            v.push(r);
+        }
+    }
+    Ok(v)
+}
+
+/// `allow` without the addresses of `host`: systemd lets IPAddressAllow win over
+/// IPAddressDeny, so a host address inside an allowed range must be cut out of the range
+/// itself. Each cut replaces a prefix by the siblings along the path down to the address.
+pub fn subtract(allow: &[Range], host: &[Range]) -> Vec<Range> {
+    let mut out: Vec<Range> = allow.to_vec();
+    for h in host {
+        let mut next = Vec::new();
+        for r in out {
+            if !overlaps(&r, h) {
+                next.push(r);
+            } else if r.2 < h.2 {
+                // h lies strictly inside r: keep every sibling on the way down to h.
+                for len in (r.2 + 1)..=h.2 {
+                    let mut sib = h.1.clone();
+                    let bit = (len - 1) as usize;
+                    if let Some(b) = sib.get_mut(bit / 8) {
+                        *b ^= 0x80 >> (bit % 8);
+                    }
+                    next.push((h.0, mask(&sib, len), len));
+                }
+            }
+            // else r lies inside h (or is h): nothing of it stays.
+        }
+        out = next;
+    }
+    out
+}
+
+/// `addr` with every bit past the first `len` cleared.
+fn mask(addr: &[u8], len: u32) -> Vec<u8> {
+    addr.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let start = (i * 8) as u32;
+            if start >= len {
+                0
+            } else if start + 8 <= len {
+                *b
+            } else {
+                b & (0xffu8 << (8 - (len - start)))
+            }
+        })
+        .collect()
+}
+
 /// The operator's policy; a missing file means the default.
 pub fn load() -> Result<Egress, String> {
     match std::fs::read_to_string(CONFIG_PATH) {
@@ -138,6 +207,42 @@ pub fn load() -> Result<Egress, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn host_addresses_are_cut_out_of_allowed_ranges() {
+        let allow = vec![(2, vec![160, 79, 104, 0], 23), (2, vec![1, 2, 3, 0], 24)];
+        let host = vec![(2, vec![160, 79, 105, 7], 32), (2, vec![9, 9, 9, 9], 32)];
+        let cut = subtract(&allow, &host);
+        // The untouched range stays; the other becomes 9 prefixes that cover all but .105.7.
+        assert!(cut.contains(&(2, vec![1, 2, 3, 0], 24)));
+        assert_eq!(cut.len(), 1 + 9);
+        assert!(!cut.iter().any(|r| overlaps(r, &host[0])));
+        let covered: u64 = cut
+            .iter()
+            .filter(|r| overlaps(r, &allow[0]))
+            .map(|r| 1u64 << (32 - r.2))
+            .sum();
+        assert_eq!(covered, 512 - 1);
+        assert!(cut.contains(&(2, vec![160, 79, 104, 0], 24)));
+        assert!(cut.contains(&(2, vec![160, 79, 105, 6], 32)));
+        // A range that is only the host address goes; v6 works the same way.
+        assert!(subtract(&[(2, vec![9, 9, 9, 9], 32)], &host).is_empty());
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets().to_vec();
+        let cut = subtract(
+            &[(10, v6("2607:6bc0::"), 48)],
+            &[(10, v6("2607:6bc0::1"), 128)],
+        );
+        assert_eq!(cut.len(), 80);
+        assert!(!cut
+            .iter()
+            .any(|r| overlaps(r, &(10, v6("2607:6bc0::1"), 128))));
+    }
+
+    #[test]
+    fn host_addresses_include_loopback() {
+        let h = host_addresses().unwrap();
+        assert!(h.contains(&(2, vec![127, 0, 0, 1], 32)), "{h:?}");
+    }
 
     #[test]
     fn default_is_internet_and_other_tables_are_ignored() {

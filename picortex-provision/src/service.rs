@@ -258,12 +258,14 @@ impl Provision {
             ))
         })?;
         let egress = crate::egress::load().map_err(&fail)?;
+        let host = units::Host::probe().map_err(&fail)?;
         let spec = units::TurnSpec {
             acct: &acct,
             chat: &chat,
             turn: &turn,
             limits: &limits,
             egress: &egress,
+            host: &host,
         };
         match units::start_turn(conn, &spec, request, result).await {
             Ok(unit) => {

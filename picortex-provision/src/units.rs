@@ -20,7 +20,7 @@ use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
-use crate::egress::Egress;
+use crate::egress::{self, Egress, Range};
 use crate::users::ChatAccount;
 
 /// Where `make install` put picortex-run; fixed at build time so no caller can choose what the
@@ -56,6 +56,14 @@ pub enum Prop {
 /// `MS_REC`: BindPaths' flag for a recursive bind mount.
 const MS_REC: u64 = 16384;
 
+/// The allow-list of a turn's system calls.
+pub const SYSCALL_ALLOW: &[&str] = &[
+    "@system-service",
+    "landlock_create_ruleset",
+    "landlock_add_rule",
+    "landlock_restrict_self",
+];
+
 /// System calls `@system-service` allows that a turn is refused (EPERM) all the same: io_uring
 /// (a second way into the kernel that bypasses much of what seccomp sees, and a steady source
 /// of privilege escalations), userfaultfd (lets a process stall the kernel mid-copy, a staple of
@@ -69,6 +77,9 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "request_key",
     "keyctl",
 ];
+
+/// The turn's own /dev/shm: writable by the chat user, nothing executable, bounded.
+pub const DEV_SHM_OPTIONS: &str = "mode=1777,nosuid,nodev,noexec,size=64M";
 
 /// The gateway's state directory: the database, the turn results and every chat's home. A turn
 /// sees an empty read-only tmpfs there, with only its own home bound back in.
@@ -151,6 +162,22 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
     ]
 }
 
+/// What the helper learns about the machine at StartTurn (`Host::probe`); kept apart so the
+/// property builder stays a pure function of its inputs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Host {
+    /// Every address assigned to the machine's interfaces, as single-address ranges.
+    pub addresses: Vec<Range>,
+}
+
+impl Host {
+    pub fn probe() -> Result<Self, String> {
+        Ok(Self {
+            addresses: egress::host_addresses()?,
+        })
+    }
+}
+
 /// The transient service for one turn. Resource limits live on the chat's slice (see
 /// `slice_properties`); this carries the sandbox, the runtime cap and the command.
 pub fn turn_properties(
@@ -159,16 +186,32 @@ pub fn turn_properties(
     turn: &TurnId,
     limits: &Limits,
     egress: &Egress,
+    host: &Host,
 ) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
-    if let Egress::Allowlist(allow) = egress {
-        // Deny everything, then allow only the operator's ranges (systemd: allow wins over deny).
-        for (k, p) in props.iter_mut() {
-            if *k == "IPAddressDeny" {
-                *p = Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)]);
-            }
+    // The host's own addresses are the host as much as loopback is: its services listen on
+    // them (the gateway, other chats' listeners, root daemons), so they are fenced like it.
+    let mut deny = match egress {
+        Egress::Internet => denied_ranges(),
+        // Deny everything, then allow only the operator's ranges (systemd: allow wins over
+        // deny, which is why the host's addresses are also cut out of the allowed ranges).
+        Egress::Allowlist(_) => vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)],
+    };
+    for a in &host.addresses {
+        if !deny.contains(a) {
+            deny.push(a.clone());
         }
-        props.push(("IPAddressAllow", Prop::Ips(allow.clone())));
+    }
+    for (k, p) in props.iter_mut() {
+        if *k == "IPAddressDeny" {
+            *p = Prop::Ips(deny.clone());
+        }
+    }
+    if let Egress::Allowlist(allow) = egress {
+        props.push((
+            "IPAddressAllow",
+            Prop::Ips(egress::subtract(allow, &host.addresses)),
+        ));
     }
     // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
     // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
@@ -234,9 +277,15 @@ fn base_turn_properties(
         ("ReadWritePaths", Prop::Strs(vec![acct.home.clone()])),
         // Other chats' homes are 0700 and the database 0600, but a turn should not even learn
         // which chats exist: /var/lib/picortex is an empty tmpfs with only this home in it.
+        // And /dev/shm: PrivateDevices binds the machine's own into the private /dev, where
+        // every turn running at the same time (of any chat) could leave files for the others.
+        // Each turn gets an empty one; what it puts there counts against the chat's MemoryMax.
         (
             "TemporaryFileSystem",
-            Prop::Pairs(vec![(STATE_DIR.to_owned(), "ro".to_owned())]),
+            Prop::Pairs(vec![
+                (STATE_DIR.to_owned(), "ro".to_owned()),
+                ("/dev/shm".to_owned(), DEV_SHM_OPTIONS.to_owned()),
+            ]),
         ),
         (
             "BindPaths",
@@ -286,9 +335,15 @@ fn base_turn_properties(
             "SystemCallArchitectures",
             Prop::Strs(vec!["native".to_owned()]),
         ),
+        // Plus Landlock's calls (not in @system-service): picortex-run puts the agent in a
+        // Landlock domain of its own (picortex-run/src/scope.rs); a process can only ever
+        // restrict itself further with them.
         (
             "SystemCallFilter",
-            Prop::FlagStrs(true, vec!["@system-service".to_owned()]),
+            Prop::FlagStrs(
+                true,
+                SYSCALL_ALLOW.iter().map(|c| (*c).to_owned()).collect(),
+            ),
         ),
         // A second, inverted list takes these back out of the allow-list above, as a
         // `SystemCallFilter=~…` line after the first does in a unit file.
@@ -396,6 +451,7 @@ pub struct TurnSpec<'a> {
     pub turn: &'a TurnId,
     pub limits: &'a Limits,
     pub egress: &'a Egress,
+    pub host: &'a Host,
 }
 
 /// The limits this helper process last applied to each slice: setting them again would rewrite
@@ -419,6 +475,7 @@ pub async fn start_turn(
         turn,
         limits,
         egress,
+        host,
     } = *spec;
     let mgr = ManagerProxy::new(conn).await.map_err(systemd_err)?;
     let slice = acct.tag.slice();
@@ -439,7 +496,7 @@ pub async fn start_turn(
 
     let unit = turn.unit_name();
     let mut props =
-        convert(&turn_properties(acct, chat, turn, limits, egress)).map_err(systemd_err)?;
+        convert(&turn_properties(acct, chat, turn, limits, egress, host)).map_err(systemd_err)?;
     props.push(("StandardInputFileDescriptor".into(), fd_variant(&request)?));
     props.push(("StandardOutputFileDescriptor".into(), fd_variant(&result)?));
     mgr.start_transient_unit(unit.clone(), "fail".into(), props, vec![])
@@ -522,7 +579,14 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         assert_eq!(get(&p, "User"), &Prop::Str(a.user.clone()));
         assert_eq!(
             get(&p, "Slice"),
@@ -571,7 +635,14 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         let filters: Vec<&Prop> = p
             .iter()
             .filter(|(k, _)| *k == "SystemCallFilter")
@@ -581,7 +652,17 @@ mod tests {
         assert_eq!(
             filters,
             [
-                &Prop::FlagStrs(true, vec!["@system-service".into()]),
+                &Prop::FlagStrs(
+                    true,
+                    [
+                        "@system-service",
+                        "landlock_create_ruleset",
+                        "landlock_add_rule",
+                        "landlock_restrict_self"
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                ),
                 &Prop::FlagStrs(
                     false,
                     [
@@ -606,11 +687,22 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         assert_eq!(
             get(&p, "TemporaryFileSystem"),
-            &Prop::Pairs(vec![("/var/lib/picortex".into(), "ro".into())])
+            &Prop::Pairs(vec![
+                ("/var/lib/picortex".into(), "ro".into()),
+                ("/dev/shm".into(), DEV_SHM_OPTIONS.into())
+            ])
         );
+        assert_eq!(get(&p, "PrivateDevices"), &Prop::Bool(true));
         assert!(
             a.home.starts_with(&format!("{STATE_DIR}/")),
             "the home must lie under the hidden state dir"
@@ -643,15 +735,60 @@ mod tests {
             &turn,
             &Limits::default(),
             &Egress::Allowlist(allow.clone()),
+            &Host::default(),
         );
         assert_eq!(
             get(&p, "IPAddressDeny"),
             &Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)])
         );
         assert_eq!(get(&p, "IPAddressAllow"), &Prop::Ips(allow));
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         assert!(p.iter().all(|(k, _)| *k != "IPAddressAllow"));
         assert_eq!(get(&p, "IPAddressDeny"), &Prop::Ips(denied_ranges()));
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_denied_in_both_modes() {
+        let a = acct();
+        let chat = ChatId::parse("abc").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let public = (2, vec![203, 0, 113, 5], 32);
+        let host = Host {
+            addresses: vec![(2, vec![127, 0, 0, 1], 32), public.clone()],
+        };
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &host,
+        );
+        let Prop::Ips(deny) = get(&p, "IPAddressDeny") else {
+            panic!("IPAddressDeny")
+        };
+        assert!(deny.contains(&public) && deny.contains(&(2, vec![127, 0, 0, 1], 32)));
+        assert!(denied_ranges().iter().all(|r| deny.contains(r)));
+        // An allowlist that covers the host's address no longer allows it.
+        let allow = Egress::Allowlist(vec![(2, vec![203, 0, 113, 0], 24)]);
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &allow, &host);
+        let Prop::Ips(deny) = get(&p, "IPAddressDeny") else {
+            panic!("IPAddressDeny")
+        };
+        assert!(deny.contains(&public));
+        let Prop::Ips(allowed) = get(&p, "IPAddressAllow") else {
+            panic!("IPAddressAllow")
+        };
+        assert!(!allowed.contains(&(2, vec![203, 0, 113, 0], 24)));
+        assert!(allowed.contains(&(2, vec![203, 0, 113, 4], 32)));
+        assert!(allowed.iter().all(|r| r.2 > 24));
     }
 
     #[test]
@@ -699,6 +836,7 @@ mod tests {
             &turn,
             &Limits::default(),
             &Egress::Internet,
+            &Host::default(),
         ))
         .unwrap();
         convert(&slice_properties(&Limits::default())).unwrap();

@@ -14,7 +14,7 @@ use picortex_run::channel::ResultChannel;
 use picortex_run::config::{load_config, DEFAULT_CONFIG_PATH};
 use picortex_run::request::{check_chat, read_request_or_none, validate_request};
 use picortex_run::{
-    audit, preflight, run_turn, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
+    audit, preflight, run_turn, scope, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,6 +157,12 @@ fn main() -> ExitCode {
     // Files the agent creates are the chat's alone, whatever the unit's UMask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 
+    // Last of our own setup: from here on this process and the agent it starts are a Landlock
+    // domain of their own, unable to reach other chats' abstract sockets or signal their
+    // processes (see picortex_run::scope for why a kernel without it refuses the turn).
+    if let Err(e) = scope::enter_turn_domain() {
+        return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
+    }
     let result = run_turn(&config, &request, &identity);
     if !write_result(channel, &result) {
         return ExitCode::from(EXIT_NO_RESULT);

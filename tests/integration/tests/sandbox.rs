@@ -15,7 +15,24 @@ const MEMORY_MAX: u64 = 256 << 20;
 
 /// Attacks whose fix is outside the turn unit's properties, with what fixes it. They are
 /// reported loudly but do not fail the test; once fixed they must stay blocked like the rest.
-const KNOWN_OPEN: &[(&str, &str)] = &[];
+const KNOWN_OPEN: &[(&str, &str)] = &[
+    (
+        "read_config",
+        "issue 7 item 3: /etc/picortex is readable by turns",
+    ),
+    (
+        "other_chat_in_run",
+        "issue 7 item 3: /run/systemd names other chats' units",
+    ),
+    (
+        "other_chat_in_cgroupfs",
+        "issue 7 item 3: the cgroup tree names other chats' slices",
+    ),
+    (
+        "other_chat_in_etc",
+        "issue 7 item 3: /etc/passwd lists every chat user",
+    ),
+];
 
 /// Every kind of attack the issue asks for, by the stand-in's names (tests/claude-standin/src/attack.rs).
 const REQUIRED: &[&str] = &[
@@ -38,7 +55,41 @@ const REQUIRED: &[&str] = &[
     "io_uring",
     "userfaultfd",
     "kernel_keyring",
+    "abstract_unix",
+    "connect_host_address",
+    "read_config",
+    "other_chat_in_run",
+    "other_chat_in_cgroupfs",
+    "other_chat_in_proc_net",
+    "other_chat_in_etc",
+    "other_chat_in_var_tmp",
 ];
+
+/// Addresses of the test machine that are neither loopback nor private, as a host's public
+/// ones would be (documentation ranges), with a root service listening on each.
+const HOST_V4: &str = "192.0.2.10";
+const HOST_V6: &str = "2001:db8::10";
+const HOST_PORT: u16 = 8471;
+
+/// Give the machine (its own network namespace) an interface with `HOST_V4` and `HOST_V6`,
+/// and a root HTTP server on each.
+fn host_addresses_with_listeners(m: &Machine) {
+    m.ok(&format!(
+        "ip link add pc0 type bridge && ip addr add {HOST_V4}/24 dev pc0 && \
+         ip -6 addr add {HOST_V6}/64 dev pc0 nodad && ip link set pc0 up"
+    ));
+    for (unit, addr) in [("host-listener4", HOST_V4), ("host-listener6", HOST_V6)] {
+        m.ok(&format!(
+            "systemd-run -q -u {unit} -p Type=exec /usr/bin/python3 -m http.server --bind {addr} {HOST_PORT}"
+        ));
+    }
+    m.wait_for("the host listeners", T, || {
+        let n = m
+            .sh(&format!("ss -Hltn 'sport = :{HOST_PORT}' | wc -l"))
+            .stdout;
+        (n.trim() == "2").then_some(())
+    });
+}
 
 /// A group with the owner and a friend, opened by a message that mentions the bot.
 fn open_group(m: &Machine, text: &str) -> String {
@@ -137,6 +188,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     )
     .unwrap();
     m.ok("chmod 600 /etc/picortex/credentials/anthropic-api-key");
+    host_addresses_with_listeners(&m);
     m.start_picortex();
 
     // Chat A (the owner's DM) exists; chat B (a group) attacks first, A's home among its
@@ -147,7 +199,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     let tag_a = chat_tag(&a);
     let home_a = format!("/var/lib/picortex/chats/{tag_a}");
     m.wait_replies(&a, 1, T);
-    let b = open_group(&m, &format!("Cortex #attack other={home_a}"));
+    let b = open_group(&m, &format!("Cortex #attack other={home_a} seek={a}"));
     let tag_b = chat_tag(&b);
     assert_ne!(tag_a, tag_b);
     let rb = assert_all_blocked("chat B", &attack_report(&m, &b, 0));
@@ -157,15 +209,40 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         "700\n700"
     );
 
-    // B keeps a turn running (with its credential loaded) while A attacks.
-    group_text(&m, &b, "Cortex #sleep=12 busy");
+    // B keeps a turn running (with its credential loaded) while A attacks, listening on an
+    // abstract Unix socket and with a file in its /dev/shm.
+    const HOLD: &str = "picortex-hold-b";
+    let busy = format!("Cortex #sleep=12 #hold={HOLD} busy");
+    group_text(&m, &b, &busy);
     let unit_b = m.wait_running_turn(Some(&tag_b), T);
+    let turn_b = unit_b
+        .trim_start_matches("picortex-turn-")
+        .trim_end_matches(".service")
+        .to_owned();
     m.ok(&format!("test -d /run/credentials/{unit_b}"));
+    m.wait_for("B's abstract listener", T, || {
+        m.sh(&format!("grep -q ' @{HOLD}$' /proc/net/unix"))
+            .code
+            .eq(&0)
+            .then_some(())
+    });
     let before = m.sim().sent(&b).len();
 
-    m.sim()
-        .text(OWNER, Some(&a), &format!("#attack other={home_b}"));
+    m.sim().text(
+        OWNER,
+        Some(&a),
+        &format!("#attack other={home_b} abstract={HOLD} seek={b},{turn_b}"),
+    );
     let ra = assert_all_blocked("chat A", &attack_report(&m, &a, 1));
+    // The probes met what they looked for: B's listener (refused by the kernel, not absent)
+    // and the host's own addresses.
+    let abs = ra["abstract_unix"]["detail"].as_str().unwrap_or("");
+    assert!(abs.starts_with(&format!("@{HOLD}: EPERM")), "{abs}");
+    let host = ra["connect_host_address"]["detail"].as_str().unwrap_or("");
+    assert!(
+        host.contains(HOST_V4) && host.contains(HOST_V6),
+        "not tried: {host}"
+    );
 
     // The attacks really ran inside A's turn, in A's slice, under A's TasksMax.
     let bus = ra["system_bus_set_unit_properties"]["detail"]
@@ -195,8 +272,15 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         .and_then(|r| r["text"].as_str())
         .unwrap_or("");
     assert!(
-        last.starts_with("standin: you said") && last.contains("Cortex #sleep=12 busy\" (turn"),
+        last.starts_with("standin: you said") && last.contains(&format!("{busy}\" (turn")),
         "B's turn: {last}"
+    );
+    // B really held its socket and its /dev/shm file while A attacked; nobody got in.
+    assert!(
+        last.contains(&format!(
+            "listener @{HOLD} ok, marker /dev/shm/picortex-drop-uid"
+        )) && last.ends_with(", 0 connections"),
+        "B's hold: {last}"
     );
     assert_eq!(
         m.ok("systemctl is-active picortexd.service").trim(),
@@ -352,7 +436,11 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         ("User", &format!("chat-{tag}")),
         ("Slice", &format!("picortex-chat-{tag}.slice")),
         // Only its own home of /var/lib/picortex, no /run to write to, no system bus.
-        ("TemporaryFileSystem", "/var/lib/picortex:ro"),
+        // … and a /dev/shm of its own.
+        (
+            "TemporaryFileSystem",
+            "/var/lib/picortex:ro /dev/shm:mode=1777,nosuid,nodev,noexec,size=64M",
+        ),
         ("BindPaths", &format!("{home}:{home}:rbind")),
         ("ReadOnlyPaths", "/run /var/tmp"),
     ] {
