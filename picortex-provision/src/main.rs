@@ -12,6 +12,7 @@ mod egress;
 mod service;
 mod units;
 mod users;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;

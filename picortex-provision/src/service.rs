@@ -258,7 +258,11 @@ impl Provision {
             ))
         })?;
         let egress = crate::egress::load().map_err(&fail)?;
-        let host = units::Host::probe().map_err(&fail)?;
+        let a = acct.clone();
+        let host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(&fail)?;
         let spec = units::TurnSpec {
             acct: &acct,
             chat: &chat,

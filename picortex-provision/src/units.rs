@@ -22,6 +22,7 @@ use zbus_systemd::systemd1::ManagerProxy;
 
 use crate::egress::{self, Egress, Range};
 use crate::users::ChatAccount;
+use crate::view;
 
 /// Where `make install` put picortex-run; fixed at build time so no caller can choose what the
 /// turn executes.
@@ -51,6 +52,8 @@ pub enum Prop {
     Pairs(Vec<(String, String)>),
     /// BindPaths: (source, destination, ignore a missing source?, mount flags)
     Binds(Vec<(String, String, bool, u64)>),
+    /// SetCredential: (id, data) pairs
+    Creds(Vec<(String, Vec<u8>)>),
 }
 
 /// `MS_REC`: BindPaths' flag for a recursive bind mount.
@@ -162,19 +165,97 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
     ]
 }
 
-/// What the helper learns about the machine at StartTurn (`Host::probe`); kept apart so the
-/// property builder stays a pure function of its inputs.
+/// What the helper learns about the machine and prepares for the chat at StartTurn
+/// (`Host::probe`, see `view.rs`); kept apart so the property builder stays a pure function.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Host {
     /// Every address assigned to the machine's interfaces, as single-address ranges.
     pub addresses: Vec<Range>,
+    /// (cgroup hierarchy, the path of it to hide), see `view::chat_cgroup_roots`.
+    pub chat_cgroups: Vec<(String, String)>,
+    /// The turn's /etc/passwd and /etc/group: (passwd file, group file).
+    pub user_db: Option<(String, String)>,
+    /// The `[agent]` table for picortex-run, as TOML.
+    pub agent_config: Option<String>,
 }
 
 impl Host {
-    pub fn probe() -> Result<Self, String> {
+    pub fn probe(acct: &ChatAccount) -> Result<Self, String> {
+        let (p, g) = view::write_user_db(acct)?;
         Ok(Self {
             addresses: egress::host_addresses()?,
+            chat_cgroups: view::chat_cgroup_roots(std::path::Path::new("/sys/fs/cgroup")),
+            user_db: Some((p.display().to_string(), g.display().to_string())),
+            agent_config: Some(view::load_agent_table(egress::CONFIG_PATH)?),
         })
+    }
+}
+
+/// Files of /etc and /run a turn has no business reading: the operator's configuration (the
+/// owner's handles; picortex-run gets `[agent]` as a credential), the user and shadow backups
+/// and subordinate-id lists (every chat user is in them), and systemd's runtime state, whose
+/// transient unit files, per-unit records and runtime drop-ins name every chat's turns and
+/// slices, with their Linq chat ids.
+/// `-`: a path missing on this machine is no error.
+pub const HIDDEN_PATHS: &[&str] = &[
+    "-/run/dbus",
+    "-/var/lib/picortex-provision",
+    "-/etc/picortex",
+    "-/etc/passwd-",
+    "-/etc/group-",
+    "-/etc/shadow-",
+    "-/etc/gshadow-",
+    "-/etc/subuid",
+    "-/etc/subgid",
+    "-/etc/subuid-",
+    "-/etc/subgid-",
+    "-/run/systemd/transient",
+    "-/run/systemd/units",
+    "-/run/systemd/propagate",
+    "-/run/systemd/system.control",
+    "-/run/systemd/system",
+    "-/run/systemd/generator",
+    "-/run/systemd/generator.early",
+    "-/run/systemd/generator.late",
+    "-/run/systemd/users",
+    // nss-systemd asks systemd-userdbd here, which answers from the real user database.
+    "-/run/systemd/userdb",
+];
+
+/// What of the machine a turn sees, from `host`: its own user database, and of the chats'
+/// cgroups only its own chat's slice (ProtectControlGroups only makes them read-only).
+fn view_properties(acct: &ChatAccount, host: &Host, props: &mut Vec<(&'static str, Prop)>) {
+    let mut binds = Vec::new();
+    if let Some((p, g)) = &host.user_db {
+        binds.push((p.clone(), "/etc/passwd".to_owned(), false, 0));
+        binds.push((g.clone(), "/etc/group".to_owned(), false, 0));
+    }
+    let slice = acct.tag.slice();
+    for (h, _) in &host.chat_cgroups {
+        let own = format!("{h}/picortex.slice/picortex-chat.slice/{slice}");
+        // The slice may have no directory in a v1 hierarchy whose controller it does not use.
+        binds.push((own.clone(), own, true, MS_REC));
+    }
+    for (k, p) in props.iter_mut() {
+        if let ("TemporaryFileSystem", Prop::Pairs(v)) = (*k, p) {
+            v.extend(
+                host.chat_cgroups
+                    .iter()
+                    .map(|(_, c)| (c.clone(), "ro".to_owned())),
+            );
+        }
+    }
+    if !binds.is_empty() {
+        props.push(("BindReadOnlyPaths", Prop::Binds(binds)));
+    }
+    if let Some(agent) = &host.agent_config {
+        props.push((
+            "SetCredential",
+            Prop::Creds(vec![(
+                view::AGENT_CREDENTIAL.to_owned(),
+                agent.as_bytes().to_vec(),
+            )]),
+        ));
     }
 }
 
@@ -189,6 +270,7 @@ pub fn turn_properties(
     host: &Host,
 ) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
+    view_properties(acct, host, &mut props);
     // The host's own addresses are the host as much as loopback is: its services listen on
     // them (the gateway, other chats' listeners, root daemons), so they are fenced like it.
     let mut deny = match egress {
@@ -302,14 +384,10 @@ fn base_turn_properties(
         // No system bus: everything on it is polkit-checked, but systemd's unit list is
         // world-readable and names every chat's turns and slices, with their Linq chat ids in
         // LogExtraFields; and a turn has no business with any bus service. The helper's
-        // registry and the gateway's credential sources are root-only already.
+        // registry and the gateway's credential sources are root-only already. See HIDDEN_PATHS.
         (
             "InaccessiblePaths",
-            Prop::Strs(vec![
-                "-/run/dbus".to_owned(),
-                "-/var/lib/picortex-provision".to_owned(),
-                "-/etc/picortex/credentials".to_owned(),
-            ]),
+            Prop::Strs(HIDDEN_PATHS.iter().map(|p| (*p).to_owned()).collect()),
         ),
         ("PrivateTmp", Prop::Bool(true)),
         ("PrivateDevices", Prop::Bool(true)),
@@ -392,6 +470,7 @@ fn to_variant(p: &Prop) -> zbus::Result<OwnedVariant> {
         Prop::Bytes(x) => Variant::from(x.clone()),
         Prop::Pairs(x) => Variant::from(x.clone()),
         Prop::Binds(x) => Variant::from(x.clone()),
+        Prop::Creds(x) => Variant::from(x.clone()),
     };
     OwnedVariant::try_from(v)
 }
@@ -762,6 +841,7 @@ mod tests {
         let public = (2, vec![203, 0, 113, 5], 32);
         let host = Host {
             addresses: vec![(2, vec![127, 0, 0, 1], 32), public.clone()],
+            ..Host::default()
         };
         let p = turn_properties(
             &a,
@@ -789,6 +869,59 @@ mod tests {
         assert!(!allowed.contains(&(2, vec![203, 0, 113, 0], 24)));
         assert!(allowed.contains(&(2, vec![203, 0, 113, 4], 32)));
         assert!(allowed.iter().all(|r| r.2 > 24));
+    }
+
+    #[test]
+    fn a_turn_sees_its_own_users_and_slice_and_gets_agent_settings_as_a_credential() {
+        let a = acct();
+        let chat = ChatId::parse("abc").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let cg = "/sys/fs/cgroup/memory/picortex.slice/picortex-chat.slice".to_owned();
+        let host = Host {
+            chat_cgroups: vec![("/sys/fs/cgroup/memory".into(), cg.clone())],
+            user_db: Some(("/v/passwd".into(), "/v/group".into())),
+            agent_config: Some("[agent]\ncommand = \"x\"\n".into()),
+            ..Host::default()
+        };
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &host,
+        );
+        let own = format!("{cg}/{}", a.tag.slice());
+        assert_eq!(
+            get(&p, "BindReadOnlyPaths"),
+            &Prop::Binds(vec![
+                ("/v/passwd".into(), "/etc/passwd".into(), false, 0),
+                ("/v/group".into(), "/etc/group".into(), false, 0),
+                (own.clone(), own, true, MS_REC),
+            ])
+        );
+        let Prop::Pairs(tmp) = get(&p, "TemporaryFileSystem") else {
+            panic!("TemporaryFileSystem")
+        };
+        assert!(tmp.contains(&(cg, "ro".into())));
+        assert_eq!(
+            get(&p, "SetCredential"),
+            &Prop::Creds(vec![(
+                "picortex-agent.toml".into(),
+                b"[agent]\ncommand = \"x\"\n".to_vec()
+            )])
+        );
+        let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
+            panic!("InaccessiblePaths")
+        };
+        for g in [
+            "-/etc/picortex",
+            "-/run/systemd/transient",
+            "-/run/systemd/units",
+        ] {
+            assert!(gone.contains(&g.to_owned()), "{g}");
+        }
+        convert(&p).unwrap();
     }
 
     #[test]

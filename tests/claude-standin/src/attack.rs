@@ -453,7 +453,22 @@ fn traces(needles: &[String]) -> Vec<Finding> {
             if needles.is_empty() {
                 return Finding::new(name, true, "no other chat named (seek=, other=)");
             }
-            match walk_for(roots, needles, contents) {
+            let mut r = walk_for(roots, needles, contents);
+            // The user database as NSS answers it (files, and systemd-userdbd if configured).
+            if name == "other_chat_in_etc" {
+                for db in ["passwd", "group"] {
+                    let out = Command::new("getent").arg(db).stdin(Stdio::null()).output();
+                    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                    if let Some(n) = needles
+                        .iter()
+                        .find(|n| text.as_deref().unwrap_or("").contains(n.as_str()))
+                    {
+                        let prev = r.err().map(|e| format!("{e}; ")).unwrap_or_default();
+                        r = Err(format!("{prev}getent {db} (has {n})"));
+                    }
+                }
+            }
+            match r {
                 Ok((seen, read)) => Finding::new(
                     name,
                     true,

@@ -15,24 +15,7 @@ const MEMORY_MAX: u64 = 256 << 20;
 
 /// Attacks whose fix is outside the turn unit's properties, with what fixes it. They are
 /// reported loudly but do not fail the test; once fixed they must stay blocked like the rest.
-const KNOWN_OPEN: &[(&str, &str)] = &[
-    (
-        "read_config",
-        "issue 7 item 3: /etc/picortex is readable by turns",
-    ),
-    (
-        "other_chat_in_run",
-        "issue 7 item 3: /run/systemd names other chats' units",
-    ),
-    (
-        "other_chat_in_cgroupfs",
-        "issue 7 item 3: the cgroup tree names other chats' slices",
-    ),
-    (
-        "other_chat_in_etc",
-        "issue 7 item 3: /etc/passwd lists every chat user",
-    ),
-];
+const KNOWN_OPEN: &[(&str, &str)] = &[];
 
 /// Every kind of attack the issue asks for, by the stand-in's names (tests/claude-standin/src/attack.rs).
 const REQUIRED: &[&str] = &[
@@ -128,6 +111,15 @@ fn attack_report(m: &Machine, chat: &str, from: usize) -> Vec<Value> {
 /// Asserts every attack was blocked (bar the known-open ones, which are printed) and that the
 /// report has every required attack and at least 12 in all. Returns the report by name.
 fn assert_all_blocked(who: &str, report: &[Value]) -> std::collections::HashMap<String, Value> {
+    assert_blocked_but(who, report, &[])
+}
+
+/// As `assert_all_blocked`, with `open` more attacks that may get through in this report, with why.
+fn assert_blocked_but(
+    who: &str,
+    report: &[Value],
+    open_here: &[(&str, &str)],
+) -> std::collections::HashMap<String, Value> {
     eprintln!("---- attack report of {who} ----");
     for a in report {
         eprintln!(
@@ -162,7 +154,7 @@ fn assert_all_blocked(who: &str, report: &[Value]) -> std::collections::HashMap<
         if a["blocked"] == true {
             continue;
         }
-        match KNOWN_OPEN.iter().find(|(n, _)| *n == name) {
+        match KNOWN_OPEN.iter().chain(open_here).find(|(n, _)| *n == name) {
             Some((_, why)) => eprintln!(
                 "WARNING: {who}: {name} is not blocked ({}): {why}",
                 a["detail"]
@@ -233,7 +225,18 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         Some(&a),
         &format!("#attack other={home_b} abstract={HOLD} seek={b},{turn_b}"),
     );
-    let ra = assert_all_blocked("chat A", &attack_report(&m, &a, 1));
+    // A attacks from a turn unit (its spare) that may have started before B's user existed.
+    // useradd replaces /etc/passwd and /etc/group by rename, and the kernel then detaches the
+    // private copies such a turn had mounted over them: it sees B's user (not B's chat id).
+    // B's own attack above, from a turn started after both chats existed, must see nothing.
+    let ra = assert_blocked_but(
+        "chat A",
+        &attack_report(&m, &a, 1),
+        &[(
+            "other_chat_in_etc",
+            "a chat created while a turn runs shows in its /etc/passwd (mount detached by rename)",
+        )],
+    );
     // The probes met what they looked for: B's listener (refused by the kernel, not absent)
     // and the host's own addresses.
     let abs = ra["abstract_unix"]["detail"].as_str().unwrap_or("");
@@ -436,16 +439,34 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         ("User", &format!("chat-{tag}")),
         ("Slice", &format!("picortex-chat-{tag}.slice")),
         // Only its own home of /var/lib/picortex, no /run to write to, no system bus.
-        // … and a /dev/shm of its own.
-        (
-            "TemporaryFileSystem",
-            "/var/lib/picortex:ro /dev/shm:mode=1777,nosuid,nodev,noexec,size=64M",
-        ),
         ("BindPaths", &format!("{home}:{home}:rbind")),
         ("ReadOnlyPaths", "/run /var/tmp"),
     ] {
         assert_eq!(prop(&show, k), v, "{unit}: {k}");
     }
+    // … a /dev/shm of its own, and no chat's cgroups: the chats' part of the tree is hidden
+    // (every hierarchy whole on a hybrid machine) and the chat's own slice bound back.
+    let (hidden, own) = if m.sh("test -f /sys/fs/cgroup/cgroup.controllers").code == 0 {
+        (
+            "/sys/fs/cgroup/picortex.slice/picortex-chat.slice",
+            "/sys/fs/cgroup",
+        )
+    } else {
+        ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory")
+    };
+    let tmpfs = prop(&show, "TemporaryFileSystem");
+    assert!(
+        tmpfs.starts_with("/var/lib/picortex:ro /dev/shm:mode=1777,nosuid,nodev,noexec,size=64M ")
+            && tmpfs.contains(&format!("{hidden}:ro")),
+        "{tmpfs}"
+    );
+    let binds = prop(&show, "BindReadOnlyPaths");
+    assert!(
+        binds.contains(&format!(
+            "{own}/picortex.slice/picortex-chat.slice/picortex-chat-{tag}.slice"
+        )),
+        "{binds}"
+    );
     assert!(
         prop(&show, "InaccessiblePaths")
             .split_whitespace()
