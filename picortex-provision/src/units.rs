@@ -81,6 +81,10 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "keyctl",
 ];
 
+/// Journal messages a turn may log per interval, before journald's free-space scaling.
+pub const LOG_RATE_BURST: u32 = 500;
+pub const LOG_RATE_INTERVAL_USEC: u64 = 30_000_000;
+
 /// The turn's own /dev/shm: writable by the chat user, nothing executable, bounded.
 pub const DEV_SHM_OPTIONS: &str = "mode=1777,nosuid,nodev,noexec,size=64M";
 
@@ -338,6 +342,15 @@ fn base_turn_properties(
             )]),
         ),
         ("StandardError", s("journal")),
+        // A turn's processes may log (stderr, syslog, journald's native socket), but not so much
+        // that the journal rotates the helper's audit of the same period away (SPEC P6, P7):
+        // past the burst, journald drops the unit's messages until the interval ends, and says
+        // how many it dropped. journald scales the burst up with free space, per priority.
+        (
+            "LogRateLimitIntervalUSec",
+            Prop::U64(LOG_RATE_INTERVAL_USEC),
+        ),
+        ("LogRateLimitBurst", Prop::U32(LOG_RATE_BURST)),
         ("SyslogIdentifier", s("picortex-turn")),
         (
             "LogExtraFields",
@@ -707,6 +720,8 @@ mod tests {
         // The result channel is the gateway's stdout file alone: stderr goes to the journal
         // (unset, systemd would duplicate stdout onto it).
         assert_eq!(get(&p, "StandardError"), &Prop::Str("journal".into()));
+        assert_eq!(get(&p, "LogRateLimitBurst"), &Prop::U32(500));
+        assert_eq!(get(&p, "LogRateLimitIntervalUSec"), &Prop::U64(30_000_000));
     }
 
     #[test]

@@ -218,6 +218,38 @@ pub fn run_all(t: &Targets<'_>) -> Vec<Finding> {
     f
 }
 
+/// `#flood=<n>`: `n` distinct entries of 400 bytes straight to journald's native socket (what
+/// any process of a turn can do), and as many lines to stderr, which the unit sends to the
+/// journal too. Distinct, because journald stores a repeated field value once.
+pub fn flood_journal(n: u64) -> String {
+    let sock = std::os::unix::net::UnixDatagram::unbound();
+    let pad = "f".repeat(360);
+    let mut err = io::BufWriter::with_capacity(1 << 16, io::stderr().lock());
+    let mut sent = 0u64;
+    let mut first_err = None;
+    for i in 0..n {
+        let line = format!(
+            "flood {i:012} {:016x} {pad}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        );
+        let _ = writeln!(err, "{line}");
+        if let Ok(s) = &sock {
+            let entry = format!("SYSLOG_IDENTIFIER=standin-flood\nPRIORITY=6\nMESSAGE={line}\n");
+            match s.send_to(entry.as_bytes(), "/run/systemd/journal/socket") {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    first_err.get_or_insert_with(|| en(&e));
+                }
+            }
+        }
+    }
+    let _ = err.flush();
+    format!(
+        "{sent} of {n} sent{}",
+        first_err.map(|e| format!(" ({e})")).unwrap_or_default()
+    )
+}
+
 /// `#hold=<name>`: what a chat leaves open for another chat to find while its turn runs: a
 /// listener on the abstract Unix socket `@<name>` and a world-readable file in `/dev/shm`.
 pub struct Hold {

@@ -59,6 +59,7 @@
 //! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
 //! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
 //! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
+//! | `#flood=<n>` | before answering, send `n` distinct 400-byte entries to journald's native socket and as many lines to stderr, to flush the journal; the reply ends with ` \| flood: <k> of <n> sent` |
 //! | `#hold=<name>` | while it sleeps, listen on the abstract Unix socket `@<name>` and keep a world-readable marker in `/dev/shm` (what another chat's `#attack` looks for); the reply ends with ` \| hold: <what it set up, how many connected>` |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read, `abstract=<name>` another chat's abstract socket to connect to, `seek=<chat id>,<turn id>` strings of another chat to look for in /run, /sys/fs/cgroup, /proc/self/net, /etc |
 
@@ -259,6 +260,7 @@ struct Knobs {
     /// `seek=<a>,<b>,…`: strings of another chat (its Linq chat id, a turn id) to look for.
     attack_seek: Vec<String>,
     hold: Option<String>,
+    flood: Option<u64>,
     score: Option<String>,
     hostile: bool,
     forge: bool,
@@ -294,6 +296,7 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#system" => k.system = true,
                 "#model" => k.model = true,
                 "#attack" => k.attack = true,
+                "#flood" => k.flood = value.parse().ok(),
                 "#hold" => k.hold = Some(value.to_owned()).filter(|v| !v.is_empty()),
                 "#score" => k.score = Some(value.to_owned()),
                 "#hostile" => k.hostile = true,
@@ -909,6 +912,7 @@ fn run(argv: &[String]) -> Exit {
         eprintln!("Transcript writes are failing ({e}); this session may not be resumable.");
     }
 
+    let flood_report = knobs.flood.map(attack::flood_journal);
     let held = knobs.hold.as_deref().map(attack::Hold::start);
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
@@ -1001,6 +1005,9 @@ fn run(argv: &[String]) -> Exit {
     if let (true, Some(score)) = (args.no_session_persistence, &knobs.score) {
         // Asked as picortex's discriminator: answer as its prompt asks, and only that.
         reply = format!("{{\"score\": {score}, \"reason\": \"standin knob\"}}");
+    }
+    if let Some(f) = &flood_report {
+        reply.push_str(&format!(" | flood: {f}"));
     }
     if let Some(h) = &hold_report {
         reply.push_str(&format!(" | hold: {h}"));

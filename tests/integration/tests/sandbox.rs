@@ -528,3 +528,65 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         "test -s {home}/.claude/.claude.json && ls {home}/.claude/projects/*/*.jsonl"
     ));
 }
+
+/// The helper's audit lines of chat `chat` (`MESSAGE`s), oldest first.
+fn audit_lines(m: &Machine, chat: &str) -> Vec<String> {
+    m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_AUDIT=true PICORTEX_CHAT={chat}"
+    ))
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn a_journal_flood_from_a_turn_leaves_the_helpers_audit_entries() {
+    let m = Machine::boot();
+    // A journal the size of a small machine's, in memory, so a flood could rotate it away.
+    m.ok("mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nStorage=volatile\\nRuntimeMaxUse=8M\\nRuntimeMaxFileSize=1M\\n' > /etc/systemd/journald.conf.d/small.conf && systemctl restart systemd-journald");
+    m.start_picortex();
+    let r = m.sim().text(OWNER, None, "hello");
+    let chat = r["chat_id"].as_str().expect("chat_id").to_owned();
+    m.wait_replies(&chat, 1, T);
+    let before = audit_lines(&m, &chat);
+    assert!(
+        before.iter().any(|l| l.starts_with("StartTurn")),
+        "no StartTurn audit yet: {before:?}"
+    );
+
+    // 60000 distinct 400-byte lines: 24 MB, three times the journal's whole size.
+    m.sim().text(OWNER, Some(&chat), "#flood=60000 flooding");
+    let replies = m.wait_replies(&chat, 2, T);
+    assert!(
+        replies[1]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("| flood: 60000 of 60000 sent"),
+        "{}",
+        replies[1]
+    );
+    m.wait_chat_settled(&chat, T);
+    m.ok("journalctl --sync");
+    // The audit of the chat's turns from before and during the flood is all still there.
+    let after = audit_lines(&m, &chat);
+    for l in &before {
+        assert!(
+            after.contains(l),
+            "audit entry lost to the flood: {l}\nnow: {after:?}"
+        );
+    }
+    assert!(
+        after.len() > before.len(),
+        "the flood turn's own audit is missing: {after:?}"
+    );
+    // Because journald held the turn back: most of the flood was dropped, not stored.
+    let kept: u64 = m
+        .journal("SYSLOG_IDENTIFIER=standin-flood | grep -c '^flood ' || true")
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(
+        (1..20_000).contains(&kept),
+        "{kept} of 60000 flood entries stored"
+    );
+}
