@@ -207,7 +207,8 @@ impl Provision {
     }
 
     /// Start `picortex-turn-<turn_id>.service` for a provisioned chat. `request` becomes its stdin,
-    /// `result` its stdout. `limits` may hold MemoryMax, TasksMax, RuntimeMaxUSec, CPUWeight (t).
+    /// `result` its stdout. `limits` may hold MemoryMax, TasksMax, RuntimeMaxUSec, CPUWeight,
+    /// IOWeight, CPUQuotaPerSecUSec (t).
     /// Fails with org.freedesktop.DBus.Error.FileExists if that turn was started before.
     #[allow(clippy::too_many_arguments)] // a D-Bus method: its arguments are the interface's
     async fn start_turn(

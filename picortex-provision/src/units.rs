@@ -98,6 +98,8 @@ pub struct Limits {
     pub tasks_max: u64,
     pub runtime_max_usec: u64,
     pub cpu_weight: u64,
+    pub io_weight: u64,
+    pub cpu_quota_per_sec_usec: u64,
 }
 
 impl Default for Limits {
@@ -107,6 +109,8 @@ impl Default for Limits {
             tasks_max: L::TASKS_MAX_DEFAULT,
             runtime_max_usec: L::RUNTIME_MAX_USEC_DEFAULT,
             cpu_weight: L::CPU_WEIGHT_DEFAULT,
+            io_weight: L::IO_WEIGHT_DEFAULT,
+            cpu_quota_per_sec_usec: L::CPU_QUOTA_PER_SEC_USEC_DEFAULT,
         }
     }
 }
@@ -127,6 +131,12 @@ impl Limits {
                     L::RUNTIME_MAX_USEC_MAX,
                 ),
                 L::CPU_WEIGHT => (&mut l.cpu_weight, 1, 10000),
+                L::IO_WEIGHT => (&mut l.io_weight, 1, 10000),
+                L::CPU_QUOTA_PER_SEC_USEC => (
+                    &mut l.cpu_quota_per_sec_usec,
+                    L::CPU_QUOTA_PER_SEC_USEC_MIN,
+                    L::CPU_QUOTA_PER_SEC_USEC_MAX,
+                ),
                 other => return Err(format!("unknown limit {other:?}")),
             };
             if !(lo..=hi).contains(&n) {
@@ -465,7 +475,14 @@ pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, Prop)> {
         ("MemoryMax", Prop::U64(limits.memory_max)),
         ("MemorySwapMax", Prop::U64(0)),
         ("TasksMax", Prop::U64(limits.tasks_max)),
+        // CPU and disk shared fairly between chats, and no chat above its CPU quota however
+        // idle the machine (P7: the gateway and other chats keep what they need).
         ("CPUWeight", Prop::U64(limits.cpu_weight)),
+        ("IOWeight", Prop::U64(limits.io_weight)),
+        (
+            "CPUQuotaPerSecUSec",
+            Prop::U64(limits.cpu_quota_per_sec_usec),
+        ),
     ]
 }
 
@@ -956,6 +973,25 @@ mod tests {
         assert!(d
             .iter()
             .all(|(f, a, _)| (*f == 2 && a.len() == 4) || (*f == 10 && a.len() == 16)));
+    }
+
+    #[test]
+    fn slices_carry_cpu_and_io_shares_and_a_cpu_quota() {
+        let mut d = HashMap::new();
+        d.insert(
+            "CPUQuotaPerSecUSec".to_owned(),
+            OwnedVariant::from(500_000u64),
+        );
+        d.insert("IOWeight".to_owned(), OwnedVariant::from(50u64));
+        let l = Limits::from_dict(&d).unwrap();
+        let p = slice_properties(&l);
+        assert_eq!(get(&p, "CPUQuotaPerSecUSec"), &Prop::U64(500_000));
+        assert_eq!(get(&p, "IOWeight"), &Prop::U64(50));
+        assert_eq!(get(&p, "CPUWeight"), &Prop::U64(100));
+        let p = slice_properties(&Limits::default());
+        assert_eq!(get(&p, "CPUQuotaPerSecUSec"), &Prop::U64(1_000_000));
+        d.insert("CPUQuotaPerSecUSec".to_owned(), OwnedVariant::from(0u64));
+        assert!(Limits::from_dict(&d).unwrap_err().contains("outside"));
     }
 
     #[test]

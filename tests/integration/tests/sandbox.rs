@@ -513,6 +513,10 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         .parse()
         .unwrap_or_else(|_| panic!("TasksMax is not a number: {}", prop(&slice, "TasksMax")));
     assert!((1..=4096).contains(&tasks), "TasksMax={tasks}");
+    // CPU and disk shares, and the CPU cap, of the test configuration (tests/harness/stage-extras.sh).
+    assert_eq!(prop(&slice, "CPUQuotaPerSecUSec"), "500ms");
+    assert_eq!(prop(&slice, "IOWeight"), "50");
+    assert_eq!(prop(&slice, "CPUWeight"), "100");
 
     // And in that sandbox the agent still works: its config dir and transcript are written.
     let reply = m.wait_replies(&chat, 1, T);
