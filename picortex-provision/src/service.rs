@@ -260,9 +260,12 @@ impl Provision {
         })?;
         let egress = crate::egress::load().map_err(&fail)?;
         let a = acct.clone();
-        let host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
+        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
             .await
             .map_err(|e| fail(e.to_string()))?
+            .map_err(&fail)?;
+        host.addresses = crate::egress::probe_host_addresses(conn)
+            .await
             .map_err(&fail)?;
         let spec = units::TurnSpec {
             acct: &acct,

@@ -194,10 +194,11 @@ pub struct Host {
 }
 
 impl Host {
+    /// Everything but `addresses`, which `egress::probe_host_addresses` gets (async).
     pub fn probe(acct: &ChatAccount) -> Result<Self, String> {
         let (p, g) = view::write_user_db(acct)?;
         Ok(Self {
-            addresses: egress::host_addresses()?,
+            addresses: Vec::new(),
             chat_cgroups: view::chat_cgroup_roots(std::path::Path::new("/sys/fs/cgroup")),
             user_db: Some((p.display().to_string(), g.display().to_string())),
             agent_config: Some(view::load_agent_table(egress::CONFIG_PATH)?),
