@@ -23,6 +23,9 @@ pub mod limits {
     pub const TASKS_MAX: &str = "TasksMax";
     pub const RUNTIME_MAX_USEC: &str = "RuntimeMaxUSec";
     pub const CPU_WEIGHT: &str = "CPUWeight";
+    pub const IO_WEIGHT: &str = "IOWeight";
+    /// The slice's CPUQuota=, as systemd's bus spells it: CPU time per second of wall time.
+    pub const CPU_QUOTA_PER_SEC_USEC: &str = "CPUQuotaPerSecUSec";
 
     pub const MEMORY_MAX_DEFAULT: u64 = 1 << 30;
     pub const MEMORY_MAX_MIN: u64 = 32 << 20;
@@ -34,6 +37,11 @@ pub mod limits {
     pub const RUNTIME_MAX_USEC_MIN: u64 = 1_000_000;
     pub const RUNTIME_MAX_USEC_MAX: u64 = 24 * 3600 * 1_000_000;
     pub const CPU_WEIGHT_DEFAULT: u64 = 100;
+    pub const IO_WEIGHT_DEFAULT: u64 = 100;
+    /// One CPU's worth per chat: a busy chat cannot take the machine from the others.
+    pub const CPU_QUOTA_PER_SEC_USEC_DEFAULT: u64 = 1_000_000;
+    pub const CPU_QUOTA_PER_SEC_USEC_MIN: u64 = 10_000;
+    pub const CPU_QUOTA_PER_SEC_USEC_MAX: u64 = 1024 * 1_000_000;
 }
 
 #[proxy(

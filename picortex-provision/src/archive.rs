@@ -21,6 +21,57 @@ const SETPRIV: &str = "/usr/bin/setpriv";
 const TAR: &str = "/usr/bin/tar";
 const USERMOD: &str = "/usr/sbin/usermod";
 const USERDEL: &str = "/usr/sbin/userdel";
+const DU: &str = "/usr/bin/du";
+
+/// The most a home may hold, on disk, to be archived: the archive is about this size.
+pub const ARCHIVE_MAX_REAL: u64 = 8 << 30;
+/// The most a home's files may add up to by their apparent sizes: a sparse file of terabytes is
+/// tiny on disk, but tar must still walk it, and a home like that is a hostile one.
+pub const ARCHIVE_MAX_APPARENT: u64 = 64 << 30;
+
+/// Whether a home of these sizes may be archived; the refusal says which limit and by how much.
+pub fn check_size(real: u64, apparent: u64) -> Result<(), String> {
+    let gib = |n: u64| format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64);
+    if real > ARCHIVE_MAX_REAL {
+        return Err(format!(
+            "the home holds {} on disk, more than the {} an archive may take; \
+             not archived, nothing removed",
+            gib(real),
+            gib(ARCHIVE_MAX_REAL)
+        ));
+    }
+    if apparent > ARCHIVE_MAX_APPARENT {
+        return Err(format!(
+            "the home's files add up to {} by their apparent sizes (sparse files), more than \
+             {}; not archived, nothing removed",
+            gib(apparent),
+            gib(ARCHIVE_MAX_APPARENT)
+        ));
+    }
+    Ok(())
+}
+
+/// `du -s` of the home as the chat user, on disk or by apparent size, in bytes.
+fn du(acct: &ChatAccount, apparent: bool) -> Result<u64, UserError> {
+    let mut c = as_user(acct, DU);
+    // Not -x: on an overlay a file's st_dev is its layer's, not the directory's, and -x would
+    // skip every file (a chat cannot mount anything into its home to escape the count).
+    c.args(["-s", "-B1"]);
+    if apparent {
+        c.arg("--apparent-size");
+    }
+    c.arg(&acct.home).current_dir("/");
+    let out = c.stdin(Stdio::null()).output().map_err(io(DU))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next().and_then(|n| n.parse().ok()) {
+        Some(n) if out.status.success() => Ok(n),
+        _ => Err(UserError::Unsafe(format!(
+            "du of {} failed: {}",
+            acct.home,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
 
 fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> UserError {
     let path = path.into();
@@ -97,6 +148,9 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
         return latest_archive(&acct.tag)
             .ok_or_else(|| UserError::Unsafe(format!("{} has no home and no archive", acct.user)));
     }
+    // Measured first: root writes the archive, and a home must not make it write more than the
+    // home really holds (ENOSPC for everyone else).
+    check_size(du(acct, false)?, du(acct, true)?).map_err(UserError::Unsafe)?;
     std::fs::create_dir_all(ARCHIVE_DIR).map_err(io(ARCHIVE_DIR))?;
     // Written as .partial and renamed once complete and synced: a live `<tag>-<ms>.tar` always
     // holds a whole home, so a helper killed at any point leaves either the home or an archive
@@ -110,9 +164,13 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&partial)
         .map_err(io(partial.display().to_string()))?;
+    // --sparse stores holes as holes. The archive is copied from tar's stdout with a cap, should
+    // the home hold more than was measured (it cannot grow, the chat's units are stopped, but
+    // the archive is root's to write).
     let mut c = as_user(acct, TAR);
     c.args([
         "--create",
+        "--sparse",
         "--file=-",
         "--numeric-owner",
         "--one-file-system",
@@ -121,15 +179,46 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
         ".",
     ]);
     c.current_dir("/")
-        .stdout(Stdio::from(file.try_clone().map_err(io("archive"))?))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = c.stdin(Stdio::null()).output().map_err(io(TAR))?;
-    if !out.status.success() {
+    let mut child = c.spawn().map_err(io(TAR))?;
+    // tar's complaints are read beside the copy, so a full stderr pipe cannot stall it.
+    let errs = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut e, 64 << 10), &mut v);
+            let _ = std::io::copy(&mut e, &mut std::io::sink());
+            v
+        })
+    });
+    let cap = ARCHIVE_MAX_REAL + (ARCHIVE_MAX_REAL >> 4);
+    let copied = match child.stdout.take() {
+        Some(out) => {
+            let mut w = std::io::BufWriter::new(file.try_clone().map_err(io("archive"))?);
+            let n = std::io::copy(&mut std::io::Read::take(out, cap + 1), &mut w);
+            n.and_then(|n| std::io::Write::flush(&mut w).map(|_| n))
+        }
+        None => Ok(0),
+    };
+    if !matches!(copied, Ok(n) if n <= cap) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&partial);
+        return Err(UserError::Unsafe(format!(
+            "archive of {} stopped: {}",
+            acct.home,
+            copied.map_or_else(|e| e.to_string(), |_| format!("larger than {cap} bytes"))
+        )));
+    }
+    let status = child.wait().map_err(io(TAR))?;
+    let stderr = errs.and_then(|t| t.join().ok()).unwrap_or_default();
+    if !status.success() {
         let _ = std::fs::remove_file(&partial);
         return Err(UserError::Unsafe(format!(
             "tar of {} failed: {}",
             acct.home,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stderr).trim()
         )));
     }
     file.sync_all().map_err(io(partial.display().to_string()))?;
@@ -217,4 +306,23 @@ pub fn remove(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
         None => None,
     };
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn homes_too_big_on_disk_or_by_apparent_size_are_refused() {
+        assert!(check_size(1 << 20, 1 << 20).is_ok());
+        assert!(check_size(ARCHIVE_MAX_REAL, ARCHIVE_MAX_APPARENT).is_ok());
+        let e = check_size(ARCHIVE_MAX_REAL + 1, 0).unwrap_err();
+        assert!(
+            e.contains("on disk") && e.contains("nothing removed"),
+            "{e}"
+        );
+        let e = check_size(4096, 1 << 40).unwrap_err();
+        assert!(e.contains("1024.0 GiB") && e.contains("sparse"), "{e}");
+    }
 }

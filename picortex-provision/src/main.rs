@@ -14,6 +14,7 @@ mod failpoint;
 mod service;
 mod units;
 mod users;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,14 @@ use picortex_proto::bus::{PROVISION_NAME, PROVISION_PATH};
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
+    // The address probe (see egress::probe_host_addresses): a unit of its own, outside the
+    // helper's private network namespace, that only lists the machine's addresses.
+    if std::env::args().skip(1).eq([egress::LIST_ADDRESSES_ARG]) {
+        for a in egress::host_addresses().map_err(anyhow::Error::msg)? {
+            println!("{}", egress::format_range(&a));
+        }
+        return Ok(());
+    }
     if !nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != 0 {
         bail!("picortex-provision must run as root (it is started by the system bus; see picortex-provision.service)");
     }

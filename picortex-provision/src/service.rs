@@ -238,7 +238,8 @@ impl Provision {
     }
 
     /// Start `picortex-turn-<turn_id>.service` for a provisioned chat. `request` becomes its stdin,
-    /// `result` its stdout. `limits` may hold MemoryMax, TasksMax, RuntimeMaxUSec, CPUWeight (t).
+    /// `result` its stdout. `limits` may hold MemoryMax, TasksMax, RuntimeMaxUSec, CPUWeight,
+    /// IOWeight, CPUQuotaPerSecUSec (t).
     /// Fails with org.freedesktop.DBus.Error.FileExists if that turn was started before.
     #[allow(clippy::too_many_arguments)] // a D-Bus method: its arguments are the interface's
     async fn start_turn(
@@ -292,12 +293,21 @@ impl Provision {
             ))
         })?;
         let egress = crate::egress::load().map_err(&fail)?;
+        let a = acct.clone();
+        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(&fail)?;
+        host.addresses = crate::egress::probe_host_addresses(conn)
+            .await
+            .map_err(&fail)?;
         let spec = units::TurnSpec {
             acct: &acct,
             chat: &chat,
             turn: &turn,
             limits: &limits,
             egress: &egress,
+            host: &host,
         };
         match units::start_turn(conn, &spec, request, result).await {
             Ok(unit) => {

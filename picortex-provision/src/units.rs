@@ -20,8 +20,9 @@ use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
-use crate::egress::Egress;
+use crate::egress::{self, Egress, Range};
 use crate::users::ChatAccount;
+use crate::view;
 
 /// Where `make install` put picortex-run; fixed at build time so no caller can choose what the
 /// turn executes.
@@ -51,10 +52,20 @@ pub enum Prop {
     Pairs(Vec<(String, String)>),
     /// BindPaths: (source, destination, ignore a missing source?, mount flags)
     Binds(Vec<(String, String, bool, u64)>),
+    /// SetCredential: (id, data) pairs
+    Creds(Vec<(String, Vec<u8>)>),
 }
 
 /// `MS_REC`: BindPaths' flag for a recursive bind mount.
 const MS_REC: u64 = 16384;
+
+/// The allow-list of a turn's system calls.
+pub const SYSCALL_ALLOW: &[&str] = &[
+    "@system-service",
+    "landlock_create_ruleset",
+    "landlock_add_rule",
+    "landlock_restrict_self",
+];
 
 /// System calls `@system-service` allows that a turn is refused (EPERM) all the same: io_uring
 /// (a second way into the kernel that bypasses much of what seccomp sees, and a steady source
@@ -70,6 +81,13 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "keyctl",
 ];
 
+/// Journal messages a turn may log per interval, before journald's free-space scaling.
+pub const LOG_RATE_BURST: u32 = 500;
+pub const LOG_RATE_INTERVAL_USEC: u64 = 30_000_000;
+
+/// The turn's own /dev/shm: writable by the chat user, nothing executable, bounded.
+pub const DEV_SHM_OPTIONS: &str = "mode=1777,nosuid,nodev,noexec,size=64M";
+
 /// The gateway's state directory: the database, the turn results and every chat's home. A turn
 /// sees an empty read-only tmpfs there, with only its own home bound back in.
 pub const STATE_DIR: &str = "/var/lib/picortex";
@@ -80,6 +98,8 @@ pub struct Limits {
     pub tasks_max: u64,
     pub runtime_max_usec: u64,
     pub cpu_weight: u64,
+    pub io_weight: u64,
+    pub cpu_quota_per_sec_usec: u64,
 }
 
 impl Default for Limits {
@@ -89,6 +109,8 @@ impl Default for Limits {
             tasks_max: L::TASKS_MAX_DEFAULT,
             runtime_max_usec: L::RUNTIME_MAX_USEC_DEFAULT,
             cpu_weight: L::CPU_WEIGHT_DEFAULT,
+            io_weight: L::IO_WEIGHT_DEFAULT,
+            cpu_quota_per_sec_usec: L::CPU_QUOTA_PER_SEC_USEC_DEFAULT,
         }
     }
 }
@@ -109,6 +131,12 @@ impl Limits {
                     L::RUNTIME_MAX_USEC_MAX,
                 ),
                 L::CPU_WEIGHT => (&mut l.cpu_weight, 1, 10000),
+                L::IO_WEIGHT => (&mut l.io_weight, 1, 10000),
+                L::CPU_QUOTA_PER_SEC_USEC => (
+                    &mut l.cpu_quota_per_sec_usec,
+                    L::CPU_QUOTA_PER_SEC_USEC_MIN,
+                    L::CPU_QUOTA_PER_SEC_USEC_MAX,
+                ),
                 other => return Err(format!("unknown limit {other:?}")),
             };
             if !(lo..=hi).contains(&n) {
@@ -151,6 +179,101 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
     ]
 }
 
+/// What the helper learns about the machine and prepares for the chat at StartTurn
+/// (`Host::probe`, see `view.rs`); kept apart so the property builder stays a pure function.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Host {
+    /// Every address assigned to the machine's interfaces, as single-address ranges.
+    pub addresses: Vec<Range>,
+    /// (cgroup hierarchy, the path of it to hide), see `view::chat_cgroup_roots`.
+    pub chat_cgroups: Vec<(String, String)>,
+    /// The turn's /etc/passwd and /etc/group: (passwd file, group file).
+    pub user_db: Option<(String, String)>,
+    /// The `[agent]` table for picortex-run, as TOML.
+    pub agent_config: Option<String>,
+}
+
+impl Host {
+    /// Everything but `addresses`, which `egress::probe_host_addresses` gets (async).
+    pub fn probe(acct: &ChatAccount) -> Result<Self, String> {
+        let (p, g) = view::write_user_db(acct)?;
+        Ok(Self {
+            addresses: Vec::new(),
+            chat_cgroups: view::chat_cgroup_roots(std::path::Path::new("/sys/fs/cgroup")),
+            user_db: Some((p.display().to_string(), g.display().to_string())),
+            agent_config: Some(view::load_agent_table(egress::CONFIG_PATH)?),
+        })
+    }
+}
+
+/// Files of /etc and /run a turn has no business reading: the operator's configuration (the
+/// owner's handles; picortex-run gets `[agent]` as a credential), the user and shadow backups
+/// and subordinate-id lists (every chat user is in them), and systemd's runtime state, whose
+/// transient unit files, per-unit records and runtime drop-ins name every chat's turns and
+/// slices, with their Linq chat ids.
+/// `-`: a path missing on this machine is no error.
+pub const HIDDEN_PATHS: &[&str] = &[
+    "-/run/dbus",
+    "-/var/lib/picortex-provision",
+    "-/etc/picortex",
+    "-/etc/passwd-",
+    "-/etc/group-",
+    "-/etc/shadow-",
+    "-/etc/gshadow-",
+    "-/etc/subuid",
+    "-/etc/subgid",
+    "-/etc/subuid-",
+    "-/etc/subgid-",
+    "-/run/systemd/transient",
+    "-/run/systemd/units",
+    "-/run/systemd/propagate",
+    "-/run/systemd/system.control",
+    "-/run/systemd/system",
+    "-/run/systemd/generator",
+    "-/run/systemd/generator.early",
+    "-/run/systemd/generator.late",
+    "-/run/systemd/users",
+    // nss-systemd asks systemd-userdbd here, which answers from the real user database.
+    "-/run/systemd/userdb",
+];
+
+/// What of the machine a turn sees, from `host`: its own user database, and of the chats'
+/// cgroups only its own chat's slice (ProtectControlGroups only makes them read-only).
+fn view_properties(acct: &ChatAccount, host: &Host, props: &mut Vec<(&'static str, Prop)>) {
+    let mut binds = Vec::new();
+    if let Some((p, g)) = &host.user_db {
+        binds.push((p.clone(), "/etc/passwd".to_owned(), false, 0));
+        binds.push((g.clone(), "/etc/group".to_owned(), false, 0));
+    }
+    let slice = acct.tag.slice();
+    for (h, _) in &host.chat_cgroups {
+        let own = format!("{h}/picortex.slice/picortex-chat.slice/{slice}");
+        // The slice may have no directory in a v1 hierarchy whose controller it does not use.
+        binds.push((own.clone(), own, true, MS_REC));
+    }
+    for (k, p) in props.iter_mut() {
+        if let ("TemporaryFileSystem", Prop::Pairs(v)) = (*k, p) {
+            v.extend(
+                host.chat_cgroups
+                    .iter()
+                    .map(|(_, c)| (c.clone(), "ro".to_owned())),
+            );
+        }
+    }
+    if !binds.is_empty() {
+        props.push(("BindReadOnlyPaths", Prop::Binds(binds)));
+    }
+    if let Some(agent) = &host.agent_config {
+        props.push((
+            "SetCredential",
+            Prop::Creds(vec![(
+                view::AGENT_CREDENTIAL.to_owned(),
+                agent.as_bytes().to_vec(),
+            )]),
+        ));
+    }
+}
+
 /// The transient service for one turn. Resource limits live on the chat's slice (see
 /// `slice_properties`); this carries the sandbox, the runtime cap and the command.
 pub fn turn_properties(
@@ -159,16 +282,33 @@ pub fn turn_properties(
     turn: &TurnId,
     limits: &Limits,
     egress: &Egress,
+    host: &Host,
 ) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
-    if let Egress::Allowlist(allow) = egress {
-        // Deny everything, then allow only the operator's ranges (systemd: allow wins over deny).
-        for (k, p) in props.iter_mut() {
-            if *k == "IPAddressDeny" {
-                *p = Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)]);
-            }
+    view_properties(acct, host, &mut props);
+    // The host's own addresses are the host as much as loopback is: its services listen on
+    // them (the gateway, other chats' listeners, root daemons), so they are fenced like it.
+    let mut deny = match egress {
+        Egress::Internet => denied_ranges(),
+        // Deny everything, then allow only the operator's ranges (systemd: allow wins over
+        // deny, which is why the host's addresses are also cut out of the allowed ranges).
+        Egress::Allowlist(_) => vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)],
+    };
+    for a in &host.addresses {
+        if !deny.contains(a) {
+            deny.push(a.clone());
         }
-        props.push(("IPAddressAllow", Prop::Ips(allow.clone())));
+    }
+    for (k, p) in props.iter_mut() {
+        if *k == "IPAddressDeny" {
+            *p = Prop::Ips(deny.clone());
+        }
+    }
+    if let Egress::Allowlist(allow) = egress {
+        props.push((
+            "IPAddressAllow",
+            Prop::Ips(egress::subtract(allow, &host.addresses)),
+        ));
     }
     // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
     // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
@@ -213,6 +353,15 @@ fn base_turn_properties(
             )]),
         ),
         ("StandardError", s("journal")),
+        // A turn's processes may log (stderr, syslog, journald's native socket), but not so much
+        // that the journal rotates the helper's audit of the same period away (SPEC P6, P7):
+        // past the burst, journald drops the unit's messages until the interval ends, and says
+        // how many it dropped. journald scales the burst up with free space, per priority.
+        (
+            "LogRateLimitIntervalUSec",
+            Prop::U64(LOG_RATE_INTERVAL_USEC),
+        ),
+        ("LogRateLimitBurst", Prop::U32(LOG_RATE_BURST)),
         ("SyslogIdentifier", s("picortex-turn")),
         (
             "LogExtraFields",
@@ -234,9 +383,15 @@ fn base_turn_properties(
         ("ReadWritePaths", Prop::Strs(vec![acct.home.clone()])),
         // Other chats' homes are 0700 and the database 0600, but a turn should not even learn
         // which chats exist: /var/lib/picortex is an empty tmpfs with only this home in it.
+        // And /dev/shm: PrivateDevices binds the machine's own into the private /dev, where
+        // every turn running at the same time (of any chat) could leave files for the others.
+        // Each turn gets an empty one; what it puts there counts against the chat's MemoryMax.
         (
             "TemporaryFileSystem",
-            Prop::Pairs(vec![(STATE_DIR.to_owned(), "ro".to_owned())]),
+            Prop::Pairs(vec![
+                (STATE_DIR.to_owned(), "ro".to_owned()),
+                ("/dev/shm".to_owned(), DEV_SHM_OPTIONS.to_owned()),
+            ]),
         ),
         (
             "BindPaths",
@@ -253,14 +408,10 @@ fn base_turn_properties(
         // No system bus: everything on it is polkit-checked, but systemd's unit list is
         // world-readable and names every chat's turns and slices, with their Linq chat ids in
         // LogExtraFields; and a turn has no business with any bus service. The helper's
-        // registry and the gateway's credential sources are root-only already.
+        // registry and the gateway's credential sources are root-only already. See HIDDEN_PATHS.
         (
             "InaccessiblePaths",
-            Prop::Strs(vec![
-                "-/run/dbus".to_owned(),
-                "-/var/lib/picortex-provision".to_owned(),
-                "-/etc/picortex/credentials".to_owned(),
-            ]),
+            Prop::Strs(HIDDEN_PATHS.iter().map(|p| (*p).to_owned()).collect()),
         ),
         ("PrivateTmp", Prop::Bool(true)),
         ("PrivateDevices", Prop::Bool(true)),
@@ -286,9 +437,15 @@ fn base_turn_properties(
             "SystemCallArchitectures",
             Prop::Strs(vec!["native".to_owned()]),
         ),
+        // Plus Landlock's calls (not in @system-service): picortex-run puts the agent in a
+        // Landlock domain of its own (picortex-run/src/scope.rs); a process can only ever
+        // restrict itself further with them.
         (
             "SystemCallFilter",
-            Prop::FlagStrs(true, vec!["@system-service".to_owned()]),
+            Prop::FlagStrs(
+                true,
+                SYSCALL_ALLOW.iter().map(|c| (*c).to_owned()).collect(),
+            ),
         ),
         // A second, inverted list takes these back out of the allow-list above, as a
         // `SystemCallFilter=~…` line after the first does in a unit file.
@@ -319,7 +476,14 @@ pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, Prop)> {
         ("MemoryMax", Prop::U64(limits.memory_max)),
         ("MemorySwapMax", Prop::U64(0)),
         ("TasksMax", Prop::U64(limits.tasks_max)),
+        // CPU and disk shared fairly between chats, and no chat above its CPU quota however
+        // idle the machine (P7: the gateway and other chats keep what they need).
         ("CPUWeight", Prop::U64(limits.cpu_weight)),
+        ("IOWeight", Prop::U64(limits.io_weight)),
+        (
+            "CPUQuotaPerSecUSec",
+            Prop::U64(limits.cpu_quota_per_sec_usec),
+        ),
     ]
 }
 
@@ -337,6 +501,7 @@ fn to_variant(p: &Prop) -> zbus::Result<OwnedVariant> {
         Prop::Bytes(x) => Variant::from(x.clone()),
         Prop::Pairs(x) => Variant::from(x.clone()),
         Prop::Binds(x) => Variant::from(x.clone()),
+        Prop::Creds(x) => Variant::from(x.clone()),
     };
     OwnedVariant::try_from(v)
 }
@@ -396,6 +561,7 @@ pub struct TurnSpec<'a> {
     pub turn: &'a TurnId,
     pub limits: &'a Limits,
     pub egress: &'a Egress,
+    pub host: &'a Host,
 }
 
 /// The limits this helper process last applied to each slice: setting them again would rewrite
@@ -419,6 +585,7 @@ pub async fn start_turn(
         turn,
         limits,
         egress,
+        host,
     } = *spec;
     let mgr = ManagerProxy::new(conn).await.map_err(systemd_err)?;
     let slice = acct.tag.slice();
@@ -439,7 +606,7 @@ pub async fn start_turn(
 
     let unit = turn.unit_name();
     let mut props =
-        convert(&turn_properties(acct, chat, turn, limits, egress)).map_err(systemd_err)?;
+        convert(&turn_properties(acct, chat, turn, limits, egress, host)).map_err(systemd_err)?;
     props.push(("StandardInputFileDescriptor".into(), fd_variant(&request)?));
     props.push(("StandardOutputFileDescriptor".into(), fd_variant(&result)?));
     mgr.start_transient_unit(unit.clone(), "fail".into(), props, vec![])
@@ -522,7 +689,14 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         assert_eq!(get(&p, "User"), &Prop::Str(a.user.clone()));
         assert_eq!(
             get(&p, "Slice"),
@@ -564,6 +738,8 @@ mod tests {
         // The result channel is the gateway's stdout file alone: stderr goes to the journal
         // (unset, systemd would duplicate stdout onto it).
         assert_eq!(get(&p, "StandardError"), &Prop::Str("journal".into()));
+        assert_eq!(get(&p, "LogRateLimitBurst"), &Prop::U32(500));
+        assert_eq!(get(&p, "LogRateLimitIntervalUSec"), &Prop::U64(30_000_000));
     }
 
     #[test]
@@ -571,7 +747,14 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         let filters: Vec<&Prop> = p
             .iter()
             .filter(|(k, _)| *k == "SystemCallFilter")
@@ -581,7 +764,17 @@ mod tests {
         assert_eq!(
             filters,
             [
-                &Prop::FlagStrs(true, vec!["@system-service".into()]),
+                &Prop::FlagStrs(
+                    true,
+                    [
+                        "@system-service",
+                        "landlock_create_ruleset",
+                        "landlock_add_rule",
+                        "landlock_restrict_self"
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                ),
                 &Prop::FlagStrs(
                     false,
                     [
@@ -606,11 +799,22 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         assert_eq!(
             get(&p, "TemporaryFileSystem"),
-            &Prop::Pairs(vec![("/var/lib/picortex".into(), "ro".into())])
+            &Prop::Pairs(vec![
+                ("/var/lib/picortex".into(), "ro".into()),
+                ("/dev/shm".into(), DEV_SHM_OPTIONS.into())
+            ])
         );
+        assert_eq!(get(&p, "PrivateDevices"), &Prop::Bool(true));
         assert!(
             a.home.starts_with(&format!("{STATE_DIR}/")),
             "the home must lie under the hidden state dir"
@@ -643,15 +847,114 @@ mod tests {
             &turn,
             &Limits::default(),
             &Egress::Allowlist(allow.clone()),
+            &Host::default(),
         );
         assert_eq!(
             get(&p, "IPAddressDeny"),
             &Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)])
         );
         assert_eq!(get(&p, "IPAddressAllow"), &Prop::Ips(allow));
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Egress::Internet);
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &Host::default(),
+        );
         assert!(p.iter().all(|(k, _)| *k != "IPAddressAllow"));
         assert_eq!(get(&p, "IPAddressDeny"), &Prop::Ips(denied_ranges()));
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_denied_in_both_modes() {
+        let a = acct();
+        let chat = ChatId::parse("abc").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let public = (2, vec![203, 0, 113, 5], 32);
+        let host = Host {
+            addresses: vec![(2, vec![127, 0, 0, 1], 32), public.clone()],
+            ..Host::default()
+        };
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &host,
+        );
+        let Prop::Ips(deny) = get(&p, "IPAddressDeny") else {
+            panic!("IPAddressDeny")
+        };
+        assert!(deny.contains(&public) && deny.contains(&(2, vec![127, 0, 0, 1], 32)));
+        assert!(denied_ranges().iter().all(|r| deny.contains(r)));
+        // An allowlist that covers the host's address no longer allows it.
+        let allow = Egress::Allowlist(vec![(2, vec![203, 0, 113, 0], 24)]);
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &allow, &host);
+        let Prop::Ips(deny) = get(&p, "IPAddressDeny") else {
+            panic!("IPAddressDeny")
+        };
+        assert!(deny.contains(&public));
+        let Prop::Ips(allowed) = get(&p, "IPAddressAllow") else {
+            panic!("IPAddressAllow")
+        };
+        assert!(!allowed.contains(&(2, vec![203, 0, 113, 0], 24)));
+        assert!(allowed.contains(&(2, vec![203, 0, 113, 4], 32)));
+        assert!(allowed.iter().all(|r| r.2 > 24));
+    }
+
+    #[test]
+    fn a_turn_sees_its_own_users_and_slice_and_gets_agent_settings_as_a_credential() {
+        let a = acct();
+        let chat = ChatId::parse("abc").unwrap();
+        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let cg = "/sys/fs/cgroup/memory/picortex.slice/picortex-chat.slice".to_owned();
+        let host = Host {
+            chat_cgroups: vec![("/sys/fs/cgroup/memory".into(), cg.clone())],
+            user_db: Some(("/v/passwd".into(), "/v/group".into())),
+            agent_config: Some("[agent]\ncommand = \"x\"\n".into()),
+            ..Host::default()
+        };
+        let p = turn_properties(
+            &a,
+            &chat,
+            &turn,
+            &Limits::default(),
+            &Egress::Internet,
+            &host,
+        );
+        let own = format!("{cg}/{}", a.tag.slice());
+        assert_eq!(
+            get(&p, "BindReadOnlyPaths"),
+            &Prop::Binds(vec![
+                ("/v/passwd".into(), "/etc/passwd".into(), false, 0),
+                ("/v/group".into(), "/etc/group".into(), false, 0),
+                (own.clone(), own, true, MS_REC),
+            ])
+        );
+        let Prop::Pairs(tmp) = get(&p, "TemporaryFileSystem") else {
+            panic!("TemporaryFileSystem")
+        };
+        assert!(tmp.contains(&(cg, "ro".into())));
+        assert_eq!(
+            get(&p, "SetCredential"),
+            &Prop::Creds(vec![(
+                "picortex-agent.toml".into(),
+                b"[agent]\ncommand = \"x\"\n".to_vec()
+            )])
+        );
+        let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
+            panic!("InaccessiblePaths")
+        };
+        for g in [
+            "-/etc/picortex",
+            "-/run/systemd/transient",
+            "-/run/systemd/units",
+        ] {
+            assert!(gone.contains(&g.to_owned()), "{g}");
+        }
+        convert(&p).unwrap();
     }
 
     #[test]
@@ -671,6 +974,25 @@ mod tests {
         assert!(d
             .iter()
             .all(|(f, a, _)| (*f == 2 && a.len() == 4) || (*f == 10 && a.len() == 16)));
+    }
+
+    #[test]
+    fn slices_carry_cpu_and_io_shares_and_a_cpu_quota() {
+        let mut d = HashMap::new();
+        d.insert(
+            "CPUQuotaPerSecUSec".to_owned(),
+            OwnedVariant::from(500_000u64),
+        );
+        d.insert("IOWeight".to_owned(), OwnedVariant::from(50u64));
+        let l = Limits::from_dict(&d).unwrap();
+        let p = slice_properties(&l);
+        assert_eq!(get(&p, "CPUQuotaPerSecUSec"), &Prop::U64(500_000));
+        assert_eq!(get(&p, "IOWeight"), &Prop::U64(50));
+        assert_eq!(get(&p, "CPUWeight"), &Prop::U64(100));
+        let p = slice_properties(&Limits::default());
+        assert_eq!(get(&p, "CPUQuotaPerSecUSec"), &Prop::U64(1_000_000));
+        d.insert("CPUQuotaPerSecUSec".to_owned(), OwnedVariant::from(0u64));
+        assert!(Limits::from_dict(&d).unwrap_err().contains("outside"));
     }
 
     #[test]
@@ -699,6 +1021,7 @@ mod tests {
             &turn,
             &Limits::default(),
             &Egress::Internet,
+            &Host::default(),
         ))
         .unwrap();
         convert(&slice_properties(&Limits::default())).unwrap();

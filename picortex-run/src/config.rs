@@ -6,7 +6,10 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/picortex/picortexd.toml";
+/// The systemd credential the helper puts the `[agent]` table of
+/// `/etc/picortex/picortexd.toml` in: turns cannot read `/etc/picortex` (the rest of that file
+/// is the operator's), so the table reaches picortex-run this way.
+pub const AGENT_CREDENTIAL: &str = "picortex-agent.toml";
 /// The only PATH the agent command is looked up on, and the PATH the agent gets.
 pub const AGENT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The config file is small; anything larger is not ours.
@@ -108,6 +111,26 @@ pub fn load_config(path: &Path) -> Result<AgentConfig, ConfigError> {
         )));
     }
     parse_config(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+/// The unit's `[agent]` settings: the credential in `credentials_dir` ($CREDENTIALS_DIRECTORY).
+/// Unlike a missing config file, a missing credential is an error: the helper always passes
+/// one, so without it this is not a turn unit the helper started.
+pub fn load_credential_config(credentials_dir: Option<&str>) -> Result<AgentConfig, ConfigError> {
+    let missing = || {
+        ConfigError(format!(
+            "no {AGENT_CREDENTIAL} credential ($CREDENTIALS_DIRECTORY); turn units get their \
+             [agent] settings from picortex-provision"
+        ))
+    };
+    let dir = credentials_dir
+        .filter(|d| d.starts_with('/'))
+        .ok_or_else(missing)?;
+    let path = Path::new(dir).join(AGENT_CREDENTIAL);
+    if !path.is_file() {
+        return Err(missing());
+    }
+    load_config(&path)
 }
 
 fn validate(c: &AgentConfig) -> Result<(), ConfigError> {
@@ -222,6 +245,28 @@ mod tests {
             load_config(Path::new("/nonexistent/picortexd.toml")).unwrap(),
             AgentConfig::default()
         );
+    }
+
+    #[test]
+    fn the_credential_is_required_and_validated() {
+        assert!(load_credential_config(None).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap();
+        assert!(load_credential_config(Some(dir))
+            .unwrap_err()
+            .0
+            .contains("picortex-agent.toml"));
+        std::fs::write(
+            d.path().join(AGENT_CREDENTIAL),
+            "[agent]\nmodel = \"sonnet\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_credential_config(Some(dir)).unwrap().model.as_deref(),
+            Some("sonnet")
+        );
+        std::fs::write(d.path().join(AGENT_CREDENTIAL), "[agent]\nmodel = \"-x\"\n").unwrap();
+        assert!(load_credential_config(Some(dir)).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod oom;
 pub mod output;
 pub mod preflight;
 pub mod request;
+pub mod scope;
 pub mod seed;
 pub mod turn;
 

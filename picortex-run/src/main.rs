@@ -1,7 +1,7 @@
 //! `picortex-run --turn <32 hex> [--config PATH]`: systemd's ExecStart for one turn unit, run as
 //! the chat's user with a `TurnRequest` on stdin and the result file as stdout. It takes the
 //! result file out of every child's reach, checks where it runs, checks the request, runs the
-//! agent through `picortex_run::run_turn` and writes exactly one `TurnResult` line. `--config` exists for tests; the unit never passes it.
+//! agent through `picortex_run::run_turn` and writes exactly one `TurnResult` line. `--config` exists for tests; the unit never passes it, and picortex-run reads its `[agent]` settings from the credential the helper passes instead.
 //!
 //! Exit status: 0 the agent answered, 1 the turn failed (the result says why), 2 refused,
 //! 3 the result could not be written.
@@ -11,17 +11,18 @@
 use picortex_proto::ids::TurnId;
 use picortex_proto::turn::{Outcome, TurnResult};
 use picortex_run::channel::ResultChannel;
-use picortex_run::config::{load_config, DEFAULT_CONFIG_PATH};
+use picortex_run::config::{load_config, load_credential_config};
 use picortex_run::request::{check_chat, read_request_or_none, validate_request};
 use picortex_run::{
-    audit, preflight, run_turn, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
+    audit, preflight, run_turn, scope, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 struct Cli {
     turn: String,
-    config: PathBuf,
+    /// Tests only; a turn unit passes its `[agent]` settings as a credential.
+    config: Option<PathBuf>,
 }
 
 /// Exactly `--turn <id>`, optionally `--config <path>`; nothing else.
@@ -51,7 +52,7 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
     }
     Ok(Cli {
         turn: turn.ok_or("missing --turn")?,
-        config: config.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), PathBuf::from),
+        config: config.map(PathBuf::from),
     })
 }
 
@@ -143,7 +144,11 @@ fn main() -> ExitCode {
     {
         return refuse(channel, turn.as_str(), Some(&request.chat_id), &e.0);
     }
-    let config = match load_config(&cli.config) {
+    let config = match &cli.config {
+        Some(path) => load_config(path),
+        None => load_credential_config(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref()),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             return refuse(
@@ -162,6 +167,12 @@ fn main() -> ExitCode {
         return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
     }
 
+    // Last of our own setup: from here on this process and the agent it starts are a Landlock
+    // domain of their own, unable to reach other chats' abstract sockets or signal their
+    // processes (see picortex_run::scope for why a kernel without it refuses the turn).
+    if let Err(e) = scope::enter_turn_domain() {
+        return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
+    }
     let result = run_turn(&config, &request, &identity);
     let result = picortex_run::diskfull::reclassify(result, &identity.home);
     if !write_result(channel, &result) {
@@ -186,12 +197,9 @@ mod tests {
     #[test]
     fn only_turn_and_config() {
         let c = cli(&["--turn", "ab"]).unwrap();
-        assert_eq!(
-            (c.turn.as_str(), c.config),
-            ("ab", PathBuf::from(DEFAULT_CONFIG_PATH))
-        );
+        assert_eq!((c.turn.as_str(), c.config), ("ab", None));
         let c = cli(&["--config", "/x.toml", "--turn", "ab"]).unwrap();
-        assert_eq!(c.config, PathBuf::from("/x.toml"));
+        assert_eq!(c.config, Some(PathBuf::from("/x.toml")));
         assert!(cli(&[]).is_err());
         assert!(cli(&["--turn"]).is_err());
         assert!(cli(&["--turn", "a", "--turn", "b"]).is_err());

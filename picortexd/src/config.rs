@@ -113,6 +113,11 @@ pub struct TurnsConfig {
     /// Per-chat memory cap (the chat slice's MemoryMax), e.g. "1G", "512M".
     pub memory_max: String,
     pub tasks_max: u64,
+    /// Per-chat CPU cap (the chat slice's CPUQuota=), in percent of one CPU, e.g. "100%".
+    pub cpu_quota: String,
+    /// The chat slice's CPUWeight= and IOWeight= (1..=10000; 100 is systemd's default).
+    pub cpu_weight: u64,
+    pub io_weight: u64,
     /// Longest a turn may run before systemd stops it.
     pub runtime_max_s: u64,
     /// The agent's `--permission-mode`, pinned on every turn (a chat may override it).
@@ -136,6 +141,9 @@ impl Default for TurnsConfig {
             max_concurrent: 4,
             memory_max: "1G".into(),
             tasks_max: 256,
+            cpu_quota: "100%".into(),
+            cpu_weight: 100,
+            io_weight: 100,
             runtime_max_s: 600,
             permission_mode: "default".into(),
             system_prompt_file: None,
@@ -299,6 +307,17 @@ impl Config {
             Ok(_) => return bad("turns.memory_max", "must be between 32M and 64G".into()),
             Err(e) => return bad("turns.memory_max", e),
         }
+        if let Err(e) = parse_percent(&self.turns.cpu_quota) {
+            return bad("turns.cpu_quota", e);
+        }
+        for (k, v) in [
+            ("turns.cpu_weight", self.turns.cpu_weight),
+            ("turns.io_weight", self.turns.io_weight),
+        ] {
+            if !(1..=10000).contains(&v) {
+                return bad(k, "must be 1..=10000".into());
+            }
+        }
         if !(8..=16384).contains(&self.turns.tasks_max) {
             return bad("turns.tasks_max", "must be 8..=16384".into());
         }
@@ -375,6 +394,11 @@ impl Config {
         Ok(())
     }
 
+    /// The chat slice's CPU quota as systemd's bus takes it (CPU µs per second).
+    pub fn cpu_quota_per_sec_usec(&self) -> u64 {
+        parse_percent(&self.turns.cpu_quota).unwrap_or(1_000_000)
+    }
+
     pub fn memory_max_bytes(&self) -> u64 {
         parse_size(&self.turns.memory_max).unwrap_or(1 << 30)
     }
@@ -417,6 +441,19 @@ impl Secrets {
     }
 }
 
+/// "150%" → 1_500_000 (CPU µs per second); 1% to 102400% (1024 CPUs).
+fn parse_percent(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("{s:?} is not a percentage like \"100%\""))?;
+    if !(1..=102_400).contains(&n) {
+        return Err("must be between 1% and 102400%".into());
+    }
+    Ok(n * 10_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +462,8 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::parse("", "t").unwrap();
         assert_eq!(c.memory_max_bytes(), 1 << 30);
+        assert_eq!(c.cpu_quota_per_sec_usec(), 1_000_000);
+        assert_eq!(parse_percent("250%"), Ok(2_500_000));
         assert_eq!(c.turns.max_concurrent, 4);
     }
 
@@ -432,6 +471,9 @@ mod tests {
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("[turns]\nmemory_max = \"lots\"", "turns.memory_max"),
+            ("[turns]\ncpu_quota = \"150\"", "turns.cpu_quota"),
+            ("[turns]\ncpu_quota = \"0%\"", "turns.cpu_quota"),
+            ("[turns]\nio_weight = 0", "turns.io_weight"),
             ("[turns]\nmax_concurrent = 0", "turns.max_concurrent"),
             (
                 "[turns]\npermission_mode = \"yolo\"",

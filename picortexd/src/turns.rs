@@ -338,6 +338,9 @@ impl Turns {
                 L::RUNTIME_MAX_USEC,
                 self.cfg.turns.runtime_max_s * 1_000_000,
             ),
+            (L::CPU_WEIGHT, self.cfg.turns.cpu_weight),
+            (L::IO_WEIGHT, self.cfg.turns.io_weight),
+            (L::CPU_QUOTA_PER_SEC_USEC, self.cfg.cpu_quota_per_sec_usec()),
         ];
         crate::failpoint::hit("turn-before-start");
         let unit = match self
@@ -667,6 +670,9 @@ impl Turns {
             ),
             (L::TASKS_MAX, self.cfg.turns.tasks_max),
             (L::RUNTIME_MAX_USEC, runtime * 1_000_000),
+            (L::CPU_WEIGHT, self.cfg.turns.cpu_weight),
+            (L::IO_WEIGHT, self.cfg.turns.io_weight),
+            (L::CPU_QUOTA_PER_SEC_USEC, self.cfg.cpu_quota_per_sec_usec()),
         ];
         match self
             .bus

@@ -31,6 +31,8 @@ handles = ["+15550002000", "+15550002001", "+15550002002", "+15550003000", "+155
 [turns]
 max_concurrent = 4
 memory_max = "256M"
+cpu_quota = "50%"
+io_weight = 50
 runtime_max_s = 60
 
 [agent]

@@ -163,8 +163,18 @@ pub fn child_main() -> Option<ExitCode> {
     }
 }
 
-/// Every attack, in order. `other` is another chat's home (`other=<path>` in the prompt).
-pub fn run_all(other: Option<&str>) -> Vec<Finding> {
+/// What the test tells an attack about another chat (all from the prompt, see main.rs).
+pub struct Targets<'a> {
+    /// Another chat's home (`other=<path>`).
+    pub other: Option<&'a str>,
+    /// Another chat's abstract Unix socket (`abstract=<name>`), listening while this runs.
+    pub abstract_name: Option<&'a str>,
+    /// Another chat's Linq chat id, turn id… (`seek=`), looked for wherever a turn can read.
+    pub seek: &'a [String],
+}
+
+/// Every attack, in order.
+pub fn run_all(t: &Targets<'_>) -> Vec<Finding> {
     let me = getuid().as_raw();
     let cg = cgroup_info();
     let mut f = vec![
@@ -173,7 +183,7 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
         mount_filesystem(),
         fork_bomb(&cg),
     ];
-    if let Some(o) = other {
+    if let Some(o) = t.other {
         f.push(read_other_home(o));
     }
     f.extend([
@@ -183,7 +193,9 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
         read_turn_credentials(&cg),
         read_system_secrets(),
         read_journal(me),
+        read_config(),
     ]);
+    f.extend(traces(&needles(t)));
     let scan = scan_pids(me);
     f.extend([
         see_processes(&scan),
@@ -192,6 +204,7 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
         wrapper_memory(),
         write_outside_home(),
         shared_drop(me),
+        abstract_unix(t.abstract_name),
         chmod_suid(),
         setuid_exec(),
         cgroup_limits(&cg),
@@ -203,6 +216,303 @@ pub fn run_all(other: Option<&str>) -> Vec<Finding> {
     f.extend(kernel_surface());
     f.extend(network());
     f
+}
+
+/// `#flood=<n>`: `n` distinct entries of 400 bytes straight to journald's native socket (what
+/// any process of a turn can do), and as many lines to stderr, which the unit sends to the
+/// journal too. Distinct, because journald stores a repeated field value once.
+pub fn flood_journal(n: u64) -> String {
+    let sock = std::os::unix::net::UnixDatagram::unbound();
+    let pad = "f".repeat(360);
+    let mut err = io::BufWriter::with_capacity(1 << 16, io::stderr().lock());
+    let mut sent = 0u64;
+    let mut first_err = None;
+    for i in 0..n {
+        let line = format!(
+            "flood {i:012} {:016x} {pad}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        );
+        let _ = writeln!(err, "{line}");
+        if let Ok(s) = &sock {
+            let entry = format!("SYSLOG_IDENTIFIER=standin-flood\nPRIORITY=6\nMESSAGE={line}\n");
+            match s.send_to(entry.as_bytes(), "/run/systemd/journal/socket") {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    first_err.get_or_insert_with(|| en(&e));
+                }
+            }
+        }
+    }
+    let _ = err.flush();
+    format!(
+        "{sent} of {n} sent{}",
+        first_err.map(|e| format!(" ({e})")).unwrap_or_default()
+    )
+}
+
+/// `#hold=<name>`: what a chat leaves open for another chat to find while its turn runs: a
+/// listener on the abstract Unix socket `@<name>` and a world-readable file in `/dev/shm`.
+pub struct Hold {
+    name: String,
+    listener: Result<(), String>,
+    marker: Result<PathBuf, String>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Hold {
+    pub fn start(name: &str) -> Hold {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // The marker first: a listener seen from outside means both are there.
+        let marker = Path::new("/dev/shm").join(format!("picortex-drop-uid{}-hold", getuid()));
+        let marker = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&marker)
+            .and_then(|mut f| f.write_all(b"x"))
+            .and_then(|_| fs::set_permissions(&marker, fs::Permissions::from_mode(0o644)))
+            .map(|_| marker)
+            .map_err(|e| en(&e));
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let listener = UnixAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| UnixListener::bind_addr(&a))
+            .map(|l| {
+                let n = connections.clone();
+                std::thread::spawn(move || {
+                    for mut c in l.incoming().flatten() {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        let _ = c.write_all(b"secret of the holding chat\n");
+                    }
+                });
+            })
+            .map_err(|e| en(&e));
+        Hold {
+            name: name.to_owned(),
+            listener,
+            marker,
+            connections,
+        }
+    }
+
+    /// Take the marker away again; say what was set up and how many connected.
+    pub fn finish(self) -> String {
+        if let Ok(p) = &self.marker {
+            let _ = fs::remove_file(p);
+        }
+        format!(
+            "listener @{} {}, marker {}, {} connections",
+            self.name,
+            self.listener
+                .as_ref()
+                .map_or_else(|e| e.clone(), |_| "ok".into()),
+            self.marker
+                .as_ref()
+                .map_or_else(|e| e.clone(), |p| p.display().to_string()),
+            self.connections.load(std::sync::atomic::Ordering::SeqCst)
+        )
+    }
+}
+
+/// Connect to another chat's abstract Unix socket (named by the test), and to every other
+/// abstract socket `/proc/self/net/unix` names: any connection made is a way out of the turn.
+fn abstract_unix(named: Option<&str>) -> Finding {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::SocketAddr as UnixAddr;
+    let mut names: Vec<String> = named.map(str::to_owned).into_iter().collect();
+    let listed = fs::read_to_string("/proc/self/net/unix").unwrap_or_default();
+    for l in listed.lines().skip(1) {
+        if let Some(n) = l
+            .split_whitespace()
+            .nth(7)
+            .and_then(|p| p.strip_prefix('@'))
+        {
+            if !names.iter().any(|x| x == n) && names.len() < 40 {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    let mut connected = Vec::new();
+    let mut errs = BTreeSet::new();
+    let mut first = String::new();
+    for (i, n) in names.iter().enumerate() {
+        let r =
+            UnixAddr::from_abstract_name(n.as_bytes()).and_then(|a| UnixStream::connect_addr(&a));
+        let r = match r {
+            Ok(_) => {
+                connected.push(format!("@{n}"));
+                "connected".to_owned()
+            }
+            Err(e) => {
+                errs.insert(en(&e));
+                en(&e)
+            }
+        };
+        if i == 0 {
+            first = format!("@{n}: {r}");
+        }
+    }
+    if connected.is_empty() {
+        Finding::new(
+            "abstract_unix",
+            true,
+            format!(
+                "{first}; {} abstract sockets in all: {}",
+                names.len(),
+                errs.into_iter().collect::<Vec<_>>().join(",")
+            ),
+        )
+    } else {
+        Finding::new(
+            "abstract_unix",
+            false,
+            format!("connected to {}", connected.join(",")),
+        )
+    }
+}
+
+/// The operator's configuration names the owner's handles: no turn may read it.
+fn read_config() -> Finding {
+    match try_read(Path::new("/etc/picortex/picortexd.toml")) {
+        Ok(t) => Finding::new(
+            "read_config",
+            false,
+            format!("read /etc/picortex/picortexd.toml ({} bytes)", t.len()),
+        ),
+        Err(e) => Finding::new("read_config", true, format!("picortexd.toml: {e}")),
+    }
+}
+
+/// The strings that would give another chat away: its Linq chat id and turn ids as given,
+/// and its tag in the forms picortex writes it (user `chat-<tag>`, home `chats/<tag>`).
+fn needles(t: &Targets<'_>) -> Vec<String> {
+    let mut v: Vec<String> = t.seek.iter().filter(|s| s.len() >= 8).cloned().collect();
+    if let Some(tag) = t
+        .other
+        .and_then(|o| Path::new(o).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+    {
+        v.push(format!("chat-{tag}"));
+        v.push(format!("chats/{tag}"));
+    }
+    v
+}
+
+/// Walk `roots` (names, symlink targets and the start of each readable file) looking for
+/// `needles`; Err(where found) or Ok((entries seen, files read)).
+fn walk_for(roots: &[&str], needles: &[String], contents: bool) -> Result<(usize, usize), String> {
+    const SKIP: &[&str] = &[
+        "/var/lib/dpkg",
+        "/var/lib/apt",
+        "/var/cache",
+        "/proc/self/net/stat",
+    ];
+    // This chat's own home holds the prompt, which names the other chat.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
+    let mut stack: Vec<(PathBuf, usize)> = roots.iter().map(|r| (PathBuf::from(r), 0)).collect();
+    let (mut seen, mut read) = (0usize, 0usize);
+    let mut found = Vec::new();
+    let hit = |s: &str| needles.iter().find(|n| s.contains(n.as_str())).cloned();
+    while let Some((p, depth)) = stack.pop() {
+        if seen > 60_000 || found.len() > 3 {
+            break;
+        }
+        seen += 1;
+        let ps = p.to_string_lossy().into_owned();
+        if SKIP.iter().any(|s| ps.starts_with(s)) || ps.starts_with(&home) {
+            continue;
+        }
+        if let Some(n) = hit(&ps) {
+            found.push(format!("{ps} (name has {n})"));
+            continue;
+        }
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.file_type().is_symlink() {
+            if let Some(n) = fs::read_link(&p)
+                .ok()
+                .and_then(|t| hit(&t.to_string_lossy()))
+            {
+                found.push(format!("{ps} -> {n}"));
+            }
+        } else if md.is_dir() {
+            if depth < 12 {
+                if let Ok(rd) = fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| (e.path(), depth + 1)));
+                }
+            }
+        } else if contents && md.is_file() {
+            let mut buf = Vec::new();
+            if File::open(&p)
+                .and_then(|f| f.take(64 << 10).read_to_end(&mut buf))
+                .is_ok()
+            {
+                read += 1;
+                if let Some(n) = hit(&String::from_utf8_lossy(&buf)) {
+                    found.push(format!("{ps} (has {n})"));
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        Ok((seen, read))
+    } else {
+        Err(found.join("; "))
+    }
+}
+
+/// Another chat's traces where a turn can read: systemd's runtime state (transient unit files,
+/// per-unit log fields), the cgroup tree (its slice and turns, with their limits), the netns's
+/// socket tables, the user database, and the rest of /var and /run.
+fn traces(needles: &[String]) -> Vec<Finding> {
+    let places: [(&'static str, &[&str], bool); 5] = [
+        ("other_chat_in_run", &["/run"], true),
+        ("other_chat_in_cgroupfs", &["/sys/fs/cgroup"], false),
+        (
+            "other_chat_in_proc_net",
+            &["/proc/self/net", "/proc/net"],
+            true,
+        ),
+        ("other_chat_in_etc", &["/etc"], true),
+        ("other_chat_in_var_tmp", &["/var", "/tmp", "/dev/shm"], true),
+    ];
+    places
+        .into_iter()
+        .map(|(name, roots, contents)| {
+            if needles.is_empty() {
+                return Finding::new(name, true, "no other chat named (seek=, other=)");
+            }
+            let mut r = walk_for(roots, needles, contents);
+            // The user database as NSS answers it (files, and systemd-userdbd if configured).
+            if name == "other_chat_in_etc" {
+                for db in ["passwd", "group"] {
+                    let out = Command::new("getent").arg(db).stdin(Stdio::null()).output();
+                    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                    if let Some(n) = needles
+                        .iter()
+                        .find(|n| text.as_deref().unwrap_or("").contains(n.as_str()))
+                    {
+                        let prev = r.err().map(|e| format!("{e}; ")).unwrap_or_default();
+                        r = Err(format!("{prev}getent {db} (has {n})"));
+                    }
+                }
+            }
+            match r {
+                Ok((seen, read)) => Finding::new(
+                    name,
+                    true,
+                    format!(
+                        "{seen} entries, {read} files of {} read: nothing of the other chat",
+                        roots.join(",")
+                    ),
+                ),
+                Err(found) => Finding::new(name, false, found),
+            }
+        })
+        .collect()
 }
 
 /// `#journal_forge=<marker>`: the agent writes a journal entry dressed as the helper's audit
@@ -1565,6 +1875,69 @@ fn udp_probe(addr: SocketAddr) -> Result<String, String> {
     }
 }
 
+/// The machine's own addresses other than loopback (the turn shares its network namespace), and
+/// every port something listens on there, from `/proc/self/net/tcp*`, plus the gateway's and
+/// the simulator's: what a turn could reach the host's services through.
+fn host_address_targets() -> (Vec<String>, Vec<SocketAddr>) {
+    // No netlink in a turn (RestrictAddressFamilies), so getifaddrs() fails: the kernel's
+    // local routes and IPv6 address list in /proc tell the same.
+    let mut addrs: Vec<std::net::IpAddr> = Vec::new();
+    let mut last = None;
+    for l in fs::read_to_string("/proc/self/net/fib_trie")
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some(ip) = l.trim().strip_prefix("|-- ") {
+            last = ip.parse::<std::net::Ipv4Addr>().ok();
+        } else if l.contains("/32 host LOCAL") {
+            if let Some(ip) = last
+                .filter(|ip| !ip.is_loopback())
+                .map(std::net::IpAddr::V4)
+            {
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+        }
+    }
+    for l in fs::read_to_string("/proc/self/net/if_inet6")
+        .unwrap_or_default()
+        .lines()
+    {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        // Global scope only: loopback and link-local are the fixed ranges' job.
+        if let (Some(hex), Some(&"00")) = (cols.first(), cols.get(3)) {
+            if let Ok(n) = u128::from_str_radix(hex, 16) {
+                let ip = std::net::IpAddr::V6(std::net::Ipv6Addr::from(n));
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+        }
+    }
+    let mut ports: BTreeSet<u16> = [8470, 8900].into();
+    for f in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        for l in fs::read_to_string(f).unwrap_or_default().lines().skip(1) {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if cols.get(3) == Some(&"0A") {
+                if let Some(p) = cols
+                    .get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                {
+                    ports.insert(p);
+                }
+            }
+        }
+    }
+    let targets = addrs
+        .iter()
+        .flat_map(|a| ports.iter().map(move |p| SocketAddr::new(*a, *p)))
+        .take(64)
+        .collect();
+    (addrs.iter().map(ToString::to_string).collect(), targets)
+}
+
 fn network() -> Vec<Finding> {
     let addr = |s: &str| s.parse::<SocketAddr>().ok();
     let gateway: Vec<SocketAddr> = [
@@ -1617,7 +1990,8 @@ fn network() -> Vec<Finding> {
             .map(|a| std::thread::spawn(move || tcp_probe(a)))
             .collect()
     };
-    let (hg, hs, ho) = (spawn(gateway), spawn(sim), spawn(other));
+    let (host_addrs, host) = host_address_targets();
+    let (hg, hs, ho, hh) = (spawn(gateway), spawn(sim), spawn(other), spawn(host));
     let join =
         |hs: Vec<std::thread::JoinHandle<Result<String, String>>>| -> Vec<Result<String, String>> {
             hs.into_iter()
@@ -1627,7 +2001,7 @@ fn network() -> Vec<Finding> {
                 })
                 .collect()
         };
-    let (rg, rs, mut ro) = (join(hg), join(hs), join(ho));
+    let (rg, rs, mut ro, rh) = (join(hg), join(hs), join(ho), join(hh));
     ro.extend(udp.into_iter().map(udp_probe));
 
     let finding = |name: &'static str, what: &str, rs: Vec<Result<String, String>>| {
@@ -1654,6 +2028,11 @@ fn network() -> Vec<Finding> {
         finding("connect_gateway", "picortexd :8470", rg),
         finding("connect_linq_sim", "the Linq simulator :8900", rs),
         finding("connect_loopback", "other loopback ports (tcp+udp)", ro),
+        finding(
+            "connect_host_address",
+            &format!("the host's own addresses [{}]", host_addrs.join(" ")),
+            rh,
+        ),
     ]
 }
 

@@ -61,7 +61,9 @@
 //! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
 //! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
 //! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
-//! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read |
+//! | `#flood=<n>` | before answering, send `n` distinct 400-byte entries to journald's native socket and as many lines to stderr, to flush the journal; the reply ends with ` \| flood: <k> of <n> sent` |
+//! | `#hold=<name>` | while it sleeps, listen on the abstract Unix socket `@<name>` and keep a world-readable marker in `/dev/shm` (what another chat's `#attack` looks for); the reply ends with ` \| hold: <what it set up, how many connected>` |
+//! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read, `abstract=<name>` another chat's abstract socket to connect to, `seek=<chat id>,<turn id>` strings of another chat to look for in /run, /sys/fs/cgroup, /proc/self/net, /etc |
 
 #![deny(unsafe_code)]
 
@@ -257,6 +259,12 @@ struct Knobs {
     model: bool,
     attack: bool,
     attack_other: Option<String>,
+    /// `abstract=<name>`: an abstract Unix socket of another chat to try to connect to.
+    attack_abstract: Option<String>,
+    /// `seek=<a>,<b>,…`: strings of another chat (its Linq chat id, a turn id) to look for.
+    attack_seek: Vec<String>,
+    hold: Option<String>,
+    flood: Option<u64>,
     score: Option<String>,
     hostile: bool,
     forge: bool,
@@ -294,6 +302,8 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#system" => k.system = true,
                 "#model" => k.model = true,
                 "#attack" => k.attack = true,
+                "#flood" => k.flood = value.parse().ok(),
+                "#hold" => k.hold = Some(value.to_owned()).filter(|v| !v.is_empty()),
                 "#score" => k.score = Some(value.to_owned()),
                 "#hostile" => k.hostile = true,
                 "#forge" => k.forge = true,
@@ -307,6 +317,16 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
     for w in text.split_whitespace() {
         if let Some(v) = w.strip_prefix("other=").filter(|v| !v.is_empty()) {
             k.attack_other = Some(v.to_owned());
+        }
+        if let Some(v) = w.strip_prefix("abstract=").filter(|v| !v.is_empty()) {
+            k.attack_abstract = Some(v.to_owned());
+        }
+        if let Some(v) = w.strip_prefix("seek=") {
+            k.attack_seek = v
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
     }
 }
@@ -900,14 +920,21 @@ fn run(argv: &[String]) -> Exit {
 
     let fill_report = knobs.fill.map(fill);
     let subvol_report = knobs.subvol.then(subvol);
+    let flood_report = knobs.flood.map(attack::flood_journal);
+    let held = knobs.hold.as_deref().map(attack::Hold::start);
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
+    let hold_report = held.map(attack::Hold::finish);
     let forge_report = knobs.forge.then(attack::forge_result);
     let journal_forge = knobs.journal_forge.as_deref().map(attack::forge_journal);
-    let attack_report = knobs
-        .attack
-        .then(|| attack::report(&attack::run_all(knobs.attack_other.as_deref())));
+    let attack_report = knobs.attack.then(|| {
+        attack::report(&attack::run_all(&attack::Targets {
+            other: knobs.attack_other.as_deref(),
+            abstract_name: knobs.attack_abstract.as_deref(),
+            seek: &knobs.attack_seek,
+        }))
+    });
     let mut hoard: Vec<u8> = Vec::new();
     if let Some(mib) = knobs.eatmem {
         let len = (mib as usize).saturating_mul(1 << 20);
@@ -986,6 +1013,12 @@ fn run(argv: &[String]) -> Exit {
     if let (true, Some(score)) = (args.no_session_persistence, &knobs.score) {
         // Asked as picortex's discriminator: answer as its prompt asks, and only that.
         reply = format!("{{\"score\": {score}, \"reason\": \"standin knob\"}}");
+    }
+    if let Some(f) = &flood_report {
+        reply.push_str(&format!(" | flood: {f}"));
+    }
+    if let Some(h) = &hold_report {
+        reply.push_str(&format!(" | hold: {h}"));
     }
     if knobs.cwd {
         reply.push_str(&format!(" | cwd={}", cwd.display()));

@@ -336,3 +336,81 @@ fn a_turn_waits_for_its_chats_archive_and_never_revives_a_removed_chat() {
     ensure(&m, &chat);
     assert_eq!(m.sh(&format!("getent passwd {user}")).code, 0);
 }
+
+/// A home of sparse files (issue 7 item 4): archived as it is on disk, not by its apparent
+/// size; and one whose files add up to more than the helper archives is refused, untouched.
+#[test]
+fn archiving_writes_what_a_sparse_home_holds_and_refuses_a_hostile_one() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    let r = sim.text("+15550002000", None, "hello");
+    let chat = r["chat_id"].as_str().unwrap().to_owned();
+    m.wait_replies(&chat, 1, Duration::from_secs(30));
+    let tag = chat_tag(&chat);
+    let (user, home) = (
+        format!("chat-{tag}"),
+        format!("/var/lib/picortex/chats/{tag}"),
+    );
+    let archive = |m: &Machine| {
+        m.sh(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat}"))
+    };
+
+    // 2 GiB apparent, one byte of data.
+    m.ok(&format!(
+        "runuser -u {user} -- truncate -s 2G {home}/sparse && \
+         printf x | runuser -u {user} -- dd of={home}/sparse bs=1 seek=1000 conv=notrunc status=none"
+    ));
+    let out = archive(&m);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let path = out
+        .stdout
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no archive path in {}", out.stdout))
+        .to_owned();
+    let size: u64 = m.ok(&format!("stat -c %s {path}")).trim().parse().unwrap();
+    assert!(
+        size < 16 << 20,
+        "archive of a 2 GiB sparse file is {size} bytes"
+    );
+
+    // It comes back on the next message, still 2 GiB apparent and sparse.
+    sim.text("+15550002000", Some(&chat), "back again");
+    m.wait_replies(&chat, 2, Duration::from_secs(30));
+    let st = m.ok(&format!("stat -c '%s %b %B' {home}/sparse"));
+    let v: Vec<u64> = st.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(v[0], 2 << 30, "{st}");
+    assert!(v[1] * v[2] < 16 << 20, "restored file is not sparse: {st}");
+    assert_eq!(
+        m.ok(&format!(
+            "dd if={home}/sparse bs=1 skip=1000 count=1 status=none"
+        )),
+        "x"
+    );
+
+    // 100 GiB apparent: refused with the reason, the home and its files untouched.
+    m.wait_chat_settled(&chat, Duration::from_secs(30));
+    m.ok(&format!(
+        "runuser -u {user} -- truncate -s 100G {home}/huge"
+    ));
+    let out = archive(&m);
+    assert_ne!(
+        out.code, 0,
+        "a 100 GiB sparse home was archived: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("apparent sizes") && out.stderr.contains("nothing removed"),
+        "{}",
+        out.stderr
+    );
+    m.ok(&format!("test -f {home}/huge && test -f {home}/sparse"));
+    let audit = m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_CHAT={chat} PICORTEX_OUTCOME=failed"
+    ));
+    assert!(
+        audit.contains("ArchiveChat"),
+        "no audit of the refusal: {audit}"
+    );
+}

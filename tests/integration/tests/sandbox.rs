@@ -38,7 +38,41 @@ const REQUIRED: &[&str] = &[
     "io_uring",
     "userfaultfd",
     "kernel_keyring",
+    "abstract_unix",
+    "connect_host_address",
+    "read_config",
+    "other_chat_in_run",
+    "other_chat_in_cgroupfs",
+    "other_chat_in_proc_net",
+    "other_chat_in_etc",
+    "other_chat_in_var_tmp",
 ];
+
+/// Addresses of the test machine that are neither loopback nor private, as a host's public
+/// ones would be (documentation ranges), with a root service listening on each.
+const HOST_V4: &str = "192.0.2.10";
+const HOST_V6: &str = "2001:db8::10";
+const HOST_PORT: u16 = 8471;
+
+/// Give the machine (its own network namespace) an interface with `HOST_V4` and `HOST_V6`,
+/// and a root HTTP server on each.
+fn host_addresses_with_listeners(m: &Machine) {
+    m.ok(&format!(
+        "ip link add pc0 type bridge && ip addr add {HOST_V4}/24 dev pc0 && \
+         ip -6 addr add {HOST_V6}/64 dev pc0 nodad && ip link set pc0 up"
+    ));
+    for (unit, addr) in [("host-listener4", HOST_V4), ("host-listener6", HOST_V6)] {
+        m.ok(&format!(
+            "systemd-run -q -u {unit} -p Type=exec /usr/bin/python3 -m http.server --bind {addr} {HOST_PORT}"
+        ));
+    }
+    m.wait_for("the host listeners", T, || {
+        let n = m
+            .sh(&format!("ss -Hltn 'sport = :{HOST_PORT}' | wc -l"))
+            .stdout;
+        (n.trim() == "2").then_some(())
+    });
+}
 
 /// A group with the owner and a friend, opened by a message that mentions the bot.
 fn open_group(m: &Machine, text: &str) -> String {
@@ -77,6 +111,15 @@ fn attack_report(m: &Machine, chat: &str, from: usize) -> Vec<Value> {
 /// Asserts every attack was blocked (bar the known-open ones, which are printed) and that the
 /// report has every required attack and at least 12 in all. Returns the report by name.
 fn assert_all_blocked(who: &str, report: &[Value]) -> std::collections::HashMap<String, Value> {
+    assert_blocked_but(who, report, &[])
+}
+
+/// As `assert_all_blocked`, with `open` more attacks that may get through in this report, with why.
+fn assert_blocked_but(
+    who: &str,
+    report: &[Value],
+    open_here: &[(&str, &str)],
+) -> std::collections::HashMap<String, Value> {
     eprintln!("---- attack report of {who} ----");
     for a in report {
         eprintln!(
@@ -111,7 +154,7 @@ fn assert_all_blocked(who: &str, report: &[Value]) -> std::collections::HashMap<
         if a["blocked"] == true {
             continue;
         }
-        match KNOWN_OPEN.iter().find(|(n, _)| *n == name) {
+        match KNOWN_OPEN.iter().chain(open_here).find(|(n, _)| *n == name) {
             Some((_, why)) => eprintln!(
                 "WARNING: {who}: {name} is not blocked ({}): {why}",
                 a["detail"]
@@ -137,6 +180,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     )
     .unwrap();
     m.ok("chmod 600 /etc/picortex/credentials/anthropic-api-key");
+    host_addresses_with_listeners(&m);
     m.start_picortex();
 
     // Chat A (the owner's DM) exists; chat B (a group) attacks first, A's home among its
@@ -147,7 +191,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     let tag_a = chat_tag(&a);
     let home_a = format!("/var/lib/picortex/chats/{tag_a}");
     m.wait_replies(&a, 1, T);
-    let b = open_group(&m, &format!("Cortex #attack other={home_a}"));
+    let b = open_group(&m, &format!("Cortex #attack other={home_a} seek={a}"));
     let tag_b = chat_tag(&b);
     assert_ne!(tag_a, tag_b);
     let rb = assert_all_blocked("chat B", &attack_report(&m, &b, 0));
@@ -157,15 +201,51 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         "700\n700"
     );
 
-    // B keeps a turn running (with its credential loaded) while A attacks.
-    group_text(&m, &b, "Cortex #sleep=12 busy");
+    // B keeps a turn running (with its credential loaded) while A attacks, listening on an
+    // abstract Unix socket and with a file in its /dev/shm.
+    const HOLD: &str = "picortex-hold-b";
+    let busy = format!("Cortex #sleep=12 #hold={HOLD} busy");
+    group_text(&m, &b, &busy);
     let unit_b = m.wait_running_turn(Some(&tag_b), T);
+    let turn_b = unit_b
+        .trim_start_matches("picortex-turn-")
+        .trim_end_matches(".service")
+        .to_owned();
     m.ok(&format!("test -d /run/credentials/{unit_b}"));
+    m.wait_for("B's abstract listener", T, || {
+        m.sh(&format!("grep -q ' @{HOLD}$' /proc/net/unix"))
+            .code
+            .eq(&0)
+            .then_some(())
+    });
     let before = m.sim().sent(&b).len();
 
-    m.sim()
-        .text(OWNER, Some(&a), &format!("#attack other={home_b}"));
-    let ra = assert_all_blocked("chat A", &attack_report(&m, &a, 1));
+    m.sim().text(
+        OWNER,
+        Some(&a),
+        &format!("#attack other={home_b} abstract={HOLD} seek={b},{turn_b}"),
+    );
+    // A attacks from a turn unit (its spare) that may have started before B's user existed.
+    // useradd replaces /etc/passwd and /etc/group by rename, and the kernel then detaches the
+    // private copies such a turn had mounted over them: it sees B's user (not B's chat id).
+    // B's own attack above, from a turn started after both chats existed, must see nothing.
+    let ra = assert_blocked_but(
+        "chat A",
+        &attack_report(&m, &a, 1),
+        &[(
+            "other_chat_in_etc",
+            "a chat created while a turn runs shows in its /etc/passwd (mount detached by rename)",
+        )],
+    );
+    // The probes met what they looked for: B's listener (refused by the kernel, not absent)
+    // and the host's own addresses.
+    let abs = ra["abstract_unix"]["detail"].as_str().unwrap_or("");
+    assert!(abs.starts_with(&format!("@{HOLD}: EPERM")), "{abs}");
+    let host = ra["connect_host_address"]["detail"].as_str().unwrap_or("");
+    assert!(
+        host.contains(HOST_V4) && host.contains(HOST_V6),
+        "not tried: {host}"
+    );
 
     // The attacks really ran inside A's turn, in A's slice, under A's TasksMax.
     let bus = ra["system_bus_set_unit_properties"]["detail"]
@@ -195,8 +275,15 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         .and_then(|r| r["text"].as_str())
         .unwrap_or("");
     assert!(
-        last.starts_with("standin: you said") && last.contains("Cortex #sleep=12 busy\" (turn"),
+        last.starts_with("standin: you said") && last.contains(&format!("{busy}\" (turn")),
         "B's turn: {last}"
+    );
+    // B really held its socket and its /dev/shm file while A attacked; nobody got in.
+    assert!(
+        last.contains(&format!(
+            "listener @{HOLD} ok, marker /dev/shm/picortex-drop-uid"
+        )) && last.ends_with(", 0 connections"),
+        "B's hold: {last}"
     );
     assert_eq!(
         m.ok("systemctl is-active picortexd.service").trim(),
@@ -352,12 +439,34 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         ("User", &format!("chat-{tag}")),
         ("Slice", &format!("picortex-chat-{tag}.slice")),
         // Only its own home of /var/lib/picortex, no /run to write to, no system bus.
-        ("TemporaryFileSystem", "/var/lib/picortex:ro"),
         ("BindPaths", &format!("{home}:{home}:rbind")),
         ("ReadOnlyPaths", "/run /var/tmp"),
     ] {
         assert_eq!(prop(&show, k), v, "{unit}: {k}");
     }
+    // … a /dev/shm of its own, and no chat's cgroups: the chats' part of the tree is hidden
+    // (every hierarchy whole on a hybrid machine) and the chat's own slice bound back.
+    let (hidden, own) = if m.sh("test -f /sys/fs/cgroup/cgroup.controllers").code == 0 {
+        (
+            "/sys/fs/cgroup/picortex.slice/picortex-chat.slice",
+            "/sys/fs/cgroup",
+        )
+    } else {
+        ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory")
+    };
+    let tmpfs = prop(&show, "TemporaryFileSystem");
+    assert!(
+        tmpfs.starts_with("/var/lib/picortex:ro /dev/shm:mode=1777,nosuid,nodev,noexec,size=64M ")
+            && tmpfs.contains(&format!("{hidden}:ro")),
+        "{tmpfs}"
+    );
+    let binds = prop(&show, "BindReadOnlyPaths");
+    assert!(
+        binds.contains(&format!(
+            "{own}/picortex.slice/picortex-chat.slice/picortex-chat-{tag}.slice"
+        )),
+        "{binds}"
+    );
     assert!(
         prop(&show, "InaccessiblePaths")
             .split_whitespace()
@@ -404,6 +513,10 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         .parse()
         .unwrap_or_else(|_| panic!("TasksMax is not a number: {}", prop(&slice, "TasksMax")));
     assert!((1..=4096).contains(&tasks), "TasksMax={tasks}");
+    // CPU and disk shares, and the CPU cap, of the test configuration (tests/harness/stage-extras.sh).
+    assert_eq!(prop(&slice, "CPUQuotaPerSecUSec"), "500ms");
+    assert_eq!(prop(&slice, "IOWeight"), "50");
+    assert_eq!(prop(&slice, "CPUWeight"), "100");
 
     // And in that sandbox the agent still works: its config dir and transcript are written.
     let reply = m.wait_replies(&chat, 1, T);
@@ -418,4 +531,66 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     m.ok(&format!(
         "test -s {home}/.claude/.claude.json && ls {home}/.claude/projects/*/*.jsonl"
     ));
+}
+
+/// The helper's audit lines of chat `chat` (`MESSAGE`s), oldest first.
+fn audit_lines(m: &Machine, chat: &str) -> Vec<String> {
+    m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_AUDIT=true PICORTEX_CHAT={chat}"
+    ))
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn a_journal_flood_from_a_turn_leaves_the_helpers_audit_entries() {
+    let m = Machine::boot();
+    // A journal the size of a small machine's, in memory, so a flood could rotate it away.
+    m.ok("mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nStorage=volatile\\nRuntimeMaxUse=8M\\nRuntimeMaxFileSize=1M\\n' > /etc/systemd/journald.conf.d/small.conf && systemctl restart systemd-journald");
+    m.start_picortex();
+    let r = m.sim().text(OWNER, None, "hello");
+    let chat = r["chat_id"].as_str().expect("chat_id").to_owned();
+    m.wait_replies(&chat, 1, T);
+    let before = audit_lines(&m, &chat);
+    assert!(
+        before.iter().any(|l| l.starts_with("StartTurn")),
+        "no StartTurn audit yet: {before:?}"
+    );
+
+    // 60000 distinct 400-byte lines: 24 MB, three times the journal's whole size.
+    m.sim().text(OWNER, Some(&chat), "#flood=60000 flooding");
+    let replies = m.wait_replies(&chat, 2, T);
+    assert!(
+        replies[1]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("| flood: 60000 of 60000 sent"),
+        "{}",
+        replies[1]
+    );
+    m.wait_chat_settled(&chat, T);
+    m.ok("journalctl --sync");
+    // The audit of the chat's turns from before and during the flood is all still there.
+    let after = audit_lines(&m, &chat);
+    for l in &before {
+        assert!(
+            after.contains(l),
+            "audit entry lost to the flood: {l}\nnow: {after:?}"
+        );
+    }
+    assert!(
+        after.len() > before.len(),
+        "the flood turn's own audit is missing: {after:?}"
+    );
+    // Because journald held the turn back: most of the flood was dropped, not stored.
+    let kept: u64 = m
+        .journal("SYSLOG_IDENTIFIER=standin-flood | grep -c '^flood ' || true")
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(
+        (1..20_000).contains(&kept),
+        "{kept} of 60000 flood entries stored"
+    );
 }

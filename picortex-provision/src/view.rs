@@ -1,0 +1,245 @@
+//! What a turn may see of the machine (SPEC P2: no chat learns another exists). The helper
+//! prepares it at StartTurn, as root, from the machine's own files:
+//! - a user database of three accounts (root, nobody, the chat's own user), bound read-only
+//!   over the turn's /etc/passwd and /etc/group, since the real ones list every chat user;
+//! - the cgroup hierarchies in which other chats' slices would be visible, so the turn unit
+//!   can hide `picortex-chat.slice` and bind back only its own chat's slice;
+//! - the `[agent]` table of the operator's configuration, handed to the turn as a systemd
+//!   credential, because the rest of that file (the owner's handles) is no turn's business and
+//!   `/etc/picortex` is inaccessible to turns.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::users::ChatAccount;
+
+/// Where the per-chat views live: inside the helper's own state directory (root, 0700).
+const VIEWS_DIR: &str = "/var/lib/picortex-provision/views";
+/// The credential picortex-run reads its `[agent]` settings from.
+pub const AGENT_CREDENTIAL: &str = "picortex-agent.toml";
+/// The configuration file is small; anything larger is refused, as picortex-run does.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The lines of an `/etc/passwd` or `/etc/group` text whose first field is one of `names`, in
+/// the file's order: the accounts a turn needs to resolve (itself, root, the overflow ids).
+pub fn filter_db(text: &str, names: &[&str]) -> String {
+    text.lines()
+        .filter(|l| l.split(':').next().is_some_and(|n| names.contains(&n)))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The turn's `/etc/passwd` and `/etc/group`, written for the chat and returned as paths.
+pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
+    let dir = Path::new(VIEWS_DIR).join(acct.tag.as_str());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
+    let passwd = filter_db(&read("/etc/passwd")?, &["root", "nobody", &acct.user]);
+    let group = filter_db(&read("/etc/group")?, &["root", "nogroup", &acct.user]);
+    if !passwd
+        .lines()
+        .any(|l| l.starts_with(&format!("{}:", acct.user)))
+    {
+        return Err(format!("user {} is not in /etc/passwd", acct.user));
+    }
+    let p = dir.join("passwd");
+    let g = dir.join("group");
+    replace(&p, &passwd)?;
+    replace(&g, &group)?;
+    Ok((p, g))
+}
+
+/// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it
+/// through the bind mount; the directory above stays root's alone).
+fn replace(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    // The helper runs with UMask=0077: the mode is set, not asked for.
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|_| f.write_all(text.as_bytes()))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Where each cgroup hierarchy under `root` (the unified one, or each v1 controller's and the
+/// named systemd one on a hybrid machine) must be covered so a turn sees no chat's slice but
+/// its own: `(hierarchy, path to hide)`; the turn's own slice is bound back under it. On a
+/// hybrid or v1 machine that is the whole hierarchy: systemd creates and trims a controller's
+/// directories as units come and go, and removing a directory another mount namespace has a
+/// mount on detaches that mount, which would put every chat back in view. On a unified
+/// machine it is `picortex.slice/picortex-chat.slice` (or `picortex.slice` before the first
+/// chat), which stay while any chat's slice does; the root itself belongs to
+/// ProtectControlGroups.
+pub fn chat_cgroup_roots(root: &Path) -> Vec<(String, String)> {
+    let unified = root.join("cgroup.controllers").exists();
+    let mut hierarchies = Vec::new();
+    if unified {
+        hierarchies.push(root.to_owned());
+    } else if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && e.path().join("cgroup.procs").exists() {
+                hierarchies.push(e.path());
+            }
+        }
+    }
+    let mut v: Vec<(String, String)> = hierarchies
+        .into_iter()
+        .filter_map(|h| {
+            let candidates = if unified {
+                vec![
+                    h.join("picortex.slice/picortex-chat.slice"),
+                    h.join("picortex.slice"),
+                ]
+            } else {
+                vec![h.clone()]
+            };
+            let hide = candidates.into_iter().find(|p| p.is_dir())?;
+            Some((h.display().to_string(), hide.display().to_string()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The `[agent]` table of the operator's configuration, alone, as TOML (empty if absent).
+pub fn agent_table(text: &str) -> Result<String, String> {
+    let t: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+    let mut only = toml::Table::new();
+    if let Some(a) = t.get("agent") {
+        only.insert("agent".to_owned(), a.clone());
+    }
+    let body = toml::to_string(&only).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# The [agent] table of /etc/picortex/picortexd.toml, passed by picortex-provision.\n{body}"
+    ))
+}
+
+/// Read the configuration (a missing file means defaults) and extract `[agent]`.
+pub fn load_agent_table(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return agent_table(""),
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{path}: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("{path} is larger than {MAX_CONFIG_BYTES} bytes"));
+    }
+    agent_table(&text).map_err(|e| format!("{path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn the_user_database_keeps_only_the_named_accounts() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/:/usr/sbin/nologin\n\
+                      chat-aaaa1111:x:990:990::/var/lib/picortex/chats/aaaa1111:/usr/sbin/nologin\n\
+                      chat-bbbb2222:x:991:991::/var/lib/picortex/chats/bbbb2222:/usr/sbin/nologin\n\
+                      nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+                      chat-aaaa1111x:x:992:992::/:/bin/sh\n";
+        let v = filter_db(passwd, &["root", "nobody", "chat-aaaa1111"]);
+        assert_eq!(
+            v,
+            "root:x:0:0:root:/root:/bin/bash\n\
+             chat-aaaa1111:x:990:990::/var/lib/picortex/chats/aaaa1111:/usr/sbin/nologin\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        );
+        assert!(!v.contains("bbbb2222"));
+    }
+
+    #[test]
+    fn only_the_agent_table_is_passed_on() {
+        let t = agent_table(
+            "[owner]\nhandles = [\"+15550002000\"]\n[agent]\ncommand = \"/opt/c\"\nextra_args = [\"--x\", \"1\"]\nmodel = \"sonnet\"\n[sandbox]\negress = \"internet\"\n",
+        )
+        .unwrap();
+        assert!(!t.contains("15550002000") && !t.contains("sandbox"), "{t}");
+        let back: toml::Table = t.parse().unwrap();
+        assert_eq!(back["agent"]["command"].as_str(), Some("/opt/c"));
+        assert_eq!(back["agent"]["model"].as_str(), Some("sonnet"));
+        assert_eq!(
+            back["agent"]["extra_args"].as_array().map(Vec::len),
+            Some(2)
+        );
+        // No [agent]: an empty document, which means the defaults.
+        let none: toml::Table = agent_table("[owner]\nhandles = []\n")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(none.is_empty());
+        assert!(agent_table("[agent\n").is_err());
+    }
+
+    #[test]
+    fn cgroup_roots_are_found_in_unified_and_hybrid_layouts() {
+        let d = tempdir();
+        let s = |p: &str| format!("{}/{p}", d.display());
+        // Hybrid: every hierarchy whole, whatever it holds now.
+        for h in ["memory", "pids", "unified", "devices"] {
+            std::fs::create_dir_all(d.join(h)).unwrap();
+            std::fs::write(d.join(h).join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::create_dir_all(d.join("memory/picortex.slice/picortex-chat.slice")).unwrap();
+        std::fs::create_dir_all(d.join("unified/picortex.slice/picortex-chat.slice")).unwrap();
+        std::fs::create_dir_all(d.join("pids/picortex.slice")).unwrap();
+        std::fs::create_dir_all(d.join("notacgroup/picortex.slice/picortex-chat.slice")).unwrap();
+        assert_eq!(
+            chat_cgroup_roots(&d),
+            [
+                (s("devices"), s("devices")),
+                (s("memory"), s("memory")),
+                (s("pids"), s("pids")),
+                (s("unified"), s("unified")),
+            ]
+        );
+        // Unified: the chat slices' parent, never the root itself.
+        let u = d.join("unified");
+        std::fs::write(u.join("cgroup.controllers"), "").unwrap();
+        assert_eq!(
+            chat_cgroup_roots(&u),
+            [(
+                s("unified"),
+                s("unified/picortex.slice/picortex-chat.slice")
+            )]
+        );
+        std::fs::remove_dir_all(u.join("picortex.slice/picortex-chat.slice")).unwrap();
+        assert_eq!(
+            chat_cgroup_roots(&u),
+            [(s("unified"), s("unified/picortex.slice"))]
+        );
+        std::fs::remove_dir_all(u.join("picortex.slice")).unwrap();
+        assert!(chat_cgroup_roots(&u).is_empty());
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "picortex-view-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
