@@ -399,11 +399,17 @@ fn base_turn_properties(
         ),
         // /run: systemd 252 leaves it writable under ProtectSystem=strict once ProtectProc= is
         // set (its API-VFS /run entry escapes the read-only remount), and /run/lock is a 1777
-        // tmpfs every chat could share files through. /var/tmp is the private one (PrivateTmp),
-        // made read-only: the home is the one place a turn writes to that outlives it.
+        // tmpfs every chat could share files through. /tmp and /var/tmp are private
+        // (PrivateTmp) and read-only: they live on the host's disk, outside the chat's quota,
+        // so the agent's temporary files go to ~/.tmp ($TMPDIR) instead, and the home is the one
+        // place a turn writes to.
         (
             "ReadOnlyPaths",
-            Prop::Strs(vec!["/run".to_owned(), "/var/tmp".to_owned()]),
+            Prop::Strs(vec![
+                "/run".to_owned(),
+                "/tmp".to_owned(),
+                "/var/tmp".to_owned(),
+            ]),
         ),
         // No system bus: everything on it is polkit-checked, but systemd's unit list is
         // world-readable and names every chat's turns and slices, with their Linq chat ids in
@@ -822,7 +828,9 @@ mod tests {
         let Prop::Strs(ro) = get(&p, "ReadOnlyPaths") else {
             panic!("ReadOnlyPaths")
         };
-        assert!(ro.contains(&"/run".to_owned()) && ro.contains(&"/var/tmp".to_owned()));
+        for d in ["/run", "/tmp", "/var/tmp"] {
+            assert!(ro.contains(&d.to_owned()), "{d} writable");
+        }
         let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
             panic!("InaccessiblePaths")
         };

@@ -114,7 +114,7 @@ pub fn build_env(identity: &Identity, passthrough: &[(String, String)]) -> Vec<(
         ("PATH", AGENT_PATH.to_owned()),
         ("LANG", "C.UTF-8".to_owned()),
         ("SHELL", "/bin/sh".to_owned()),
-        ("TMPDIR", "/tmp".to_owned()),
+        ("TMPDIR", format!("{home}/{}", crate::seed::TMP_DIR_NAME)),
         ("CLAUDE_CONFIG_DIR", format!("{home}/.claude")),
         ("DISABLE_AUTOUPDATER", "1".to_owned()),
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),

@@ -169,6 +169,22 @@ fn open_own_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, SeedError> {
     Ok(dir)
 }
 
+/// The agent's temporary directory, inside the home: a turn's /tmp is read-only, because a
+/// private /tmp lives on the host's disk beside the database, outside the chat's quota.
+pub const TMP_DIR_NAME: &str = ".tmp";
+
+/// Everything the agent needs in the home before it runs: the onboarding flag and its
+/// temporary directory (`$TMPDIR`, 0700, never a symlink).
+pub fn seed_home(home: &Path) -> Result<Seeded, SeedError> {
+    let seeded = seed_onboarding(home)?;
+    let dflags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let home_fd = open(home, dflags, Mode::empty())
+        .map_err(|e| SeedError(format!("cannot open home {}: {e}", home.display())))?;
+    let tmp = open_own_dir(&home_fd, TMP_DIR_NAME)?;
+    fchmod(&tmp, Mode::S_IRWXU).map_err(|e| SeedError(format!("cannot chmod {TMP_DIR_NAME}: {e}")))?;
+    Ok(seeded)
+}
+
 /// The text of `<home>/<dirs…>/<name>`, seeded with `default` when it does not exist yet (the
 /// owner may edit it afterwards). Every component is opened without following symlinks.
 pub fn seeded_file(

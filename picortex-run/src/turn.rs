@@ -10,7 +10,7 @@ use crate::config::{resolve_command, AgentConfig, AGENT_PATH};
 use crate::oom;
 use crate::output::{parse_output, AgentOutput};
 use crate::preflight::Identity;
-use crate::seed::seed_onboarding;
+use crate::seed::seed_home;
 use picortex_proto::ids::TurnId;
 use picortex_proto::turn::{
     Outcome, TurnKind, TurnRequest, TurnResult, MAX_RESULT_BYTES, MAX_RESULT_ERROR_BYTES,
@@ -330,7 +330,7 @@ fn execute_once(
     id: &Identity,
     session: SessionArg,
 ) -> TurnResult {
-    if let Err(e) = seed_onboarding(&id.home) {
+    if let Err(e) = seed_home(&id.home) {
         return TurnResult::failure(
             &req.turn_id,
             Outcome::Refused,
@@ -363,7 +363,7 @@ fn execute(
         r.session_id = Some(req.session_id.clone());
         r
     };
-    if let Err(e) = seed_onboarding(&id.home) {
+    if let Err(e) = seed_home(&id.home) {
         return fail(
             Outcome::Refused,
             format!("cannot seed the agent's onboarding state: {e}"),

@@ -1343,6 +1343,8 @@ fn write_outside_home() -> Finding {
         "/var/lib/picortex",
         CHATS_DIR,
         "/var/lib/picortex/turns",
+        // /tmp too: a private /tmp is still the host's disk, outside the chat's quota.
+        "/tmp",
         "/var/tmp",
         "/var/cache",
         "/var/log",

@@ -14,11 +14,14 @@ fn argv_environment_prompt_permissions_and_onboarding() {
         "Answer like a pirate.\n",
     )
     .unwrap();
-    let cfg = m.read("/etc/picortex/picortexd.toml").replace(
-        "[turns]\n",
-        "[turns]\nsystem_prompt_file = \"/etc/picortex/system-prompt.md\"\n",
+    m.set_config(
+        "turns",
+        "system_prompt_file",
+        "\"/etc/picortex/system-prompt.md\"",
     );
-    std::fs::write(m.path("/etc/picortex/picortexd.toml"), cfg).unwrap();
+    // Every turn through StartTurn: a spare carries the limits of the moment it started, and
+    // this test changes a chat's memory limit between turns.
+    m.without_spares();
     m.start_picortex();
     let mut chat = None;
 
