@@ -10,6 +10,7 @@ mod audit;
 mod authz;
 mod egress;
 mod failpoint;
+mod limits;
 mod service;
 mod units;
 mod users;
