@@ -2,17 +2,20 @@
 //! - a `TurnRequest` (what picortex-run reads on stdin): what parses survives a JSON round trip,
 //!   the reader agrees with the parser, and a request picortex-run's validation accepts becomes an
 //!   argv where every option value is where it belongs;
-//! - a `TurnResult` (what the gateway reads back): what parses survives a round trip, and the
-//!   gateway's reply to it comes out cleaned and split without a panic;
+//! - a `TurnResult` (what the gateway reads back): what its reader (`parse_result_document`)
+//!   accepts is one line for the expected turn that passes `TurnResult::validate`, a valid
+//!   one-line document is accepted, what parses survives a round trip, and the gateway's reply
+//!   comes out cleaned and split without a panic;
 //! - the agent's stdout, through picortex-run's parsing and classification into the one result
-//!   line it writes: a single bounded line the gateway parses back to the same result.
+//!   line it writes: a line the gateway's reader accepts, saying the same (or `bad_output`).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use picortex_proto::ids::{ChatId, TurnId};
 use picortex_proto::turn::{
-    Outcome, TurnKind, TurnRequest, TurnResult, MAX_REQUEST_BYTES, MAX_RESULT_BYTES,
+    parse_result_document, Outcome, TurnKind, TurnRequest, TurnResult, MAX_REQUEST_BYTES,
+    MAX_RESULT_BYTES,
 };
 use picortex_run::agent::{build_argv, SessionArg};
 use picortex_run::output::parse_output;
@@ -113,12 +116,32 @@ fn reply_to(r: &TurnResult) {
 }
 
 fn result(data: &[u8]) {
+    // The gateway's reader: one bounded, validated line for the expected turn, or a refusal.
+    match parse_result_document(data, TURN) {
+        Ok(Some(r)) => {
+            assert_eq!(r.turn_id, TURN);
+            assert!(r.validate().is_ok());
+            assert_eq!(data.iter().position(|&b| b == b'\n'), Some(data.len() - 1));
+            reply_to(&r);
+        }
+        Ok(None) => assert!(data.is_empty()),
+        Err(_) => {}
+    }
     let Ok(r) = serde_json::from_slice::<TurnResult>(data) else {
         return;
     };
     let again: TurnResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert!(same_result(&again, &r), "{r:?} -> {again:?}");
-    reply_to(&r);
+    // A document that parses and validates, on one line, is what the reader accepts.
+    if r.validate().is_ok() && !data.contains(&b'\n') && !data.contains(&b'\r') {
+        let mut doc = data.to_vec();
+        doc.push(b'\n');
+        match parse_result_document(&doc, &r.turn_id) {
+            Ok(Some(read)) => assert!(same_result(&read, &r)),
+            other => panic!("a valid one-line document is refused: {other:?}"),
+        }
+        reply_to(&r);
+    }
 }
 
 fn agent_stdout(data: &[u8]) {
@@ -150,15 +173,19 @@ fn agent_stdout(data: &[u8]) {
         assert!(c.is_finite() && c >= 0.0, "cost {c}");
     }
 
+    // Whatever the agent printed, the line picortex-run writes is one the gateway accepts, and
+    // it says what classify decided (or bad_output, with the reason, if that was out of bounds).
     let line = result_line(&written);
     assert!((line.len() as u64) < MAX_RESULT_BYTES);
-    assert_eq!(
-        line.find('\n'),
-        Some(line.len() - 1),
-        "not one line: {line:?}"
-    );
-    let read: TurnResult = serde_json::from_str(line.trim_end()).unwrap();
-    assert!(same_result(&read, &written), "{written:?} -> {read:?}");
+    let read = match parse_result_document(line.as_bytes(), TURN) {
+        Ok(Some(r)) => r,
+        other => panic!("the gateway refuses picortex-run's line {line:?}: {other:?}"),
+    };
+    if written.validate().is_ok() {
+        assert!(same_result(&read, &written), "{written:?} -> {read:?}");
+    } else {
+        assert_eq!(read.outcome, Outcome::BadOutput);
+    }
     reply_to(&read);
 }
 
