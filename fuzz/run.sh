@@ -31,6 +31,18 @@ start=$SECONDS
 cargo "+$toolchain" fuzz build -O -a -s "$sanitizer" >&2
 echo "fuzz: targets built in $((SECONDS - start)) s" >&2
 
+# A long run leaves thousands of inputs in a corpus, and replaying them all at the next start
+# eats a short run's time: keep only those that add coverage (libFuzzer's merge; the seed-*
+# files stay, and nothing is deleted unless the merge succeeded).
+prune() {
+    local t=$1 min=target/corpus-min/$1
+    [ "$(find "corpus/$t" -type f | wc -l)" -gt 1000 ] || return 0
+    rm -rf "$min" && mkdir -p "$min"
+    "target/$triple/release/$t" -merge=1 "$min" "corpus/$t" >"target/merge-$t.log" 2>&1 || return 0
+    find "corpus/$t" -type f ! -name 'seed-*' -delete
+    find "$min" -type f -exec mv -t "corpus/$t" {} +
+}
+
 failed=0
 for t in $targets; do
     mkdir -p "corpus/$t" "artifacts/$t"
@@ -54,5 +66,6 @@ for t in $targets; do
         grep -E 'panicked at|Test unit written to|ERROR: libFuzzer' "$log" | head -n5 >&2 || true
     fi
     echo "FUZZ $t ${execs:-0} $crashes"
+    [ "$crashes" -ne 0 ] || prune "$t"
 done
 exit "$failed"
