@@ -4,6 +4,8 @@
 #                 throwaway systemd (as root)
 #   make install  DESTDIR=… PREFIX=… (default PREFIX=/usr)
 #   make bench    benchmarks (as root); prints a table, BENCH lines, and writes build/bench.json
+#   make fuzz     cargo-fuzz targets (nightly), FUZZ_SECONDS each (default 60); prints
+#                 FUZZ <target> <executions> <crashes> lines, fails on a crash
 
 PREFIX      ?= /usr
 DESTDIR     ?=
@@ -26,7 +28,7 @@ STAGE       := build/stage
 
 export PICORTEX_RUN_BIN := $(LIBEXECDIR)/picortex-run
 
-.PHONY: all build install stage test unit-test compat-test integration-test demo bench deps lint clean
+.PHONY: all build install stage test unit-test compat-test integration-test demo bench fuzz deps lint clean
 
 all: build
 
@@ -88,6 +90,12 @@ demo: deps
 bench: deps
 	$(MAKE) stage PROFILE=release
 	tests/bench/run.sh $(CURDIR)/$(STAGE)
+
+# Each target runs on its corpus in fuzz/corpus/<target>; a crashing input lands in
+# fuzz/artifacts/<target>/. Installs cargo-fuzz if it is missing (see fuzz/run.sh).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 lint:
 	@if $(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1; then \

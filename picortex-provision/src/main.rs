@@ -11,6 +11,7 @@ mod authz;
 mod disk;
 mod egress;
 mod failpoint;
+mod limits;
 mod service;
 mod units;
 mod users;

@@ -14,13 +14,13 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, SFlag};
-use picortex_proto::bus::limits as L;
 use picortex_proto::ids::{ChatId, TurnId};
 use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
 use crate::egress::{self, Egress, Range};
+pub use crate::limits::Limits;
 use crate::users::ChatAccount;
 use crate::view;
 
@@ -91,62 +91,6 @@ pub const DEV_SHM_OPTIONS: &str = "mode=1777,nosuid,nodev,noexec,size=64M";
 /// The gateway's state directory: the database, the turn results and every chat's home. A turn
 /// sees an empty read-only tmpfs there, with only its own home bound back in.
 pub const STATE_DIR: &str = "/var/lib/picortex";
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    pub memory_max: u64,
-    pub tasks_max: u64,
-    pub runtime_max_usec: u64,
-    pub cpu_weight: u64,
-    pub io_weight: u64,
-    pub cpu_quota_per_sec_usec: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory_max: L::MEMORY_MAX_DEFAULT,
-            tasks_max: L::TASKS_MAX_DEFAULT,
-            runtime_max_usec: L::RUNTIME_MAX_USEC_DEFAULT,
-            cpu_weight: L::CPU_WEIGHT_DEFAULT,
-            io_weight: L::IO_WEIGHT_DEFAULT,
-            cpu_quota_per_sec_usec: L::CPU_QUOTA_PER_SEC_USEC_DEFAULT,
-        }
-    }
-}
-
-impl Limits {
-    /// Read the `a{sv}` the gateway sent: unknown keys, wrong types and out-of-range values are
-    /// refused (a clear error beats a silently clamped limit).
-    pub fn from_dict(d: &HashMap<String, OwnedVariant>) -> Result<Self, String> {
-        let mut l = Self::default();
-        for (k, v) in d {
-            let n = u64::try_from(&**v).map_err(|_| format!("limit {k} must be a uint64 (t)"))?;
-            let (slot, lo, hi) = match k.as_str() {
-                L::MEMORY_MAX => (&mut l.memory_max, L::MEMORY_MAX_MIN, L::MEMORY_MAX_MAX),
-                L::TASKS_MAX => (&mut l.tasks_max, L::TASKS_MAX_MIN, L::TASKS_MAX_MAX),
-                L::RUNTIME_MAX_USEC => (
-                    &mut l.runtime_max_usec,
-                    L::RUNTIME_MAX_USEC_MIN,
-                    L::RUNTIME_MAX_USEC_MAX,
-                ),
-                L::CPU_WEIGHT => (&mut l.cpu_weight, 1, 10000),
-                L::IO_WEIGHT => (&mut l.io_weight, 1, 10000),
-                L::CPU_QUOTA_PER_SEC_USEC => (
-                    &mut l.cpu_quota_per_sec_usec,
-                    L::CPU_QUOTA_PER_SEC_USEC_MIN,
-                    L::CPU_QUOTA_PER_SEC_USEC_MAX,
-                ),
-                other => return Err(format!("unknown limit {other:?}")),
-            };
-            if !(lo..=hi).contains(&n) {
-                return Err(format!("limit {k}={n} is outside {lo}..={hi}"));
-            }
-            *slot = n;
-        }
-        Ok(l)
-    }
-}
 
 fn s(v: &str) -> Prop {
     Prop::Str(v.to_owned())
@@ -669,6 +613,7 @@ mod tests {
         clippy::panic
     )]
     use super::*;
+    use picortex_proto::bus::limits as L;
 
     fn acct() -> ChatAccount {
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
@@ -1001,21 +946,6 @@ mod tests {
         assert_eq!(get(&p, "CPUQuotaPerSecUSec"), &Prop::U64(1_000_000));
         d.insert("CPUQuotaPerSecUSec".to_owned(), OwnedVariant::from(0u64));
         assert!(Limits::from_dict(&d).unwrap_err().contains("outside"));
-    }
-
-    #[test]
-    fn limits_are_checked_not_clamped() {
-        let mut d = HashMap::new();
-        d.insert("MemoryMax".to_owned(), OwnedVariant::from(64u64 << 20));
-        assert_eq!(Limits::from_dict(&d).unwrap().memory_max, 64 << 20);
-        d.insert("MemoryMax".to_owned(), OwnedVariant::from(1u64));
-        assert!(Limits::from_dict(&d).unwrap_err().contains("outside"));
-        let mut d = HashMap::new();
-        d.insert("User".to_owned(), OwnedVariant::from(1u64));
-        assert!(Limits::from_dict(&d).unwrap_err().contains("unknown"));
-        let mut d = HashMap::new();
-        d.insert("TasksMax".to_owned(), OwnedVariant::from(5i32));
-        assert!(Limits::from_dict(&d).unwrap_err().contains("uint64"));
     }
 
     #[test]

@@ -181,7 +181,8 @@ pub fn seed_home(home: &Path) -> Result<Seeded, SeedError> {
     let home_fd = open(home, dflags, Mode::empty())
         .map_err(|e| SeedError(format!("cannot open home {}: {e}", home.display())))?;
     let tmp = open_own_dir(&home_fd, TMP_DIR_NAME)?;
-    fchmod(&tmp, Mode::S_IRWXU).map_err(|e| SeedError(format!("cannot chmod {TMP_DIR_NAME}: {e}")))?;
+    fchmod(&tmp, Mode::S_IRWXU)
+        .map_err(|e| SeedError(format!("cannot chmod {TMP_DIR_NAME}: {e}")))?;
     Ok(seeded)
 }
 

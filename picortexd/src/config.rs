@@ -349,8 +349,11 @@ impl Config {
         if !(0.0..=1.0).contains(&a.threshold) {
             return bad("attention.threshold", "must be between 0 and 1".into());
         }
+        // It becomes the argv element after --model in the discriminator's turn: picortex-run
+        // refuses a name that would read as an option, so refuse it here, where it is named.
         if a.discriminator_model.is_empty()
             || a.discriminator_model.len() > 100
+            || a.discriminator_model.starts_with('-')
             || !a
                 .discriminator_model
                 .bytes()
@@ -484,6 +487,11 @@ mod tests {
             ("[attention]\nthreshold = 1.5", "attention.threshold"),
             (
                 "[attention]\ndiscriminator_model = \"a b\"",
+                "attention.discriminator_model",
+            ),
+            // picortex-run would refuse every discriminator turn with it (fuzz/config checks this).
+            (
+                "[attention]\ndiscriminator_model = \"-p\"",
                 "attention.discriminator_model",
             ),
             ("[owner]\nhandles = [\"x\"]", "owner.handles"),

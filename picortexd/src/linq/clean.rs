@@ -51,8 +51,11 @@ pub fn for_phone(text: &str, max_chars: usize) -> String {
     if dropped == 0 {
         return out;
     }
-    // Cut back to a word boundary, if one is near.
-    let floor = out.len().saturating_sub(200);
+    // Cut back to a word boundary, if one is near (within 200 bytes, on a char boundary).
+    let mut floor = out.len().saturating_sub(200);
+    while !out.is_char_boundary(floor) {
+        floor -= 1;
+    }
     if let Some(i) = out[floor..].rfind(char::is_whitespace) {
         let at = floor + i;
         dropped += out[at..].chars().count();
@@ -89,5 +92,31 @@ mod tests {
         assert_eq!(for_phone("short", 1000), "short");
         let no_space = "x".repeat(5000);
         assert!(for_phone(&no_space, 1000).starts_with(&"x".repeat(1000)));
+    }
+
+    #[test]
+    fn long_texts_of_wide_chars_are_cut_on_char_boundaries() {
+        // Found by the `reply` fuzz target: 200 bytes back from the end of the kept text fell
+        // inside a multi-byte char (3 bytes for CJK, 4 for emoji) and the slice panicked.
+        for (text, width) in [
+            ("日".repeat(300), 3),
+            ("😀".repeat(300), 4),
+            ("é".repeat(301), 2),
+        ] {
+            for max in [100, 101, 102, 103] {
+                let c = for_phone(&text, max);
+                let kept = c.split("\n\n[").next().unwrap_or_default();
+                assert_eq!(kept.chars().count(), max, "{width}-byte chars, max {max}");
+                assert!(c.contains("more characters"), "{c}");
+            }
+        }
+        // The word boundary is still found when the window starts inside a char.
+        let words = format!("{} {}", "日本".repeat(100), "語".repeat(100));
+        let c = for_phone(&words, 250);
+        assert!(
+            c.starts_with(&format!("{}\n\n[", "日本".repeat(100))),
+            "{c}"
+        );
+        assert!(c.contains(" 101 more characters"), "{c}"); // 301 - 200 kept
     }
 }
