@@ -440,7 +440,7 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
         ("Slice", &format!("picortex-chat-{tag}.slice")),
         // Only its own home of /var/lib/picortex, no /run to write to, no system bus.
         ("BindPaths", &format!("{home}:{home}:rbind")),
-        ("ReadOnlyPaths", "/run /var/tmp"),
+        ("ReadOnlyPaths", "/run /tmp /var/tmp"),
     ] {
         assert_eq!(prop(&show, k), v, "{unit}: {k}");
     }
