@@ -45,21 +45,9 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
-fn gateway_pid() -> Option<u32> {
-    let out = Command::new("systemctl")
-        .args(["show", "-P", "MainPID", "picortexd.service"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-}
-
 pub fn snapshot() -> Snapshot {
     let mut s = Snapshot::default();
-    if let Some(pid) = gateway_pid() {
+    if let Some(pid) = crate::main_pid("picortexd.service") {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         s.rss_kb = status
             .lines()
