@@ -11,6 +11,7 @@ mod authz;
 mod disk;
 mod egress;
 mod failpoint;
+mod hostaddr;
 mod limits;
 mod service;
 mod units;
@@ -27,10 +28,10 @@ use picortex_proto::bus::{PROVISION_NAME, PROVISION_PATH};
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
-    // The address probe (see egress::probe_host_addresses): a unit of its own, outside the
+    // The address probe (see hostaddr::probe_host_addresses): a unit of its own, outside the
     // helper's private network namespace, that only lists the machine's addresses.
     if std::env::args().skip(1).eq([egress::LIST_ADDRESSES_ARG]) {
-        for a in egress::host_addresses().map_err(anyhow::Error::msg)? {
+        for a in hostaddr::host_addresses().map_err(anyhow::Error::msg)? {
             println!("{}", egress::format_range(&a));
         }
         return Ok(());

@@ -138,7 +138,7 @@ pub struct Host {
 }
 
 impl Host {
-    /// Everything but `addresses`, which `egress::probe_host_addresses` gets (async).
+    /// Everything but `addresses`, which `hostaddr::probe_host_addresses` gets (async).
     pub fn probe(acct: &ChatAccount) -> Result<Self, String> {
         let (p, g) = view::write_user_db(acct)?;
         Ok(Self {
