@@ -31,6 +31,28 @@ pub fn host_addresses() -> Result<Vec<Range>, String> {
     Ok(v)
 }
 
+/// How long a probe's answer is used: every StartTurn of a burst would otherwise start a unit of
+/// its own (a dynamic user, a sandbox) just to learn what the last one learnt. A spare already
+/// keeps the fence of the moment it started for longer (`turns.spare_ttl_s`).
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+static CACHE: std::sync::Mutex<Option<(std::time::Instant, Vec<Range>)>> =
+    std::sync::Mutex::new(None);
+
+/// `probe_host_addresses`, reusing an answer younger than `CACHE_FOR`.
+pub async fn host_addresses_for_turn(conn: &zbus::Connection) -> Result<Vec<Range>, String> {
+    if let Ok(c) = CACHE.lock() {
+        if let Some((_, v)) = c.as_ref().filter(|(at, _)| at.elapsed() < CACHE_FOR) {
+            return Ok(v.clone());
+        }
+    }
+    let v = probe_host_addresses(conn).await?;
+    if let Ok(mut c) = CACHE.lock() {
+        *c = Some((std::time::Instant::now(), v.clone()));
+    }
+    Ok(v)
+}
+
 /// The machine's addresses, from a short-lived unit systemd runs in the host's network
 /// namespace (the helper keeps PrivateNetwork=yes): this binary with `LIST_ADDRESSES_ARG`,
 /// as a dynamic user with no capabilities, its stdout a pipe back to the helper.

@@ -298,7 +298,7 @@ impl Provision {
             .await
             .map_err(|e| fail(e.to_string()))?
             .map_err(&fail)?;
-        host.addresses = crate::hostaddr::probe_host_addresses(conn)
+        host.addresses = crate::hostaddr::host_addresses_for_turn(conn)
             .await
             .map_err(&fail)?;
         let spec = units::TurnSpec {
