@@ -17,18 +17,6 @@ fn expect(r: &serde_json::Value, text: &str) -> Expected {
     }
 }
 
-/// Everything settled: no delivery to retry, no turn queued or running, no reply pending.
-fn settled(m: &Machine) {
-    m.wait_deliveries_settled(T);
-    m.wait_for("no work left", T, || {
-        (m.sql_n(
-            "SELECT (SELECT COUNT(*) FROM turns WHERE status != 'done')
-                  + (SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
-        ) == 0)
-            .then_some(())
-    });
-}
-
 #[test]
 fn the_gateway_rides_out_a_restart_of_the_bus_daemon() {
     let m = Machine::boot();
@@ -46,7 +34,7 @@ fn the_gateway_rides_out_a_restart_of_the_bus_daemon() {
     let after = sim.text(OWNER, Some(&chat), "after the restart");
     want.push(expect(&after, "after the restart"));
     m.wait_replies(&chat, 2, T);
-    settled(&m);
+    m.wait_settled(T);
     let t = tally_replies(&sim, &want[..]);
     assert!(t.lost == 0 && t.duplicated == 0, "{t:?}");
     assert_eq!(
@@ -74,7 +62,7 @@ fn the_gateway_rides_out_a_restart_of_journald() {
     m.wait_replies(&chat, 1, T);
     let after = sim.text(OWNER, Some(&chat), "and after it");
     m.wait_replies(&chat, 2, T);
-    settled(&m);
+    m.wait_settled(T);
     let t = tally_replies(
         &sim,
         &[
@@ -100,7 +88,7 @@ fn a_full_state_directory_answers_503_and_loses_nothing() {
     let first = sim.text(OWNER, None, "before the disk fills");
     let chat = first["chat_id"].as_str().unwrap().to_owned();
     m.wait_replies(&chat, 1, T);
-    settled(&m);
+    m.wait_settled(T);
     m.sh("fallocate -l 64m /var/lib/picortex/filler || dd if=/dev/zero of=/var/lib/picortex/filler bs=1M count=64 status=none");
     let full = sim.text(OWNER, Some(&chat), "while the disk is full");
     let id = full["event_id"].as_str().unwrap().to_owned();
@@ -121,7 +109,7 @@ fn a_full_state_directory_answers_503_and_loses_nothing() {
     );
     m.ok("rm -f /var/lib/picortex/filler");
     m.wait_replies(&chat, 2, T);
-    settled(&m);
+    m.wait_settled(T);
     let t = tally_replies(
         &sim,
         &[

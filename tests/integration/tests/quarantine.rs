@@ -37,17 +37,6 @@ fn decision(m: &Machine, linq_id: &str) -> (String, String) {
     (v.to_owned(), r.to_owned())
 }
 
-/// Everything settled: no turn queued or running, no reply pending.
-fn settled(m: &Machine) {
-    m.wait_for("no turn queued or running and no reply pending", T, || {
-        (m.sql_n(
-            "SELECT (SELECT COUNT(*) FROM turns WHERE status IN ('queued', 'starting', 'running'))
-                  + (SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
-        ) == 0)
-            .then_some(())
-    });
-}
-
 #[test]
 fn a_stranger_waits_for_the_owners_word_from_the_owners_dm() {
     let m = Machine::boot();
@@ -157,7 +146,7 @@ fn a_stranger_waits_for_the_owners_word_from_the_owners_dm() {
         )) == "allow 1")
             .then_some(())
     });
-    settled(&m);
+    m.wait_settled(T);
     assert_eq!(
         access(&m, &stranger_chat),
         "pending",
@@ -194,7 +183,7 @@ fn a_stranger_waits_for_the_owners_word_from_the_owners_dm() {
         "{confirm}"
     );
     assert!(user_exists(&m, &stranger_chat));
-    settled(&m);
+    m.wait_settled(T);
     assert_eq!(sim.sent(&stranger_chat).len(), 1, "answered more than once");
     assert_eq!(access(&m, &stranger_chat), "allowed");
 
@@ -220,7 +209,7 @@ fn a_stranger_waits_for_the_owners_word_from_the_owners_dm() {
         decision(&m, later["message_id"].as_str().unwrap()),
         ("skip".into(), "blocked".into())
     );
-    settled(&m);
+    m.wait_settled(T);
     assert!(
         sim.sent(&other_chat).is_empty(),
         "a blocked chat was answered"
@@ -279,7 +268,7 @@ fn groups_need_the_owner_in_them() {
     let family = f["chat_id"].as_str().unwrap().to_owned();
     m.wait_replies(&family, 1, T);
     assert_eq!(access(&m, &family), "allowed");
-    settled(&m);
+    m.wait_settled(T);
     assert_eq!(
         sim.sent(&dm).len(),
         2,
