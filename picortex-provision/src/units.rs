@@ -129,8 +129,8 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
 pub struct Host {
     /// Every address assigned to the machine's interfaces, as single-address ranges.
     pub addresses: Vec<Range>,
-    /// (cgroup hierarchy, the path of it to hide), see `view::chat_cgroup_roots`.
-    pub chat_cgroups: Vec<(String, String)>,
+    /// The turn's cgroup tree, see `view::CgroupView`.
+    pub cgroups: Option<view::CgroupView>,
     /// The turn's /etc/passwd and /etc/group: (passwd file, group file).
     pub user_db: Option<(String, String)>,
     /// The `[agent]` table for picortex-run, as TOML.
@@ -143,70 +143,55 @@ impl Host {
         let (p, g) = view::write_user_db(acct)?;
         Ok(Self {
             addresses: Vec::new(),
-            chat_cgroups: view::chat_cgroup_roots(std::path::Path::new("/sys/fs/cgroup")),
+            cgroups: view::write_cgroup_view(acct, std::path::Path::new(CGROUP_ROOT))?,
             user_db: Some((p.display().to_string(), g.display().to_string())),
             agent_config: Some(view::load_agent_table(egress::CONFIG_PATH)?),
         })
     }
 }
 
-/// Files of /etc and /run a turn has no business reading: the operator's configuration (the
-/// owner's handles; picortex-run gets `[agent]` as a credential), the user and shadow backups
-/// and subordinate-id lists (every chat user is in them), and systemd's runtime state, whose
-/// transient unit files, per-unit records and runtime drop-ins name every chat's turns and
-/// slices, with their Linq chat ids.
+/// Files of /etc a turn has no business reading that every user may: the operator's
+/// configuration (the owner's handles; picortex-run gets `[agent]` as a credential) and the
+/// user and group database backups (every chat user is in them). The rest is out of reach
+/// without a mount of its own, which each costs the unit's start-up (SPEC P5): `/run` is an
+/// empty tmpfs (`RUN_KEPT` bound back), `/var/lib/picortex-provision` is root's alone (0700),
+/// the shadow backups are root's and group shadow's, and chat users are system users, which
+/// get no subordinate ids (`/etc/subuid`, `/etc/subgid`).
 /// `-`: a path missing on this machine is no error.
-pub const HIDDEN_PATHS: &[&str] = &[
-    "-/run/dbus",
-    "-/var/lib/picortex-provision",
-    "-/etc/picortex",
-    "-/etc/passwd-",
-    "-/etc/group-",
-    "-/etc/shadow-",
-    "-/etc/gshadow-",
-    "-/etc/subuid",
-    "-/etc/subgid",
-    "-/etc/subuid-",
-    "-/etc/subgid-",
-    "-/run/systemd/transient",
-    "-/run/systemd/units",
-    "-/run/systemd/propagate",
-    "-/run/systemd/system.control",
-    "-/run/systemd/system",
-    "-/run/systemd/generator",
-    "-/run/systemd/generator.early",
-    "-/run/systemd/generator.late",
-    "-/run/systemd/users",
-    // nss-systemd asks systemd-userdbd here, which answers from the real user database.
-    "-/run/systemd/userdb",
-];
+pub const HIDDEN_PATHS: &[&str] = &["-/etc/picortex", "-/etc/passwd-", "-/etc/group-"];
 
-/// What of the machine a turn sees, from `host`: its own user database, and of the chats'
-/// cgroups only its own chat's slice (ProtectControlGroups only makes them read-only).
-fn view_properties(acct: &ChatAccount, host: &Host, props: &mut Vec<(&'static str, Prop)>) {
-    let mut binds = Vec::new();
+/// What of `/run` a turn keeps (read-only, if present): journald's sockets, for the agent's
+/// syslog and native log lines, and resolved's resolv.conf, which /etc/resolv.conf may point
+/// at. Everything else there — the system bus, systemd's runtime state (transient unit files,
+/// per-unit records and drop-ins name every chat's turns and slices, with their Linq chat ids),
+/// systemd-userdbd's socket (it answers from the real user database), /run/lock and /run/user,
+/// other units' credentials — is gone. systemd mounts the unit's own credentials in after.
+pub const RUN_KEPT: &[&str] = &["/run/systemd/journal", "/run/systemd/resolve"];
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What of the machine a turn sees, from `host`: its own user database, and of the cgroup tree
+/// only its own chat's slice (ProtectControlGroups alone only makes the tree read-only).
+fn view_properties(host: &Host, props: &mut Vec<(&'static str, Prop)>) {
+    let mut binds: Vec<_> = RUN_KEPT
+        .iter()
+        .map(|p| ((*p).to_owned(), (*p).to_owned(), true, MS_REC))
+        .collect();
     if let Some((p, g)) = &host.user_db {
         binds.push((p.clone(), "/etc/passwd".to_owned(), false, 0));
         binds.push((g.clone(), "/etc/group".to_owned(), false, 0));
     }
-    let slice = acct.tag.slice();
-    for (h, _) in &host.chat_cgroups {
-        let own = format!("{h}/picortex.slice/picortex-chat.slice/{slice}");
-        // The slice may have no directory in a v1 hierarchy whose controller it does not use.
-        binds.push((own.clone(), own, true, MS_REC));
+    if let Some(cg) = &host.cgroups {
+        binds.push((
+            cg.skeleton.display().to_string(),
+            CGROUP_ROOT.to_owned(),
+            false,
+            0,
+        ));
+        // A slice with no directory yet in a hierarchy is no reason to fail the turn.
+        binds.extend(cg.own.iter().map(|o| (o.clone(), o.clone(), true, MS_REC)));
     }
-    for (k, p) in props.iter_mut() {
-        if let ("TemporaryFileSystem", Prop::Pairs(v)) = (*k, p) {
-            v.extend(
-                host.chat_cgroups
-                    .iter()
-                    .map(|(_, c)| (c.clone(), "ro".to_owned())),
-            );
-        }
-    }
-    if !binds.is_empty() {
-        props.push(("BindReadOnlyPaths", Prop::Binds(binds)));
-    }
+    props.push(("BindReadOnlyPaths", Prop::Binds(binds)));
     if let Some(agent) = &host.agent_config {
         props.push((
             "SetCredential",
@@ -229,7 +214,7 @@ pub fn turn_properties(
     host: &Host,
 ) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
-    view_properties(acct, host, &mut props);
+    view_properties(host, &mut props);
     // The host's own addresses are the host as much as loopback is: its services listen on
     // them (the gateway, other chats' listeners, root daemons), so they are fenced like it.
     let mut deny = match egress {
@@ -330,35 +315,28 @@ fn base_turn_properties(
         // And /dev/shm: PrivateDevices binds the machine's own into the private /dev, where
         // every turn running at the same time (of any chat) could leave files for the others.
         // Each turn gets an empty one; what it puts there counts against the chat's MemoryMax.
+        // And /run: see RUN_KEPT.
         (
             "TemporaryFileSystem",
             Prop::Pairs(vec![
                 (STATE_DIR.to_owned(), "ro".to_owned()),
                 ("/dev/shm".to_owned(), DEV_SHM_OPTIONS.to_owned()),
+                ("/run".to_owned(), "ro".to_owned()),
             ]),
         ),
         (
             "BindPaths",
             Prop::Binds(vec![(acct.home.clone(), acct.home.clone(), false, MS_REC)]),
         ),
-        // /run: systemd 252 leaves it writable under ProtectSystem=strict once ProtectProc= is
-        // set (its API-VFS /run entry escapes the read-only remount), and /run/lock is a 1777
-        // tmpfs every chat could share files through. /tmp and /var/tmp are private
-        // (PrivateTmp) and read-only: they live on the host's disk, outside the chat's quota,
-        // so the agent's temporary files go to ~/.tmp ($TMPDIR) instead, and the home is the one
-        // place a turn writes to.
+        // /tmp and /var/tmp are private (PrivateTmp) and read-only: they live on the host's
+        // disk, outside the chat's quota, so the agent's temporary files go to ~/.tmp ($TMPDIR)
+        // instead, and the home is the one place a turn writes to. (/run is a read-only tmpfs:
+        // systemd 252 leaves the real one writable under ProtectSystem=strict once ProtectProc=
+        // is set, and /run/lock is a 1777 tmpfs every chat could share files through.)
         (
             "ReadOnlyPaths",
-            Prop::Strs(vec![
-                "/run".to_owned(),
-                "/tmp".to_owned(),
-                "/var/tmp".to_owned(),
-            ]),
+            Prop::Strs(vec!["/tmp".to_owned(), "/var/tmp".to_owned()]),
         ),
-        // No system bus: everything on it is polkit-checked, but systemd's unit list is
-        // world-readable and names every chat's turns and slices, with their Linq chat ids in
-        // LogExtraFields; and a turn has no business with any bus service. The helper's
-        // registry and the gateway's credential sources are root-only already. See HIDDEN_PATHS.
         (
             "InaccessiblePaths",
             Prop::Strs(HIDDEN_PATHS.iter().map(|p| (*p).to_owned()).collect()),
@@ -762,9 +740,17 @@ mod tests {
             get(&p, "TemporaryFileSystem"),
             &Prop::Pairs(vec![
                 ("/var/lib/picortex".into(), "ro".into()),
-                ("/dev/shm".into(), DEV_SHM_OPTIONS.into())
+                ("/dev/shm".into(), DEV_SHM_OPTIONS.into()),
+                ("/run".into(), "ro".into()),
             ])
         );
+        // Of /run, only journald's sockets and resolved's resolv.conf come back.
+        let Prop::Binds(binds) = get(&p, "BindReadOnlyPaths") else {
+            panic!("BindReadOnlyPaths")
+        };
+        let run: Vec<_> = binds.iter().filter(|b| b.1.starts_with("/run")).collect();
+        assert_eq!(run.len(), RUN_KEPT.len(), "{run:?}");
+        assert!(run.iter().all(|b| b.0 == b.1 && b.2), "{run:?}");
         assert_eq!(get(&p, "PrivateDevices"), &Prop::Bool(true));
         assert!(
             a.home.starts_with(&format!("{STATE_DIR}/")),
@@ -773,13 +759,13 @@ mod tests {
         let Prop::Strs(ro) = get(&p, "ReadOnlyPaths") else {
             panic!("ReadOnlyPaths")
         };
-        for d in ["/run", "/tmp", "/var/tmp"] {
+        for d in ["/tmp", "/var/tmp"] {
             assert!(ro.contains(&d.to_owned()), "{d} writable");
         }
         let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
             panic!("InaccessiblePaths")
         };
-        assert!(gone.contains(&"-/run/dbus".to_owned()));
+        assert!(gone.contains(&"-/etc/picortex".to_owned()));
         assert!(
             gone.iter().all(|g| g.starts_with("-/")),
             "a missing path must not fail the turn"
@@ -862,9 +848,15 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let cg = "/sys/fs/cgroup/memory/picortex.slice/picortex-chat.slice".to_owned();
+        let own = format!(
+            "/sys/fs/cgroup/memory/picortex.slice/picortex-chat.slice/{}",
+            a.tag.slice()
+        );
         let host = Host {
-            chat_cgroups: vec![("/sys/fs/cgroup/memory".into(), cg.clone())],
+            cgroups: Some(view::CgroupView {
+                skeleton: "/v/cgroup".into(),
+                own: vec![own.clone()],
+            }),
             user_db: Some(("/v/passwd".into(), "/v/group".into())),
             agent_config: Some("[agent]\ncommand = \"x\"\n".into()),
             ..Host::default()
@@ -877,19 +869,22 @@ mod tests {
             &Egress::Internet,
             &host,
         );
-        let own = format!("{cg}/{}", a.tag.slice());
+        let run = RUN_KEPT
+            .iter()
+            .map(|p| ((*p).to_owned(), (*p).to_owned(), true, MS_REC));
+        // The skeleton over the whole tree, then the chat's own slice back over it.
         assert_eq!(
             get(&p, "BindReadOnlyPaths"),
-            &Prop::Binds(vec![
-                ("/v/passwd".into(), "/etc/passwd".into(), false, 0),
-                ("/v/group".into(), "/etc/group".into(), false, 0),
-                (own.clone(), own, true, MS_REC),
-            ])
+            &Prop::Binds(
+                run.chain([
+                    ("/v/passwd".into(), "/etc/passwd".into(), false, 0),
+                    ("/v/group".into(), "/etc/group".into(), false, 0),
+                    ("/v/cgroup".into(), "/sys/fs/cgroup".into(), false, 0),
+                    (own.clone(), own, true, MS_REC),
+                ])
+                .collect()
+            )
         );
-        let Prop::Pairs(tmp) = get(&p, "TemporaryFileSystem") else {
-            panic!("TemporaryFileSystem")
-        };
-        assert!(tmp.contains(&(cg, "ro".into())));
         assert_eq!(
             get(&p, "SetCredential"),
             &Prop::Creds(vec![(
@@ -900,11 +895,7 @@ mod tests {
         let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
             panic!("InaccessiblePaths")
         };
-        for g in [
-            "-/etc/picortex",
-            "-/run/systemd/transient",
-            "-/run/systemd/units",
-        ] {
+        for g in ["-/etc/picortex", "-/etc/passwd-", "-/etc/group-"] {
             assert!(gone.contains(&g.to_owned()), "{g}");
         }
         convert(&p).unwrap();

@@ -2,8 +2,8 @@
 //! prepares it at StartTurn, as root, from the machine's own files:
 //! - a user database of three accounts (root, nobody, the chat's own user), bound read-only
 //!   over the turn's /etc/passwd and /etc/group, since the real ones list every chat user;
-//! - the cgroup hierarchies in which other chats' slices would be visible, so the turn unit
-//!   can hide `picortex-chat.slice` and bind back only its own chat's slice;
+//! - a skeleton of the cgroup tree with only the chat's own slice in it, bound over the turn's
+//!   /sys/fs/cgroup, with that slice bound back (`CgroupView`);
 //! - the `[agent]` table of the operator's configuration, handed to the turn as a systemd
 //!   credential, because the rest of that file (the owner's handles) is no turn's business and
 //!   `/etc/picortex` is inaccessible to turns.
@@ -74,45 +74,75 @@ fn replace(path: &Path, text: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Where each cgroup hierarchy under `root` (the unified one, or each v1 controller's and the
-/// named systemd one on a hybrid machine) must be covered so a turn sees no chat's slice but
-/// its own: `(hierarchy, path to hide)`; the turn's own slice is bound back under it. On a
-/// hybrid or v1 machine that is the whole hierarchy: systemd creates and trims a controller's
-/// directories as units come and go, and removing a directory another mount namespace has a
-/// mount on detaches that mount, which would put every chat back in view. On a unified
-/// machine it is `picortex.slice/picortex-chat.slice` (or `picortex.slice` before the first
-/// chat), which stay while any chat's slice does; the root itself belongs to
-/// ProtectControlGroups.
-pub fn chat_cgroup_roots(root: &Path) -> Vec<(String, String)> {
-    let unified = root.join("cgroup.controllers").exists();
-    let mut hierarchies = Vec::new();
-    if unified {
-        hierarchies.push(root.to_owned());
-    } else if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir && e.path().join("cgroup.procs").exists() {
-                hierarchies.push(e.path());
-            }
+/// The turn's view of the cgroup tree: `skeleton`, bound read-only over its /sys/fs/cgroup,
+/// holds nothing but the directories down to its own chat's slice, and `own` lists those
+/// slices, each bound back from the real tree over its empty directory. One bind hides every
+/// hierarchy however many the machine has (a hybrid machine has ten; a mount each would add
+/// tens of milliseconds to every turn's start, SPEC P5), and a bind at /sys/fs/cgroup itself
+/// takes precedence over ProtectControlGroups' read-only one, which a tmpfs there would not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupView {
+    pub skeleton: PathBuf,
+    pub own: Vec<String>,
+}
+
+/// The hierarchies, relative to `root`, in which a turn gets its chat's slice back: the root
+/// on a unified machine; `memory` (the limit and OOM counter the agent's runtime and
+/// picortex-run read) and `unified`, where present, on a hybrid or v1 one.
+pub fn own_slice_hierarchies(root: &Path) -> Vec<String> {
+    if root.join("cgroup.controllers").exists() {
+        return vec![String::new()];
+    }
+    ["memory", "unified"]
+        .into_iter()
+        .filter(|h| root.join(h).join("cgroup.procs").exists())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `hierarchy/picortex.slice/picortex-chat.slice/<slice>` (no leading slash).
+fn slice_rel(hierarchy: &str, slice: &str) -> String {
+    let tail = format!("picortex.slice/picortex-chat.slice/{slice}");
+    if hierarchy.is_empty() {
+        tail
+    } else {
+        format!("{hierarchy}/{tail}")
+    }
+}
+
+/// Writes the chat's cgroup skeleton under the views directory (None on a machine without a
+/// cgroup tree, where there is nothing to hide).
+pub fn write_cgroup_view(acct: &ChatAccount, root: &Path) -> Result<Option<CgroupView>, String> {
+    let hierarchies = own_slice_hierarchies(root);
+    if hierarchies.is_empty() {
+        return Ok(None);
+    }
+    let skeleton = Path::new(VIEWS_DIR).join(acct.tag.as_str()).join("cgroup");
+    let slice = acct.tag.slice();
+    let mut own = Vec::new();
+    for h in &hierarchies {
+        let rel = slice_rel(h, &slice);
+        let d = skeleton.join(&rel);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&d)
+            .map_err(|e| format!("{}: {e}", d.display()))?;
+        own.push(root.join(&rel).display().to_string());
+    }
+    // The helper's UMask is 0077: the modes are set, not asked for (the chat user must be able
+    // to walk down to its slice).
+    for h in &hierarchies {
+        let mut p = skeleton.clone();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        for part in slice_rel(h, &slice).split('/') {
+            p.push(part);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
-    let mut v: Vec<(String, String)> = hierarchies
-        .into_iter()
-        .filter_map(|h| {
-            let candidates = if unified {
-                vec![
-                    h.join("picortex.slice/picortex-chat.slice"),
-                    h.join("picortex.slice"),
-                ]
-            } else {
-                vec![h.clone()]
-            };
-            let hide = candidates.into_iter().find(|p| p.is_dir())?;
-            Some((h.display().to_string(), hide.display().to_string()))
-        })
-        .collect();
-    v.sort();
-    v
+    Ok(Some(CgroupView { skeleton, own }))
 }
 
 /// The `[agent]` table of the operator's configuration, alone, as TOML (empty if absent).
@@ -192,44 +222,29 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_roots_are_found_in_unified_and_hybrid_layouts() {
+    fn a_turn_gets_its_slice_back_in_the_memory_and_unified_hierarchies_only() {
         let d = tempdir();
-        let s = |p: &str| format!("{}/{p}", d.display());
-        // Hybrid: every hierarchy whole, whatever it holds now.
-        for h in ["memory", "pids", "unified", "devices"] {
+        // Hybrid: memory and unified, never the others.
+        for h in ["memory", "pids", "unified", "devices", "systemd"] {
             std::fs::create_dir_all(d.join(h)).unwrap();
             std::fs::write(d.join(h).join("cgroup.procs"), "").unwrap();
         }
-        std::fs::create_dir_all(d.join("memory/picortex.slice/picortex-chat.slice")).unwrap();
-        std::fs::create_dir_all(d.join("unified/picortex.slice/picortex-chat.slice")).unwrap();
-        std::fs::create_dir_all(d.join("pids/picortex.slice")).unwrap();
-        std::fs::create_dir_all(d.join("notacgroup/picortex.slice/picortex-chat.slice")).unwrap();
+        std::fs::create_dir_all(d.join("notacgroup")).unwrap();
+        assert_eq!(own_slice_hierarchies(&d), ["memory", "unified"]);
         assert_eq!(
-            chat_cgroup_roots(&d),
-            [
-                (s("devices"), s("devices")),
-                (s("memory"), s("memory")),
-                (s("pids"), s("pids")),
-                (s("unified"), s("unified")),
-            ]
+            slice_rel("memory", "picortex-chat-ab.slice"),
+            "memory/picortex.slice/picortex-chat.slice/picortex-chat-ab.slice"
         );
-        // Unified: the chat slices' parent, never the root itself.
+        // Unified: the root.
         let u = d.join("unified");
         std::fs::write(u.join("cgroup.controllers"), "").unwrap();
+        assert_eq!(own_slice_hierarchies(&u), [""]);
         assert_eq!(
-            chat_cgroup_roots(&u),
-            [(
-                s("unified"),
-                s("unified/picortex.slice/picortex-chat.slice")
-            )]
+            slice_rel("", "picortex-chat-ab.slice"),
+            "picortex.slice/picortex-chat.slice/picortex-chat-ab.slice"
         );
-        std::fs::remove_dir_all(u.join("picortex.slice/picortex-chat.slice")).unwrap();
-        assert_eq!(
-            chat_cgroup_roots(&u),
-            [(s("unified"), s("unified/picortex.slice"))]
-        );
-        std::fs::remove_dir_all(u.join("picortex.slice")).unwrap();
-        assert!(chat_cgroup_roots(&u).is_empty());
+        // No cgroup tree at all.
+        assert!(own_slice_hierarchies(&d.join("missing")).is_empty());
     }
 
     fn tempdir() -> PathBuf {

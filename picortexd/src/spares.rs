@@ -10,7 +10,7 @@
 //! running in its spare's unit *before* the request is written, so a crash in between finds the
 //! unit's `no_request` and starts the turn again. Spares unused for `turns.spare_ttl_s` are let go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,18 +27,32 @@ pub struct Spare {
 #[derive(Default)]
 pub struct Spares {
     by_chat: Mutex<HashMap<String, Spare>>,
+    /// Chats whose spare is being started (systemd builds the sandbox meanwhile).
+    starting: Mutex<HashSet<String>>,
 }
 
 impl Spares {
-    pub fn take(&self, chat: &str) -> Option<Spare> {
-        self.by_chat.lock().ok()?.remove(chat)
+    /// Claim the start of `chat`'s spare: false if it has one, or one is being started, or
+    /// `limit` spares exist or are being started already. `started` must follow a true.
+    pub fn begin(&self, chat: &str, limit: usize) -> bool {
+        let (Ok(m), Ok(mut st)) = (self.by_chat.lock(), self.starting.lock()) else {
+            return false;
+        };
+        if m.contains_key(chat) || st.contains(chat) || m.len() + st.len() >= limit {
+            return false;
+        }
+        st.insert(chat.to_owned())
     }
 
-    pub fn has(&self, chat: &str) -> bool {
-        self.by_chat
-            .lock()
-            .map(|m| m.contains_key(chat))
-            .unwrap_or(false)
+    /// The start claimed by `begin` is over, whatever became of it.
+    pub fn started(&self, chat: &str) {
+        if let Ok(mut st) = self.starting.lock() {
+            st.remove(chat);
+        }
+    }
+
+    pub fn take(&self, chat: &str) -> Option<Spare> {
+        self.by_chat.lock().ok()?.remove(chat)
     }
 
     pub fn len(&self) -> usize {
@@ -102,5 +116,23 @@ mod tests {
         let gone = s.expired(Duration::ZERO);
         assert_eq!(gone.len(), 1);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn one_start_per_chat_at_a_time_and_no_more_than_the_limit() {
+        let s = Spares::default();
+        assert!(s.begin("a", 2));
+        assert!(!s.begin("a", 2), "a second start for one chat");
+        assert!(s.begin("b", 2));
+        assert!(!s.begin("c", 2), "over the limit, counting starts");
+        s.started("a");
+        assert!(s.put("a", spare("1")).is_ok());
+        assert!(!s.begin("a", 3), "a chat with a spare");
+        s.started("b");
+        assert!(s.begin("c", 3));
+        assert!(
+            !s.begin("d", 2),
+            "over the limit, counting spares and starts"
+        );
     }
 }

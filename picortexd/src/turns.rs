@@ -38,6 +38,9 @@ use crate::store::authority;
 use crate::store::queries::{self, Finished, TurnJob, TurnKind};
 use crate::store::Store;
 
+/// Spare units being started at once (see `Turns::spare_loop`).
+const SPARE_STARTS_AT_ONCE: usize = 2;
+
 pub struct Turns {
     pub store: Store,
     pub bus: Arc<Bus>,
@@ -619,10 +622,26 @@ impl Turns {
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        // Starts run side by side: each waits ~100 ms on systemd building a sandbox, and one at a
+        // time could not keep up with chats answering faster than that (their next turns would
+        // find no spare). Bounded, as the forks and mounts compete with running turns for CPU.
+        let slots = Arc::new(tokio::sync::Semaphore::new(SPARE_STARTS_AT_ONCE));
         loop {
             tokio::select! {
                 chat = rx.recv() => match chat {
-                    Some(chat) => self.make_spare(&chat, ttl).await,
+                    Some(chat) => {
+                        let limit = self.cfg.turns.max_concurrent * 2;
+                        if !self.spares.begin(&chat, limit) {
+                            continue;
+                        }
+                        let (me, slots) = (self.clone(), slots.clone());
+                        tokio::spawn(async move {
+                            if let Ok(_slot) = slots.acquire().await {
+                                me.make_spare(&chat, ttl).await;
+                            }
+                            me.spares.started(&chat);
+                        });
+                    }
                     None => return,
                 },
                 _ = tick.tick() => {
@@ -638,11 +657,8 @@ impl Turns {
     }
 
     async fn make_spare(&self, chat_id: &str, ttl: Duration) {
-        // One per chat; not for a chat whose next turn is already waiting (the dispatcher starts
-        // it now), nor more than there can be turns at once.
-        if self.spares.has(chat_id) || self.spares.len() >= self.cfg.turns.max_concurrent * 2 {
-            return;
-        }
+        // One per chat, no more than twice as many as there can be turns at once (`begin`), and
+        // not for a chat whose next turn is already waiting (the dispatcher starts it now).
         let id = chat_id.to_owned();
         let chat = match self
             .store
