@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,34 @@ pub struct Spares {
     by_chat: Mutex<HashMap<String, Spare>>,
     /// Chats whose spare is being started (systemd builds the sandbox meanwhile).
     starting: Mutex<HashSet<String>>,
+    /// Turns being started in fresh units right now, which spare starts make way for.
+    turns_starting: AtomicUsize,
+}
+
+/// A turn's start in a fresh unit, from `Spares::turn_starting` until dropped.
+pub struct TurnStarting<'a>(&'a AtomicUsize);
+
+impl Drop for TurnStarting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Spares {
+    /// A turn is being started in a fresh unit (provisioning, sandbox): until the guard drops,
+    /// `make_way` holds spare starts back, so they do not compete with it for the CPU.
+    pub fn turn_starting(&self) -> TurnStarting<'_> {
+        self.turns_starting.fetch_add(1, Ordering::SeqCst);
+        TurnStarting(&self.turns_starting)
+    }
+
+    /// Wait (at most `max`) until no turn is being started in a fresh unit.
+    pub async fn make_way(&self, max: Duration) {
+        let until = Instant::now() + max;
+        while self.turns_starting.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     /// Claim the start of `chat`'s spare: false if it has one, or one is being started, or
     /// `limit` spares exist or are being started already. `started` must follow a true.
     pub fn begin(&self, chat: &str, limit: usize) -> bool {
@@ -133,6 +159,31 @@ mod tests {
         assert!(
             !s.begin("d", 2),
             "over the limit, counting spares and starts"
+        );
+    }
+
+    #[tokio::test]
+    async fn spare_starts_make_way_for_turns_being_started() {
+        let s = Spares::default();
+        let t0 = Instant::now();
+        s.make_way(Duration::from_secs(5)).await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "waited with no turn starting"
+        );
+        let guard = s.turn_starting();
+        let t0 = Instant::now();
+        s.make_way(Duration::from_millis(50)).await;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(50),
+            "did not wait for the turn"
+        );
+        drop(guard);
+        let t0 = Instant::now();
+        s.make_way(Duration::from_secs(5)).await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the guard did not end the wait"
         );
     }
 }

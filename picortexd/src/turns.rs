@@ -40,6 +40,8 @@ use crate::store::Store;
 
 /// Spare units being started at once (see `Turns::spare_loop`).
 const SPARE_STARTS_AT_ONCE: usize = 2;
+/// How long a spare's start waits for turns being started in fresh units, at most.
+const SPARE_YIELD_MAX: Duration = Duration::from_secs(2);
 
 pub struct Turns {
     pub store: Store,
@@ -228,6 +230,8 @@ impl Turns {
     }
 
     async fn start_inner(self: Arc<Self>, job: TurnJob) -> Result<(), Failure> {
+        // Spare starts wait while this turn's unit is being started (see `Spares::make_way`).
+        let mut starting = Some(self.spares.turn_starting());
         let chat = {
             let id = job.chat_id.clone();
             self.store
@@ -313,6 +317,7 @@ impl Turns {
             model: discriminate.then(|| self.cfg.attention.discriminator_model.clone()),
         };
         if let Some(spare) = self.spares.take(&chat.id) {
+            starting.take();
             match self
                 .hand_to_spare(&job, chat.archived, spare, request.clone())
                 .await
@@ -358,6 +363,7 @@ impl Turns {
                 u
             }
         };
+        starting.take();
         tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
         crate::failpoint::hit("turn-started");
         {
@@ -637,6 +643,7 @@ impl Turns {
                         let (me, slots) = (self.clone(), slots.clone());
                         tokio::spawn(async move {
                             if let Ok(_slot) = slots.acquire().await {
+                                me.spares.make_way(SPARE_YIELD_MAX).await;
                                 me.make_spare(&chat, ttl).await;
                             }
                             me.spares.started(&chat);
