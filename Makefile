@@ -21,9 +21,14 @@ TMPFILESDIR := $(PREFIX)/lib/tmpfiles.d
 DBUSDIR     := $(PREFIX)/share/dbus-1
 POLKITDIR   := $(PREFIX)/share/polkit-1
 DOCDIR      := $(PREFIX)/share/doc/picortex
+MANDIR      := $(PREFIX)/share/man
+BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  := $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR := $(PREFIX)/share/fish/vendor_completions.d
+GENDIR      := build/gen
 
 TARGETDIR   := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
-BINS        := picortexd picortex-provision picortex-run
+BINS        := picortexd picortex-provision picortex-run picortexctl
 STAGE       := build/stage
 
 export PICORTEX_RUN_BIN := $(LIBEXECDIR)/picortex-run
@@ -37,6 +42,7 @@ build:
 
 install: build
 	install -Dm755 $(TARGETDIR)/picortexd            $(DESTDIR)$(BINDIR)/picortexd
+	install -Dm755 $(TARGETDIR)/picortexctl          $(DESTDIR)$(BINDIR)/picortexctl
 	install -Dm755 $(TARGETDIR)/picortex-provision   $(DESTDIR)$(LIBEXECDIR)/picortex-provision
 	install -Dm755 $(TARGETDIR)/picortex-run         $(DESTDIR)$(LIBEXECDIR)/picortex-run
 	install -Dm755 dist/picortex-chats-fs            $(DESTDIR)$(LIBEXECDIR)/picortex-chats-fs
@@ -49,12 +55,24 @@ install: build
 	install -Dm644 units/picortex-chat.slice         $(DESTDIR)$(UNITDIR)/picortex-chat.slice
 	install -Dm644 units/org.picortex.Provision1.service $(DESTDIR)$(DBUSDIR)/system-services/org.picortex.Provision1.service
 	install -Dm644 units/org.picortex.Provision1.conf    $(DESTDIR)$(DBUSDIR)/system.d/org.picortex.Provision1.conf
+	install -Dm644 units/org.picortex.Gateway1.conf      $(DESTDIR)$(DBUSDIR)/system.d/org.picortex.Gateway1.conf
 	install -Dm644 units/sysusers-picortex.conf      $(DESTDIR)$(SYSUSERSDIR)/picortex.conf
 	install -Dm644 units/tmpfiles-picortex.conf      $(DESTDIR)$(TMPFILESDIR)/picortex.conf
 	install -Dm644 polkit/org.picortex.provision.policy $(DESTDIR)$(POLKITDIR)/actions/org.picortex.provision.policy
+	install -Dm644 polkit/org.picortex.gateway.policy $(DESTDIR)$(POLKITDIR)/actions/org.picortex.gateway.policy
 	install -Dm644 polkit/50-picortex.rules          $(DESTDIR)$(POLKITDIR)/rules.d/50-picortex.rules
 	install -Dm644 dist/picortexd.toml               $(DESTDIR)$(DOCDIR)/picortexd.toml.example
 	install -Dm644 README.md                         $(DESTDIR)$(DOCDIR)/README.md
+	# picortexctl's man page and completions, generated from its clap definition.
+	mkdir -p $(GENDIR)
+	$(TARGETDIR)/picortexctl generate man $(GENDIR)
+	$(TARGETDIR)/picortexctl generate completions bash > $(GENDIR)/picortexctl.bash
+	$(TARGETDIR)/picortexctl generate completions zsh  > $(GENDIR)/_picortexctl
+	$(TARGETDIR)/picortexctl generate completions fish > $(GENDIR)/picortexctl.fish
+	install -Dm644 $(GENDIR)/picortexctl.1           $(DESTDIR)$(MANDIR)/man1/picortexctl.1
+	install -Dm644 $(GENDIR)/picortexctl.bash        $(DESTDIR)$(BASHCOMPDIR)/picortexctl
+	install -Dm644 $(GENDIR)/_picortexctl            $(DESTDIR)$(ZSHCOMPDIR)/_picortexctl
+	install -Dm644 $(GENDIR)/picortexctl.fish        $(DESTDIR)$(FISHCOMPDIR)/picortexctl.fish
 	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/picortex/picortexd.toml ]; then \
 	  install -Dm644 dist/picortexd.toml $(DESTDIR)$(SYSCONFDIR)/picortex/picortexd.toml; fi
 	install -dm700 $(DESTDIR)$(SYSCONFDIR)/picortex/credentials

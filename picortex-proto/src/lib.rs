@@ -5,5 +5,6 @@
 //! already validated.
 
 pub mod bus;
+pub mod gateway;
 pub mod ids;
 pub mod turn;

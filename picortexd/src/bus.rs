@@ -1,5 +1,7 @@
 //! The gateway's view of the system bus: the root helper (`org.picortex.Provision1`, through the
-//! shared proxy) and systemd itself, which it reads but never commands. The gateway learns that a
+//! shared proxy) and systemd itself, which it reads but never commands; and the gateway's own
+//! `org.picortex.Gateway1` (`gateway1`), served on every connection, the name acquired again
+//! whenever the connection is made again (after the bus daemon restarted). The gateway learns that a
 //! turn ended by watching the unit's state on systemd's bus API (read-only, allowed to any user),
 //! and reads the outcome from the unit, which stays loaded until the gateway releases it.
 
@@ -78,6 +80,8 @@ pub enum Started {
 /// instead of failing every turn until someone restarts the gateway.
 pub struct Bus {
     conn: Mutex<Option<Connection>>,
+    /// What the gateway serves on each connection.
+    gateway: std::sync::OnceLock<crate::gateway1::Gateway1>,
 }
 
 impl Default for Bus {
@@ -90,6 +94,71 @@ impl Bus {
     pub fn new() -> Self {
         Self {
             conn: Mutex::new(None),
+            gateway: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Serve `org.picortex.Gateway1` on this connection and every later one.
+    pub fn serve(&self, gw: crate::gateway1::Gateway1) {
+        let _ = self.gateway.set(gw);
+    }
+
+    async fn serve_on(&self, c: &Connection) {
+        use picortex_proto::gateway::GATEWAY_NAME;
+        use zbus::fdo::{RequestNameFlags, RequestNameReply};
+        let Some(gw) = self.gateway.get() else {
+            return;
+        };
+        if let Err(e) = c.object_server().at(crate::gateway1::PATH, gw.clone()).await {
+            tracing::error!(error = %e, "cannot serve {GATEWAY_NAME}: {e}");
+            return;
+        }
+        match c
+            .request_name_with_flags(GATEWAY_NAME, RequestNameFlags::DO_NOT_QUEUE)
+            .await
+        {
+            Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {
+                tracing::info!("serving {GATEWAY_NAME} on the system bus");
+            }
+            Ok(r) => tracing::warn!(
+                "{GATEWAY_NAME} is owned by another process ({r:?}); picortexctl talks to that one"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot own {GATEWAY_NAME}: {e} (is units/org.picortex.Gateway1.conf installed in /usr/share/dbus-1/system.d, and the bus reloaded?)"
+            ),
+        }
+    }
+
+    /// The connection now, if there is one (signals are not worth connecting for).
+    async fn current(&self) -> Option<Connection> {
+        self.conn.lock().await.clone()
+    }
+
+    /// Signals of `org.picortex.Gateway1`; lost, harmlessly, while the bus is down.
+    pub async fn turn_started(&self, chat: &str, turn: &str, kind: &str) {
+        if let Some(c) = self.current().await {
+            if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
+                let _ = crate::gateway1::Gateway1::turn_started(&e, chat, turn, kind).await;
+            }
+        }
+    }
+
+    pub async fn turn_finished(&self, chat: &str, turn: &str, outcome: &str, cost_usd: f64) {
+        if let Some(c) = self.current().await {
+            if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
+                let _ =
+                    crate::gateway1::Gateway1::turn_finished(&e, chat, turn, outcome, cost_usd)
+                        .await;
+            }
+        }
+    }
+
+    pub async fn pending_added(&self, number: i64, chat: &str) {
+        if let Some(c) = self.current().await {
+            if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
+                let _ = crate::gateway1::Gateway1::pending_added(&e, number, chat).await;
+            }
         }
     }
 
@@ -108,6 +177,8 @@ impl Bus {
         }
         tracing::info!("connected to the system bus");
         *slot = Some(c.clone());
+        drop(slot);
+        self.serve_on(&c).await;
         Ok(c)
     }
 
@@ -199,6 +270,16 @@ impl Bus {
             .provision()
             .await?
             .archive_chat(chat_id)
+            .await
+            .map_err(helper_err);
+        self.check(r).await
+    }
+
+    pub async fn remove_chat(&self, chat_id: &str) -> Result<String, BusError> {
+        let r = self
+            .provision()
+            .await?
+            .remove_chat(chat_id)
             .await
             .map_err(helper_err);
         self.check(r).await

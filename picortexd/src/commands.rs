@@ -2,7 +2,9 @@
 //! budget|help`, and in the owner's own DM the short answers to a quarantine notice, `allow <n>`
 //! and `block <n>`. Only the owner's messages are commands (the caller checks the sender);
 //! from anyone else the same text is an ordinary message. Commands are answered by the gateway
-//! itself, without a turn. `parse` is pure; `execute` applies a command to the log.
+//! itself, without a turn. `parse` is pure; `execute` applies a command to the log. The
+//! administrator's `org.picortex.Gateway1` methods (`gateway1`) are the same commands: they
+//! build a `Command` with the same rules (`limits`, `attention::Mode::parse`) and `execute` it.
 
 use rusqlite::Connection;
 
@@ -15,7 +17,12 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Status,
-    Attention(Mode),
+    /// `None`: back to the default for the chat's kind.
+    Attention(Option<Mode>),
+    /// The chat's memory limit in bytes; `None`: the configured default.
+    MemoryMax(Option<u64>),
+    /// The agent's permission mode; `None`: the configured default.
+    PermissionMode(Option<&'static str>),
     /// `allow <n>` / `block <n>`: the owner's word on pending chat `n`.
     Decide {
         number: i64,
@@ -39,9 +46,11 @@ pub const PREFIX: &str = "/picortex";
 
 pub const HELP: &str = "picortex commands (only yours count):
 /picortex status — mode, session, queue, today's cost, recent decisions
-/picortex attention <mode> — always, mentions-only, discriminate, discriminate-quiet, silent
+/picortex attention <mode> — always, mentions-only, discriminate, discriminate-quiet, silent, default
 /picortex new — start a fresh agent session for this chat
 /picortex budget <usd>|off — this chat's daily budget
+/picortex memory <size>|default — this chat's memory limit, 32M to 64G
+/picortex permission <mode>|default — the agent's permission mode here
 /picortex allow <n> / block <n> — answer a waiting chat (in our DM only; \"allow 3\" works too)
 /picortex help — this list";
 
@@ -67,12 +76,20 @@ pub fn parse(text: &str, in_owner_dm: bool) -> Option<Parsed> {
         ("status", []) => Some(Parsed::Command(Command::Status)),
         ("help", []) => Some(Parsed::Command(Command::Help)),
         ("new", []) => Some(Parsed::Command(Command::New)),
-        ("attention", [m]) => match Mode::parse(m) {
-            Ok(m) => Some(Parsed::Command(Command::Attention(m))),
+        ("attention", [m]) => match attention(m) {
+            Ok(c) => Some(Parsed::Command(c)),
             Err(e) => bad(e),
         },
-        ("budget", [v]) => match parse_budget(v) {
-            Ok(b) => Some(Parsed::Command(Command::Budget(b))),
+        ("budget", [v]) => match budget(v) {
+            Ok(c) => Some(Parsed::Command(c)),
+            Err(e) => bad(e),
+        },
+        ("memory", [v]) => match memory_max(v) {
+            Ok(c) => Some(Parsed::Command(c)),
+            Err(e) => bad(e),
+        },
+        ("permission", [v]) => match permission_mode(v) {
+            Ok(c) => Some(Parsed::Command(c)),
             Err(e) => bad(e),
         },
         (v, [n]) if is_decision(v) => Some(decision(v, n, in_owner_dm)),
@@ -103,23 +120,40 @@ fn decision(verb: &str, n: &str, in_owner_dm: bool) -> Parsed {
     }
 }
 
-/// The most a chat's daily budget can be set to from a phone, in USD.
-pub const MAX_BUDGET_USD: f64 = 10_000.0;
+// Each setting's command, built by the one rule for its value; "default" (or "off") removes the
+// chat's own setting. The chat command and Gateway1's Set* methods both come through here.
 
-pub fn parse_budget(v: &str) -> Result<Option<f64>, String> {
-    if v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("none") {
-        return Ok(None);
+pub fn attention(v: &str) -> Result<Command, String> {
+    if crate::limits::is_reset(v) {
+        return Ok(Command::Attention(None));
     }
-    let n: f64 = v
-        .trim_start_matches('$')
-        .parse()
-        .map_err(|_| format!("\"{v}\" is not an amount in USD, like 5 or 2.50 (or \"off\")."))?;
-    if !n.is_finite() || !(0.0..=MAX_BUDGET_USD).contains(&n) {
-        return Err(format!(
-            "a budget is between 0 and {MAX_BUDGET_USD} USD a day."
-        ));
+    Mode::parse(v)
+        .map(|m| Command::Attention(Some(m)))
+        .map_err(|e| format!("attention: {e}, or default"))
+}
+
+pub fn budget(v: &str) -> Result<Command, String> {
+    crate::limits::daily_budget(v)
+        .map(Command::Budget)
+        .map_err(|e| format!("budget: {e}"))
+}
+
+pub fn memory_max(v: &str) -> Result<Command, String> {
+    if crate::limits::is_reset(v) {
+        return Ok(Command::MemoryMax(None));
     }
-    Ok(Some(n))
+    crate::limits::memory_max(v)
+        .map(|b| Command::MemoryMax(Some(b)))
+        .map_err(|e| format!("memory: {e}, or default"))
+}
+
+pub fn permission_mode(v: &str) -> Result<Command, String> {
+    if crate::limits::is_reset(v) {
+        return Ok(Command::PermissionMode(None));
+    }
+    crate::limits::permission_mode(v)
+        .map(|m| Command::PermissionMode(Some(m)))
+        .map_err(|e| format!("permission: {e}, or default"))
 }
 
 /// What executing a command changed, beyond its reply.
@@ -137,8 +171,31 @@ pub fn execute(t: &Connection, chat: &Chat, cmd: &Command) -> Result<Effects, St
         Command::Help => HELP.to_owned(),
         Command::Status => authority::status_text(t, chat)?,
         Command::Attention(m) => {
-            authority::set_attention(t, &chat.id, Some(*m))?;
-            format!("Attention for this chat is now {m}.")
+            authority::set_attention(t, &chat.id, *m)?;
+            match m {
+                Some(m) => format!("Attention for this chat is now {m}."),
+                None => format!(
+                    "Attention for this chat is back to the default, {}.",
+                    Mode::default_for(chat.is_group)
+                ),
+            }
+        }
+        Command::MemoryMax(b) => {
+            authority::set_memory_max(t, &chat.id, *b)?;
+            match b {
+                Some(b) => format!(
+                    "This chat's memory limit is now {} (from its next turn).",
+                    crate::limits::human_size(*b)
+                ),
+                None => "This chat's own memory limit is off; the default applies.".into(),
+            }
+        }
+        Command::PermissionMode(m) => {
+            authority::set_permission_mode(t, &chat.id, *m)?;
+            match m {
+                Some(m) => format!("The agent's permission mode here is now {m}."),
+                None => "This chat's own permission mode is off; the default applies.".into(),
+            }
         }
         Command::New => {
             let sid = authority::new_session(t, &chat.id)?;
@@ -154,26 +211,47 @@ pub fn execute(t: &Connection, chat: &Chat, cmd: &Command) -> Result<Effects, St
         Command::Decide { number, allow } => match authority::chat_by_number(t, *number)? {
             None => format!("No chat has number {number}. \"/picortex status\" in our DM lists the waiting ones."),
             Some(target) => {
-                let (access, reason) = crate::quarantine::decide(target.access, *allow);
-                let Released { queued, dropped } =
-                    authority::set_access(t, &target.id, access, reason)?;
-                fx.wake_turns = queued > 0;
-                let who = target.label();
-                match access {
-                    Access::Allowed if queued > 0 => format!(
-                        "Allowed {who} (#{number}). Answering its {queued} waiting message{} now.",
-                        if queued == 1 { "" } else { "s" }
-                    ),
-                    Access::Allowed => format!("Allowed {who} (#{number}). It gets an agent from its next message."),
-                    _ => format!(
-                        "Blocked {who} (#{number}). Nothing will run for it{}; its messages stay in the log.",
-                        if dropped > 0 { format!(" ({dropped} waiting message{} set aside)", if dropped == 1 { "" } else { "s" }) } else { String::new() }
-                    ),
-                }
+                let (reply, wake) = decide(t, &target, *allow)?;
+                fx.wake_turns = wake;
+                reply
             }
         },
     };
     Ok(fx)
+}
+
+/// The owner's (or an administrator's) word on a chat: allow or block it, releasing or setting
+/// aside its held turns. Returns the answer and whether turns became runnable.
+pub fn decide(t: &Connection, target: &Chat, allow: bool) -> Result<(String, bool), StoreError> {
+    let (access, reason) = crate::quarantine::decide(target.access, allow);
+    let Released { queued, dropped } = authority::set_access(t, &target.id, access, reason)?;
+    let who = target.label();
+    let number = target
+        .pending_no
+        .map(|n| format!(" (#{n})"))
+        .unwrap_or_default();
+    tracing::info!(chat = %target.id, access = %access, released = queued, dropped, "{who} {access} ({reason})");
+    let reply = match access {
+        Access::Allowed if queued > 0 => format!(
+            "Allowed {who}{number}. Answering its {queued} waiting message{} now.",
+            if queued == 1 { "" } else { "s" }
+        ),
+        Access::Allowed => {
+            format!("Allowed {who}{number}. It gets an agent from its next message.")
+        }
+        _ => format!(
+            "Blocked {who}{number}. Nothing will run for it{}; its messages stay in the log.",
+            if dropped > 0 {
+                format!(
+                    " ({dropped} waiting message{} set aside)",
+                    if dropped == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            }
+        ),
+    };
+    Ok((reply, queued > 0))
 }
 
 #[cfg(test)]
@@ -195,11 +273,15 @@ mod tests {
         assert_eq!(c("/PICORTEX   help "), Help);
         assert_eq!(c("/picortex"), Help);
         assert_eq!(c("/picortex new"), New);
-        assert_eq!(c("/picortex attention always"), Attention(Mode::Always));
+        assert_eq!(c("/picortex attention always"), Attention(Some(Mode::Always)));
         assert_eq!(
             c("/picortex attention Discriminate-Quiet"),
-            Attention(Mode::DiscriminateQuiet)
+            Attention(Some(Mode::DiscriminateQuiet))
         );
+        assert_eq!(c("/picortex attention default"), Attention(None));
+        assert_eq!(c("/picortex memory 512M"), MemoryMax(Some(512 << 20)));
+        assert_eq!(c("/picortex memory default"), MemoryMax(None));
+        assert_eq!(c("/picortex permission plan"), PermissionMode(Some("plan")));
         assert_eq!(c("/picortex budget 2.5"), Budget(Some(2.5)));
         assert_eq!(c("/picortex budget $3"), Budget(Some(3.0)));
         assert_eq!(c("/picortex budget off"), Budget(None));
@@ -212,6 +294,9 @@ mod tests {
             "/picortex budget lots",
             "/picortex budget -1",
             "/picortex budget 1e9",
+            "/picortex memory lots",
+            "/picortex memory 1M",
+            "/picortex permission yolo",
             "/picortex frobnicate",
             "/picortex status now",
         ] {

@@ -202,14 +202,7 @@ impl AttentionConfig {
     }
 }
 
-pub const PERMISSION_MODES: &[&str] = &[
-    "default",
-    "acceptEdits",
-    "plan",
-    "auto",
-    "dontAsk",
-    "bypassPermissions",
-];
+pub use crate::limits::PERMISSION_MODES;
 
 /// Parse "512M", "1G", "1073741824" into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -302,10 +295,8 @@ impl Config {
         if !(1..=256).contains(&self.turns.max_concurrent) {
             return bad("turns.max_concurrent", "must be 1..=256".into());
         }
-        match parse_size(&self.turns.memory_max) {
-            Ok(n) if (32 << 20..=64 << 30).contains(&n) => {}
-            Ok(_) => return bad("turns.memory_max", "must be between 32M and 64G".into()),
-            Err(e) => return bad("turns.memory_max", e),
+        if let Err(e) = crate::limits::memory_max(&self.turns.memory_max) {
+            return bad("turns.memory_max", e);
         }
         if let Err(e) = parse_percent(&self.turns.cpu_quota) {
             return bad("turns.cpu_quota", e);
@@ -335,15 +326,8 @@ impl Config {
                 );
             }
         }
-        if self
-            .turns
-            .daily_budget_usd
-            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
-        {
-            return bad(
-                "turns.daily_budget_usd",
-                "must be a positive number of USD".into(),
-            );
+        if let Some(Err(e)) = self.turns.daily_budget_usd.map(crate::limits::budget_usd) {
+            return bad("turns.daily_budget_usd", e);
         }
         let a = &self.attention;
         if !(0.0..=1.0).contains(&a.threshold) {
@@ -388,11 +372,8 @@ impl Config {
                 );
             }
         }
-        if !PERMISSION_MODES.contains(&self.turns.permission_mode.as_str()) {
-            return bad(
-                "turns.permission_mode",
-                format!("must be one of {}", PERMISSION_MODES.join(", ")),
-            );
+        if let Err(e) = crate::limits::permission_mode(&self.turns.permission_mode) {
+            return bad("turns.permission_mode", e);
         }
         Ok(())
     }

@@ -191,7 +191,7 @@ async fn inbound(
             Ok(Applied { ingested: Some(Ingested::Duplicate), .. }) => {
                 refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again")
             }
-            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read, wake_turns, wake_outbox }) => {
+            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read, wake_turns, wake_outbox, pending_added }) => {
                 crate::failpoint::hit("webhook-stored");
                 if let Some(t) = &turn_id {
                     tracing::info!(turn = %t, gate = %reason, "message stored; turn queued");
@@ -208,6 +208,9 @@ async fn inbound(
                 }
                 if wake_outbox {
                     app.outbox_wake.notify_one();
+                }
+                for (n, chat) in pending_added {
+                    app.bus.pending_added(n, &chat).await;
                 }
                 app.after_ingest(fetch_details, mark_read);
                 (StatusCode::OK, Json(json!({ "status": "accepted", "event_id": event_id, "turn": turn_id.is_some() }))).into_response()
@@ -280,6 +283,7 @@ impl App {
         if let Some(chat) = fetch_details {
             let (linq, store, ctx) = (self.linq.clone(), self.store.clone(), self.ctx.clone());
             let (turns_wake, outbox_wake) = (self.turns_wake.clone(), self.outbox_wake.clone());
+            let bus = self.bus.clone();
             tokio::spawn(async move {
                 let details = linq.get_chat(&chat).await;
                 if let Err(e) = &details {
@@ -305,6 +309,9 @@ impl App {
                     .await;
                 match r {
                     Ok(s) => {
+                        for (n, chat) in &s.pending_added {
+                            bus.pending_added(*n, chat).await;
+                        }
                         if s.wake_turns {
                             turns_wake.notify_one();
                         }

@@ -80,12 +80,15 @@ pub struct Applied {
     pub wake_turns: bool,
     /// The gateway queued a message of its own (a command's answer, a notice to the owner).
     pub wake_outbox: bool,
+    /// Chats newly waiting for the owner (number, chat): Gateway1's PendingAdded.
+    pub pending_added: Vec<(i64, String)>,
 }
 
 impl Applied {
     fn settled(&mut self, s: authority::Settled) {
         self.wake_turns |= s.wake_turns;
         self.wake_outbox |= s.wake_outbox;
+        self.pending_added.extend(s.pending_added);
     }
 }
 

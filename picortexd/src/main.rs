@@ -131,9 +131,6 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         store::Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
 
     let bus = Arc::new(bus::Bus::new());
-    if let Err(e) = bus.connect().await {
-        tracing::error!(error = %e, "system bus not reachable; webhooks are still accepted, turns wait for it");
-    }
     let turns_wake = Arc::new(Notify::new());
     let outbox_wake = Arc::new(Notify::new());
     let turns = Arc::new(turns::Turns::new(
@@ -150,6 +147,14 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         linq.clone(),
         outbox_wake.clone(),
     ));
+    // org.picortex.Gateway1, served on the bus connection (and again on each new one).
+    bus.serve(picortexd::gateway1::Gateway1::new(
+        store.clone(),
+        turns.clone(),
+    ));
+    if let Err(e) = bus.connect().await {
+        tracing::error!(error = %e, "system bus not reachable; webhooks are still accepted, turns wait for it");
+    }
     tokio::spawn(turns.run());
     tokio::spawn(outbox.run());
     tokio::spawn(turns::archive_idle(store.clone(), bus.clone(), cfg.clone()));

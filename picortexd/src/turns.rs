@@ -365,6 +365,9 @@ impl Turns {
         };
         starting.take();
         tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
+        self.bus
+            .turn_started(&job.chat_id, &job.turn_id, job.kind.as_str())
+            .await;
         crate::failpoint::hit("turn-started");
         {
             let (id, u, chat_id, was_archived) = (
@@ -599,6 +602,9 @@ impl Turns {
             .await
             .map_err(|e| e.to_string())?;
         crate::failpoint::hit("spare-handoff");
+        self.bus
+            .turn_started(&job.chat_id, &job.turn_id, job.kind.as_str())
+            .await;
         request.turn_id = spare.id.clone();
         let mut writer = spare.writer;
         let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
@@ -660,6 +666,16 @@ impl Turns {
                     }
                 }
             }
+        }
+    }
+
+    /// Let go of the chat's spare unit, if it has one (before its home is archived or removed).
+    pub async fn drop_spare(&self, chat_id: &str) {
+        if let Some(s) = self.spares.take(chat_id) {
+            drop(s.writer);
+            let _ = self.bus.release_turn(&s.id).await;
+            let _ = std::fs::remove_file(self.result_path(&s.id));
+            tracing::debug!(chat = %chat_id, unit = %s.unit, "let go of the chat's spare unit");
         }
     }
 
@@ -750,6 +766,14 @@ impl Turns {
         {
             Ok(()) => {
                 crate::failpoint::hit("turn-recorded");
+                self.bus
+                    .turn_finished(
+                        &job.chat_id,
+                        &job.turn_id,
+                        fin.outcome.as_str(),
+                        fin.cost_usd.unwrap_or(0.0),
+                    )
+                    .await;
                 let level_ok = fin.outcome == O::Ok;
                 if level_ok {
                     tracing::info!(outcome = %fin.outcome, cost_usd = fin.cost_usd.unwrap_or(0.0), duration_ms = fin.duration_ms.unwrap_or(0), "turn finished");
@@ -851,6 +875,14 @@ impl Turns {
             .await;
         match r {
             Ok(v) => {
+                self.bus
+                    .turn_finished(
+                        &job.chat_id,
+                        &job.turn_id,
+                        if v.answer { "ok" } else { "not_answered" },
+                        cost.unwrap_or(0.0),
+                    )
+                    .await;
                 tracing::info!(
                     answer = v.answer,
                     rule = v.rule,

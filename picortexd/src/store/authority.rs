@@ -200,20 +200,20 @@ pub fn owner_dm_opened(
     Ok(())
 }
 
-/// A pending chat whose owner has not been told yet: number it and tell them. Returns whether a
-/// notice was queued.
+/// A pending chat whose owner has not been told yet: number it and tell them. Returns its number
+/// and whether a notice was queued, or `None` if it was not newly waiting.
 pub fn notify_pending(
     t: &Connection,
     owner: &Owner,
     chat_id: &str,
     first_message: &str,
     sender: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Option<(i64, bool)>, StoreError> {
     let Some(chat) = queries::chat(t, chat_id)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if chat.access != Access::Pending || chat.notified {
-        return Ok(false);
+        return Ok(None);
     }
     let n = assign_number(t, chat_id)?;
     let members = members(t, chat_id)?;
@@ -237,7 +237,7 @@ pub fn notify_pending(
         params![chat_id, now_ms()],
     )?;
     tracing::info!(chat = %chat_id, number = n, owner_told = queued, "chat quarantined until the owner decides");
-    Ok(queued)
+    Ok(Some((n, queued)))
 }
 
 /// The first inbound message of a pending group that still waits to be described to the owner.
@@ -259,6 +259,8 @@ pub fn first_held_message(
 pub struct Settled {
     pub wake_turns: bool,
     pub wake_outbox: bool,
+    /// Chats newly waiting for the owner, with their numbers (Gateway1's PendingAdded).
+    pub pending_added: Vec<(i64, String)>,
 }
 
 /// Reconsider a pending chat (not one the owner decided) once its participants are known: the
@@ -290,7 +292,10 @@ pub fn settle(
         }
         quarantine::Automatic::Pending { notify: true } => {
             if let Some((sender, text)) = first_held_message(t, chat_id)? {
-                s.wake_outbox = notify_pending(t, owner, chat_id, &text, &sender)?;
+                if let Some((n, queued)) = notify_pending(t, owner, chat_id, &text, &sender)? {
+                    s.wake_outbox = queued;
+                    s.pending_added.push((n, chat_id.to_owned()));
+                }
             }
         }
         quarantine::Automatic::Pending { notify: false } => {}
@@ -317,6 +322,7 @@ pub fn settle_waiting(t: &Connection, owner: &Owner) -> Result<Settled, StoreErr
         let s = settle(t, owner, &id, true)?;
         all.wake_turns |= s.wake_turns;
         all.wake_outbox |= s.wake_outbox;
+        all.pending_added.extend(s.pending_added);
         t.execute(
             "UPDATE turns SET status = 'held' WHERE chat_id = ?1 AND status = 'queued'
                AND EXISTS (SELECT 1 FROM chats c WHERE c.id = ?1 AND c.access != 'allowed')",
@@ -359,6 +365,30 @@ pub fn set_attention(t: &Connection, chat_id: &str, mode: Option<Mode>) -> Resul
     t.execute(
         "UPDATE chats SET attention = ?2, updated_at = ?3 WHERE id = ?1",
         params![chat_id, mode.map(Mode::as_str), now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The chat's memory limit in bytes (already checked by `limits::memory_max`); `None`: the
+/// configured default.
+pub fn set_memory_max(t: &Connection, chat_id: &str, bytes: Option<u64>) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE chats SET memory_max = ?2, updated_at = ?3 WHERE id = ?1",
+        params![chat_id, bytes.map(|b| b as i64), now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The agent's permission mode (already checked by `limits::permission_mode`); `None`: the
+/// configured default.
+pub fn set_permission_mode(
+    t: &Connection,
+    chat_id: &str,
+    mode: Option<&str>,
+) -> Result<(), StoreError> {
+    t.execute(
+        "UPDATE chats SET permission_mode = ?2, updated_at = ?3 WHERE id = ?1",
+        params![chat_id, mode, now_ms()],
     )?;
     Ok(())
 }

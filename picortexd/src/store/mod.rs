@@ -6,6 +6,7 @@
 //! The schema is described in `SCHEMA.md`; the migrations (`NNNN_*.sql`) are applied in order at
 //! open, each in its own transaction, and the version is recorded in `PRAGMA user_version`.
 
+pub mod admin;
 pub mod authority;
 pub mod channel;
 pub mod queries;
@@ -38,6 +39,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0001_initial.sql"),
     include_str!("0002_channel.sql"),
     include_str!("0003_authority.sql"),
+    // Issue 9 (gateway1 branch): the lead renumbers at merge.
+    include_str!("0007_settings.sql"),
 ];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -279,6 +282,82 @@ mod tests {
             .await
             .unwrap();
         assert!(fk, "foreign keys are on again after migrating");
+    }
+
+    /// Migration 7: settings written by hand before it are converted or dropped, and from then
+    /// on the log refuses exactly what `limits` (and `attention::Mode`) refuse.
+    #[test]
+    fn migration_7_types_the_settings_with_the_rules_of_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        let seven = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("Migration 7"))
+            .unwrap();
+        {
+            let mut c = Connection::open(&p).unwrap();
+            for (i, m) in MIGRATIONS[..seven].iter().enumerate() {
+                let t = c.transaction().unwrap();
+                t.execute_batch(m).unwrap();
+                t.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+                t.commit().unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO chats (id, kind, session_id, created_at, updated_at, memory_max, permission_mode, attention, daily_budget_usd)
+                   VALUES ('a', 'group', 's', 0, 0, '512M', 'PLAN', 'Always', 'lots'),
+                          ('b', 'group', 's', 0, 0, 'lots', 'yolo', 'loud', 3),
+                          ('c', 'group', 's', 0, 0, 1024, NULL, NULL, 1e9);",
+            )
+            .unwrap();
+        }
+        drop(Store::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        let row = |id: &str| -> String {
+            c.query_row(
+                "SELECT quote(memory_max) || '|' || quote(permission_mode) || '|' || quote(attention) || '|' || quote(daily_budget_usd) FROM chats WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(row("a"), "536870912|'plan'|'always'|NULL");
+        assert_eq!(row("b"), "NULL|NULL|NULL|3.0");
+        assert_eq!(row("c"), "NULL|NULL|NULL|NULL");
+        let sets = |col: &str, v: &str| {
+            c.execute(&format!("UPDATE chats SET {col} = {v} WHERE id = 'a'"), [])
+        };
+        for (v, ok) in [
+            ("33554431", false),
+            ("33554432", true),
+            ("68719476736", true),
+            ("68719476737", false),
+            ("'512M'", false),
+            ("NULL", true),
+        ] {
+            let rule = v
+                .parse::<i64>()
+                .map(|n| crate::limits::memory_max_bytes(n).is_ok())
+                .unwrap_or(v == "NULL");
+            assert_eq!(rule, ok, "limits disagrees on memory {v}");
+            let r = sets("memory_max", v);
+            assert_eq!(r.is_ok(), ok, "memory_max = {v}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("between 32M"), "{e}");
+            }
+        }
+        for m in crate::limits::PERMISSION_MODES {
+            assert!(sets("permission_mode", &format!("'{m}'")).is_ok(), "{m}");
+        }
+        assert!(sets("permission_mode", "'yolo'").is_err());
+        for m in crate::attention::Mode::ALL {
+            assert!(sets("attention", &format!("'{m}'")).is_ok(), "{m}");
+        }
+        assert!(sets("attention", "'loud'").is_err());
+        for (v, ok) in [("0", true), ("10000", true), ("10000.5", false), ("-1", false), ("'5'", true), ("'lots'", false)] {
+            assert_eq!(sets("daily_budget_usd", v).is_ok(), ok, "budget {v}");
+        }
+        assert!(crate::limits::budget_usd(10000.0).is_ok() && crate::limits::budget_usd(10000.5).is_err());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The log's operations, as plain functions over a transaction. Each is called through
 //! `Store::call`, so it runs inside one savepoint of a group commit.
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now_ms, StoreError};
@@ -203,16 +204,32 @@ pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
          FROM chats WHERE id = ?1",
         [id],
         |r| {
+            let id: String = r.get(0)?;
             Ok(Chat {
-                id: r.get(0)?,
+                id: id.clone(),
                 is_group: r.get::<_, String>(1)? == "group",
                 unix_user: r.get(2)?,
                 home: r.get(3)?,
                 session_id: r.get(4)?,
                 session_started: r.get::<_, i64>(5)? != 0,
-                memory_max: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                permission_mode: r.get(7)?,
-                daily_budget_usd: r.get(8)?,
+                memory_max: setting(&id, "memory_max", r.get_ref(6)?, |v| match v {
+                    ValueRef::Integer(n) => crate::limits::memory_max_bytes(n),
+                    ValueRef::Text(t) => crate::limits::memory_max(&String::from_utf8_lossy(t)),
+                    _ => Err("not a size".into()),
+                }),
+                permission_mode: setting(&id, "permission_mode", r.get_ref(7)?, |v| match v {
+                    ValueRef::Text(t) => {
+                        crate::limits::permission_mode(&String::from_utf8_lossy(t)).map(str::to_owned)
+                    }
+                    _ => Err("not a permission mode".into()),
+                }),
+                daily_budget_usd: setting(&id, "daily_budget_usd", r.get_ref(8)?, |v| match v {
+                    ValueRef::Integer(n) => crate::limits::budget_usd(n as f64),
+                    ValueRef::Real(n) => crate::limits::budget_usd(n),
+                    ValueRef::Text(t) => crate::limits::daily_budget(&String::from_utf8_lossy(t))
+                        .and_then(|b| b.ok_or_else(|| "not an amount".into())),
+                    _ => Err("not an amount".into()),
+                }),
                 archived: r.get(9)?,
                 display_name: r.get(10)?,
                 bot_handle: r.get(11)?,
@@ -224,6 +241,27 @@ pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
         },
     )
     .optional()?)
+}
+
+/// A per-chat setting as stored, read through its rule: NULL is the configured default, and so
+/// is a value the rule refuses (written by hand, or before migration 7 typed the columns), with a
+/// warning that names the chat, the column and what is wrong, instead of failing every turn.
+fn setting<T>(
+    chat: &str,
+    column: &str,
+    v: ValueRef<'_>,
+    rule: impl FnOnce(ValueRef<'_>) -> Result<T, String>,
+) -> Option<T> {
+    if v == ValueRef::Null {
+        return None;
+    }
+    match rule(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(chat = %chat, column, "chats.{column} of chat {chat} is unusable ({e}); using the configured default. Set it with picortexctl set");
+            None
+        }
+    }
 }
 
 pub fn set_provisioned(
