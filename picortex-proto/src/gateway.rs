@@ -69,8 +69,13 @@ pub trait Gateway1 {
     #[zbus(signal)]
     fn turn_started(&self, chat: &str, turn: &str, kind: &str) -> zbus::Result<()>;
     #[zbus(signal)]
-    fn turn_finished(&self, chat: &str, turn: &str, outcome: &str, cost_usd: f64)
-        -> zbus::Result<()>;
+    fn turn_finished(
+        &self,
+        chat: &str,
+        turn: &str,
+        outcome: &str,
+        cost_usd: f64,
+    ) -> zbus::Result<()>;
     #[zbus(signal)]
     fn pending_added(&self, number: i64, chat: &str) -> zbus::Result<()>;
 

@@ -125,7 +125,10 @@ async fn run(cli: &Cli) -> R<()> {
     let gw = Gateway1Proxy::new(&conn).await?;
     let out = |human: String, json: Value| {
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
         } else if !human.is_empty() {
             println!("{human}");
         }
@@ -200,8 +203,15 @@ async fn run(cli: &Cli) -> R<()> {
                     "{}\n\n{n} chat{}; * = the chat's own setting (else the default).",
                     table(
                         &[
-                            "CHAT", "KIND", "ACCESS", "ATTENTION", "MEMORY", "BUDGET", "TODAY",
-                            "LAST ACTIVITY", "NAME"
+                            "CHAT",
+                            "KIND",
+                            "ACCESS",
+                            "ATTENTION",
+                            "MEMORY",
+                            "BUDGET",
+                            "TODAY",
+                            "LAST ACTIVITY",
+                            "NAME"
                         ],
                         &rows
                     ),
@@ -222,7 +232,10 @@ async fn run(cli: &Cli) -> R<()> {
                     format!("{} ({})", cell(&c, "access"), cell(&c, "access_reason")),
                 ),
                 ("Attention", own(cell(&c, "attention"), &c, "attention_own")),
-                ("Memory limit", own(size(&c, "memory_max"), &c, "memory_max_own")),
+                (
+                    "Memory limit",
+                    own(size(&c, "memory_max"), &c, "memory_max_own"),
+                ),
                 (
                     "Permission mode",
                     own(cell(&c, "permission_mode"), &c, "permission_mode_own"),
@@ -303,7 +316,15 @@ async fn run(cli: &Cli) -> R<()> {
                 format!(
                     "{}\n\nAnswer with: picortexctl allow|block <number>",
                     table(
-                        &["NO", "CHAT", "KIND", "HELD", "WAITING SINCE", "MEMBERS", "FIRST MESSAGE"],
+                        &[
+                            "NO",
+                            "CHAT",
+                            "KIND",
+                            "HELD",
+                            "WAITING SINCE",
+                            "MEMBERS",
+                            "FIRST MESSAGE"
+                        ],
                         &rows
                     )
                 )
@@ -320,7 +341,10 @@ async fn run(cli: &Cli) -> R<()> {
         }
         Cmd::Archive { chat } => {
             let p = gw.archive(chat).await?;
-            out(format!("Archived {chat} to {p}."), json!({"chat": chat, "archive": p}));
+            out(
+                format!("Archived {chat} to {p}."),
+                json!({"chat": chat, "archive": p}),
+            );
         }
         Cmd::Remove { chat } => {
             let p = gw.remove(chat).await?;
@@ -400,7 +424,11 @@ async fn run(cli: &Cli) -> R<()> {
             journalctl_args,
         } => {
             // A number names a waiting chat: ask the gateway which.
-            let id = if chat.trim_start_matches('#').bytes().all(|b| b.is_ascii_digit()) {
+            let id = if chat
+                .trim_start_matches('#')
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
                 let (c, _, _) = gw.get_chat(chat).await?;
                 cell(&render::record(&c), "id")
             } else {
@@ -436,7 +464,10 @@ fn decisions_table(ds: &Value) -> String {
     if rows.is_empty() {
         return "(none)".into();
     }
-    table(&["AT", "MESSAGE", "VERDICT", "RULE", "MODE", "REASON"], &rows)
+    table(
+        &["AT", "MESSAGE", "VERDICT", "RULE", "MODE", "REASON"],
+        &rows,
+    )
 }
 
 fn turns_table(ts: &Value) -> String {
@@ -460,7 +491,9 @@ fn turns_table(ts: &Value) -> String {
         return "(none)".into();
     }
     table(
-        &["CREATED", "TURN", "KIND", "STATUS", "OUTCOME", "COST", "ERROR"],
+        &[
+            "CREATED", "TURN", "KIND", "STATUS", "OUTCOME", "COST", "ERROR",
+        ],
         &rows,
     )
 }

@@ -45,7 +45,12 @@ pub fn json(v: &Variant<'_>) -> Value {
 /// A record as a JSON object, keys sorted.
 pub fn record(r: &Record) -> Value {
     let sorted: BTreeMap<&String, Value> = r.iter().map(|(k, v)| (k, json(v))).collect();
-    Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect::<Map<_, _>>())
+    Value::Object(
+        sorted
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 pub fn records(rs: &[Record]) -> Value {
@@ -68,7 +73,9 @@ pub fn cell(r: &Value, key: &str) -> String {
 
 /// Unix milliseconds as a UTC time, "-" for none.
 pub fn when(r: &Value, key: &str) -> String {
-    r.get(key).and_then(Value::as_i64).map_or_else(|| "-".into(), time_ms)
+    r.get(key)
+        .and_then(Value::as_i64)
+        .map_or_else(|| "-".into(), time_ms)
 }
 
 pub fn time_ms(ms: i64) -> String {
@@ -115,7 +122,10 @@ pub fn clip(s: &str, n: usize) -> String {
     if one.chars().count() <= n {
         one
     } else {
-        format!("{}…", one.chars().take(n.saturating_sub(1)).collect::<String>())
+        format!(
+            "{}…",
+            one.chars().take(n.saturating_sub(1)).collect::<String>()
+        )
     }
 }
 
@@ -206,7 +216,10 @@ mod tests {
     fn records_become_json() {
         let mut r = Record::new();
         r.insert("id".into(), Variant::from("c1").try_into().unwrap());
-        r.insert("memory_max".into(), Variant::from(512u64 << 20).try_into().unwrap());
+        r.insert(
+            "memory_max".into(),
+            Variant::from(512u64 << 20).try_into().unwrap(),
+        );
         r.insert(
             "members".into(),
             Variant::from(vec!["+1", "+2"]).try_into().unwrap(),

@@ -109,7 +109,11 @@ impl Bus {
         let Some(gw) = self.gateway.get() else {
             return;
         };
-        if let Err(e) = c.object_server().at(crate::gateway1::PATH, gw.clone()).await {
+        if let Err(e) = c
+            .object_server()
+            .at(crate::gateway1::PATH, gw.clone())
+            .await
+        {
             tracing::error!(error = %e, "cannot serve {GATEWAY_NAME}: {e}");
             return;
         }
@@ -147,9 +151,8 @@ impl Bus {
     pub async fn turn_finished(&self, chat: &str, turn: &str, outcome: &str, cost_usd: f64) {
         if let Some(c) = self.current().await {
             if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
-                let _ =
-                    crate::gateway1::Gateway1::turn_finished(&e, chat, turn, outcome, cost_usd)
-                        .await;
+                let _ = crate::gateway1::Gateway1::turn_finished(&e, chat, turn, outcome, cost_usd)
+                    .await;
             }
         }
     }

@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(c("/PICORTEX   help "), Help);
         assert_eq!(c("/picortex"), Help);
         assert_eq!(c("/picortex new"), New);
-        assert_eq!(c("/picortex attention always"), Attention(Some(Mode::Always)));
+        assert_eq!(
+            c("/picortex attention always"),
+            Attention(Some(Mode::Always))
+        );
         assert_eq!(
             c("/picortex attention Discriminate-Quiet"),
             Attention(Some(Mode::DiscriminateQuiet))

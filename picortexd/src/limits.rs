@@ -49,7 +49,7 @@ pub fn memory_max(v: &str) -> Result<u64, String> {
     match crate::config::parse_size(v) {
         Ok(n) if (MEMORY_MAX_MIN..=MEMORY_MAX_MAX).contains(&n) => Ok(n),
         Ok(_) => Err(format!("{:?} is out of range: must be {range}", v.trim())),
-        Err(e) => Err(format!("{e}: must be {range}")),
+        Err(_) => Err(format!("{:?} is not a size: must be {range}", v.trim())),
     }
 }
 

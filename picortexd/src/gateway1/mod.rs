@@ -104,9 +104,9 @@ impl Gateway1 {
             .map_err(failed)?;
         found.ok_or_else(|| {
             fdo::Error::UnknownObject(match r {
-                ChatRef::Number(n) => format!(
-                    "no chat has number {n}; `picortexctl pending` lists the waiting ones"
-                ),
+                ChatRef::Number(n) => {
+                    format!("no chat has number {n}; `picortexctl pending` lists the waiting ones")
+                }
                 ChatRef::Id(id) => {
                     format!("no chat {id:?} in the log; `picortexctl chats` lists them")
                 }
@@ -167,7 +167,11 @@ impl Gateway1 {
         if wake {
             self.turns.wake.notify_one();
         }
-        tracing::info!(caller_uid = who.uid, "administrator (uid {}): {reply}", who.uid_text());
+        tracing::info!(
+            caller_uid = who.uid,
+            "administrator (uid {}): {reply}",
+            who.uid_text()
+        );
         Ok(reply)
     }
 
@@ -229,9 +233,15 @@ impl Gateway1 {
             .await;
         if let Err(e) = rec {
             tracing::error!(chat = %c.id, error = %e, "{method}: the helper did it but the log could not record it: {e}");
-            return Err(failed(format!("done by the helper, but not recorded in the log: {e}")));
+            return Err(failed(format!(
+                "done by the helper, but not recorded in the log: {e}"
+            )));
         }
-        let path_s = if path.is_empty() { "nothing to keep".to_owned() } else { path.clone() };
+        let path_s = if path.is_empty() {
+            "nothing to keep".to_owned()
+        } else {
+            path.clone()
+        };
         tracing::info!(chat = %c.id, caller_uid = who.uid, archive = %path, "administrator (uid {}): chat {} {} ({path_s})", who.uid_text(), c.id, if remove { "removed, and blocked" } else { "archived" });
         Ok(path)
     }
@@ -462,8 +472,15 @@ impl Gateway1 {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
-        self.set(&hdr, conn, "SetMemoryMax", chat, memory_max, commands::memory_max)
-            .await
+        self.set(
+            &hdr,
+            conn,
+            "SetMemoryMax",
+            chat,
+            memory_max,
+            commands::memory_max,
+        )
+        .await
     }
 
     /// Set the chat's daily budget in USD (0 to 10000, UTC days), or off/default.
@@ -475,8 +492,15 @@ impl Gateway1 {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
-        self.set(&hdr, conn, "SetBudget", chat, daily_budget_usd, commands::budget)
-            .await
+        self.set(
+            &hdr,
+            conn,
+            "SetBudget",
+            chat,
+            daily_budget_usd,
+            commands::budget,
+        )
+        .await
     }
 
     /// Set the agent's permission mode in this chat: default, acceptEdits, plan, auto, dontAsk,

@@ -199,9 +199,7 @@ pub fn chat_record(t: &Connection, c: &Chat, d: &Defaults) -> Result<ChatRecord,
 pub fn list_chats(t: &Connection, d: &Defaults) -> Result<Vec<ChatRecord>, StoreError> {
     let ids: Vec<String> = {
         let mut st = t.prepare("SELECT id FROM chats ORDER BY updated_at DESC, id")?;
-        let v = st
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         v
     };
     let mut out = Vec::with_capacity(ids.len());
@@ -376,8 +374,15 @@ pub fn cost(t: &Connection, since_ms: i64) -> Result<Vec<CostRecord>, StoreError
 pub fn why(
     t: &Connection,
     linq_id: &str,
-) -> Result<Option<(MessageRecord, Vec<DecisionRecord>, Vec<TurnRecord>, Vec<String>)>, StoreError>
-{
+) -> Result<
+    Option<(
+        MessageRecord,
+        Vec<DecisionRecord>,
+        Vec<TurnRecord>,
+        Vec<String>,
+    )>,
+    StoreError,
+> {
     let Some((rowid, msg)) = t
         .query_row(
             "SELECT id, linq_id, chat_id, direction, sender, text, created_at FROM messages WHERE linq_id = ?1",
@@ -403,27 +408,23 @@ pub fn why(
     let mut st = t.prepare(&format!(
         "SELECT {DECISION_COLS} WHERE g.message_id = ?1 ORDER BY g.id"
     ))?;
-    let ds = st
-        .query_map([rowid], decision)?
-        .collect::<Result<_, _>>()?;
+    let ds = st.query_map([rowid], decision)?.collect::<Result<_, _>>()?;
     let mut st = t.prepare(&format!(
         "SELECT {TURN_COLS} WHERE t.message_id = ?1 ORDER BY t.created_at, t.rowid"
     ))?;
-    let ts: Vec<TurnRecord> = st
-        .query_map([rowid], turn)?
-        .collect::<Result<_, _>>()?;
+    let ts: Vec<TurnRecord> = st.query_map([rowid], turn)?.collect::<Result<_, _>>()?;
     let mut replies = Vec::new();
-    let mut st =
-        t.prepare("SELECT text FROM outbox WHERE turn_id = ?1 ORDER BY part, id")?;
+    let mut st = t.prepare("SELECT text FROM outbox WHERE turn_id = ?1 ORDER BY part, id")?;
     for tr in &ts {
         for r in st.query_map([&tr.id], |r| r.get::<_, String>(0))? {
             replies.push(r?);
         }
     }
-    let mut st = t.prepare(
-        "SELECT text FROM outbox WHERE idempotency_key = ?1 ORDER BY part, id",
-    )?;
-    for r in st.query_map([format!("picortex-cmd-{linq_id}")], |r| r.get::<_, String>(0))? {
+    let mut st =
+        t.prepare("SELECT text FROM outbox WHERE idempotency_key = ?1 ORDER BY part, id")?;
+    for r in st.query_map([format!("picortex-cmd-{linq_id}")], |r| {
+        r.get::<_, String>(0)
+    })? {
         replies.push(r?);
     }
     Ok(Some((msg, ds, ts, replies)))

@@ -354,10 +354,20 @@ mod tests {
             assert!(sets("attention", &format!("'{m}'")).is_ok(), "{m}");
         }
         assert!(sets("attention", "'loud'").is_err());
-        for (v, ok) in [("0", true), ("10000", true), ("10000.5", false), ("-1", false), ("'5'", true), ("'lots'", false)] {
+        for (v, ok) in [
+            ("0", true),
+            ("10000", true),
+            ("10000.5", false),
+            ("-1", false),
+            ("'5'", true),
+            ("'lots'", false),
+        ] {
             assert_eq!(sets("daily_budget_usd", v).is_ok(), ok, "budget {v}");
         }
-        assert!(crate::limits::budget_usd(10000.0).is_ok() && crate::limits::budget_usd(10000.5).is_err());
+        assert!(
+            crate::limits::budget_usd(10000.0).is_ok()
+                && crate::limits::budget_usd(10000.5).is_err()
+        );
     }
 
     #[tokio::test]
