@@ -103,6 +103,11 @@ fn every_manage_method_changes_behaviour_and_only_for_the_allowed() {
     m.ok(&format!(
         "getent group picortex-admin && useradd -M -N -G picortex-admin -s /usr/sbin/nologin {ADMIN}"
     ));
+    // Gateway1's signals, as a listener on the bus sees them.
+    m.ok(
+        "systemd-run --unit=gw1-signals -p StandardOutput=file:/run/gw1-signals.log \
+         busctl monitor --match \"type='signal',interface='org.picortex.Gateway1'\"",
+    );
     let sim = m.sim();
     let say = |from: &str, chat: &str, text: &str| -> String {
         sim.text(from, Some(chat), text)["message_id"]
@@ -166,6 +171,33 @@ fn every_manage_method_changes_behaviour_and_only_for_the_allowed() {
     assert_eq!(c["chat"]["daily_budget_own"], true, "{c}");
     assert_eq!(c["chat"]["attention"], "always", "{c}");
     assert_eq!(c["chat"]["memory_max"], 512u64 << 20, "{c}");
+    // why: the gate's decision, the turn, its outcome and the reply, for one message.
+    let why = ctl_ok(&m, &format!("why '{argv}'"));
+    assert!(
+        why.contains("always")
+            && why.contains("answer")
+            && why.contains("ok")
+            && why.contains("first limits"),
+        "{why}"
+    );
+    let why: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&m, &format!("--json why '{argv}'"))).unwrap();
+    assert_eq!(why["decisions"][0]["rule"], "always", "{why}");
+    assert_eq!(why["turns"][0]["outcome"], "ok", "{why}");
+    assert!(
+        why["replies"][0]
+            .as_str()
+            .unwrap()
+            .contains("--permission-mode plan"),
+        "{why}"
+    );
+    assert_eq!(ctl(&m, "why no-such-message").code, 3);
+    let cost: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&m, "--json cost --since all")).unwrap();
+    assert_eq!(cost["chats"][0]["chat"], group.as_str(), "{cost}");
+    assert!(cost["chats"][0]["turns"].as_i64().unwrap() >= 2, "{cost}");
+    let logs = ctl_ok(&m, &format!("logs '{group}' --no-pager -o cat"));
+    assert!(logs.contains("administrator (uid 0)"), "{logs}");
     let human = ctl_ok(&m, "chats");
     assert!(
         human.contains(&group) && human.contains("512M*") && human.contains("always*"),
@@ -395,6 +427,21 @@ fn every_manage_method_changes_behaviour_and_only_for_the_allowed() {
             j.lines()
                 .any(|l| l.contains(needle) && l.contains("uid 65534")),
             "no journal entry {needle:?} for nobody:\n{j}"
+        );
+    }
+
+    // Every turn and every waiting chat was announced.
+    let signals = m.read("/run/gw1-signals.log");
+    for (member, what) in [
+        ("TurnStarted", group.as_str()),
+        ("TurnFinished", "budget_exhausted"),
+        ("PendingAdded", c2.as_str()),
+    ] {
+        assert!(
+            signals
+                .split("Type=signal")
+                .any(|s| s.contains(&format!("Member={member}")) && s.contains(what)),
+            "no {member} signal with {what}:\n{signals}"
         );
     }
 
