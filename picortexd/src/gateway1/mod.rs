@@ -321,12 +321,19 @@ async fn authorize(
             )))
         }
         Err(e) => {
+            // polkit answers an unprivileged gateway about other users' processes only for
+            // actions it owns (`org.freedesktop.policykit.owner` in the .policy file).
+            let hint = if e.contains("NotAuthorized") {
+                " (is /usr/share/polkit-1/actions/org.picortex.gateway.policy installed, naming unix-user:picortex as the actions' owner?)"
+            } else {
+                ""
+            };
             tracing::error!(
                 caller_uid = who.uid,
                 caller = %who.bus_name,
                 action,
                 method,
-                "refused {method}({chat}) to uid {}: could not ask polkit: {e}",
+                "refused {method}({chat}) to uid {}: could not ask polkit: {e}{hint}",
                 who.uid_text()
             );
             Err(fdo::Error::AccessDenied(format!(
