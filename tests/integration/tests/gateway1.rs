@@ -98,7 +98,6 @@ fn chat_json(m: &Machine, chat: &str) -> serde_json::Value {
 #[test]
 fn every_manage_method_changes_behaviour_and_only_for_the_allowed() {
     let m = Machine::boot();
-    m.without_spares();
     m.start_picortex();
     m.ok(&format!(
         "getent group picortex-admin && useradd -M -N -G picortex-admin -s /usr/sbin/nologin {ADMIN}"
