@@ -11,8 +11,7 @@ Exit status:
   1  the gateway could not do it (the message says why)
   2  bad usage, or a value the gateway refused (the message names the key and the valid range)
   3  no such chat or message
-  4  not authorised by polkit (org.picortex.gateway.read / .manage): run as root, as a member
-     of the picortex-admin group, or authenticate as an administrator
+  4  not authorised by polkit (org.picortex.gateway.read/.manage): use root or the picortex-admin group
   5  the gateway is not reachable (picortexd not running, or no system bus)";
 
 const AFTER: &str = "\

@@ -85,12 +85,8 @@ fn generate(what: &Generate) -> R<()> {
             std::fs::create_dir_all(dir).map_err(io)?;
             let man = clap_mangen::Man::new(Cli::command());
             let mut buf = Vec::new();
+            // The exit codes are in the long help, which the page carries.
             man.render(&mut buf).map_err(io)?;
-            // The exit codes, which clap's definition holds only as help text.
-            buf.extend_from_slice(b".SH \"EXIT STATUS\"\n");
-            for l in cli::EXIT_CODES.lines().skip(1) {
-                buf.extend_from_slice(format!("{}\n.br\n", l.trim()).as_bytes());
-            }
             std::fs::write(dir.join("picortexctl.1"), buf).map_err(io)
         }
         Generate::Completions { shell } => {
