@@ -107,6 +107,11 @@ pub fn permission_mode(v: &str) -> Result<&'static str, String> {
         })
 }
 
+/// The configured default permission mode as the agent spells it (the file may say "Plan").
+pub fn default_permission_mode(configured: &str) -> String {
+    permission_mode(configured).map_or_else(|_| configured.to_owned(), str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +147,7 @@ mod tests {
     fn permission_modes() {
         assert_eq!(permission_mode("plan"), Ok("plan"));
         assert_eq!(permission_mode("acceptedits"), Ok("acceptEdits"));
+        assert_eq!(default_permission_mode("Plan"), "plan");
         let e = permission_mode("yolo").unwrap_err();
         assert!(e.contains("bypassPermissions"), "{e}");
     }

@@ -300,10 +300,9 @@ impl Turns {
             session_id: chat.session_id.clone(),
             resume: chat.session_started,
             prompt,
-            permission_mode: chat
-                .permission_mode
-                .clone()
-                .unwrap_or_else(|| self.cfg.turns.permission_mode.clone()),
+            permission_mode: chat.permission_mode.clone().unwrap_or_else(|| {
+                crate::limits::default_permission_mode(&self.cfg.turns.permission_mode)
+            }),
             append_system_prompt: if discriminate {
                 None
             } else {

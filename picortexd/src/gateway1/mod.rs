@@ -89,7 +89,7 @@ impl Gateway1 {
         let c = &self.turns.cfg;
         Defaults {
             memory_max: c.memory_max_bytes(),
-            permission_mode: c.turns.permission_mode.clone(),
+            permission_mode: crate::limits::default_permission_mode(&c.turns.permission_mode),
             daily_budget_usd: c.turns.daily_budget_usd,
         }
     }
