@@ -456,3 +456,113 @@ pub fn busy(t: &Connection, chat_id: &str) -> Result<i64, StoreError> {
         |r| r.get(0),
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        drop(super::super::Store::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        let now = now_ms();
+        c.execute_batch(&format!(
+            "INSERT INTO chats (id, kind, session_id, created_at, updated_at, access, display_name, memory_max)
+               VALUES ('g', 'group', 's1', 0, {now}, 'allowed', 'Ops', 536870912),
+                      ('p', 'direct', 's2', 0, 0, 'pending', NULL, NULL);
+             UPDATE chats SET pending_no = 2, notified_at = 1 WHERE id = 'p';
+             INSERT INTO participants (chat_id, handle) VALUES ('p', '+1555');
+             INSERT INTO messages (id, linq_id, chat_id, direction, sender, text, created_at)
+               VALUES (1, 'm1', 'g', 'inbound', '+1', 'hello there', {now}),
+                      (2, 'm2', 'p', 'inbound', '+1555', 'who is this', 5);
+             INSERT INTO gate_decisions (message_id, chat_id, mode, verdict, rule, reason, created_at)
+               VALUES (1, 'g', 'always', 'answer', 'always', 'attention: always', {now}),
+                      (2, 'p', 'always', 'held', 'quarantine', 'waiting', 5);
+             INSERT INTO turns (id, chat_id, message_id, status, outcome, cost_usd, created_at, finished_at)
+               VALUES ('t1', 'g', 1, 'done', 'ok', 0.25, {now}, {now});
+             INSERT INTO turns (id, chat_id, message_id, status, created_at) VALUES ('t2', 'p', 2, 'held', 5);
+             INSERT INTO outbox (chat_id, turn_id, part, text, idempotency_key, status, next_attempt_at, created_at)
+               VALUES ('g', 't1', 0, 'hi back', 'k1', 'sent', 0, 0);"
+        ))
+        .unwrap();
+        (dir, c)
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            memory_max: 1 << 30,
+            permission_mode: "default".into(),
+            daily_budget_usd: Some(3.0),
+        }
+    }
+
+    #[test]
+    fn chats_show_the_settings_in_effect_and_whose_they_are() {
+        let (_d, c) = db();
+        let all = list_chats(&c, &defaults()).unwrap();
+        assert_eq!(all.len(), 2);
+        let g = all.iter().find(|r| r.id == "g").unwrap();
+        assert_eq!(
+            (g.attention.as_str(), g.attention_own),
+            ("mentions-only", false)
+        );
+        assert_eq!((g.memory_max, g.memory_max_own), (512 << 20, true));
+        assert_eq!((g.daily_budget_usd, g.daily_budget_own), (Some(3.0), false));
+        assert_eq!(g.cost_today_usd, 0.25);
+        assert!(g.last_activity_ms.is_some());
+        let p = all.iter().find(|r| r.id == "p").unwrap();
+        assert_eq!(
+            (p.access.as_str(), p.pending_no, p.turns_held),
+            ("pending", Some(2), 1)
+        );
+    }
+
+    #[test]
+    fn the_quarantine_stats_cost_and_why() {
+        let (_d, c) = db();
+        let q = pending(&c).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(
+            (q[0].number, q[0].chat.as_str(), q[0].turns_held),
+            (2, "p", 1)
+        );
+        assert_eq!(q[0].first_message.as_deref(), Some("who is this"));
+        assert_eq!(q[0].members, vec!["+1555".to_owned()]);
+        let s = stats(&c).unwrap();
+        assert_eq!((s.chats, s.chats_pending, s.turns_held), (2, 1, 1));
+        assert_eq!(s.cost_today_usd, 0.25);
+        let k = cost(&c, 0).unwrap();
+        assert_eq!(k.len(), 1);
+        assert_eq!((k[0].chat.as_str(), k[0].turns), ("g", 1));
+        let (m, ds, ts, replies) = why(&c, "m1").unwrap().unwrap();
+        assert_eq!(m.text, "hello there");
+        assert_eq!(ds[0].rule, "always");
+        assert_eq!(ts[0].outcome.as_deref(), Some("ok"));
+        assert_eq!(replies, vec!["hi back".to_owned()]);
+        assert!(why(&c, "nope").unwrap().is_none());
+        let (ds, ts) = recent(&c, "g", 10).unwrap();
+        assert_eq!((ds.len(), ts.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_removed_chat_has_no_user_and_is_blocked() {
+        let (_d, c) = db();
+        c.execute(
+            "UPDATE chats SET unix_user = 'chat-x', uid = 70000, home = '/h' WHERE id = 'p'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(removed(&c, "p").unwrap(), 1, "its held turn set aside");
+        let row: (Option<String>, String, String) = c
+            .query_row(
+                "SELECT unix_user, access, session_id FROM chats WHERE id = 'p'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row.0, None);
+        assert_eq!(row.1, "blocked");
+        assert_ne!(row.2, "s2", "a new session");
+    }
+}
