@@ -5,5 +5,6 @@
 //! already validated.
 
 pub mod bus;
+pub mod consent;
 pub mod ids;
 pub mod turn;

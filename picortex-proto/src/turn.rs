@@ -147,6 +147,11 @@ pub struct TurnResult {
     /// A short, operator-facing reason when the outcome is not Ok.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    // --- consent (SPEC C2, C3) ---
+    /// What the agent asked the owner for through picortex-run's MCP tools during this turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<crate::consent::AccessRequest>,
+    // --- end consent ---
 }
 
 impl TurnResult {
@@ -164,6 +169,7 @@ impl TurnResult {
             exit_code: None,
             signal: None,
             error: Some(error.into()),
+            requests: Vec::new(),
         }
     }
 
@@ -223,6 +229,18 @@ impl TurnResult {
                 "error of {} bytes above {MAX_RESULT_ERROR_BYTES}",
                 e.len()
             ));
+        }
+        // consent: a bounded number of well-formed requests
+        if self.requests.len() > crate::consent::MAX_REQUESTS_PER_TURN {
+            return bad(format!(
+                "{} access requests, more than {}",
+                self.requests.len(),
+                crate::consent::MAX_REQUESTS_PER_TURN
+            ));
+        }
+        for r in &self.requests {
+            r.validate()
+                .map_err(|e| ResultError::OutOfBounds(format!("access request: {e}")))?;
         }
         Ok(())
     }
@@ -307,6 +325,7 @@ mod tests {
             exit_code: Some(0),
             signal: None,
             error: None,
+            requests: Vec::new(),
         }
     }
 
