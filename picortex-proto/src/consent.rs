@@ -89,7 +89,9 @@ impl AccessRequest {
 /// RESOLVE_NO_SYMLINKS: this only keeps nonsense out of the log and the owner's DM.
 pub fn check_relative_path(p: &str) -> Result<(), String> {
     if p.is_empty() || p.len() > MAX_PATH_BYTES {
-        return Err(format!("path is empty or longer than {MAX_PATH_BYTES} bytes"));
+        return Err(format!(
+            "path is empty or longer than {MAX_PATH_BYTES} bytes"
+        ));
     }
     if p.starts_with('/') {
         return Err("path is absolute; give it relative to the workspace".into());
@@ -101,7 +103,10 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
     if parts.len() > MAX_PATH_DEPTH {
         return Err(format!("path is deeper than {MAX_PATH_DEPTH} components"));
     }
-    if parts.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
         return Err("path has an empty, \".\" or \"..\" component".into());
     }
     Ok(())

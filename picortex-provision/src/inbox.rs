@@ -145,11 +145,8 @@ pub fn deposit(
 ) -> Result<Deposited, InboxError> {
     let dir = open_inbox(home, uid, gid)?;
     let base = sanitize(name_hint);
-    let create = OFlag::O_WRONLY
-        | OFlag::O_CREAT
-        | OFlag::O_EXCL
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_CLOEXEC;
+    let create =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut made = None;
     for n in 0..MAX_TRIES {
         let name = candidate(&base, n);
@@ -163,7 +160,9 @@ pub fn deposit(
         }
     }
     let (name, fd) = made.ok_or_else(|| {
-        InboxError::Unsafe(format!("{MAX_TRIES} files named like {base} already in inbox"))
+        InboxError::Unsafe(format!(
+            "{MAX_TRIES} files named like {base} already in inbox"
+        ))
     })?;
     let remove = |e: InboxError| {
         let _ = unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir);

@@ -310,7 +310,6 @@ impl Provision {
             }
         }
     }
-
 }
 
 #[interface(name = "org.picortex.Provision1")]
@@ -372,7 +371,15 @@ impl Provision {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
         self.start_turn_with(
-            "StartTurn", chat_id, turn_id, request, result, limits, &[], &hdr, conn,
+            "StartTurn",
+            chat_id,
+            turn_id,
+            request,
+            result,
+            limits,
+            &[],
+            &hdr,
+            conn,
         )
         .await
     }
@@ -470,11 +477,25 @@ impl Provision {
                 Ok((rel, dep.sha256, dep.size))
             }
             Err(e @ crate::share::ShareError::Refused(_)) => {
-                audit::record(OP, &caller, src.as_str(), "", "refused", &format!("{path}: {e}"));
+                audit::record(
+                    OP,
+                    &caller,
+                    src.as_str(),
+                    "",
+                    "refused",
+                    &format!("{path}: {e}"),
+                );
                 Err(fdo::Error::AccessDenied(e.to_string()))
             }
             Err(e) => {
-                audit::record(OP, &caller, src.as_str(), "", "failed", &format!("{path}: {e}"));
+                audit::record(
+                    OP,
+                    &caller,
+                    src.as_str(),
+                    "",
+                    "failed",
+                    &format!("{path}: {e}"),
+                );
                 Err(fdo::Error::Failed(e.to_string()))
             }
         }

@@ -72,7 +72,13 @@ pub fn open_beneath(acct: &ChatAccount, rel: &str) -> Result<(std::fs::File, u64
     }
     // O_NONBLOCK: opening a fifo must not wait for a writer; it is refused just below.
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .flags(
+            OFlag::O_RDONLY
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY,
+        )
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -194,10 +200,7 @@ pub fn stage_grants(
         .map_err(|e| ShareError::Failed(format!("chown staged grant: {e}")))?;
         fchmod(&out_file, Mode::S_IRUSR)
             .map_err(|e| ShareError::Failed(format!("chmod staged grant: {e}")))?;
-        out.push((
-            staged_path(turn, n).display().to_string(),
-            shared_mount(n),
-        ));
+        out.push((staged_path(turn, n).display().to_string(), shared_mount(n)));
     }
     Ok(out)
 }
@@ -252,7 +255,15 @@ mod tests {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut f, &mut s).unwrap();
         assert_eq!((s.as_str(), size), ("the plan", 8));
-        for bad in ["link", "dirlink/plan.md", "fifo", "docs", "../x", "/etc/passwd", "nope"] {
+        for bad in [
+            "link",
+            "dirlink/plan.md",
+            "fifo",
+            "docs",
+            "../x",
+            "/etc/passwd",
+            "nope",
+        ] {
             assert!(
                 matches!(open_beneath(&a, bad), Err(ShareError::Refused(_))),
                 "{bad}"

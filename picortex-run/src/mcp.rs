@@ -113,7 +113,9 @@ pub fn collect(home: &Path, turn_id: &str) -> Vec<AccessRequest> {
                     break;
                 }
             }
-            Ok(_) => tracing::warn!(turn = %turn_id, "dropped an invalid or repeated access request"),
+            Ok(_) => {
+                tracing::warn!(turn = %turn_id, "dropped an invalid or repeated access request")
+            }
             Err(e) => tracing::warn!(turn = %turn_id, "dropped a malformed access request: {e}"),
         }
     }
@@ -137,9 +139,7 @@ pub fn serve(input: impl BufRead, out: &mut impl Write, file: &Path) -> std::io:
     let mut asked = 0usize;
     loop {
         let mut line = Vec::new();
-        let n = (&mut input)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut line)?;
+        let n = (&mut input).take(MAX_LINE).read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(());
         }
@@ -352,9 +352,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join(".tmp")).unwrap();
         let f = prepare(d.path(), "t2").unwrap();
-        let mut text = String::from("not json\n{\"kind\":\"read\",\"what\":\"/abs\",\"why\":\"\"}\n");
+        let mut text =
+            String::from("not json\n{\"kind\":\"read\",\"what\":\"/abs\",\"why\":\"\"}\n");
         for i in 0..10 {
-            text.push_str(&format!("{{\"kind\":\"read\",\"what\":\"f{i}\",\"why\":\"\"}}\n"));
+            text.push_str(&format!(
+                "{{\"kind\":\"read\",\"what\":\"f{i}\",\"why\":\"\"}}\n"
+            ));
         }
         std::fs::write(&f, text).unwrap();
         assert_eq!(collect(d.path(), "t2").len(), MAX_REQUESTS_PER_TURN);

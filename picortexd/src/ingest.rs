@@ -80,6 +80,8 @@ pub struct Applied {
     pub wake_turns: bool,
     /// The gateway queued a message of its own (a command's answer, a notice to the owner).
     pub wake_outbox: bool,
+    /// An approved import waits for the consent worker.
+    pub wake_consent: bool,
 }
 
 impl Applied {
@@ -169,8 +171,13 @@ fn message(
         if let Some(parsed) = commands::parse(&inb.text, in_owner_dm) {
             let reply = match parsed {
                 commands::Parsed::Command(c) => {
-                    let fx = commands::execute(t, &chat, &c)?;
+                    let origin = commands::Origin {
+                        sender: &inb.sender,
+                        message: &inb.linq_id,
+                    };
+                    let fx = commands::execute(t, &chat, &c, origin)?;
                     out.wake_turns |= fx.wake_turns;
+                    out.wake_consent |= fx.wake_consent;
                     tracing::info!(chat = %chat_id, command = ?c, "owner command");
                     fx.reply
                 }

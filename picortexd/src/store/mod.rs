@@ -38,6 +38,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0001_initial.sql"),
     include_str!("0002_channel.sql"),
     include_str!("0003_authority.sql"),
+    // (0004 is another branch's; the lead renumbers at merge)
+    include_str!("0005_consent.sql"),
 ];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;

@@ -18,7 +18,10 @@ pub fn cat(path: &str) -> String {
         let mut s = String::new();
         f.take(4096).read_to_string(&mut s).map(|_| s)
     }) {
-        Ok(s) => format!("cat {path}: \"{}\"", s.trim().chars().take(200).collect::<String>()),
+        Ok(s) => format!(
+            "cat {path}: \"{}\"",
+            s.trim().chars().take(200).collect::<String>()
+        ),
         Err(e) => format!("cat {path}: error {e}"),
     }
 }
@@ -98,7 +101,7 @@ fn call_tool(mcp_config: Option<&str>, tool: &str, args: Value) -> Result<String
         .map_err(|e| format!("starting MCP server {cmd}: {e}"))?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
     let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-    let mut rpc = |msg: Value, expect_reply: bool| -> Result<Value, String> {
+    let mut rpc = move |msg: Value, expect_reply: bool| -> Result<Value, String> {
         writeln!(stdin, "{msg}").map_err(|e| e.to_string())?;
         stdin.flush().map_err(|e| e.to_string())?;
         if !expect_reply {
@@ -130,7 +133,7 @@ fn call_tool(mcp_config: Option<&str>, tool: &str, args: Value) -> Result<String
         json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name": tool, "arguments": args}}),
         true,
     )?;
-    drop(rpc);
+    drop(rpc); // closes the server's stdin: it exits
     let _ = child.wait();
     let text = r["result"]["content"][0]["text"]
         .as_str()

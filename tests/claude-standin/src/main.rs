@@ -292,7 +292,11 @@ struct Knobs {
 
 fn consent_knobs(line: &str, k: &mut Knobs) {
     for w in line.split_whitespace() {
-        let val = |p: &str| w.strip_prefix(p).filter(|v| !v.is_empty()).map(str::to_owned);
+        let val = |p: &str| {
+            w.strip_prefix(p)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         k.ask = val("#ask=").or(k.ask.take());
         k.import = val("#import=").or(k.import.take());
         k.cat = val("#cat=").or(k.cat.take());

@@ -1,0 +1,639 @@
+//! The consent broker's side of the log: disclosures, their audit steps, each chat's manifest of
+//! standing grants and the bridge's copies. Plain functions over a transaction, like `store`;
+//! the decisions they apply are `consent::decide` and friends.
+
+use picortex_proto::consent::{AccessRequest, MAX_GRANTS_PER_TURN, OWNER_WORKSPACE};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    can_stand, challenge_text, decide, refusal_text, Answer, Challenge, Kind, Status, Step, Verdict,
+};
+use crate::owner::Owner;
+use crate::store::authority;
+use crate::store::queries::{self, TurnJob, TurnKind};
+use crate::store::{now_ms, StoreError};
+
+/// One audit step: a row, and a journal entry with the chat, the turn and the disclosure.
+pub fn event(
+    t: &Connection,
+    disclosure: i64,
+    step: Step,
+    turn: Option<&str>,
+    detail: &str,
+) -> Result<(), StoreError> {
+    t.execute(
+        "INSERT INTO consent_events (disclosure_id, step, turn_id, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![disclosure, step.as_str(), turn, detail, now_ms()],
+    )?;
+    let chat: String = t
+        .query_row(
+            "SELECT chat_id FROM disclosures WHERE id = ?1",
+            [disclosure],
+            |r| r.get(0),
+        )
+        .unwrap_or_default();
+    tracing::info!(
+        chat = %chat,
+        turn = turn.unwrap_or(""),
+        disclosure,
+        step = step.as_str(),
+        "disclosure {disclosure} {}: {detail}",
+        step.as_str()
+    );
+    Ok(())
+}
+
+/// The workspace a request names: the owner's DM for reads and `owner`, else the chat itself.
+fn source_of(
+    t: &Connection,
+    owner: &Owner,
+    req: &AccessRequest,
+) -> Result<Option<String>, StoreError> {
+    match req {
+        AccessRequest::Read { .. } => authority::owner_dm(t, owner),
+        AccessRequest::Import { from_chat, .. } if from_chat == OWNER_WORKSPACE => {
+            authority::owner_dm(t, owner)
+        }
+        AccessRequest::Import { from_chat, .. } => Ok(queries::chat(t, from_chat)?.map(|c| c.id)),
+    }
+}
+
+/// What became of a finished turn's requests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Disclosures now pending (the chat gets the acknowledgement instead of the agent's text).
+    pub pending: Vec<i64>,
+    /// Requests that could not even be asked (the chat gets a polite no).
+    pub failed: Vec<i64>,
+}
+
+/// Record a finished turn's requests as disclosures, ask the owner, and answer the ones that
+/// cannot be asked. Runs in the transaction that finishes the turn.
+pub fn open_requests(
+    t: &Connection,
+    job: &TurnJob,
+    reqs: &[AccessRequest],
+    owner: &Owner,
+    ttl_ms: i64,
+) -> Result<Opened, StoreError> {
+    let mut out = Opened::default();
+    let Some(chat) = queries::chat(t, &job.chat_id)? else {
+        return Ok(out);
+    };
+    let now = now_ms();
+    for req in reqs {
+        if req.validate().is_err() {
+            continue; // the result's reader already refused these; never reached
+        }
+        let source = source_of(t, owner, req)?;
+        if source.as_deref() == Some(chat.id.as_str()) {
+            tracing::info!(chat = %chat.id, turn = %job.turn_id, "the agent asked for its own chat's workspace; nothing to approve");
+            continue;
+        }
+        let held: Vec<i64> = {
+            let mut st =
+                t.prepare_cached("SELECT number FROM disclosures WHERE status = 'pending'")?;
+            let v = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?;
+            v
+        };
+        let number = crate::quarantine::next_number(&held);
+        let (status, reason) = match &source {
+            Some(_) => (Status::Pending, None),
+            None => (
+                Status::Failed,
+                Some(
+                    "no such workspace (the owner has no DM with the bot, or the chat is unknown)",
+                ),
+            ),
+        };
+        let kind = match req {
+            AccessRequest::Read { .. } => Kind::Read,
+            AccessRequest::Import { .. } => Kind::Import,
+        };
+        let key = format!("picortex-consent-{}", uuid::Uuid::new_v4().simple());
+        t.execute(
+            "INSERT INTO disclosures (number, chat_id, turn_id, message_id, sender, kind, source_chat, path, why, status, created_at, expires_at, challenge_key, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                number, chat.id, job.turn_id, job.message_id, job.sender, kind.as_str(), source, req.path(), req.why(),
+                status.as_str(), now, now + ttl_ms, key, reason
+            ],
+        )?;
+        let id = t.last_insert_rowid();
+        event(
+            t,
+            id,
+            Step::Requested,
+            Some(&job.turn_id),
+            &format!(
+                "#{number} {} {} from {}: {}",
+                kind.as_str(),
+                req.path(),
+                source.as_deref().unwrap_or("?"),
+                req.why()
+            ),
+        )?;
+        if status == Status::Failed {
+            event(
+                t,
+                id,
+                Step::Failed,
+                Some(&job.turn_id),
+                reason.unwrap_or(""),
+            )?;
+            out.failed.push(id);
+            continue;
+        }
+        let source_label = match (&source, kind) {
+            (Some(s), Kind::Import) if authority::owner_dm(t, owner)?.as_deref() != Some(s) => {
+                queries::chat(t, s)?.map(|c| c.label())
+            }
+            _ => None,
+        };
+        let ttl_min = (ttl_ms / 60_000).max(1) as u64;
+        let text = challenge_text(&Challenge {
+            number,
+            kind,
+            chat_label: &chat.label(),
+            sender: &job.sender,
+            question: &job.prompt,
+            path: req.path(),
+            source_label: source_label.as_deref(),
+            why: req.why(),
+            ttl_min,
+        });
+        let told = authority::notify_owner(t, owner, chat.bot_handle.as_deref(), &text, &key)?;
+        event(
+            t,
+            id,
+            Step::Asked,
+            Some(&job.turn_id),
+            if told {
+                "challenge queued to the owner's DM"
+            } else {
+                "the owner could not be told (no handles or no bot line)"
+            },
+        )?;
+        out.pending.push(id);
+    }
+    Ok(out)
+}
+
+/// Tell the asking chat no (politely), in reply to the question.
+fn tell_chat_no(t: &Connection, id: i64, why: Status) -> Result<(), StoreError> {
+    let (chat, linq): (String, Option<String>) = t.query_row(
+        "SELECT d.chat_id, m.linq_id FROM disclosures d JOIN messages m ON m.id = d.message_id WHERE d.id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    authority::queue_text(
+        t,
+        &chat,
+        refusal_text(why),
+        linq.as_deref(),
+        &format!("picortex-consent-no-{id}"),
+    )
+}
+
+/// The failed requests of [`open_requests`]: answered at once.
+pub fn answer_failed(t: &Connection, ids: &[i64]) -> Result<(), StoreError> {
+    for id in ids {
+        tell_chat_no(t, *id, Status::Failed)?;
+    }
+    Ok(())
+}
+
+/// What the owner's answer did.
+#[derive(Debug, Default)]
+pub struct Answered {
+    pub reply: String,
+    pub wake_turns: bool,
+    pub wake_imports: bool,
+}
+
+struct Row {
+    id: i64,
+    status: Status,
+    expires_at: i64,
+    kind: Kind,
+    chat_id: String,
+    message_id: i64,
+    path: String,
+    source_chat: Option<String>,
+}
+
+fn row_by_number(t: &Connection, number: i64) -> Result<Option<Row>, StoreError> {
+    Ok(t.query_row(
+        "SELECT id, status, expires_at, kind, chat_id, message_id, path, source_chat FROM disclosures
+         WHERE number = ?1 ORDER BY (status = 'pending') DESC, id DESC LIMIT 1",
+        [number],
+        |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                status: Status::from_stored(&r.get::<_, String>(1)?),
+                expires_at: r.get(2)?,
+                kind: Kind::from_stored(&r.get::<_, String>(3)?),
+                chat_id: r.get(4)?,
+                message_id: r.get(5)?,
+                path: r.get(6)?,
+                source_chat: r.get(7)?,
+            })
+        },
+    )
+    .optional()?)
+}
+
+/// Queue the asking message again as a turn carrying the disclosure (its grant, or the note of
+/// its import). At most one per disclosure (a unique index).
+fn queue_rerun(t: &Connection, id: i64, chat: &str, message_id: i64) -> Result<String, StoreError> {
+    let turn = queries::queue_turn(t, chat, message_id, TurnKind::Answer, false)?;
+    t.execute(
+        "UPDATE turns SET disclosure_id = ?2 WHERE id = ?1",
+        params![turn, id],
+    )?;
+    Ok(turn)
+}
+
+/// The owner's `yes N` / `no N` / `always N`, from their DM (the caller checked that). `approver`
+/// is the handle it came from, `approval_message` its Linq id.
+pub fn answer(
+    t: &Connection,
+    number: i64,
+    ans: Answer,
+    approver: &str,
+    approval_message: &str,
+) -> Result<Answered, StoreError> {
+    let mut out = Answered::default();
+    let now = now_ms();
+    let Some(d) = row_by_number(t, number)? else {
+        out.reply = format!("No request has number {number}.");
+        return Ok(out);
+    };
+    let label = queries::chat(t, &d.chat_id)?
+        .map(|c| c.label())
+        .unwrap_or_else(|| d.chat_id.clone());
+    match decide(d.status, ans, now, d.expires_at) {
+        Verdict::Approve { standing } => {
+            let standing = standing && can_stand(d.kind);
+            t.execute(
+                "UPDATE disclosures SET status = 'approved', decided_at = ?2, approver = ?3, approval_message = ?4, standing = ?5 WHERE id = ?1",
+                params![d.id, now, approver, approval_message, standing as i64],
+            )?;
+            event(
+                t,
+                d.id,
+                Step::Approved,
+                None,
+                &format!(
+                    "by {approver} ({approval_message}){}",
+                    if standing { ", standing" } else { "" }
+                ),
+            )?;
+            match d.kind {
+                Kind::Read => {
+                    let turn = queue_rerun(t, d.id, &d.chat_id, d.message_id)?;
+                    if standing {
+                        t.execute(
+                            "INSERT INTO standing_grants (chat_id, source_chat, path, disclosure_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![d.chat_id, d.source_chat, d.path, d.id, now],
+                        )?;
+                    }
+                    tracing::info!(chat = %d.chat_id, turn = %turn, disclosure = d.id, "re-running the question with the owner's grant");
+                    out.wake_turns = true;
+                    out.reply = if standing {
+                        format!("OK (#{number}): {label} may read \"{}\" from now on; answering them now. \"/picortex status\" there lists it, \"/picortex revoke <n>\" ends it.", d.path)
+                    } else {
+                        format!(
+                            "OK (#{number}): answering {label} with \"{}\", this once.",
+                            d.path
+                        )
+                    };
+                }
+                Kind::Import => {
+                    out.wake_imports = true;
+                    out.reply = format!(
+                        "OK (#{number}): copying \"{}\" into {label}'s inbox.",
+                        d.path
+                    );
+                }
+            }
+        }
+        Verdict::Deny => {
+            t.execute(
+                "UPDATE disclosures SET status = 'denied', decided_at = ?2, approver = ?3, approval_message = ?4 WHERE id = ?1",
+                params![d.id, now, approver, approval_message],
+            )?;
+            event(
+                t,
+                d.id,
+                Step::Denied,
+                None,
+                &format!("by {approver} ({approval_message})"),
+            )?;
+            tell_chat_no(t, d.id, Status::Denied)?;
+            out.reply = format!("Not shared (#{number}); I told {label} no.");
+        }
+        Verdict::TooLate(s) => {
+            if d.status == Status::Pending && s == Status::Expired {
+                expire_one(t, d.id)?;
+            }
+            event(
+                t,
+                d.id,
+                Step::Ignored,
+                None,
+                &format!("{approver} answered {ans:?} to a disclosure that is {s}"),
+            )?;
+            out.reply =
+                format!("#{number} is not waiting any more (it is {s}); nothing more was shared.");
+        }
+    }
+    Ok(out)
+}
+
+fn expire_one(t: &Connection, id: i64) -> Result<(), StoreError> {
+    let n = t.execute(
+        "UPDATE disclosures SET status = 'expired', decided_at = ?2 WHERE id = ?1 AND status = 'pending'",
+        params![id, now_ms()],
+    )?;
+    if n == 1 {
+        event(
+            t,
+            id,
+            Step::Expired,
+            None,
+            "no answer from the owner in time",
+        )?;
+        tell_chat_no(t, id, Status::Expired)?;
+    }
+    Ok(())
+}
+
+/// The timer: expire every pending disclosure past its time. Returns how many.
+pub fn expire_due(t: &Connection, now: i64) -> Result<usize, StoreError> {
+    let ids: Vec<i64> = {
+        let mut st = t.prepare_cached(
+            "SELECT id FROM disclosures WHERE status = 'pending' AND expires_at <= ?1",
+        )?;
+        let v = st
+            .query_map([now], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
+        v
+    };
+    for id in &ids {
+        expire_one(t, *id)?;
+    }
+    Ok(ids.len())
+}
+
+/// When the next pending disclosure expires.
+pub fn next_expiry(t: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(t.query_row(
+        "SELECT MIN(expires_at) FROM disclosures WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// One file a turn may read: whose workspace, which path, and on whose word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub source_chat: String,
+    pub path: String,
+    /// The single-use disclosure, or the standing grant's id.
+    pub disclosure: Option<i64>,
+    pub standing: Option<i64>,
+}
+
+/// The grants of a turn: its own disclosure's (approved, or already consumed by this very turn:
+/// a turn restarted after a crash keeps it), then the chat's standing grants.
+pub fn grants_for_turn(
+    t: &Connection,
+    turn_id: &str,
+    chat_id: &str,
+) -> Result<Vec<Grant>, StoreError> {
+    let mut out: Vec<Grant> = Vec::new();
+    let single = t
+        .query_row(
+            "SELECT d.id, d.source_chat, d.path FROM turns tu JOIN disclosures d ON d.id = tu.disclosure_id
+             WHERE tu.id = ?1 AND d.kind = 'read' AND d.source_chat IS NOT NULL
+               AND (d.status = 'approved' OR (d.status = 'consumed' AND d.grant_turn_id = ?1))",
+            [turn_id],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+        )
+        .optional()?;
+    if let Some((id, source_chat, path)) = single {
+        out.push(Grant {
+            source_chat,
+            path,
+            disclosure: Some(id),
+            standing: None,
+        });
+    }
+    let mut st = t.prepare_cached(
+        "SELECT id, source_chat, path FROM standing_grants WHERE chat_id = ?1 AND revoked_at IS NULL ORDER BY id",
+    )?;
+    let standing = st
+        .query_map([chat_id], |r| {
+            Ok(Grant {
+                standing: Some(r.get(0)?),
+                source_chat: r.get(1)?,
+                path: r.get(2)?,
+                disclosure: None,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for g in standing {
+        if !out
+            .iter()
+            .any(|o| o.source_chat == g.source_chat && o.path == g.path)
+        {
+            out.push(g);
+        }
+    }
+    out.truncate(MAX_GRANTS_PER_TURN);
+    Ok(out)
+}
+
+/// A granted turn is starting: its single-use grant is used up by it, and by no other.
+pub fn consume(t: &Connection, turn_id: &str) -> Result<Option<i64>, StoreError> {
+    let id: Option<i64> = t
+        .query_row(
+            "SELECT d.id FROM turns tu JOIN disclosures d ON d.id = tu.disclosure_id
+             WHERE tu.id = ?1 AND d.kind = 'read' AND d.status = 'approved'",
+            [turn_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = id {
+        t.execute(
+            "UPDATE disclosures SET status = 'consumed', grant_turn_id = ?2 WHERE id = ?1 AND status = 'approved'",
+            params![id, turn_id],
+        )?;
+        event(
+            t,
+            id,
+            Step::Consumed,
+            Some(turn_id),
+            "the granted turn is starting",
+        )?;
+    }
+    Ok(id)
+}
+
+/// The note a re-run of an import gets: where the copy landed.
+pub fn import_note(t: &Connection, turn_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(t
+        .query_row(
+            "SELECT d.path, d.imported_path FROM turns tu JOIN disclosures d ON d.id = tu.disclosure_id
+             WHERE tu.id = ?1 AND d.kind = 'import' AND d.status = 'copied' AND d.imported_path IS NOT NULL",
+            [turn_id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+        .map(|(p, dest)| {
+            format!("[picortex import] {p} was copied into this chat's workspace at ~/{dest}")
+        }))
+}
+
+/// Whether the chat has standing grants (its spares would miss them: it gets none).
+pub fn has_standing(t: &Connection, chat_id: &str) -> Result<bool, StoreError> {
+    Ok(t.query_row(
+        "SELECT EXISTS (SELECT 1 FROM standing_grants WHERE chat_id = ?1 AND revoked_at IS NULL)",
+        [chat_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// `/picortex revoke <n>`: end standing grant `n`.
+pub fn revoke(t: &Connection, id: i64) -> Result<String, StoreError> {
+    let d: Option<(i64, String)> = t
+        .query_row(
+            "SELECT disclosure_id, path FROM standing_grants WHERE id = ?1 AND revoked_at IS NULL",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((disclosure, path)) = d else {
+        return Ok(format!(
+            "No standing grant has number {id}; \"/picortex status\" lists them."
+        ));
+    };
+    t.execute(
+        "UPDATE standing_grants SET revoked_at = ?2 WHERE id = ?1",
+        params![id, now_ms()],
+    )?;
+    event(
+        t,
+        disclosure,
+        Step::Revoked,
+        None,
+        &format!("standing grant {id} revoked"),
+    )?;
+    Ok(format!(
+        "Revoked standing grant {id} (\"{path}\"); later turns no longer see it."
+    ))
+}
+
+/// The chat's manifest, for `/picortex status`.
+pub fn manifest_lines(t: &Connection, chat_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut st = t.prepare_cached(
+        "SELECT id, path FROM standing_grants WHERE chat_id = ?1 AND revoked_at IS NULL ORDER BY id",
+    )?;
+    let v = st
+        .query_map([chat_id], |r| {
+            Ok(format!(
+                "- grant {}: read \"{}\" of the owner's workspace (\"/picortex revoke {}\" ends it)",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(0)?
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
+/// An approved import waiting for the helper.
+#[derive(Debug, Clone)]
+pub struct ImportJob {
+    pub id: i64,
+    pub dest_chat: String,
+    pub source_chat: String,
+    pub path: String,
+}
+
+pub fn approved_imports(t: &Connection) -> Result<Vec<ImportJob>, StoreError> {
+    let mut st = t.prepare_cached(
+        "SELECT id, chat_id, source_chat, path FROM disclosures
+         WHERE kind = 'import' AND status = 'approved' AND source_chat IS NOT NULL ORDER BY id",
+    )?;
+    let v = st
+        .query_map([], |r| {
+            Ok(ImportJob {
+                id: r.get(0)?,
+                dest_chat: r.get(1)?,
+                source_chat: r.get(2)?,
+                path: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
+/// The helper copied an import: the bridge's record, and the question asked again with a note
+/// of where the copy is.
+pub fn import_copied(
+    t: &Connection,
+    job: &ImportJob,
+    dest_path: &str,
+    sha256: &str,
+    size: u64,
+) -> Result<(), StoreError> {
+    let n = t.execute(
+        "UPDATE disclosures SET status = 'copied', imported_path = ?2 WHERE id = ?1 AND status = 'approved'",
+        params![job.id, dest_path],
+    )?;
+    if n == 0 {
+        return Ok(());
+    }
+    t.execute(
+        "INSERT INTO bridge_events (disclosure_id, source_chat, dest_chat, path, dest_path, sha256, size, approver, challenge_message, approval_message, created_at)
+         SELECT d.id, d.source_chat, d.chat_id, d.path, ?2, ?3, ?4, COALESCE(d.approver, ''),
+                (SELECT o.linq_message_id FROM outbox o WHERE o.idempotency_key = d.challenge_key),
+                COALESCE(d.approval_message, ''), ?5
+         FROM disclosures d WHERE d.id = ?1",
+        params![job.id, dest_path, sha256, size as i64, now_ms()],
+    )?;
+    event(
+        t,
+        job.id,
+        Step::Copied,
+        None,
+        &format!(
+            "{} of {} -> {} of {} sha256 {sha256} size {size}",
+            job.path, job.source_chat, dest_path, job.dest_chat
+        ),
+    )?;
+    let message_id: i64 = t.query_row(
+        "SELECT message_id FROM disclosures WHERE id = ?1",
+        [job.id],
+        |r| r.get(0),
+    )?;
+    queue_rerun(t, job.id, &job.dest_chat, message_id)?;
+    Ok(())
+}
+
+/// The helper refused or failed an import: the chat gets a polite no.
+pub fn import_failed(t: &Connection, id: i64, why: &str) -> Result<(), StoreError> {
+    let n = t.execute(
+        "UPDATE disclosures SET status = 'failed', reason = ?2 WHERE id = ?1 AND status = 'approved'",
+        params![id, why],
+    )?;
+    if n == 1 {
+        event(t, id, Step::Failed, None, why)?;
+        tell_chat_no(t, id, Status::Failed)?;
+    }
+    Ok(())
+}
