@@ -85,7 +85,11 @@ pub fn open_beneath(acct: &ChatAccount, rel: &str) -> Result<(std::fs::File, u64
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS
                 | ResolveFlag::RESOLVE_NO_XDEV,
         );
-    let fd = openat2(&home, rel, how).map_err(|e| match e {
+    let fd = match openat2(&home, rel, how) {
+        Err(Errno::ENOSYS) => walk_beneath(&home, rel),
+        r => r,
+    }
+    .map_err(|e| match e {
         Errno::ELOOP => ShareError::Refused(format!("{rel}: a symlink is on the way")),
         Errno::EXDEV => ShareError::Refused(format!("{rel}: leaves the workspace")),
         Errno::ENOENT => ShareError::Refused(format!("{rel}: no such file")),
@@ -104,6 +108,33 @@ pub fn open_beneath(acct: &ChatAccount, rel: &str) -> Result<(std::fs::File, u64
         )));
     }
     Ok((std::fs::File::from(fd), size))
+}
+
+/// What openat2 does here, for a kernel or seccomp filter without it: each component opened
+/// with O_NOFOLLOW (directories with O_DIRECTORY), on the home's file system only. The path has
+/// no `..` or `.` ([`check_relative_path`]), so nothing can climb out.
+fn walk_beneath(home: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
+    let dev = fstat(home)?.st_dev;
+    let mut comps = rel.split('/').peekable();
+    let mut dir: Option<OwnedFd> = None;
+    while let Some(c) = comps.next() {
+        let parent = dir.as_ref().unwrap_or(home);
+        let last = comps.peek().is_none();
+        let flags = if last {
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+        } else {
+            DIR
+        };
+        let fd = openat(parent, c, flags, Mode::empty())?;
+        if fstat(&fd)?.st_dev != dev {
+            return Err(Errno::EXDEV);
+        }
+        if last {
+            return Ok(fd);
+        }
+        dir = Some(fd);
+    }
+    Err(Errno::ENOENT)
 }
 
 /// Parse and check the gateway's grants: (source chat id, path relative to its home).

@@ -320,7 +320,9 @@ pub fn run_turn(config: &AgentConfig, request: &TurnRequest, identity: &Identity
         identity,
         &display_argv(&build_argv(config, request, &first)),
     );
-    // consent (SPEC C2): a fresh file for what the agent asks through the MCP tools
+    // consent (SPEC C2): a fresh file for what the agent asks through the MCP tools, in the
+    // ~/.tmp that seeding makes (a failure to seed is reported by `execute`, which seeds again)
+    let _ = seed_home(&identity.home);
     if let Err(e) = crate::mcp::prepare(&identity.home, &request.turn_id) {
         tracing::warn!(turn = %request.turn_id, "cannot prepare the access-request file; the agent cannot ask the owner this turn: {e}");
     }
