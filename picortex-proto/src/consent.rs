@@ -124,6 +124,12 @@ pub fn grant_note(what: &str, mount: &str) -> String {
 }
 pub const GRANT_NOTE_PREFIX: &str = "[picortex grant]";
 
+/// The line a re-run after an approved import gets: where the copy landed (relative to home).
+pub fn import_note(path: &str, dest: &str) -> String {
+    format!("{IMPORT_NOTE_PREFIX} {path} was copied into this chat's workspace at ~/{dest}")
+}
+pub const IMPORT_NOTE_PREFIX: &str = "[picortex import]";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,7 +121,11 @@ fn walk_beneath(home: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
         let parent = dir.as_ref().unwrap_or(home);
         let last = comps.peek().is_none();
         let flags = if last {
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+            OFlag::O_RDONLY
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
         } else {
             DIR
         };

@@ -493,9 +493,7 @@ pub fn import_note(t: &Connection, turn_id: &str) -> Result<Option<String>, Stor
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
         )
         .optional()?
-        .map(|(p, dest)| {
-            format!("[picortex import] {p} was copied into this chat's workspace at ~/{dest}")
-        }))
+        .map(|(p, dest)| picortex_proto::consent::import_note(&p, &dest)))
 }
 
 /// Whether the chat has standing grants (its spares would miss them: it gets none).

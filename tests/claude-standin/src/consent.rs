@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
 const GRANT_PREFIX: &str = "[picortex grant]";
+const IMPORT_PREFIX: &str = "[picortex import]";
 
 /// `#cat=`: the file's first 200 characters, or the error.
 pub fn cat(path: &str) -> String {
@@ -50,11 +51,25 @@ pub fn ask(prompt: &str, what: &str, mcp_config: Option<&str>) -> String {
     }
 }
 
-/// `#import=<chat>:<path>`.
-pub fn import(spec: &str, mcp_config: Option<&str>) -> String {
+/// Where the prompt's import line says the copy of `path` is (`~/…`).
+fn imported_copy<'a>(prompt: &'a str, path: &str) -> Option<&'a str> {
+    prompt.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(IMPORT_PREFIX)?.trim();
+        let (p, dest) = rest.split_once(" was copied into this chat's workspace at ")?;
+        (p == path).then_some(dest.trim())
+    })
+}
+
+/// `#import=<chat>:<path>`: with an import line for it in the prompt, read the copy; else ask.
+pub fn import(prompt: &str, spec: &str, mcp_config: Option<&str>) -> String {
     let Some((chat, path)) = spec.split_once(':') else {
         return "import: error: want <chat>:<path>".into();
     };
+    if let Some(dest) = imported_copy(prompt, path) {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let full = dest.replacen('~', &home, 1);
+        return format!("import: copied, {}", cat(&full));
+    }
     match call_tool(
         mcp_config,
         "import_file",

@@ -60,7 +60,7 @@
 //! | `#score=<x>` | with `--no-session-persistence` (picortex's discriminator), the reply is only `{"score": <x>, "reason": …}` |
 //! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
 //! | `#ask=<path>` | (last line of the prompt only) with a `[picortex grant] <path> is readable at <mount>` line in the prompt, read `<mount>`; else start the `picortex` MCP server of `--mcp-config` and call its `request_access` tool over stdio; the reply ends with ` \| ask: <what happened>` |
-//! | `#import=<chat>:<path>` | (last line only) call the MCP server's `import_file`; the reply ends with ` \| import: <the tool's answer>` |
+//! | `#import=<chat>:<path>` | (last line only) with a `[picortex import] <path> was copied … at ~/<dest>` line in the prompt, read the copy; else call the MCP server's `import_file`; the reply ends with ` \| import: <what happened>` |
 //! | `#cat=<path>` | (last line only) read a file; the reply ends with ` \| cat <path>: "<its start>"` or ` \| cat <path>: error <e>` |
 //! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
 //! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
@@ -968,7 +968,7 @@ fn run(argv: &[String]) -> Exit {
         knobs
             .import
             .as_deref()
-            .map(|w| consent::import(w, args.mcp_config.as_deref())),
+            .map(|w| consent::import(&prompt, w, args.mcp_config.as_deref())),
         knobs.cat.as_deref().map(consent::cat),
     ]
     .into_iter()

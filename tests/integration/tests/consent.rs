@@ -99,7 +99,13 @@ fn yes_from_the_owners_dm_grants_one_turn_and_nothing_else_does() {
     m.wait_reply_containing(&group, ACK, T);
     let challenge = m.wait_reply_containing(&dm, &format!("yes {n}"), T);
     let c = challenge["text"].as_str().unwrap();
-    for want in [FRIEND, "when do we leave?", FILE, "Trip", &format!("no {n}")] {
+    for want in [
+        FRIEND,
+        "when do we leave?",
+        FILE,
+        "Trip",
+        &format!("no {n}"),
+    ] {
         assert!(c.contains(want), "{want} missing from the challenge: {c}");
     }
     m.wait_settled(T);
@@ -160,7 +166,10 @@ fn yes_from_the_owners_dm_grants_one_turn_and_nothing_else_does() {
         granted,
         "consumed by its one re-run turn"
     );
-    assert_eq!(steps(&m, id), "requested,asked,acknowledged,approved,consumed");
+    assert_eq!(
+        steps(&m, id),
+        "requested,asked,acknowledged,approved,consumed"
+    );
     assert!(
         m.journal(&format!("-u picortex-provision PICORTEX_TURN={granted}"))
             .contains("grants"),
@@ -191,17 +200,23 @@ fn yes_from_the_owners_dm_grants_one_turn_and_nothing_else_does() {
     assert!(!reply.contains(SECRET), "{reply}");
 
     // 2. A second yes to a consumed request shares nothing more.
-    let group_turns = m.sql_n(&format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{group}'"));
+    let group_turns = m.sql_n(&format!(
+        "SELECT COUNT(*) FROM turns WHERE chat_id = '{group}'"
+    ));
     owner_says(&m, &dm, &format!("yes {n}"));
     m.wait_reply_containing(&dm, "not waiting any more", T);
     m.wait_settled(T);
     assert_eq!(
-        m.sql_n(&format!("SELECT COUNT(*) FROM turns WHERE chat_id = '{group}'")),
+        m.sql_n(&format!(
+            "SELECT COUNT(*) FROM turns WHERE chat_id = '{group}'"
+        )),
         group_turns,
         "no new turn for the group"
     );
     assert_eq!(
-        m.sql_n(&format!("SELECT COUNT(*) FROM turns WHERE disclosure_id = {id}")),
+        m.sql_n(&format!(
+            "SELECT COUNT(*) FROM turns WHERE disclosure_id = {id}"
+        )),
         1
     );
     assert_eq!(status(&m, id), "consumed");
@@ -266,10 +281,7 @@ fn the_ttl_says_no_and_always_stands_until_revoked() {
     assert!(!grant.is_empty());
     ask(&m, &group, &format!("again? #cat={MOUNT}"));
     let again = m.wait_reply_containing(&group, "again?", T);
-    assert!(
-        again["text"].as_str().unwrap().contains(SECRET),
-        "{again}"
-    );
+    assert!(again["text"].as_str().unwrap().contains(SECRET), "{again}");
     m.wait_settled(T);
     // The manifest is in /picortex status, and the owner revokes it there.
     m.sim().post(
