@@ -635,3 +635,276 @@ pub fn import_failed(t: &Connection, id: i64, why: &str) -> Result<(), StoreErro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The broker on a real SQLite log: chats and messages arrive as Linq sends them (`ingest`).
+    use super::*;
+    use crate::ingest::{apply, Ctx};
+    use crate::linq::events::parse_event;
+    use crate::store::Store;
+    use serde_json::{json, Value};
+
+    const OWNER: &str = "+15550002000";
+    const FRIEND: &str = "+15557770000";
+    const DM: &str = "4c6113a3-cb58-46e5-a29c-326444779872";
+    const GROUP: &str = "6e8335c5-ed7a-4807-84cb-548666991094";
+
+    fn ctx() -> Ctx {
+        Ctx {
+            owner: Owner::new(&[OWNER.into()]),
+            bot_names: vec![],
+        }
+    }
+
+    fn message(n: u32, chat: &str, group: bool, from: &str, text: &str) -> Vec<u8> {
+        let mut v: Value =
+            serde_json::from_str(include_str!("../linq/fixtures/message.received-1to1.json"))
+                .unwrap();
+        v["event_id"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
+        v["data"]["id"] = json!(format!("10000000-0000-4000-8000-{n:012}"));
+        v["data"]["chat"]["id"] = json!(chat);
+        v["data"]["chat"]["is_group"] = json!(group);
+        v["data"]["sender_handle"]["handle"] = json!(from);
+        v["data"]["parts"][0]["value"] = json!(text);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    async fn send(s: &Store, body: Vec<u8>) {
+        let env = parse_event(&body).unwrap();
+        let text = String::from_utf8(body).unwrap();
+        s.call(move |t| apply(t, &env, "r", &text, &ctx()))
+            .await
+            .unwrap();
+    }
+
+    async fn q(s: &Store, sql: &'static str) -> String {
+        s.call(move |t| {
+            Ok(t.query_row(sql, [], |r| {
+                r.get::<_, Option<String>>(0).map(|v| v.unwrap_or_default())
+            })?)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The owner's DM, a group where the friend asked something, and that question's turn.
+    async fn setup() -> (tempfile::TempDir, Store, TurnJob) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("t.db")).unwrap();
+        send(&s, message(1, DM, false, OWNER, "hi")).await;
+        send(
+            &s,
+            message(2, GROUP, true, OWNER, "/picortex attention always"),
+        )
+        .await;
+        send(&s, message(3, GROUP, true, FRIEND, "when do we leave?")).await;
+        let job = s
+            .call(|t| {
+                t.execute(
+                    "UPDATE turns SET status = 'running' WHERE chat_id = ?1",
+                    [GROUP],
+                )?;
+                Ok(queries::inflight_turns(t)?
+                    .into_iter()
+                    .find(|j| j.chat_id == GROUP)
+                    .unwrap())
+            })
+            .await
+            .unwrap();
+        (d, s, job)
+    }
+
+    fn read(what: &str) -> AccessRequest {
+        AccessRequest::Read {
+            what: what.into(),
+            why: "they asked".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn yes_grants_one_turn_once_and_late_answers_change_nothing() {
+        let (_d, s, job) = setup().await;
+        let j = job.clone();
+        let opened = s
+            .call(move |t| open_requests(t, &j, &[read("notes/plan.txt")], &ctx().owner, 600_000))
+            .await
+            .unwrap();
+        assert_eq!(opened.pending.len(), 1);
+        assert!(q(&s, "SELECT text FROM outbox WHERE idempotency_key LIKE 'picortex-consent-%' AND chat_id = '4c6113a3-cb58-46e5-a29c-326444779872'")
+            .await
+            .contains("yes 1"));
+        let a = s
+            .call(|t| answer(t, 1, Answer::Yes, OWNER, "m1"))
+            .await
+            .unwrap();
+        assert!(a.wake_turns, "{}", a.reply);
+        let rerun = q(&s, "SELECT id FROM turns WHERE disclosure_id IS NOT NULL").await;
+        let (r1, r2) = (rerun.clone(), rerun.clone());
+        let grants = s
+            .call(move |t| grants_for_turn(t, &r1, GROUP))
+            .await
+            .unwrap();
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].source_chat, DM);
+        // Consumed by that turn; it keeps it across a restart, no other turn gets it.
+        s.call(move |t| consume(t, &r2)).await.unwrap();
+        assert_eq!(q(&s, "SELECT status FROM disclosures").await, "consumed");
+        let r3 = rerun.clone();
+        assert_eq!(
+            s.call(move |t| grants_for_turn(t, &r3, GROUP))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let other = job.turn_id.clone();
+        assert!(s
+            .call(move |t| grants_for_turn(t, &other, GROUP))
+            .await
+            .unwrap()
+            .is_empty());
+        let late = s
+            .call(|t| answer(t, 1, Answer::Yes, OWNER, "m2"))
+            .await
+            .unwrap();
+        assert!(
+            !late.wake_turns && late.reply.contains("not waiting"),
+            "{}",
+            late.reply
+        );
+        assert_eq!(
+            q(
+                &s,
+                "SELECT CAST(COUNT(*) AS TEXT) FROM turns WHERE disclosure_id IS NOT NULL"
+            )
+            .await,
+            "1"
+        );
+        assert_eq!(
+            q(&s, "SELECT group_concat(step) FROM consent_events").await,
+            "requested,asked,approved,consumed,ignored"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_and_the_timer_answer_the_group_and_grant_nothing() {
+        let (_d, s, job) = setup().await;
+        let j = job.clone();
+        s.call(move |t| {
+            open_requests(
+                t,
+                &j,
+                &[read("a.txt"), read("b.txt")],
+                &ctx().owner,
+                600_000,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            q(&s, "SELECT group_concat(number) FROM disclosures").await,
+            "1,2",
+            "each its own number"
+        );
+        let a = s
+            .call(|t| answer(t, 2, Answer::No, OWNER, "m"))
+            .await
+            .unwrap();
+        assert!(!a.wake_turns);
+        assert_eq!(
+            s.call(|t| expire_due(t, now_ms() + 600_001)).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            q(
+                &s,
+                "SELECT group_concat(status) FROM (SELECT status FROM disclosures ORDER BY id)"
+            )
+            .await,
+            "expired,denied"
+        );
+        assert_eq!(
+            q(&s, "SELECT CAST(COUNT(*) AS TEXT) FROM outbox WHERE idempotency_key LIKE 'picortex-consent-no-%' AND chat_id = '6e8335c5-ed7a-4807-84cb-548666991094'").await,
+            "2"
+        );
+        assert_eq!(
+            q(
+                &s,
+                "SELECT CAST(COUNT(*) AS TEXT) FROM turns WHERE disclosure_id IS NOT NULL"
+            )
+            .await,
+            "0"
+        );
+        // A number is free again once nothing pending holds it.
+        let j = job.clone();
+        s.call(move |t| open_requests(t, &j, &[read("c.txt")], &ctx().owner, 600_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            q(
+                &s,
+                "SELECT CAST(number AS TEXT) FROM disclosures WHERE status = 'pending'"
+            )
+            .await,
+            "1"
+        );
+    }
+
+    #[tokio::test]
+    async fn always_stands_until_revoked_and_imports_cannot_stand() {
+        let (_d, s, job) = setup().await;
+        let j = job.clone();
+        s.call(move |t| {
+            open_requests(
+                t,
+                &j,
+                &[
+                    read("plan.txt"),
+                    AccessRequest::Import {
+                        from_chat: "owner".into(),
+                        path: "x.pdf".into(),
+                        why: String::new(),
+                    },
+                ],
+                &ctx().owner,
+                600_000,
+            )
+        })
+        .await
+        .unwrap();
+        s.call(|t| answer(t, 1, Answer::Always, OWNER, "m"))
+            .await
+            .unwrap();
+        let i = s
+            .call(|t| answer(t, 2, Answer::Always, OWNER, "m"))
+            .await
+            .unwrap();
+        assert!(
+            i.wake_imports && !i.reply.contains("from now on"),
+            "{}",
+            i.reply
+        );
+        let later = job.turn_id.clone();
+        let g = s
+            .call(move |t| grants_for_turn(t, &later, GROUP))
+            .await
+            .unwrap();
+        assert_eq!(g.len(), 1);
+        assert!(g[0].standing.is_some());
+        assert!(s.call(|t| has_standing(t, GROUP)).await.unwrap());
+        let id = g[0].standing.unwrap();
+        assert!(s
+            .call(move |t| revoke(t, id))
+            .await
+            .unwrap()
+            .starts_with("Revoked"));
+        assert!(!s.call(|t| has_standing(t, GROUP)).await.unwrap());
+        let later = job.turn_id.clone();
+        assert!(s
+            .call(move |t| grants_for_turn(t, &later, GROUP))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
