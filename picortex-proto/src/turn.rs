@@ -458,6 +458,42 @@ mod tests {
     }
 
     #[test]
+    fn access_requests_are_bounded_like_the_rest() {
+        use crate::consent::{AccessRequest, MAX_REQUESTS_PER_TURN};
+        let req = |w: &str| AccessRequest::Read {
+            what: w.into(),
+            why: "x".into(),
+        };
+        let ok_one = TurnResult {
+            requests: vec![req("notes/a.md")],
+            ..ok()
+        };
+        assert_eq!(
+            parse_result_document(&doc(&ok_one), TURN).unwrap(),
+            Some(ok_one)
+        );
+        for bad in [
+            vec![req("/etc/shadow")],
+            vec![req("../x")],
+            (0..=MAX_REQUESTS_PER_TURN)
+                .map(|i| req(&format!("f{i}")))
+                .collect(),
+        ] {
+            let r = TurnResult {
+                requests: bad,
+                ..ok()
+            };
+            assert!(
+                matches!(
+                    parse_result_document(&doc(&r), TURN),
+                    Err(ResultError::OutOfBounds(_))
+                ),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_reader_takes_exactly_one_line() {
         let one = doc(&ok());
         assert_eq!(parse_result_document(&one, TURN).unwrap(), Some(ok()));
