@@ -693,6 +693,42 @@ mod tests {
     }
 
     #[test]
+    fn grants_are_exactly_their_read_only_binds() {
+        let mut none = Vec::new();
+        grant_properties(&[], &mut none);
+        assert!(
+            none.is_empty(),
+            "a turn without grants gets no bind for them"
+        );
+        let mut p = Vec::new();
+        let g = vec![
+            ("/s/t/0".to_owned(), "/var/lib/picortex/shared/0".to_owned()),
+            ("/s/t/1".to_owned(), "/var/lib/picortex/shared/1".to_owned()),
+        ];
+        grant_properties(&g, &mut p);
+        assert_eq!(
+            p,
+            vec![(
+                "BindReadOnlyPaths",
+                Prop::Binds(vec![
+                    (
+                        "/s/t/0".into(),
+                        "/var/lib/picortex/shared/0".into(),
+                        false,
+                        0
+                    ),
+                    (
+                        "/s/t/1".into(),
+                        "/var/lib/picortex/shared/1".into(),
+                        false,
+                        0
+                    ),
+                ])
+            )]
+        );
+    }
+
+    #[test]
     fn io_uring_userfaultfd_and_keyrings_are_taken_out_of_the_allow_list() {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();

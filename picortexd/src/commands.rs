@@ -183,6 +183,11 @@ pub fn execute(
                 s.push_str("\nstanding grants:\n");
                 s.push_str(&manifest.join("\n"));
             }
+            let asks = crate::consent::store::pending_lines(t)?;
+            if !chat.is_group && !asks.is_empty() {
+                s.push_str("\nrequests waiting for you:\n");
+                s.push_str(&asks.join("\n"));
+            }
             s
         }
         Command::Consent { number, answer } => {

@@ -553,6 +553,25 @@ pub fn manifest_lines(t: &Connection, chat_id: &str) -> Result<Vec<String>, Stor
     Ok(v)
 }
 
+/// Disclosures waiting for the owner, for `/picortex status` in their DM.
+pub fn pending_lines(t: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut st = t.prepare_cached(
+        "SELECT number, kind, path, chat_id FROM disclosures WHERE status = 'pending' ORDER BY number",
+    )?;
+    let v = st
+        .query_map([], |r| {
+            Ok(format!(
+                "- #{} {} \"{}\" for {} (\"yes {0}\" / \"no {0}\")",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
 /// An approved import waiting for the helper.
 #[derive(Debug, Clone)]
 pub struct ImportJob {
