@@ -14,6 +14,8 @@ pub mod actions {
     pub const ENSURE_CHAT: &str = "org.picortex.provision.ensure-chat";
     pub const START_TURN: &str = "org.picortex.provision.start-turn";
     pub const MANAGE_CHAT: &str = "org.picortex.provision.manage-chat";
+    /// Copy a file between chats' workspaces after the owner approved it (SPEC C3).
+    pub const SHARE_FILE: &str = "org.picortex.provision.share-file";
 }
 
 /// Limits the gateway may ask for in `StartTurn`'s `limits` dictionary. The helper clamps to
@@ -65,6 +67,28 @@ pub trait Provision {
         result: OwnedFd,
         limits: HashMap<&str, Variant<'_>>,
     ) -> zbus::Result<String>;
+
+    /// StartTurn with the owner's grants for this one turn: (source chat id, path relative to
+    /// its home), each bound read-only at `consent::shared_mount(n)` (SPEC C2).
+    #[allow(clippy::too_many_arguments)]
+    fn start_granted_turn(
+        &self,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<&str, Variant<'_>>,
+        grants: Vec<(String, String)>,
+    ) -> zbus::Result<String>;
+
+    /// Copy `path` of `source_chat`'s home into `dest_chat`'s `inbox/` (SPEC C3).
+    /// Returns (path relative to the destination home, sha256 hex, size).
+    fn import_file(
+        &self,
+        source_chat: &str,
+        path: &str,
+        dest_chat: &str,
+    ) -> zbus::Result<(String, String, u64)>;
 
     /// Stop and forget a finished turn's unit (it is kept, RemainAfterExit, until the gateway has
     /// read its outcome).

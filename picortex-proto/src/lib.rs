@@ -5,6 +5,7 @@
 //! already validated.
 
 pub mod bus;
+pub mod consent;
 pub mod gateway;
 pub mod ids;
 pub mod turn;

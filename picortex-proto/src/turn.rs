@@ -147,6 +147,11 @@ pub struct TurnResult {
     /// A short, operator-facing reason when the outcome is not Ok.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    // --- consent (SPEC C2, C3) ---
+    /// What the agent asked the owner for through picortex-run's MCP tools during this turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<crate::consent::AccessRequest>,
+    // --- end consent ---
 }
 
 impl TurnResult {
@@ -164,6 +169,7 @@ impl TurnResult {
             exit_code: None,
             signal: None,
             error: Some(error.into()),
+            requests: Vec::new(),
         }
     }
 
@@ -223,6 +229,18 @@ impl TurnResult {
                 "error of {} bytes above {MAX_RESULT_ERROR_BYTES}",
                 e.len()
             ));
+        }
+        // consent: a bounded number of well-formed requests
+        if self.requests.len() > crate::consent::MAX_REQUESTS_PER_TURN {
+            return bad(format!(
+                "{} access requests, more than {}",
+                self.requests.len(),
+                crate::consent::MAX_REQUESTS_PER_TURN
+            ));
+        }
+        for r in &self.requests {
+            r.validate()
+                .map_err(|e| ResultError::OutOfBounds(format!("access request: {e}")))?;
         }
         Ok(())
     }
@@ -307,6 +325,7 @@ mod tests {
             exit_code: Some(0),
             signal: None,
             error: None,
+            requests: Vec::new(),
         }
     }
 
@@ -434,6 +453,42 @@ mod tests {
             assert!(
                 matches!(r.validate(), Err(ResultError::OutOfBounds(_))),
                 "{what} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn access_requests_are_bounded_like_the_rest() {
+        use crate::consent::{AccessRequest, MAX_REQUESTS_PER_TURN};
+        let req = |w: &str| AccessRequest::Read {
+            what: w.into(),
+            why: "x".into(),
+        };
+        let ok_one = TurnResult {
+            requests: vec![req("notes/a.md")],
+            ..ok()
+        };
+        assert_eq!(
+            parse_result_document(&doc(&ok_one), TURN).unwrap(),
+            Some(ok_one)
+        );
+        for bad in [
+            vec![req("/etc/shadow")],
+            vec![req("../x")],
+            (0..=MAX_REQUESTS_PER_TURN)
+                .map(|i| req(&format!("f{i}")))
+                .collect(),
+        ] {
+            let r = TurnResult {
+                requests: bad,
+                ..ok()
+            };
+            assert!(
+                matches!(
+                    parse_result_document(&doc(&r), TURN),
+                    Err(ResultError::OutOfBounds(_))
+                ),
+                "{r:?}"
             );
         }
     }

@@ -194,6 +194,124 @@ impl Provision {
     }
 }
 
+impl Provision {
+    /// Shared body of StartTurn and StartGrantedTurn.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_turn_with(
+        &self,
+        op: &'static str,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<String, OwnedVariant>,
+        grants: &[(String, String)],
+        hdr: &Header<'_>,
+        conn: &Connection,
+    ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
+        let (chat, turn) = (ChatId::parse(chat_id), TurnId::parse(turn_id));
+        let (shown_chat, shown_turn) = (shown(&chat, ChatId::as_str), shown(&turn, TurnId::as_str));
+        let caller = authorize(conn, hdr, op, actions::START_TURN, shown_chat, shown_turn).await?;
+        let chat = chat.map_err(|e| bad_input(op, &caller, "", shown_turn, e.to_string()))?;
+        let turn = turn.map_err(|e| bad_input(op, &caller, chat.as_str(), "", e.to_string()))?;
+        let limits = Limits::from_dict(&limits)
+            .map_err(|e| bad_input(op, &caller, chat.as_str(), turn.as_str(), e))?;
+        let grants = crate::share::parse_grants(grants)
+            .map_err(|e| bad_input(op, &caller, chat.as_str(), turn.as_str(), e))?;
+        let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) =
+            (request.into(), result.into());
+        let fail = |msg: String| {
+            audit::record(op, &caller, chat.as_str(), turn.as_str(), "failed", &msg);
+            fdo::Error::Failed(msg)
+        };
+        units::check_fds(&request, &result).map_err(|e| {
+            audit::record(op, &caller, chat.as_str(), turn.as_str(), "failed", &e);
+            fdo::Error::InvalidArgs(e)
+        })?;
+        // Until the unit is started: not while the chat is being archived or removed.
+        let _chat_lock = self.chats.lock(&chat).await;
+        // The chat must have been provisioned through EnsureChat (and not removed since); a
+        // turn never creates users.
+        let c = chat.clone();
+        let acct = tokio::task::spawn_blocking(
+            move || -> Result<Option<users::ChatAccount>, users::UserError> {
+                match users::existing_tag(&c)? {
+                    Some(_) => users::ensure(&c).map(|(a, _)| Some(a)),
+                    None => Ok(None),
+                }
+            },
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| {
+            fail(format!(
+                "chat {chat} is not provisioned (or was removed); call EnsureChat first"
+            ))
+        })?;
+        let egress = crate::egress::load().map_err(&fail)?;
+        let a = acct.clone();
+        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(&fail)?;
+        host.addresses = crate::hostaddr::host_addresses_for_turn(conn)
+            .await
+            .map_err(&fail)?;
+        // The owner's grants for this one turn, re-checked and copied for it (see `share`).
+        let (t, a, g) = (turn.clone(), acct.clone(), grants.clone());
+        let staged = tokio::task::spawn_blocking(move || crate::share::stage_grants(&t, &a, &g))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| {
+                crate::share::remove_staged(&turn);
+                fail(e.to_string())
+            })?;
+        let spec = units::TurnSpec {
+            acct: &acct,
+            chat: &chat,
+            turn: &turn,
+            limits: &limits,
+            egress: &egress,
+            host: &host,
+            grants: &staged,
+        };
+        match units::start_turn(conn, &spec, request, result).await {
+            Ok(unit) => {
+                audit::record(
+                    op,
+                    &caller,
+                    chat.as_str(),
+                    turn.as_str(),
+                    "ok",
+                    &format!(
+                        "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={} grants {}",
+                        acct.user,
+                        limits.memory_max,
+                        limits.runtime_max_usec,
+                        grants
+                            .iter()
+                            .map(|(c, p)| format!("{c}:{p}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                );
+                Ok(unit)
+            }
+            Err(UnitError::Exists(m)) => {
+                // The turn's own earlier start holds the staged copies it was started with.
+                audit::record(op, &caller, chat.as_str(), turn.as_str(), "failed", &m);
+                Err(fdo::Error::FileExists(m))
+            }
+            Err(e) => {
+                crate::share::remove_staged(&turn);
+                Err(fail(e.to_string()))
+            }
+        }
+    }
+}
+
 #[interface(name = "org.picortex.Provision1")]
 impl Provision {
     /// Create (or repair) a chat's user, home and slice; idempotent.
@@ -252,83 +370,134 @@ impl Provision {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
-        let _g = self.activity.enter();
-        const OP: &str = "StartTurn";
-        let (chat, turn) = (ChatId::parse(chat_id), TurnId::parse(turn_id));
-        let (shown_chat, shown_turn) = (shown(&chat, ChatId::as_str), shown(&turn, TurnId::as_str));
-        let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, shown_turn).await?;
-        let chat = chat.map_err(|e| bad_input(OP, &caller, "", shown_turn, e.to_string()))?;
-        let turn = turn.map_err(|e| bad_input(OP, &caller, chat.as_str(), "", e.to_string()))?;
-        let limits = Limits::from_dict(&limits)
-            .map_err(|e| bad_input(OP, &caller, chat.as_str(), turn.as_str(), e))?;
-        let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) =
-            (request.into(), result.into());
-        let fail = |msg: String| {
-            audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &msg);
-            fdo::Error::Failed(msg)
-        };
-        units::check_fds(&request, &result).map_err(|e| {
-            audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &e);
-            fdo::Error::InvalidArgs(e)
-        })?;
-        // Until the unit is started: not while the chat is being archived or removed.
-        let _chat_lock = self.chats.lock(&chat).await;
-        // The chat must have been provisioned through EnsureChat (and not removed since); a
-        // turn never creates users.
-        let c = chat.clone();
-        let acct = tokio::task::spawn_blocking(
-            move || -> Result<Option<users::ChatAccount>, users::UserError> {
-                match users::existing_tag(&c)? {
-                    Some(_) => users::ensure(&c).map(|(a, _)| Some(a)),
-                    None => Ok(None),
-                }
-            },
+        self.start_turn_with(
+            "StartTurn",
+            chat_id,
+            turn_id,
+            request,
+            result,
+            limits,
+            &[],
+            &hdr,
+            conn,
         )
         .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| {
-            fail(format!(
-                "chat {chat} is not provisioned (or was removed); call EnsureChat first"
-            ))
-        })?;
-        let egress = crate::egress::load().map_err(&fail)?;
-        let a = acct.clone();
-        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(&fail)?;
-        host.addresses = crate::hostaddr::host_addresses_for_turn(conn)
-            .await
-            .map_err(&fail)?;
-        let spec = units::TurnSpec {
-            acct: &acct,
-            chat: &chat,
-            turn: &turn,
-            limits: &limits,
-            egress: &egress,
-            host: &host,
+    }
+
+    /// StartTurn with the owner's grants for this one turn (SPEC C2): `grants` are (source chat
+    /// id, path relative to its home); each file is opened beneath that home (no `..`, no
+    /// symlink, regular files within the cap), copied for the turn's user and bound read-only at
+    /// /var/lib/picortex/shared/<n> (n the grant's index). ReleaseTurn deletes the copies.
+    #[allow(clippy::too_many_arguments)] // a D-Bus method: its arguments are the interface's
+    async fn start_granted_turn(
+        &self,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<String, OwnedVariant>,
+        grants: Vec<(String, String)>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        self.start_turn_with(
+            "StartGrantedTurn",
+            chat_id,
+            turn_id,
+            request,
+            result,
+            limits,
+            &grants,
+            &hdr,
+            conn,
+        )
+        .await
+    }
+
+    /// Copy `path` (relative to `source_chat`'s home) into `dest_chat`'s `inbox/` (SPEC C3): the
+    /// source opened beneath its home with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), a
+    /// regular file within the cap; the copy the destination user's, 0600, never overwriting.
+    /// Returns (path relative to the destination home, sha256 hex, size).
+    async fn import_file(
+        &self,
+        source_chat: &str,
+        path: &str,
+        dest_chat: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String, u64)> {
+        let _g = self.activity.enter();
+        const OP: &str = "ImportFile";
+        let (src, dst) = (ChatId::parse(source_chat), ChatId::parse(dest_chat));
+        let shown_src = shown(&src, ChatId::as_str);
+        let caller = authorize(conn, &hdr, OP, actions::SHARE_FILE, shown_src, "").await?;
+        let src = src.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
+        let dst = dst.map_err(|e| bad_input(OP, &caller, src.as_str(), "", e.to_string()))?;
+        picortex_proto::consent::check_relative_path(path)
+            .map_err(|e| bad_input(OP, &caller, src.as_str(), "", e))?;
+        if src == dst {
+            return Err(bad_input(
+                OP,
+                &caller,
+                src.as_str(),
+                "",
+                "source and destination are the same chat".into(),
+            ));
+        }
+        // Both homes stay put (no archive or removal) while the copy runs.
+        let (first, second) = if src.as_str() < dst.as_str() {
+            (&src, &dst)
+        } else {
+            (&dst, &src)
         };
-        match units::start_turn(conn, &spec, request, result).await {
-            Ok(unit) => {
+        let _l1 = self.chats.lock(first).await;
+        let _l2 = self.chats.lock(second).await;
+        let (s, d, p) = (src.clone(), dst.clone(), path.to_owned());
+        let r = tokio::task::spawn_blocking(move || {
+            let from = crate::share::account_of(&s)?;
+            let to = crate::share::account_of(&d)?;
+            crate::share::import(&from, &p, &to)
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        match r {
+            Ok(dep) => {
+                let rel = dep.rel_path.display().to_string();
                 audit::record(
                     OP,
                     &caller,
-                    chat.as_str(),
-                    turn.as_str(),
+                    src.as_str(),
+                    "",
                     "ok",
                     &format!(
-                        "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={}",
-                        acct.user, limits.memory_max, limits.runtime_max_usec
+                        "{path} -> chat {dst} {rel} sha256 {} size {}",
+                        dep.sha256, dep.size
                     ),
                 );
-                Ok(unit)
+                Ok((rel, dep.sha256, dep.size))
             }
-            Err(UnitError::Exists(m)) => {
-                audit::record(OP, &caller, chat.as_str(), turn.as_str(), "failed", &m);
-                Err(fdo::Error::FileExists(m))
+            Err(e @ crate::share::ShareError::Refused(_)) => {
+                audit::record(
+                    OP,
+                    &caller,
+                    src.as_str(),
+                    "",
+                    "refused",
+                    &format!("{path}: {e}"),
+                );
+                Err(fdo::Error::AccessDenied(e.to_string()))
             }
-            Err(e) => Err(fail(e.to_string())),
+            Err(e) => {
+                audit::record(
+                    OP,
+                    &caller,
+                    src.as_str(),
+                    "",
+                    "failed",
+                    &format!("{path}: {e}"),
+                );
+                Err(fdo::Error::Failed(e.to_string()))
+            }
         }
     }
 
@@ -345,7 +514,11 @@ impl Provision {
         let shown_turn = shown(&turn, TurnId::as_str);
         let caller = authorize(conn, &hdr, OP, actions::START_TURN, "", shown_turn).await?;
         let turn = turn.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
-        match units::release_turn(conn, &turn).await {
+        let r = units::release_turn(conn, &turn).await;
+        // The turn's grants end with it (a no-op for a turn without any).
+        let t = turn.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::share::remove_staged(&t)).await;
+        match r {
             Ok(()) => {
                 audit::record(OP, &caller, "", turn.as_str(), "ok", "");
                 Ok(())

@@ -253,6 +253,23 @@ pub fn turn_properties(
     props
 }
 
+/// The owner's grants for this one turn (SPEC C2): each staged copy bound read-only at its mount
+/// point, and nothing else. A turn without grants gets no such property at all.
+pub fn grant_properties(grants: &[(String, String)], props: &mut Vec<(&'static str, Prop)>) {
+    if grants.is_empty() {
+        return;
+    }
+    props.push((
+        "BindReadOnlyPaths",
+        Prop::Binds(
+            grants
+                .iter()
+                .map(|(src, dst)| (src.clone(), dst.clone(), false, 0))
+                .collect(),
+        ),
+    ));
+}
+
 /// Where the operator puts the Anthropic API key (root, 0600).
 pub const API_KEY_PATH: &str = "/etc/picortex/credentials/anthropic-api-key";
 pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
@@ -490,6 +507,8 @@ pub struct TurnSpec<'a> {
     pub limits: &'a Limits,
     pub egress: &'a Egress,
     pub host: &'a Host,
+    /// Approved grants (SPEC C2): (staged copy, mount point inside the turn), see `share`.
+    pub grants: &'a [(String, String)],
 }
 
 /// The limits this helper process last applied to each slice: setting them again would rewrite
@@ -514,6 +533,7 @@ pub async fn start_turn(
         limits,
         egress,
         host,
+        grants,
     } = *spec;
     let mgr = ManagerProxy::new(conn).await.map_err(systemd_err)?;
     let slice = acct.tag.slice();
@@ -533,8 +553,9 @@ pub async fn start_turn(
     }
 
     let unit = turn.unit_name();
-    let mut props =
-        convert(&turn_properties(acct, chat, turn, limits, egress, host)).map_err(systemd_err)?;
+    let mut props = turn_properties(acct, chat, turn, limits, egress, host);
+    grant_properties(grants, &mut props);
+    let mut props = convert(&props).map_err(systemd_err)?;
     props.push(("StandardInputFileDescriptor".into(), fd_variant(&request)?));
     props.push(("StandardOutputFileDescriptor".into(), fd_variant(&result)?));
     mgr.start_transient_unit(unit.clone(), "fail".into(), props, vec![])
@@ -669,6 +690,42 @@ mod tests {
         assert_eq!(get(&p, "StandardError"), &Prop::Str("journal".into()));
         assert_eq!(get(&p, "LogRateLimitBurst"), &Prop::U32(500));
         assert_eq!(get(&p, "LogRateLimitIntervalUSec"), &Prop::U64(30_000_000));
+    }
+
+    #[test]
+    fn grants_are_exactly_their_read_only_binds() {
+        let mut none = Vec::new();
+        grant_properties(&[], &mut none);
+        assert!(
+            none.is_empty(),
+            "a turn without grants gets no bind for them"
+        );
+        let mut p = Vec::new();
+        let g = vec![
+            ("/s/t/0".to_owned(), "/var/lib/picortex/shared/0".to_owned()),
+            ("/s/t/1".to_owned(), "/var/lib/picortex/shared/1".to_owned()),
+        ];
+        grant_properties(&g, &mut p);
+        assert_eq!(
+            p,
+            vec![(
+                "BindReadOnlyPaths",
+                Prop::Binds(vec![
+                    (
+                        "/s/t/0".into(),
+                        "/var/lib/picortex/shared/0".into(),
+                        false,
+                        0
+                    ),
+                    (
+                        "/s/t/1".into(),
+                        "/var/lib/picortex/shared/1".into(),
+                        false,
+                        0
+                    ),
+                ])
+            )]
+        );
     }
 
     #[test]

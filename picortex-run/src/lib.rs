@@ -18,6 +18,7 @@ pub mod channel;
 pub mod config;
 pub mod discriminate;
 pub mod diskfull;
+pub mod mcp;
 pub mod nosubvol;
 pub mod oom;
 pub mod output;

@@ -80,6 +80,18 @@ fn refuse(channel: ResultChannel, turn: &str, chat: Option<&str>, reason: &str) 
 }
 
 fn main() -> ExitCode {
+    // `picortex-run mcp …`: the agent's MCP server (consent, see picortex_run::mcp), started by
+    // the agent inside the turn; its stdout is the MCP transport, not a result channel.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some(picortex_run::mcp::MCP_ARG) {
+        return match picortex_run::mcp::serve_main(argv.get(1..).unwrap_or_default()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("picortex-run mcp: {e}");
+                ExitCode::from(EXIT_REFUSED)
+            }
+        };
+    }
     // Not dumpable, before anything else: the agent runs as the same user, and must not be able
     // to ptrace this process or open its /proc/<pid>/mem or /proc/<pid>/fd/* (the result file)
     // to forge the turn's result or its reported cost; a leftover of the chat's previous turn

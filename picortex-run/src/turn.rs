@@ -253,7 +253,9 @@ fn run_once(
     env: &[(String, String)],
     session: SessionArg,
 ) -> Result<Attempt, String> {
-    let argv = build_argv(config, req, &session);
+    let mut argv = build_argv(config, req, &session);
+    // consent (SPEC C2): the agent's way to ask the owner, see `mcp`
+    argv.extend(crate::mcp::agent_args(req, &id.home));
     let before = oom::oom_kill_count();
     let started = Instant::now();
     let capture = run_agent(program, &argv, env, &id.home, &req.prompt)
@@ -318,7 +320,14 @@ pub fn run_turn(config: &AgentConfig, request: &TurnRequest, identity: &Identity
         identity,
         &display_argv(&build_argv(config, request, &first)),
     );
-    let result = execute(config, request, identity, first);
+    // consent (SPEC C2): a fresh file for what the agent asks through the MCP tools, in the
+    // ~/.tmp that seeding makes (a failure to seed is reported by `execute`, which seeds again)
+    let _ = seed_home(&identity.home);
+    if let Err(e) = crate::mcp::prepare(&identity.home, &request.turn_id) {
+        tracing::warn!(turn = %request.turn_id, "cannot prepare the access-request file; the agent cannot ask the owner this turn: {e}");
+    }
+    let mut result = execute(config, request, identity, first);
+    result.requests = crate::mcp::collect(&identity.home, &request.turn_id);
     audit::turn_finished(request, identity, &result, started.elapsed());
     result
 }

@@ -198,9 +198,14 @@ fn argv_carries_model_system_prompt_extra_args_and_session() {
     let t = text(&r);
     let argv = format!(
         "argv=-p --output-format json --disable-slash-commands --permission-mode dontAsk --model haiku \
---append-system-prompt You are in a group chat. --max-turns 5 --session-id {SID} |"
+--append-system-prompt You are in a group chat. --max-turns 5 --session-id {SID} --mcp-config "
     );
     assert!(t.contains(&argv), "{t}");
+    // The consent tools (SPEC C2): picortex-run's own MCP server, and only its tools allowed.
+    assert!(
+        t.contains("--strict-mcp-config --allowedTools mcp__picortex__request_access,mcp__picortex__import_file |"),
+        "{t}"
+    );
     assert!(t.contains("system=\"You are in a group chat.\""), "{t}");
     assert!(t.contains("model=haiku"), "{t}");
 }
@@ -329,7 +334,7 @@ fn a_large_prompt_goes_through_the_pipe() {
     let chat = Chat::new(&s);
     let prompt = "word ".repeat(180_000); // 900 KB, far beyond a pipe buffer
     let r = chat.turn(false, &prompt);
-    assert_eq!(r.outcome, Outcome::Ok);
+    assert_eq!(r.outcome, Outcome::Ok, "{:?}", r.error);
     assert!(text(&r).len() > prompt.len());
 }
 

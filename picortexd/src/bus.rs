@@ -248,15 +248,41 @@ impl Bus {
         result: OwnedFd,
         limits: &[(&'static str, u64)],
     ) -> Result<Started, BusError> {
+        self.start_granted_turn(chat_id, turn_id, request, result, limits, &[])
+            .await
+    }
+
+    /// StartTurn, or StartGrantedTurn when the owner granted this turn files of other chats
+    /// (SPEC C2): (source chat id, path relative to its home).
+    pub async fn start_granted_turn(
+        &self,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: &[(&'static str, u64)],
+        grants: &[(String, String)],
+    ) -> Result<Started, BusError> {
         let p = self.provision().await?;
         let limits: HashMap<&str, Variant<'_>> = limits
             .iter()
             .map(|(k, v)| (*k, Variant::from(*v)))
             .collect();
-        let r = p
-            .start_turn(chat_id, turn_id, request.into(), result.into(), limits)
+        let r = if grants.is_empty() {
+            p.start_turn(chat_id, turn_id, request.into(), result.into(), limits)
+                .await
+        } else {
+            p.start_granted_turn(
+                chat_id,
+                turn_id,
+                request.into(),
+                result.into(),
+                limits,
+                grants.to_vec(),
+            )
             .await
-            .map_err(helper_err);
+        }
+        .map_err(helper_err);
         match self.check(r).await {
             Ok(unit) => Ok(Started::Started(unit)),
             Err(BusError::Exists(_)) => Ok(Started::AlreadyRunning(
@@ -266,6 +292,23 @@ impl Bus {
             )),
             Err(e) => Err(e),
         }
+    }
+
+    /// ImportFile (SPEC C3): copy `path` of `source_chat`'s home into `dest_chat`'s inbox.
+    /// Returns (path relative to the destination home, sha256, size).
+    pub async fn import_file(
+        &self,
+        source_chat: &str,
+        path: &str,
+        dest_chat: &str,
+    ) -> Result<(String, String, u64), BusError> {
+        let r = self
+            .provision()
+            .await?
+            .import_file(source_chat, path, dest_chat)
+            .await
+            .map_err(helper_err);
+        self.check(r).await
     }
 
     pub async fn archive_chat(&self, chat_id: &str) -> Result<String, BusError> {

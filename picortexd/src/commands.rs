@@ -32,6 +32,13 @@ pub enum Command {
     /// A daily budget in USD; `None` removes the chat's own budget (the default applies).
     Budget(Option<f64>),
     Help,
+    /// `yes <n>` / `no <n>` / `always <n>`: the owner's word on disclosure `n` (SPEC C2).
+    Consent {
+        number: i64,
+        answer: crate::consent::Answer,
+    },
+    /// `/picortex revoke <n>`: end standing grant `n` of a chat's manifest.
+    Revoke(i64),
 }
 
 /// What the owner's text is, when it is meant as a command.
@@ -52,6 +59,8 @@ pub const HELP: &str = "picortex commands (only yours count):
 /picortex memory <size>|default — this chat's memory limit, 32M to 64G
 /picortex permission <mode>|default — the agent's permission mode here
 /picortex allow <n> / block <n> — answer a waiting chat (in our DM only; \"allow 3\" works too)
+yes <n> / no <n> / always <n> — answer an agent's request for your files (in our DM only)
+/picortex revoke <n> — end a standing grant (\"always\") listed by status
 /picortex help — this list";
 
 /// Parse the owner's message. `in_owner_dm`: it was sent in the owner's 1:1 chat with the bot,
@@ -64,6 +73,13 @@ pub fn parse(text: &str, in_owner_dm: bool) -> Option<Parsed> {
         // The short answers to a notice, in the owner's DM only.
         return match (in_owner_dm, words.as_slice()) {
             (true, [verb, n]) if is_decision(verb) => Some(decision(verb, n, true)),
+            // "no thanks" to the bot is conversation, not an answer: only with a number.
+            (true, [verb, n])
+                if crate::consent::Answer::parse(verb).is_some()
+                    && n.trim_start_matches('#').parse::<i64>().is_ok() =>
+            {
+                Some(decision(verb, n, true))
+            }
             _ => None,
         };
     }
@@ -92,7 +108,13 @@ pub fn parse(text: &str, in_owner_dm: bool) -> Option<Parsed> {
             Ok(c) => Some(Parsed::Command(c)),
             Err(e) => bad(e),
         },
-        (v, [n]) if is_decision(v) => Some(decision(v, n, in_owner_dm)),
+        (v, [n]) if is_decision(v) || crate::consent::Answer::parse(v).is_some() => {
+            Some(decision(v, n, in_owner_dm))
+        }
+        ("revoke", [n]) => match n.trim_start_matches('#').parse::<i64>() {
+            Ok(n) if n > 0 => Some(Parsed::Command(Command::Revoke(n))),
+            _ => bad(format!("\"{n}\" is not a grant's number.")),
+        },
         (v, _) => bad(format!(
             "\"{PREFIX} {v}\" with these arguments is not a command."
         )),
@@ -110,12 +132,15 @@ fn decision(verb: &str, n: &str, in_owner_dm: bool) -> Parsed {
         );
     }
     match n.trim_start_matches('#').parse::<i64>() {
-        Ok(number) if number > 0 => Parsed::Command(Command::Decide {
-            number,
-            allow: verb.eq_ignore_ascii_case("allow"),
-        }),
+        Ok(number) if number > 0 => match crate::consent::Answer::parse(verb) {
+            Some(answer) => Parsed::Command(Command::Consent { number, answer }),
+            None => Parsed::Command(Command::Decide {
+                number,
+                allow: verb.eq_ignore_ascii_case("allow"),
+            }),
+        },
         _ => Parsed::Invalid(format!(
-            "\"{n}\" is not a waiting chat's number; use the number from my notice, e.g. \"allow 3\"."
+            "\"{n}\" is not a number from my notices; use it as in \"allow 3\" or \"yes 3\"."
         )),
     }
 }
@@ -162,14 +187,51 @@ pub struct Effects {
     pub reply: String,
     /// Held turns became queued: the dispatcher should look.
     pub wake_turns: bool,
+    /// An approved import waits for the consent worker.
+    pub wake_consent: bool,
+    /// The command queued messages of its own (a refusal to a group).
+    pub wake_outbox: bool,
+}
+
+/// Who sent the command, and its Linq message id (an approval records both).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub sender: &'a str,
+    pub message: &'a str,
 }
 
 /// Apply `cmd`, issued by the owner in `chat`, to the log.
-pub fn execute(t: &Connection, chat: &Chat, cmd: &Command) -> Result<Effects, StoreError> {
+pub fn execute(
+    t: &Connection,
+    chat: &Chat,
+    cmd: &Command,
+    origin: Origin<'_>,
+) -> Result<Effects, StoreError> {
     let mut fx = Effects::default();
     fx.reply = match cmd {
         Command::Help => HELP.to_owned(),
-        Command::Status => authority::status_text(t, chat)?,
+        Command::Status => {
+            let mut s = authority::status_text(t, chat)?;
+            let manifest = crate::consent::store::manifest_lines(t, &chat.id)?;
+            if !manifest.is_empty() {
+                s.push_str("\nstanding grants:\n");
+                s.push_str(&manifest.join("\n"));
+            }
+            let asks = crate::consent::store::pending_lines(t)?;
+            if !chat.is_group && !asks.is_empty() {
+                s.push_str("\nrequests waiting for you:\n");
+                s.push_str(&asks.join("\n"));
+            }
+            s
+        }
+        Command::Consent { number, answer } => {
+            let a = crate::consent::store::answer(t, *number, *answer, origin.sender, origin.message)?;
+            fx.wake_turns |= a.wake_turns;
+            fx.wake_consent |= a.wake_imports;
+            fx.wake_outbox = true;
+            a.reply
+        }
+        Command::Revoke(n) => crate::consent::store::revoke(t, *n)?,
         Command::Attention(m) => {
             authority::set_attention(t, &chat.id, *m)?;
             match m {
@@ -344,6 +406,44 @@ mod tests {
         ));
         assert!(matches!(cmd("allow x", true), Some(Parsed::Invalid(_))));
         assert!(matches!(cmd("allow 0", true), Some(Parsed::Invalid(_))));
+    }
+
+    #[test]
+    fn consent_answers_count_only_in_the_owners_dm() {
+        use crate::consent::Answer;
+        assert_eq!(
+            cmd("yes 4", true),
+            Some(Parsed::Command(Command::Consent {
+                number: 4,
+                answer: Answer::Yes
+            }))
+        );
+        assert_eq!(
+            cmd("Always #2", true),
+            Some(Parsed::Command(Command::Consent {
+                number: 2,
+                answer: Answer::Always
+            }))
+        );
+        assert_eq!(
+            cmd("no 1", true),
+            Some(Parsed::Command(Command::Consent {
+                number: 1,
+                answer: Answer::No
+            }))
+        );
+        assert_eq!(cmd("yes 4", false), None, "in a group it is just text");
+        assert!(matches!(
+            cmd("/picortex yes 4", false),
+            Some(Parsed::Invalid(_))
+        ));
+        assert_eq!(cmd("yes please", true), None, "conversation");
+        assert_eq!(cmd("no thanks", true), None, "conversation");
+        assert_eq!(cmd("yes", true), None);
+        assert_eq!(
+            cmd("/picortex revoke 3", false),
+            Some(Parsed::Command(Command::Revoke(3)))
+        );
     }
 
     #[test]

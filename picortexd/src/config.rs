@@ -44,6 +44,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub turns: TurnsConfig,
     pub attention: AttentionConfig,
+    pub consent: ConsentConfig,
     /// Read by picortex-run, not by the gateway; accepted here so one file serves both.
     pub agent: Option<toml::Table>,
     /// Read by picortex-provision (the turn's network fence), not by the gateway.
@@ -151,6 +152,20 @@ impl Default for TurnsConfig {
             spare_ttl_s: 300,
             daily_budget_usd: None,
         }
+    }
+}
+
+/// The consent broker's settings (SPEC C2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentConfig {
+    /// Seconds the owner has to answer a request before it counts as no.
+    pub ttl_s: u64,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        Self { ttl_s: 600 }
     }
 }
 
@@ -359,6 +374,12 @@ impl Config {
         }
         if a.context_messages > 500 {
             return bad("attention.context_messages", "must be 0..=500".into());
+        }
+        if !(5..=7 * 86_400).contains(&self.consent.ttl_s) {
+            return bad(
+                "consent.ttl_s",
+                "must be 5..=604800 seconds (a week)".into(),
+            );
         }
         if !(256..=256 * 1024).contains(&a.context_bytes) {
             return bad("attention.context_bytes", "must be 256..=262144".into());

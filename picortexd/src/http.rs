@@ -191,7 +191,7 @@ async fn inbound(
             Ok(Applied { ingested: Some(Ingested::Duplicate), .. }) => {
                 refuse(StatusCode::CONFLICT, "event already received (replay or redelivery); not processed again")
             }
-            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read, wake_turns, wake_outbox, pending_added }) => {
+            Ok(Applied { ingested: Some(Ingested::Stored { turn_id, reason }), fetch_details, mark_read, wake_turns, wake_outbox, pending_added, wake_consent }) => {
                 crate::failpoint::hit("webhook-stored");
                 if let Some(t) = &turn_id {
                     tracing::info!(turn = %t, gate = %reason, "message stored; turn queued");
@@ -211,6 +211,9 @@ async fn inbound(
                 }
                 for (n, chat) in pending_added {
                     app.bus.pending_added(n, &chat).await;
+                }
+                if wake_consent {
+                    crate::consent::worker::wake();
                 }
                 app.after_ingest(fetch_details, mark_read);
                 (StatusCode::OK, Json(json!({ "status": "accepted", "event_id": event_id, "turn": turn_id.is_some() }))).into_response()

@@ -82,6 +82,8 @@ pub struct Applied {
     pub wake_outbox: bool,
     /// Chats newly waiting for the owner (number, chat): Gateway1's PendingAdded.
     pub pending_added: Vec<(i64, String)>,
+    /// An approved import waits for the consent worker.
+    pub wake_consent: bool,
 }
 
 impl Applied {
@@ -172,8 +174,13 @@ fn message(
         if let Some(parsed) = commands::parse(&inb.text, in_owner_dm) {
             let reply = match parsed {
                 commands::Parsed::Command(c) => {
-                    let fx = commands::execute(t, &chat, &c)?;
+                    let origin = commands::Origin {
+                        sender: &inb.sender,
+                        message: &inb.linq_id,
+                    };
+                    let fx = commands::execute(t, &chat, &c, origin)?;
                     out.wake_turns |= fx.wake_turns;
+                    out.wake_consent |= fx.wake_consent;
                     tracing::info!(chat = %chat_id, command = ?c, "owner command");
                     fx.reply
                 }

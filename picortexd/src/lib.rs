@@ -9,6 +9,7 @@ pub mod attention;
 pub mod bus;
 pub mod commands;
 pub mod config;
+pub mod consent;
 pub mod context;
 pub mod failpoint;
 pub mod gateway1;

@@ -158,6 +158,14 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     tokio::spawn(turns.run());
     tokio::spawn(outbox.run());
     tokio::spawn(turns::archive_idle(store.clone(), bus.clone(), cfg.clone()));
+    // The consent broker's timer and imports (pending disclosures live in the log: nothing is
+    // lost across a restart).
+    tokio::spawn(picortexd::consent::worker::run(
+        store.clone(),
+        bus.clone(),
+        outbox_wake.clone(),
+        turns_wake.clone(),
+    ));
 
     let owner = picortexd::owner::Owner::new(&cfg.owner.handles);
     if !owner.is_configured() {

@@ -294,6 +294,41 @@ impl Turns {
         }
 
         let prompt = self.prompt_for(&job, &chat).await?;
+        // consent (SPEC C2): the owner's grants for this turn, used up by it; the agent is told
+        // where each file is.
+        let (grants, prompt) = if discriminate {
+            (Vec::new(), prompt)
+        } else {
+            let (id, chat_id) = (job.turn_id.clone(), chat.id.clone());
+            let (grants, import) = self
+                .store
+                .call(move |t| {
+                    let g = crate::consent::store::grants_for_turn(t, &id, &chat_id)?;
+                    crate::consent::store::consume(t, &id)?;
+                    Ok((g, crate::consent::store::import_note(t, &id)?))
+                })
+                .await
+                .map_err(Failure::store)?;
+            let mut notes: Vec<String> = grants
+                .iter()
+                .enumerate()
+                .map(|(n, g)| {
+                    picortex_proto::consent::grant_note(
+                        &g.path,
+                        &picortex_proto::consent::shared_mount(n),
+                    )
+                })
+                .collect();
+            notes.extend(import);
+            if !grants.is_empty() {
+                tracing::info!(grants = grants.len(), "turn runs with the owner's grants");
+            }
+            let grants: Vec<(String, String)> = grants
+                .into_iter()
+                .map(|g| (g.source_chat, g.path))
+                .collect();
+            (grants, crate::consent::granted_prompt(&notes, &prompt))
+        };
         let request = TurnRequest {
             turn_id: job.turn_id.clone(),
             chat_id: chat.id.clone(),
@@ -315,7 +350,12 @@ impl Turns {
             },
             model: discriminate.then(|| self.cfg.attention.discriminator_model.clone()),
         };
-        if let Some(spare) = self.spares.take(&chat.id) {
+        // A spare was started without grants: a granted turn never runs in one.
+        if let Some(spare) = grants
+            .is_empty()
+            .then(|| self.spares.take(&chat.id))
+            .flatten()
+        {
             starting.take();
             match self
                 .hand_to_spare(&job, chat.archived, spare, request.clone())
@@ -352,7 +392,7 @@ impl Turns {
         crate::failpoint::hit("turn-before-start");
         let unit = match self
             .bus
-            .start_turn(&chat.id, &job.turn_id, req_fd, res_fd, &limits)
+            .start_granted_turn(&chat.id, &job.turn_id, req_fd, res_fd, &limits, &grants)
             .await
             .map_err(Failure::bus)?
         {
@@ -533,7 +573,12 @@ impl Turns {
                 .and_then(|r| r.usage.as_ref().map(|u| u.output_tokens)),
             duration_ms: result.as_ref().and_then(|r| r.duration_ms),
         };
-        self.record(&job, fin, &r.text).await;
+        let requests = result
+            .as_ref()
+            .filter(|r| r.outcome == Outcome::Ok)
+            .map(|r| r.requests.clone())
+            .unwrap_or_default();
+        self.record(&job, fin, &r.text, &requests).await;
         if end.is_some() {
             if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                 tracing::warn!(error = %e, "could not release the turn unit");
@@ -682,9 +727,14 @@ impl Turns {
         // One per chat, no more than twice as many as there can be turns at once (`begin`), and
         // not for a chat whose next turn is already waiting (the dispatcher starts it now).
         let id = chat_id.to_owned();
+        // Nor for a chat with standing grants: a spare is started without any.
         let chat = match self
             .store
-            .call(move |t| Ok((queries::has_queued(t, &id)?, queries::chat(t, &id)?)))
+            .call(move |t| {
+                let busy =
+                    queries::has_queued(t, &id)? || crate::consent::store::has_standing(t, &id)?;
+                Ok((busy, queries::chat(t, &id)?))
+            })
             .await
         {
             Ok((false, Some(c))) if c.unix_user.is_some() && !c.archived => c,
@@ -751,16 +801,51 @@ impl Turns {
             error: Some(f.error),
             ..Finished::new(f.outcome)
         };
-        self.record(job, fin, &text).await;
+        self.record(job, fin, &text, &[]).await;
     }
 
-    async fn record(&self, job: &TurnJob, fin: Finished, text: &str) {
+    /// Record the turn's end and its reply. `requests`: what its agent asked the owner for
+    /// (SPEC C2), opened as disclosures in the same transaction; while any is pending, the
+    /// chat's reply is the one acknowledgement instead of the agent's text.
+    async fn record(
+        &self,
+        job: &TurnJob,
+        fin: Finished,
+        text: &str,
+        requests: &[picortex_proto::consent::AccessRequest],
+    ) {
         let text = clean::for_phone(text, self.cfg.linq.max_reply_chars);
         let parts = split_reply(&text, self.cfg.linq.max_part_chars);
+        let ack = split_reply(crate::consent::ACK_TEXT, self.cfg.linq.max_part_chars);
         let (j, f) = (job.clone(), fin.clone());
+        let (requests, owner) = (requests.to_vec(), self.owner.clone());
+        let ttl_ms = (self.cfg.consent.ttl_s * 1000) as i64;
         match self
             .store
-            .call(move |t| queries::finish_turn(t, &j, &f, &parts))
+            .call(move |t| {
+                let opened = if requests.is_empty() {
+                    Default::default()
+                } else {
+                    crate::consent::store::open_requests(t, &j, &requests, &owner, ttl_ms)?
+                };
+                let parts = if opened.pending.is_empty() {
+                    parts
+                } else {
+                    ack
+                };
+                queries::finish_turn(t, &j, &f, &parts)?;
+                for id in &opened.pending {
+                    crate::consent::store::event(
+                        t,
+                        *id,
+                        crate::consent::Step::Acknowledged,
+                        Some(&j.turn_id),
+                        crate::consent::ACK_TEXT,
+                    )?;
+                }
+                crate::consent::store::answer_failed(t, &opened.failed)?;
+                Ok(())
+            })
             .await
         {
             Ok(()) => {

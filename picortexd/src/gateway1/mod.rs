@@ -118,13 +118,24 @@ impl Gateway1 {
     async fn command(&self, chat: &Chat, cmd: Command, who: &Caller) -> fdo::Result<String> {
         let c = chat.clone();
         let c2 = cmd.clone();
+        // An administrator has no handle and no Linq message: the record names the uid.
+        let sender = format!("uid {}", who.uid_text());
         let fx = self
             .store
-            .call(move |t| commands::execute(t, &c, &c2))
+            .call(move |t| {
+                let origin = commands::Origin {
+                    sender: &sender,
+                    message: "",
+                };
+                commands::execute(t, &c, &c2, origin)
+            })
             .await
             .map_err(failed)?;
         if fx.wake_turns {
             self.turns.wake.notify_one();
+        }
+        if fx.wake_consent {
+            crate::consent::worker::wake();
         }
         tracing::info!(chat = %chat.id, caller_uid = who.uid, caller = %who.bus_name, command = ?cmd, "administrator (uid {}): {}", who.uid_text(), fx.reply);
         Ok(fx.reply)

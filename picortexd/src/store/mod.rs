@@ -39,8 +39,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0001_initial.sql"),
     include_str!("0002_channel.sql"),
     include_str!("0003_authority.sql"),
-    // Issue 9 (gateway1 branch): the lead renumbers at merge.
-    include_str!("0007_settings.sql"),
+    include_str!("0004_settings.sql"),
+    include_str!("0005_consent.sql"),
 ];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -284,7 +284,7 @@ mod tests {
         assert!(fk, "foreign keys are on again after migrating");
     }
 
-    /// Migration 7: settings written by hand before it are converted or dropped, and from then
+    /// Migration 4: settings written by hand before it are converted or dropped, and from then
     /// on the log refuses exactly what `limits` (and `attention::Mode`) refuse.
     #[test]
     fn migration_7_types_the_settings_with_the_rules_of_limits() {
@@ -292,7 +292,7 @@ mod tests {
         let p = dir.path().join("t.db");
         let seven = MIGRATIONS
             .iter()
-            .position(|m| m.contains("Migration 7"))
+            .position(|m| m.contains("Migration 4"))
             .unwrap();
         {
             let mut c = Connection::open(&p).unwrap();

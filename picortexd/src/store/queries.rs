@@ -244,7 +244,7 @@ pub fn chat(t: &Connection, id: &str) -> Result<Option<Chat>, StoreError> {
 }
 
 /// A per-chat setting as stored, read through its rule: NULL is the configured default, and so
-/// is a value the rule refuses (written by hand, or before migration 7 typed the columns), with a
+/// is a value the rule refuses (written by hand, or before migration 4 typed the columns), with a
 /// warning that names the chat, the column and what is wrong, instead of failing every turn.
 fn setting<T>(
     chat: &str,

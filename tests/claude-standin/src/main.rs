@@ -59,6 +59,9 @@
 //! | `#hostile` | the reply is escape sequences, NUL, a bidi override and 200 kB of text |
 //! | `#score=<x>` | with `--no-session-persistence` (picortex's discriminator), the reply is only `{"score": <x>, "reason": …}` |
 //! | `#forge` | before answering, write a forged picortex-run result (text `standin: FORGED REPLY`, cost -1000) to stdout, stderr, every other descriptor it has and its parent's (see `attack::forge_result`); the reply ends with ` \| forge=<JSON of what each write did>` |
+//! | `#ask=<path>` | (last line of the prompt only) with a `[picortex grant] <path> is readable at <mount>` line in the prompt, read `<mount>`; else start the `picortex` MCP server of `--mcp-config` and call its `request_access` tool over stdio; the reply ends with ` \| ask: <what happened>` |
+//! | `#import=<chat>:<path>` | (last line only) with a `[picortex import] <path> was copied … at ~/<dest>` line in the prompt, read the copy; else call the MCP server's `import_file`; the reply ends with ` \| import: <what happened>` |
+//! | `#cat=<path>` | (last line only) read a file; the reply ends with ` \| cat <path>: "<its start>"` or ` \| cat <path>: error <e>` |
 //! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
 //! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
 //! | `#flood=<n>` | before answering, send `n` distinct 400-byte entries to journald's native socket and as many lines to stderr, to flush the journal; the reply ends with ` \| flood: <k> of <n> sent` |
@@ -68,6 +71,7 @@
 #![deny(unsafe_code)]
 
 mod attack;
+mod consent;
 
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Read, Write};
@@ -138,9 +142,15 @@ struct Args {
     positional: Vec<String>,
     /// Every argument except the positional prompt, for `#argv`.
     flags_seen: Vec<String>,
+    /// `--mcp-config <json-or-file>` (the consent knobs start its `picortex` server).
+    mcp_config: Option<String>,
+    /// `--allowedTools <list>`.
+    allowed_tools: Option<String>,
 }
 
-const VALUE_FLAGS: [(&str, &str); 8] = [
+const VALUE_FLAGS: [(&str, &str); 10] = [
+    ("--mcp-config", "<configs...>"),
+    ("--allowedTools", "<tools...>"),
     ("--output-format", "<format>"),
     ("--session-id", "<uuid>"),
     ("--resume", "[value]"),
@@ -199,6 +209,8 @@ fn parse_args(argv: &[String]) -> Result<Args, Exit> {
                 "--append-system-prompt" => &mut a.append_system_prompt,
                 "--settings" => &mut a.settings,
                 "--model" => &mut a.model,
+                "--mcp-config" => &mut a.mcp_config,
+                "--allowedTools" => &mut a.allowed_tools,
                 _ => &mut a.max_turns,
             };
             *slot = Some(value);
@@ -214,6 +226,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Exit> {
             "--fork-session" => a.fork_session = true,
             "--disable-slash-commands" => a.disable_slash_commands = true,
             "--no-session-persistence" => a.no_session_persistence = true,
+            "--strict-mcp-config" => {}
             "--dangerously-skip-permissions" => {
                 a.permission_mode = Some("bypassPermissions".into())
             }
@@ -270,6 +283,24 @@ struct Knobs {
     forge: bool,
     cost: Option<f64>,
     journal_forge: Option<String>,
+    /// Consent knobs, read from the prompt's last line only (the message being answered, not
+    /// the group's earlier messages): `#ask=<path>`, `#import=<chat>:<path>`, `#cat=<path>`.
+    ask: Option<String>,
+    import: Option<String>,
+    cat: Option<String>,
+}
+
+fn consent_knobs(line: &str, k: &mut Knobs) {
+    for w in line.split_whitespace() {
+        let val = |p: &str| {
+            w.strip_prefix(p)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        k.ask = val("#ask=").or(k.ask.take());
+        k.import = val("#import=").or(k.import.take());
+        k.cat = val("#cat=").or(k.cat.take());
+    }
 }
 
 fn parse_knobs(text: &str, k: &mut Knobs) {
@@ -757,6 +788,7 @@ fn run(argv: &[String]) -> Exit {
     }
     let mut knobs = Knobs::default();
     parse_knobs(&prompt, &mut knobs);
+    consent_knobs(prompt.lines().last().unwrap_or(""), &mut knobs);
     if let Ok(extra) = std::env::var("STANDIN_KNOBS") {
         parse_knobs(&extra, &mut knobs);
     }
@@ -928,6 +960,20 @@ fn run(argv: &[String]) -> Exit {
     let hold_report = held.map(attack::Hold::finish);
     let forge_report = knobs.forge.then(attack::forge_result);
     let journal_forge = knobs.journal_forge.as_deref().map(attack::forge_journal);
+    let consent_report: Vec<String> = [
+        knobs
+            .ask
+            .as_deref()
+            .map(|w| consent::ask(&prompt, w, args.mcp_config.as_deref())),
+        knobs
+            .import
+            .as_deref()
+            .map(|w| consent::import(&prompt, w, args.mcp_config.as_deref())),
+        knobs.cat.as_deref().map(consent::cat),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let attack_report = knobs.attack.then(|| {
         attack::report(&attack::run_all(&attack::Targets {
             other: knobs.attack_other.as_deref(),
@@ -1069,6 +1115,9 @@ fn run(argv: &[String]) -> Exit {
     }
     if let Some(j) = &journal_forge {
         reply.push_str(&format!(" | journal_forge={j}"));
+    }
+    for c in &consent_report {
+        reply.push_str(&format!(" | {c}"));
     }
     drop(hoard);
 

@@ -1,4 +1,4 @@
--- Migration 7: the per-chat settings are typed and checked in the log itself (issue 9). They
+-- Migration 4: the per-chat settings are typed and checked in the log itself (issue 9). They
 -- used to take anything: `memory_max = '512M'` failed every later turn of the chat, a
 -- misspelt permission mode refused them all. picortexctl / org.picortex.Gateway1 and the owner's
 -- /picortex commands set them through the rules in picortexd/src/limits.rs; the triggers below
