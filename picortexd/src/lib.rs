@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod bus;
+pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod context;

@@ -16,6 +16,7 @@ use tracing_subscriber::prelude::*;
 
 struct Args {
     config: PathBuf,
+    check_config: bool,
     listen: Option<String>,
     credentials_dir: Option<PathBuf>,
     state_dir: PathBuf,
@@ -23,12 +24,16 @@ struct Args {
 
 const USAGE: &str =
     "usage: picortexd [--config PATH] [--listen ADDR] [--credentials-dir DIR] [--state-dir DIR]
+       picortexd --check-config [--config PATH]
   Normally started by picortexd.socket. For development, --listen binds its own socket and
-  --credentials-dir names a directory holding linq-token and linq-webhook-secret.";
+  --credentials-dir names a directory holding linq-token and linq-webhook-secret.
+  --check-config checks the configuration (default /etc/picortex/picortexd.toml) whole and
+  prints OK, or each problem as file:line:column: key: message; it exits 0, or 78 (EX_CONFIG).";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         config: PathBuf::from(config::DEFAULT_PATH),
+        check_config: false,
         listen: None,
         credentials_dir: None,
         state_dir: std::env::var_os("STATE_DIRECTORY")
@@ -43,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
         };
         match arg.as_str() {
             "--config" => a.config = val("--config")?.into(),
+            "--check-config" => a.check_config = true,
             "--listen" => a.listen = Some(val("--listen")?),
             "--credentials-dir" => a.credentials_dir = Some(val("--credentials-dir")?.into()),
             "--state-dir" => a.state_dir = val("--state-dir")?.into(),
@@ -79,21 +85,88 @@ fn init_logging() {
     }
 }
 
+/// A start refused for its configuration: each problem to the journal (and STATUS=, so that
+/// `systemctl status` shows it even after the process is gone), then exit with EX_CONFIG, which
+/// the unit does not restart (picortexd.socket keeps listening).
+fn refuse_start(e: &config::ConfigError) -> ! {
+    use picortexd::catalog;
+    let lines = e.lines();
+    let last = lines.last().cloned().unwrap_or_default();
+    let _ = sd_notify::notify(&[NotifyState::Status(&format!("refused to start: {last}"))]);
+    notify_barrier(Duration::from_secs(2));
+    for l in &lines {
+        if !catalog::send(catalog::ERR, catalog::CONFIG_INVALID, l, &[]) {
+            eprintln!("{l}");
+        }
+    }
+    std::process::exit(config::EXIT_CONFIG);
+}
+
+/// Wait until systemd has read our notifications (BARRIER=1), so STATUS= is set before it
+/// sees the process exit.
+fn notify_barrier(timeout: Duration) {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let Ok((r, w)) = nix::unistd::pipe() else {
+        return;
+    };
+    if sd_notify::notify_with_fds(&[NotifyState::Custom("BARRIER=1")], &[w.as_fd()]).is_err() {
+        return;
+    }
+    drop(w);
+    let _ = nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut f = std::fs::File::from(r);
+    let end = Instant::now() + timeout;
+    let mut b = [0u8; 16];
+    while Instant::now() < end {
+        match f.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            // EOF: systemd closed its copy of the pipe.
+            _ => return,
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ! {
+    match config::Config::load(path) {
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            std::process::exit(0);
+        }
+        Err(e) => {
+            for l in e.lines() {
+                eprintln!("{l}");
+            }
+            std::process::exit(config::EXIT_CONFIG);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if args.check_config {
+        check_config(&args.config);
+    }
     init_logging();
     if let Err(e) = caps::clear(None, caps::CapSet::Effective) {
         tracing::debug!(error = %e, "clearing effective capabilities");
     }
     // The socket from systemd must be taken before any other thread exists.
     let mut fds = listenfd::ListenFd::from_env();
-    let std_listener = match fds
+    let socket = fds
         .take_tcp_listener(0)
-        .context("taking the socket from systemd")?
-    {
+        .context("taking the socket from systemd")?;
+    let cfg = config::Config::load(&args.config).unwrap_or_else(|e| refuse_start(&e));
+    let secrets =
+        config::Secrets::load(args.credentials_dir.clone()).unwrap_or_else(|e| refuse_start(&e));
+    let std_listener = match socket {
         Some(l) => l,
         None => {
-            let cfg = config::Config::load(&args.config)?;
             let addr = args.listen.clone().unwrap_or(cfg.http.listen.clone());
             std::net::TcpListener::bind(&addr).with_context(|| format!("binding {addr}"))?
         }
@@ -103,13 +176,18 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run(args, std_listener))
+        .block_on(run(args, cfg, secrets, std_listener))
 }
 
-async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    cfg: config::Config,
+    secrets: config::Secrets,
+    std_listener: std::net::TcpListener,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let cfg = Arc::new(config::Config::load(&args.config)?);
-    let secrets = config::Secrets::load(args.credentials_dir.clone())?;
+    let live = config::Live::new(cfg.clone());
+    let cfg = Arc::new(cfg);
     let verifier = linq::verify::Verifier::new(&secrets.webhook_secret)
         .context("credential linq-webhook-secret")?
         .with_tolerance(Duration::from_secs(cfg.linq.timestamp_tolerance_s));
@@ -135,12 +213,13 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
         tracing::error!(error = %e, "system bus not reachable; webhooks are still accepted, turns wait for it");
     }
     let turns_wake = Arc::new(Notify::new());
+    let turns_wake_reload = turns_wake.clone();
     let outbox_wake = Arc::new(Notify::new());
     let turns = Arc::new(turns::Turns::new(
         store.clone(),
         bus.clone(),
         linq.clone(),
-        cfg.clone(),
+        live.clone(),
         results_dir,
         turns_wake.clone(),
         outbox_wake.clone(),
@@ -204,6 +283,11 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     tracing::info!(addr = %listener.local_addr()?, "picortexd {} ready", env!("CARGO_PKG_VERSION"));
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     tokio::spawn(watchdog(store.clone(), bus.clone()));
+    tokio::spawn(reload_on_hangup(
+        args.config.clone(),
+        live,
+        turns_wake_reload,
+    ));
 
     axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown())
@@ -211,6 +295,50 @@ async fn run(args: Args, std_listener: std::net::TcpListener) -> anyhow::Result<
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     tracing::info!("stopped; turns still running in their units are collected on the next start");
     Ok(())
+}
+
+/// `systemctl reload picortexd` (ExecReload= checks the file, then sends SIGHUP): re-read the
+/// configuration, apply what can change live, and say what needs a restart. A file that became
+/// invalid since is refused whole: the running configuration stays.
+async fn reload_on_hangup(path: PathBuf, live: config::Live, turns_wake: Arc<Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = sd_notify::notify(&[NotifyState::Reloading]);
+        match config::Config::load(&path) {
+            Err(e) => {
+                for l in e.lines() {
+                    let m = format!("reload refused, the running configuration stays: {l}");
+                    if !picortexd::catalog::send(
+                        picortexd::catalog::ERR,
+                        picortexd::catalog::CONFIG_INVALID,
+                        &m,
+                        &[],
+                    ) {
+                        tracing::error!("{m}");
+                    }
+                }
+            }
+            Ok(new) => {
+                let restart = live.reload(new);
+                if restart.is_empty() {
+                    tracing::info!("configuration reloaded from {}", path.display());
+                } else {
+                    tracing::warn!(
+                        keys = %restart.join(" "),
+                        "configuration reloaded from {}; changed keys that apply only after `systemctl restart picortexd`: {}",
+                        path.display(),
+                        restart.join(", ")
+                    );
+                }
+                // A raised limit (max_concurrent, a budget) may let queued turns start now.
+                turns_wake.notify_one();
+            }
+        }
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+    }
 }
 
 /// Ping the watchdog only while the database answers, and keep STATUS= current.

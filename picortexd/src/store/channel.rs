@@ -207,6 +207,15 @@ pub fn spent_since(t: &Connection, chat_id: &str, since_ms: i64) -> Result<f64, 
     )?)
 }
 
+/// What all chats together spent since `since_ms`.
+pub fn spent_since_all(t: &Connection, since_ms: i64) -> Result<f64, StoreError> {
+    Ok(t.query_row(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM turns WHERE status = 'done' AND finished_at >= ?1",
+        params![since_ms],
+        |r| r.get(0),
+    )?)
+}
+
 /// Provisioned, unarchived chats with no message since `before_ms` and no turn queued or running.
 pub fn idle_chats(t: &Connection, before_ms: i64) -> Result<Vec<String>, StoreError> {
     let mut st = t.prepare(
