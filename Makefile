@@ -53,6 +53,7 @@ install: build
 	install -Dm644 units/tmpfiles-picortex.conf      $(DESTDIR)$(TMPFILESDIR)/picortex.conf
 	install -Dm644 polkit/org.picortex.provision.policy $(DESTDIR)$(POLKITDIR)/actions/org.picortex.provision.policy
 	install -Dm644 polkit/50-picortex.rules          $(DESTDIR)$(POLKITDIR)/rules.d/50-picortex.rules
+	install -Dm644 dist/picortex.catalog             $(DESTDIR)$(PREFIX)/lib/systemd/catalog/picortex.catalog
 	install -Dm644 dist/picortexd.toml               $(DESTDIR)$(DOCDIR)/picortexd.toml.example
 	install -Dm644 README.md                         $(DESTDIR)$(DOCDIR)/README.md
 	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/picortex/picortexd.toml ]; then \

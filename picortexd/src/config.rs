@@ -601,6 +601,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
+/// What picortexd.service sets a credential to (SetCredential=) when its file is missing.
+pub const MISSING_CREDENTIAL: &str = "missing";
+
 /// Secrets, read from systemd credentials (SPEC L5): `linq-token` (the partner API bearer token)
 /// and `linq-webhook-secret` (`whsec_…`).
 pub struct Secrets {
@@ -630,7 +633,7 @@ impl Secrets {
                     dir: dir.display().to_string(),
                     source,
                 })?;
-            if v.is_empty() {
+            if v.is_empty() || v == MISSING_CREDENTIAL {
                 return Err(ConfigError::EmptyCredential { name });
             }
             Ok(v)

@@ -75,7 +75,13 @@ fn init_logging() {
         Ok(j) if journald => {
             let j = j
                 .with_syslog_identifier("picortexd".into())
-                .with_field_prefix(Some("PICORTEX".into()));
+                .with_field_prefix(Some("PICORTEX".into()))
+                // syslog's meanings: routine events are informational (6), not notices (5).
+                .with_priority_mappings(tracing_journald::PriorityMappings {
+                    info: tracing_journald::Priority::Informational,
+                    debug: tracing_journald::Priority::Debug,
+                    ..tracing_journald::PriorityMappings::new()
+                });
             tracing_subscriber::registry().with(filter).with(j).init();
         }
         _ => tracing_subscriber::registry()
@@ -88,8 +94,11 @@ fn init_logging() {
 /// A start refused for its configuration: each problem to the journal (and STATUS=, so that
 /// `systemctl status` shows it even after the process is gone), then exit with EX_CONFIG, which
 /// the unit does not restart (picortexd.socket keeps listening).
-fn refuse_start(e: &config::ConfigError) -> ! {
+fn refuse_start(e: &config::ConfigError, socket: Option<&std::net::TcpListener>) -> ! {
     use picortexd::catalog;
+    if let Some(l) = socket {
+        drain(l);
+    }
     let lines = e.lines();
     let last = lines.last().cloned().unwrap_or_default();
     let _ = sd_notify::notify(&[NotifyState::Status(&format!("refused to start: {last}"))]);
@@ -100,6 +109,31 @@ fn refuse_start(e: &config::ConfigError) -> ! {
         }
     }
     std::process::exit(config::EXIT_CONFIG);
+}
+
+/// Answer the connections already waiting on systemd's socket with 503 (Linq retries later):
+/// left in the queue, each would make systemd start the service again at once, until the
+/// socket's trigger limit fails it and the port closes.
+fn drain(l: &std::net::TcpListener) {
+    use std::io::Write;
+    if l.set_nonblocking(true).is_err() {
+        return;
+    }
+    let body =
+        "picortexd cannot start: its configuration is wrong (see systemctl status picortexd)\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 60\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..1024 {
+        match l.accept() {
+            Ok((mut c, _)) => {
+                let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = c.write_all(answer.as_bytes());
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Wait until systemd has read our notifications (BARRIER=1), so STATUS= is set before it
@@ -161,9 +195,10 @@ fn main() -> anyhow::Result<()> {
     let socket = fds
         .take_tcp_listener(0)
         .context("taking the socket from systemd")?;
-    let cfg = config::Config::load(&args.config).unwrap_or_else(|e| refuse_start(&e));
-    let secrets =
-        config::Secrets::load(args.credentials_dir.clone()).unwrap_or_else(|e| refuse_start(&e));
+    let cfg =
+        config::Config::load(&args.config).unwrap_or_else(|e| refuse_start(&e, socket.as_ref()));
+    let secrets = config::Secrets::load(args.credentials_dir.clone())
+        .unwrap_or_else(|e| refuse_start(&e, socket.as_ref()));
     let std_listener = match socket {
         Some(l) => l,
         None => {
