@@ -267,6 +267,7 @@ async fn run(
     tokio::spawn(turns.run());
     tokio::spawn(outbox.run());
     tokio::spawn(turns::archive_idle(store.clone(), bus.clone(), cfg.clone()));
+    tokio::spawn(turns::expire_raw_webhooks(store.clone(), cfg.clone()));
 
     let owner = picortexd::owner::Owner::new(&cfg.owner.handles);
     if !owner.is_configured() {

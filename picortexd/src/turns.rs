@@ -914,6 +914,29 @@ impl Turns {
 }
 
 /// Archive chats idle longer than `turns.archive_after_days` (SPEC P5), checking hourly.
+/// Raw webhook bodies older than `[data] raw_webhook_days` are emptied, hourly.
+pub async fn expire_raw_webhooks(store: Store, cfg: Arc<Config>) {
+    let days = cfg.data.raw_webhook_days;
+    if days == 0 {
+        return;
+    }
+    loop {
+        let before = crate::store::now_ms() - i64::from(days) * 86_400_000;
+        match store
+            .call(move |t| crate::store::channel::expire_raw_webhooks(t, before))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "emptied {n} raw webhook bodies older than {days} days (data.raw_webhook_days)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot expire raw webhook bodies: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
 pub async fn archive_idle(store: Store, bus: Arc<Bus>, cfg: Arc<Config>) {
     let Some(days) = cfg.turns.archive_after_days else {
         return;

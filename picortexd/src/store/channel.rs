@@ -207,6 +207,15 @@ pub fn spent_since(t: &Connection, chat_id: &str, since_ms: i64) -> Result<f64, 
     )?)
 }
 
+/// Forget the raw bodies of webhooks received before `before_ms` (`[data] raw_webhook_days`);
+/// the row stays, as the replay guard, and so does everything parsed from it. How many.
+pub fn expire_raw_webhooks(t: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(t.execute(
+        "UPDATE events SET body = '' WHERE received_at < ?1 AND body != ''",
+        params![before_ms],
+    )?)
+}
+
 /// What all chats together spent since `since_ms`.
 pub fn spent_since_all(t: &Connection, since_ms: i64) -> Result<f64, StoreError> {
     Ok(t.query_row(
