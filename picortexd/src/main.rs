@@ -67,22 +67,43 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn init_logging() {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PICORTEX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let journald =
         std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
-    match tracing_journald::layer() {
-        Ok(j) if journald => {
-            let j = j
-                .with_syslog_identifier("picortexd".into())
+    let layer = || {
+        tracing_journald::layer().map(|j| {
+            j.with_syslog_identifier("picortexd".into())
                 .with_field_prefix(Some("PICORTEX".into()))
                 // syslog's meanings: routine events are informational (6), not notices (5).
                 .with_priority_mappings(tracing_journald::PriorityMappings {
                     info: tracing_journald::Priority::Informational,
                     debug: tracing_journald::Priority::Debug,
                     ..tracing_journald::PriorityMappings::new()
-                });
-            tracing_subscriber::registry().with(filter).with(j).init();
+                })
+        })
+    };
+    match layer() {
+        Ok(j) if journald => {
+            // Catalogued events (catalog.rs) go to a layer of their own that adds MESSAGE_ID=.
+            let plain = j.with_filter(filter_fn(|m| !m.target().starts_with("catalog::")));
+            let entries: Vec<_> = picortexd::catalog::ENTRIES
+                .iter()
+                .filter_map(|&(target, id)| {
+                    layer().ok().map(|l| {
+                        l.with_custom_fields([("MESSAGE_ID", id)])
+                            .with_filter(filter_fn(move |m| m.target() == target))
+                            .boxed()
+                    })
+                })
+                .collect();
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(plain)
+                .with(entries)
+                .init();
         }
         _ => tracing_subscriber::registry()
             .with(filter)

@@ -759,7 +759,7 @@ impl Turns {
             tracing::warn!(outcome = %f.outcome, error = %f.error, "discriminator turn could not run");
             return self.finish_discriminator(job, None, Some(f.outcome)).await;
         }
-        tracing::error!(outcome = %f.outcome, error = %f.error, "turn failed: {} ({})", f.outcome, f.error);
+        tracing::error!(target: crate::catalog::TURN_FAILED.0, outcome = %f.outcome, error = %f.error, "turn failed: {}: {}", f.outcome, f.error);
         let text = reply::for_failure(f.outcome, &self.cfg.get());
         let fin = Finished {
             error: Some(f.error),
@@ -783,7 +783,8 @@ impl Turns {
                 if level_ok {
                     tracing::info!(outcome = %fin.outcome, cost_usd = fin.cost_usd.unwrap_or(0.0), duration_ms = fin.duration_ms.unwrap_or(0), "turn finished");
                 } else {
-                    tracing::warn!(outcome = %fin.outcome, error = fin.error.as_deref().unwrap_or(""), "turn finished without an answer: {}", fin.outcome);
+                    let error = fin.error.as_deref().unwrap_or("");
+                    tracing::warn!(target: crate::catalog::TURN_FAILED.0, outcome = %fin.outcome, error, "turn failed: {}{}{error}", fin.outcome, if error.is_empty() { "" } else { ": " });
                 }
                 let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
                 self.outbox_wake.notify_one();
