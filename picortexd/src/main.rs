@@ -17,6 +17,7 @@ use tracing_subscriber::prelude::*;
 struct Args {
     config: PathBuf,
     check_config: bool,
+    backup: Option<PathBuf>,
     listen: Option<String>,
     credentials_dir: Option<PathBuf>,
     state_dir: PathBuf,
@@ -25,15 +26,20 @@ struct Args {
 const USAGE: &str =
     "usage: picortexd [--config PATH] [--listen ADDR] [--credentials-dir DIR] [--state-dir DIR]
        picortexd --check-config [--config PATH]
+       picortexd --backup DIR [--state-dir DIR]
   Normally started by picortexd.socket. For development, --listen binds its own socket and
   --credentials-dir names a directory holding linq-token and linq-webhook-secret.
   --check-config checks the configuration (default /etc/picortex/picortexd.toml) whole and
-  prints OK, or each problem as file:line:column: key: message; it exits 0, or 78 (EX_CONFIG).";
+  prints OK, or each problem as file:line:column: key: message; it exits 0, or 78 (EX_CONFIG).
+  --backup copies the log (consistently, while the service runs) into a new directory below DIR,
+  as root with the helper's registry, the chat users and the configuration, and writes
+  RESTORE.txt there: what else to save (the chat homes) and how to restore.";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         config: PathBuf::from(config::DEFAULT_PATH),
         check_config: false,
+        backup: None,
         listen: None,
         credentials_dir: None,
         state_dir: std::env::var_os("STATE_DIRECTORY")
@@ -49,6 +55,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--config" => a.config = val("--config")?.into(),
             "--check-config" => a.check_config = true,
+            "--backup" => a.backup = Some(val("--backup")?.into()),
             "--listen" => a.listen = Some(val("--listen")?),
             "--credentials-dir" => a.credentials_dir = Some(val("--credentials-dir")?.into()),
             "--state-dir" => a.state_dir = val("--state-dir")?.into(),
@@ -206,6 +213,23 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if args.check_config {
         check_config(&args.config);
+    }
+    if let Some(dest) = &args.backup {
+        let src = picortexd::backup::Sources::system(&args.state_dir, &args.config);
+        let r = picortexd::backup::run(&src, dest, nix::unistd::geteuid().is_root())
+            .map_err(anyhow::Error::msg)?;
+        println!("backup in {}:", r.dir.display());
+        for c in &r.copied {
+            println!("  {c}");
+        }
+        for c in &r.skipped {
+            println!("  not included: {c}");
+        }
+        println!(
+            "see {}/RESTORE.txt for the chat homes and how to restore",
+            r.dir.display()
+        );
+        return Ok(());
     }
     init_logging();
     if let Err(e) = caps::clear(None, caps::CapSet::Effective) {

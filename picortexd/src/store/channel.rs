@@ -262,6 +262,46 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn old_raw_webhook_bodies_are_emptied_and_their_rows_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("t.db")).unwrap();
+        let n = s
+            .call(|t| {
+                t.execute(
+                    "INSERT INTO events VALUES ('old','x',1000,'r','{\"a\":1}')",
+                    [],
+                )?;
+                t.execute(
+                    "INSERT INTO events VALUES ('new','x',9000,'r','{\"b\":2}')",
+                    [],
+                )?;
+                expire_raw_webhooks(t, 5000)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let rows = s
+            .call(|t| {
+                let mut st = t.prepare("SELECT event_id, body FROM events ORDER BY event_id")?;
+                let v = st
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("new".into(), "{\"b\":2}".into()),
+                ("old".into(), String::new())
+            ]
+        );
+        // Again: nothing left to empty.
+        assert_eq!(s.call(|t| expire_raw_webhooks(t, 5000)).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn status_edits_reactions_and_members_land_in_the_log() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("t.db")).unwrap();

@@ -300,3 +300,32 @@ fn a_second_instance_refuses_and_the_live_turn_finishes() {
         "done ok"
     );
 }
+
+/// `picortexd --backup DIR` as root while the service runs: the log (with the chat), the
+/// helper's registry entry and the chat user's lines, and a RESTORE.txt.
+#[test]
+fn a_backup_while_running_holds_what_a_restore_needs() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let sim = m.sim();
+    let r = sim.text("+15550009001", None, "remember me");
+    let chat = r["chat_id"].as_str().unwrap().to_owned();
+    m.wait_replies(&chat, 1, T);
+    let tag = picortex_integration::chat_tag(&chat);
+    let out = m.ok("picortexd --backup /root/bk");
+    assert!(out.contains("provision-registry/ (1 chats"), "{out}");
+    let dir = m.ok("ls -d /root/bk/picortex-backup-*").trim().to_owned();
+    assert_eq!(
+        m.ok(&format!(
+            "sqlite3 {dir}/picortex.db \"SELECT COUNT(*) FROM chats WHERE id = '{chat}'\""
+        ))
+        .trim(),
+        "1"
+    );
+    assert!(m.path(&format!("{dir}/provision-registry/{tag}")).is_file());
+    let users = m.read(&format!("{dir}/users.txt"));
+    assert!(users.contains(&format!("/etc/passwd: chat-{tag}:")), "{users}");
+    assert!(m.read(&format!("{dir}/RESTORE.txt")).contains("/var/lib/picortex/chats"));
+    // The service ran on undisturbed.
+    assert_eq!(prop(&m, "picortexd.service", "ActiveState"), "active");
+}

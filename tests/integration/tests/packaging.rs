@@ -59,10 +59,22 @@ fn the_deb_installs_serves_upgrades_over_itself_and_purges() {
 
     let install = "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -o Dpkg::Options::=--force-confold ./picortex.deb";
     m.ok(install);
-    assert_eq!(m.ok("dpkg-query -W -f '${Status}' picortex"), "install ok installed");
-    assert_eq!(m.sh("systemctl is-enabled picortexd.socket").stdout.trim(), "enabled");
-    assert_eq!(m.sh("systemctl is-enabled picortexd.service").stdout.trim(), "enabled");
-    assert_eq!(m.sh("systemctl is-active picortexd.socket").stdout.trim(), "active");
+    assert_eq!(
+        m.ok("dpkg-query -W -f '${Status}' picortex"),
+        "install ok installed"
+    );
+    assert_eq!(
+        m.sh("systemctl is-enabled picortexd.socket").stdout.trim(),
+        "enabled"
+    );
+    assert_eq!(
+        m.sh("systemctl is-enabled picortexd.service").stdout.trim(),
+        "enabled"
+    );
+    assert_eq!(
+        m.sh("systemctl is-active picortexd.socket").stdout.trim(),
+        "active"
+    );
     assert!(m.ok("id picortex").contains("picortex"));
     m.ok("picortexd --check-config && man -w picortexd && /usr/libexec/picortex/picortex-provision --help");
     // The polkit action and the bus policy are where the daemons read them.
@@ -90,7 +102,9 @@ fn the_deb_installs_serves_upgrades_over_itself_and_purges() {
         "the upgrade did not restart the gateway"
     );
     m.wait_reply_containing(&chat, "during the upgrade", T);
-    assert!(m.read("/etc/picortex/picortexd.toml").contains("Test configuration"));
+    assert!(m
+        .read("/etc/picortex/picortexd.toml")
+        .contains("Test configuration"));
     m.wait_settled(T);
     assert_eq!(
         m.sql(&format!(
@@ -112,7 +126,10 @@ fn the_deb_installs_serves_upgrades_over_itself_and_purges() {
     ] {
         assert!(!m.path(gone).exists(), "{gone} left after purge");
     }
-    assert_ne!(m.sh("systemctl is-active picortexd.socket").stdout.trim(), "active");
+    assert_ne!(
+        m.sh("systemctl is-active picortexd.socket").stdout.trim(),
+        "active"
+    );
     assert!(m.path(&home).is_dir(), "the chat home {home} was removed");
     assert!(m.path("/var/lib/picortex-provision").is_dir());
 }
