@@ -324,8 +324,13 @@ fn a_backup_while_running_holds_what_a_restore_needs() {
     );
     assert!(m.path(&format!("{dir}/provision-registry/{tag}")).is_file());
     let users = m.read(&format!("{dir}/users.txt"));
-    assert!(users.contains(&format!("/etc/passwd: chat-{tag}:")), "{users}");
-    assert!(m.read(&format!("{dir}/RESTORE.txt")).contains("/var/lib/picortex/chats"));
+    assert!(
+        users.contains(&format!("/etc/passwd: chat-{tag}:")),
+        "{users}"
+    );
+    assert!(m
+        .read(&format!("{dir}/RESTORE.txt"))
+        .contains("/var/lib/picortex/chats"));
     // The service ran on undisturbed.
     assert_eq!(prop(&m, "picortexd.service", "ActiveState"), "active");
 }
