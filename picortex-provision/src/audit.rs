@@ -29,6 +29,9 @@ pub fn init() {
             let plain = j.with_filter(filter_fn(|m| m.target() != REFUSED.0));
             let refused = layer().ok().map(|l| {
                 l.with_custom_fields([("MESSAGE_ID", REFUSED.1)])
+                    // Events only: a second tracing-journald layer that saw spans would store its
+                    // span fields in the same extension slot as the first (a panic). The audit
+                    // record carries all its fields itself.
                     .with_filter(filter_fn(|m| m.target() == REFUSED.0))
             });
             tracing_subscriber::registry()

@@ -94,22 +94,14 @@ fn init_logging() {
     };
     match layer() {
         Ok(j) if journald => {
-            // Catalogued events (catalog.rs) go to a layer of their own that adds MESSAGE_ID=.
-            let plain = j.with_filter(filter_fn(|m| !m.target().starts_with("catalog::")));
-            let entries: Vec<_> = picortexd::catalog::ENTRIES
-                .iter()
-                .filter_map(|&(target, id)| {
-                    layer().ok().map(|l| {
-                        l.with_custom_fields([("MESSAGE_ID", id)])
-                            .with_filter(filter_fn(move |m| m.target() == target))
-                            .boxed()
-                    })
-                })
-                .collect();
+            // Catalogued events (catalog.rs) are written by its layer, which adds MESSAGE_ID=.
+            let plain = j.with_filter(filter_fn(|m| {
+                m.is_span() || !picortexd::catalog::is_catalogued(m.target())
+            }));
             tracing_subscriber::registry()
                 .with(filter)
                 .with(plain)
-                .with(entries)
+                .with(picortexd::catalog::JournalLayer)
                 .init();
         }
         _ => tracing_subscriber::registry()
@@ -124,15 +116,34 @@ fn init_logging() {
 /// the unit does not restart (picortexd.socket keeps listening).
 fn refuse_start(e: &config::ConfigError, socket: Option<&std::net::TcpListener>) -> ! {
     use picortexd::catalog;
+    let lines = e.lines();
+    let last = lines.last().cloned().unwrap_or_default();
+    // First the catalogued entry (MESSAGE_ID, for `journalctl -x`), while the process is alive
+    // for journald to attribute it to the unit; the problems themselves go last, on stderr:
+    // journald knows a stream's unit from its start, so they reach `systemctl status` even
+    // though the process is gone by the time journald reads them.
+    let summary = format!(
+        "refused to start: {} problem{} in the configuration or credentials; first: {}",
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
+        lines.first().cloned().unwrap_or_default()
+    );
+    let journal = catalog::send(
+        catalog::ERR,
+        catalog::CONFIG_INVALID,
+        &summary,
+        &[("PICORTEX_PROBLEMS", &lines.join("\n"))],
+    );
     if let Some(l) = socket {
         drain(l);
     }
-    let lines = e.lines();
-    let last = lines.last().cloned().unwrap_or_default();
     let _ = sd_notify::notify(&[NotifyState::Status(&format!("refused to start: {last}"))]);
     notify_barrier(Duration::from_secs(2));
     for l in &lines {
-        if !catalog::send(catalog::ERR, catalog::CONFIG_INVALID, l, &[]) {
+        // "<3>": journald reads it as priority err.
+        if journal {
+            eprintln!("<3>{l}");
+        } else {
             eprintln!("{l}");
         }
     }

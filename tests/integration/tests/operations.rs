@@ -132,7 +132,7 @@ fn a_bad_configuration_says_where_and_leaves_the_socket_listening() {
 
     // `journalctl -x` explains it (the catalog `make install` ships).
     m.ok("journalctl --update-catalog");
-    let x = m.sh("journalctl -x --no-pager -u picortexd.service MESSAGE_ID=5a0b2f8e7c3d4b6a9e1f0c2d3b4a5968").stdout;
+    let x = m.sh("journalctl -x --no-pager SYSLOG_IDENTIFIER=picortexd MESSAGE_ID=5a0b2f8e7c3d4b6a9e1f0c2d3b4a5968").stdout;
     assert!(
         x.contains("Subject: picortex: the configuration or a credential is wrong")
             && x.contains("credential linq-token is missing"),
