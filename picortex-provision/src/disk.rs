@@ -30,9 +30,9 @@ use crate::egress::CONFIG_PATH;
 
 /// Where the gateway's database and result files are: the chats filesystem must not be theirs.
 const GATEWAY_STATE: &str = "/var/lib/picortex";
-/// A home's limit when the operator sets none.
-pub const DEFAULT_QUOTA: u64 = 2 << 30;
-const MIN_QUOTA: u64 = 1 << 20;
+#[cfg(test)]
+use crate::egress::parse_size;
+use crate::egress::DEFAULT_QUOTA;
 
 /// The root directory of every btrfs subvolume has this inode number.
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
@@ -148,65 +148,17 @@ fn human(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// A size as the configuration writes it: bytes, or a whole number with K, M, G or T (powers of
-/// 1024, an optional trailing `B` or `iB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
-            };
-            (t.get(..i).unwrap_or(""), shift)
-        }
-        _ => (t, 0),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like \"2G\" or \"512M\""))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 #[derive(Debug, Deserialize, Default)]
 struct File {
     #[serde(default)]
-    sandbox: Sandbox,
-}
-
-/// The `[sandbox]` keys; egress.rs reads the egress ones, and each refuses keys neither knows.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Sandbox {
-    disk_quota: Option<String>,
-    #[serde(default, rename = "egress")]
-    _egress: Option<toml::Value>,
-    #[serde(default, rename = "egress_allow")]
-    _egress_allow: Option<toml::Value>,
+    sandbox: crate::egress::Sandbox,
 }
 
 pub fn parse(text: &str) -> Result<DiskQuota, DiskError> {
-    let f: File = toml::from_str(text).map_err(|e| DiskError::Config(format!("[sandbox]: {e}")))?;
-    let bytes = match f.sandbox.disk_quota {
-        None => DEFAULT_QUOTA,
-        Some(s) => {
-            parse_size(&s).map_err(|e| DiskError::Config(format!("sandbox.disk_quota: {e}")))?
-        }
-    };
-    if bytes < MIN_QUOTA {
-        return Err(DiskError::Config(format!(
-            "sandbox.disk_quota: {} is less than the 1M a turn needs",
-            human(bytes)
-        )));
-    }
+    let f: File = toml::from_str(text)
+        .map_err(|e| DiskError::Config(crate::egress::toml_error(CONFIG_PATH, text, &e)))?;
+    let bytes = crate::egress::disk_quota(&f.sandbox)
+        .map_err(|e| DiskError::Config(crate::egress::key_error(CONFIG_PATH, text, &e)))?;
     Ok(DiskQuota { bytes })
 }
 

@@ -35,15 +35,165 @@ struct File {
     sandbox: Sandbox,
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The whole `[sandbox]` table: the helper reads it (egress here, `disk_quota` in disk.rs) and
+/// the gateway's `--check-config` checks it with the same rules and the same messages.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct Sandbox {
-    egress: Option<String>,
+pub struct Sandbox {
+    /// "internet" (default) or "allowlist".
+    pub egress: Option<String>,
     #[serde(default)]
-    egress_allow: Vec<String>,
-    /// Read by disk.rs.
-    #[serde(default, rename = "disk_quota")]
-    _disk_quota: Option<toml::Value>,
+    pub egress_allow: Vec<String>,
+    /// Each chat home's size limit (disk.rs checks it).
+    pub disk_quota: Option<String>,
+}
+
+/// A problem with one key of the configuration, before it is placed in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyError {
+    /// "section.key".
+    pub key: String,
+    pub msg: String,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Where `section.key` is set in `text` (the value's line and column), if it is.
+pub fn key_position(text: &str, dotted: &str) -> Option<(usize, usize)> {
+    use std::collections::BTreeMap;
+    type Shape = BTreeMap<String, BTreeMap<String, toml::Spanned<toml::Value>>>;
+    let (section, key) = dotted.split_once('.')?;
+    let shape: Shape = toml::from_str(text).ok()?;
+    let v = shape.get(section)?.get(key)?;
+    Some(line_col(text, v.span().start))
+}
+
+/// The `[section]` a byte offset falls in (the last table header before it).
+fn section_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset.min(text.len()))?;
+    before.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|l| l.split(']').next())
+            .filter(|n| !n.is_empty() && !n.starts_with('['))
+            .map(|n| n.trim().to_owned())
+    })
+}
+
+/// One line, as compilers print it: `path:line:col: [section] message`. toml's own rendering of
+/// its errors spans several lines (a snippet and a caret), which `systemctl status` would cut.
+pub fn toml_error(path: &str, text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            match section_at(text, span.start) {
+                Some(s) => format!("{path}:{line}:{col}: [{s}] {msg}"),
+                None => format!("{path}:{line}:{col}: {msg}"),
+            }
+        }
+        None => format!("{path}: {msg}"),
+    }
+}
+
+/// `path:line:col: key: msg` for a value that parsed but is not allowed.
+pub fn key_error(path: &str, text: &str, e: &KeyError) -> String {
+    match key_position(text, &e.key) {
+        Some((line, col)) => format!("{path}:{line}:{col}: {}: {}", e.key, e.msg),
+        None => format!("{path}: {}: {}", e.key, e.msg),
+    }
+}
+
+/// A home's limit when the operator sets none.
+pub const DEFAULT_QUOTA: u64 = 2 << 30;
+/// The least a turn needs.
+pub const MIN_QUOTA: u64 = 1 << 20;
+
+/// A size as the configuration writes it: bytes, or a whole number with K, M, G or T (powers of
+/// 1024, an optional trailing `B` or `iB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+            };
+            (t.get(..i).unwrap_or(""), shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"2G\" or \"512M\""))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Each chat home's size limit, in bytes, of a parsed `[sandbox]` table.
+pub fn disk_quota(s: &Sandbox) -> Result<u64, KeyError> {
+    let bad = |msg: String| KeyError {
+        key: "sandbox.disk_quota".into(),
+        msg,
+    };
+    let bytes = match &s.disk_quota {
+        None => return Ok(DEFAULT_QUOTA),
+        Some(q) => parse_size(q).map_err(bad)?,
+    };
+    if bytes < MIN_QUOTA {
+        return Err(bad(format!(
+            "{:?} is less than the 1M a turn needs",
+            s.disk_quota.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The egress policy of a parsed `[sandbox]` table.
+pub fn check(s: &Sandbox) -> Result<Egress, KeyError> {
+    let bad = |key: &str, msg: String| KeyError {
+        key: format!("sandbox.{key}"),
+        msg,
+    };
+    match s.egress.as_deref().unwrap_or("internet") {
+        "internet" => Ok(Egress::Internet),
+        "allowlist" => {
+            let ranges = s
+                .egress_allow
+                .iter()
+                .map(|s| parse_cidr(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("egress_allow", e))?;
+            if let Some(b) = ranges
+                .iter()
+                .zip(&s.egress_allow)
+                .find(|(r, _)| touches_host(r))
+            {
+                return Err(bad(
+                    "egress_allow",
+                    format!("{} would open the host or link-local to turns", b.1),
+                ));
+            }
+            Ok(Egress::Allowlist(ranges))
+        }
+        other => Err(bad(
+            "egress",
+            format!("must be \"internet\" or \"allowlist\", not {other:?}"),
+        )),
+    }
 }
 
 pub fn parse_cidr(s: &str) -> Result<Range, String> {
@@ -102,30 +252,8 @@ fn touches_host(r: &Range) -> bool {
 }
 
 pub fn parse(text: &str) -> Result<Egress, String> {
-    let f: File = toml::from_str(text).map_err(|e| format!("{CONFIG_PATH}: [sandbox]: {e}"))?;
-    match f.sandbox.egress.as_deref().unwrap_or("internet") {
-        "internet" => Ok(Egress::Internet),
-        "allowlist" => {
-            let ranges = f
-                .sandbox
-                .egress_allow
-                .iter()
-                .map(|s| parse_cidr(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{CONFIG_PATH}: sandbox.egress_allow: {e}"))?;
-            if let Some(bad) = ranges
-                .iter()
-                .zip(&f.sandbox.egress_allow)
-                .find(|(r, _)| touches_host(r))
-            {
-                return Err(format!("{CONFIG_PATH}: sandbox.egress_allow: {} would open the host or link-local to turns", bad.1));
-            }
-            Ok(Egress::Allowlist(ranges))
-        }
-        other => Err(format!(
-            "{CONFIG_PATH}: sandbox.egress must be \"internet\" or \"allowlist\", not {other:?}"
-        )),
-    }
+    let f: File = toml::from_str(text).map_err(|e| toml_error(CONFIG_PATH, text, &e))?;
+    check(&f.sandbox).map_err(|e| key_error(CONFIG_PATH, text, &e))
 }
 
 /// The argument that makes picortex-provision print `host_addresses()`, one per line, and exit.
@@ -294,5 +422,23 @@ mod tests {
             parse("[sandbox]\negres = \"allowlist\"").is_err(),
             "typo accepted"
         );
+    }
+
+    #[test]
+    fn errors_are_one_line_with_file_line_and_column() {
+        let e = parse("[turns]\nx = 1\n\n[sandbox]\negres = \"allowlist\"").unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "{CONFIG_PATH}:5:1: [sandbox] unknown field `egres`"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("`egress_allow`") && !e.contains('\n'), "{e}");
+        let e = parse("[sandbox]\n\negress = \"everything\"").unwrap_err();
+        assert_eq!(
+            e,
+            format!("{CONFIG_PATH}:3:10: sandbox.egress: must be \"internet\" or \"allowlist\", not \"everything\"")
+        );
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
 }

@@ -29,7 +29,27 @@ use picortex_proto::bus::{PROVISION_NAME, PROVISION_PATH};
 /// How long the helper stays without a call before it releases its name and exits.
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
+const USAGE: &str = "usage: picortex-provision [--idle-timeout SECONDS]
+  The picortex root helper: owns org.picortex.Provision1 on the system bus, creates chat users
+  and homes, starts and stops turn units, archives chats. The bus starts it
+  (picortex-provision.service, D-Bus activation) and every call is authorised by polkit
+  (org.picortex.provision.*); it exits after --idle-timeout seconds without a call (default 30).
+  It is not meant to be run by hand. It reads [sandbox] of /etc/picortex/picortexd.toml at each
+  turn start; `picortexd --check-config` checks that table with the same rules.
+  --version  print the version";
+
 fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some("--version") => {
+            println!("picortex-provision {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        _ => {}
+    }
     // The address probe (see hostaddr::probe_host_addresses): a unit of its own, outside the
     // helper's private network namespace, that only lists the machine's addresses.
     if std::env::args().skip(1).eq([egress::LIST_ADDRESSES_ARG]) {

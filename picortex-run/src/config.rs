@@ -133,7 +133,7 @@ pub fn load_credential_config(credentials_dir: Option<&str>) -> Result<AgentConf
     load_config(&path)
 }
 
-fn validate(c: &AgentConfig) -> Result<(), ConfigError> {
+pub fn validate(c: &AgentConfig) -> Result<(), ConfigError> {
     let bad = |what: &str, why: &str| Err(ConfigError(format!("[agent] {what}: {why}")));
     if c.command.is_empty() || c.command.contains('\0') || c.command.starts_with('-') {
         return bad("command", "must be a program name or an absolute path");

@@ -6,7 +6,9 @@
 //! decide anything is `owner`. `main.rs` only wires them together.
 
 pub mod attention;
+pub mod backup;
 pub mod bus;
+pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod consent;

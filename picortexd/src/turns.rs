@@ -47,7 +47,8 @@ pub struct Turns {
     pub store: Store,
     pub bus: Arc<Bus>,
     pub linq: Arc<LinqClient>,
-    pub cfg: Arc<Config>,
+    /// The configuration of the moment (`systemctl reload` swaps it).
+    pub cfg: crate::config::Live,
     pub results_dir: PathBuf,
     pub wake: Arc<Notify>,
     pub outbox_wake: Arc<Notify>,
@@ -66,7 +67,7 @@ impl Turns {
         store: Store,
         bus: Arc<Bus>,
         linq: Arc<LinqClient>,
-        cfg: Arc<Config>,
+        cfg: crate::config::Live,
         results_dir: PathBuf,
         wake: Arc<Notify>,
         outbox_wake: Arc<Notify>,
@@ -83,7 +84,7 @@ impl Turns {
             spares: Spares::default(),
             spare_tx,
             spare_rx: Mutex::new(Some(spare_rx)),
-            owner: Owner::new(&cfg.owner.handles),
+            owner: Owner::new(&cfg.get().owner.handles),
             cfg,
         }
     }
@@ -142,7 +143,12 @@ impl Turns {
 
     async fn dispatch(self: &Arc<Self>) {
         let busy = self.busy_chats();
-        let free = self.cfg.turns.max_concurrent.saturating_sub(busy.len());
+        let free = self
+            .cfg
+            .get()
+            .turns
+            .max_concurrent
+            .saturating_sub(busy.len());
         if free == 0 {
             return;
         }
@@ -241,7 +247,8 @@ impl Turns {
         }
         .ok_or_else(|| Failure::internal("chat row missing".into()))?;
 
-        if let Some(budget) = chat.daily_budget_usd.or(self.cfg.turns.daily_budget_usd) {
+        let cfg = self.cfg.get();
+        if let Some(budget) = chat.daily_budget_usd.or(cfg.turns.daily_budget_usd) {
             let (id, since) = (chat.id.clone(), utc_midnight_ms());
             let spent = self
                 .store
@@ -251,7 +258,23 @@ impl Turns {
             if spent >= budget {
                 return Err(Failure {
                     outcome: O::BudgetExhausted,
-                    error: format!("spent ${spent:.4} of ${budget:.2} today (UTC)"),
+                    error: format!("this chat spent ${spent:.4} of its ${budget:.2} today (UTC)"),
+                });
+            }
+        }
+        if let Some(total) = cfg.turns.daily_budget_total_usd {
+            let since = utc_midnight_ms();
+            let spent = self
+                .store
+                .call(move |t| crate::store::channel::spent_since_all(t, since))
+                .await
+                .map_err(Failure::store)?;
+            if spent >= total {
+                return Err(Failure {
+                    outcome: O::BudgetExhausted,
+                    error: format!(
+                        "all chats together spent ${spent:.4} of the ${total:.2} a day of turns.daily_budget_total_usd today (UTC)"
+                    ),
                 });
             }
         }
@@ -336,7 +359,7 @@ impl Turns {
             resume: chat.session_started,
             prompt,
             permission_mode: chat.permission_mode.clone().unwrap_or_else(|| {
-                crate::limits::default_permission_mode(&self.cfg.turns.permission_mode)
+                crate::limits::default_permission_mode(&self.cfg.get().turns.permission_mode)
             }),
             append_system_prompt: if discriminate {
                 None
@@ -348,7 +371,7 @@ impl Turns {
             } else {
                 proto_turn::TurnKind::Answer
             },
-            model: discriminate.then(|| self.cfg.attention.discriminator_model.clone()),
+            model: discriminate.then(|| self.cfg.get().attention.discriminator_model.clone()),
         };
         // A spare was started without grants: a granted turn never runs in one.
         if let Some(spare) = grants
@@ -378,16 +401,19 @@ impl Turns {
             (
                 L::MEMORY_MAX,
                 chat.memory_max
-                    .unwrap_or_else(|| self.cfg.memory_max_bytes()),
+                    .unwrap_or_else(|| self.cfg.get().memory_max_bytes()),
             ),
-            (L::TASKS_MAX, self.cfg.turns.tasks_max),
+            (L::TASKS_MAX, self.cfg.get().turns.tasks_max),
             (
                 L::RUNTIME_MAX_USEC,
-                self.cfg.turns.runtime_max_s * 1_000_000,
+                self.cfg.get().turns.runtime_max_s * 1_000_000,
             ),
-            (L::CPU_WEIGHT, self.cfg.turns.cpu_weight),
-            (L::IO_WEIGHT, self.cfg.turns.io_weight),
-            (L::CPU_QUOTA_PER_SEC_USEC, self.cfg.cpu_quota_per_sec_usec()),
+            (L::CPU_WEIGHT, self.cfg.get().turns.cpu_weight),
+            (L::IO_WEIGHT, self.cfg.get().turns.io_weight),
+            (
+                L::CPU_QUOTA_PER_SEC_USEC,
+                self.cfg.get().cpu_quota_per_sec_usec(),
+            ),
         ];
         crate::failpoint::hit("turn-before-start");
         let unit = match self
@@ -439,7 +465,7 @@ impl Turns {
     /// enforces `RuntimeMaxUSec` and this wait is only a backstop; a spare's unit started before
     /// its turn, so the turn's own time limit is kept here: past it, the unit is stopped.
     async fn watch_and_finish(&self, job: TurnJob, unit: String, spare: bool) {
-        let give_up = self.cfg.runtime_max()
+        let give_up = self.cfg.get().runtime_max()
             + if spare {
                 Duration::from_secs(1)
             } else {
@@ -523,7 +549,7 @@ impl Turns {
             let failed = match &result {
                 Some(r) if r.outcome == Outcome::Ok => None,
                 Some(_) | None => {
-                    Some(reply::compose(end.as_ref(), result.as_ref(), &self.cfg).outcome)
+                    Some(reply::compose(end.as_ref(), result.as_ref(), &self.cfg.get()).outcome)
                 }
             };
             self.finish_discriminator(&job, result.as_ref(), failed)
@@ -554,7 +580,7 @@ impl Turns {
             let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
             return;
         }
-        let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg);
+        let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg.get());
         let fin = Finished {
             outcome: r.outcome,
             unit_result: end.as_ref().map(|e| e.result.clone()),
@@ -673,7 +699,7 @@ impl Turns {
 
     /// Start spares when asked (after a chat's turn answered) and let go of unused ones.
     async fn spare_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
-        let ttl = Duration::from_secs(self.cfg.turns.spare_ttl_s);
+        let ttl = Duration::from_secs(self.cfg.get().turns.spare_ttl_s);
         if ttl.is_zero() {
             return;
         }
@@ -686,7 +712,7 @@ impl Turns {
             tokio::select! {
                 chat = rx.recv() => match chat {
                     Some(chat) => {
-                        let limit = self.cfg.turns.max_concurrent * 2;
+                        let limit = self.cfg.get().turns.max_concurrent * 2;
                         if !self.spares.begin(&chat, limit) {
                             continue;
                         }
@@ -749,18 +775,21 @@ impl Turns {
             Ok(f) => f,
             Err(e) => return tracing::warn!(error = %e, "result file for a spare unit"),
         };
-        let runtime = self.cfg.turns.runtime_max_s + ttl.as_secs();
+        let runtime = self.cfg.get().turns.runtime_max_s + ttl.as_secs();
         let limits = [
             (
                 L::MEMORY_MAX,
                 chat.memory_max
-                    .unwrap_or_else(|| self.cfg.memory_max_bytes()),
+                    .unwrap_or_else(|| self.cfg.get().memory_max_bytes()),
             ),
-            (L::TASKS_MAX, self.cfg.turns.tasks_max),
+            (L::TASKS_MAX, self.cfg.get().turns.tasks_max),
             (L::RUNTIME_MAX_USEC, runtime * 1_000_000),
-            (L::CPU_WEIGHT, self.cfg.turns.cpu_weight),
-            (L::IO_WEIGHT, self.cfg.turns.io_weight),
-            (L::CPU_QUOTA_PER_SEC_USEC, self.cfg.cpu_quota_per_sec_usec()),
+            (L::CPU_WEIGHT, self.cfg.get().turns.cpu_weight),
+            (L::IO_WEIGHT, self.cfg.get().turns.io_weight),
+            (
+                L::CPU_QUOTA_PER_SEC_USEC,
+                self.cfg.get().cpu_quota_per_sec_usec(),
+            ),
         ];
         match self
             .bus
@@ -795,8 +824,8 @@ impl Turns {
             tracing::warn!(outcome = %f.outcome, error = %f.error, "discriminator turn could not run");
             return self.finish_discriminator(job, None, Some(f.outcome)).await;
         }
-        tracing::error!(outcome = %f.outcome, error = %f.error, "turn failed: {} ({})", f.outcome, f.error);
-        let text = reply::for_failure(f.outcome, &self.cfg);
+        tracing::error!(target: crate::catalog::TURN_FAILED.0, outcome = %f.outcome, error = %f.error, "turn failed: {}: {}", f.outcome, f.error);
+        let text = reply::for_failure(f.outcome, &self.cfg.get());
         let fin = Finished {
             error: Some(f.error),
             ..Finished::new(f.outcome)
@@ -814,12 +843,12 @@ impl Turns {
         text: &str,
         requests: &[picortex_proto::consent::AccessRequest],
     ) {
-        let text = clean::for_phone(text, self.cfg.linq.max_reply_chars);
-        let parts = split_reply(&text, self.cfg.linq.max_part_chars);
-        let ack = split_reply(crate::consent::ACK_TEXT, self.cfg.linq.max_part_chars);
+        let text = clean::for_phone(text, self.cfg.get().linq.max_reply_chars);
+        let parts = split_reply(&text, self.cfg.get().linq.max_part_chars);
+        let ack = split_reply(crate::consent::ACK_TEXT, self.cfg.get().linq.max_part_chars);
         let (j, f) = (job.clone(), fin.clone());
         let (requests, owner) = (requests.to_vec(), self.owner.clone());
-        let ttl_ms = (self.cfg.consent.ttl_s * 1000) as i64;
+        let ttl_ms = (self.cfg.get().consent.ttl_s * 1000) as i64;
         match self
             .store
             .call(move |t| {
@@ -862,7 +891,8 @@ impl Turns {
                 if level_ok {
                     tracing::info!(outcome = %fin.outcome, cost_usd = fin.cost_usd.unwrap_or(0.0), duration_ms = fin.duration_ms.unwrap_or(0), "turn finished");
                 } else {
-                    tracing::warn!(outcome = %fin.outcome, error = fin.error.as_deref().unwrap_or(""), "turn finished without an answer: {}", fin.outcome);
+                    let error = fin.error.as_deref().unwrap_or("");
+                    tracing::warn!(target: crate::catalog::TURN_FAILED.0, outcome = %fin.outcome, error, "turn failed: {}{}{error}", fin.outcome, if error.is_empty() { "" } else { ": " });
                 }
                 let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
                 self.outbox_wake.notify_one();
@@ -882,7 +912,7 @@ impl Turns {
             let (id, before, n) = (
                 chat.id.clone(),
                 job.message_id,
-                self.cfg.attention.context_messages + 1,
+                self.cfg.get().attention.context_messages + 1,
             );
             self.store
                 .call(move |t| queries::context_lines(t, &id, before, n))
@@ -897,7 +927,7 @@ impl Turns {
             &job.sender,
             &job.prompt,
             &earlier,
-            self.cfg.attention.context_bounds(),
+            self.cfg.get().attention.context_bounds(),
         ))
     }
 
@@ -916,7 +946,7 @@ impl Turns {
             (Some(f), _) => Err(f.as_str().to_owned()),
             (None, None) => Err("no answer".to_owned()),
         };
-        let policy = self.cfg.attention.policy();
+        let policy = self.cfg.get().attention.policy();
         let (j, cost) = (job.clone(), result.and_then(|r| r.cost_usd));
         let r = self
             .store
@@ -987,9 +1017,9 @@ impl Turns {
 
     /// The owner's standing instructions, read afresh for each turn so edits apply at once.
     fn system_prompt(&self) -> Option<String> {
-        let path = self.cfg.turns.system_prompt_file.as_ref()?;
+        let path = self.cfg.get().turns.system_prompt_file.clone()?;
         let mut text = String::new();
-        match std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_string(&mut text)) {
+        match std::fs::File::open(&path).and_then(|f| f.take(64 * 1024).read_to_string(&mut text)) {
             Ok(_) if !text.trim().is_empty() => Some(text),
             Ok(_) => None,
             Err(e) => {
@@ -1001,6 +1031,29 @@ impl Turns {
 }
 
 /// Archive chats idle longer than `turns.archive_after_days` (SPEC P5), checking hourly.
+/// Raw webhook bodies older than `[data] raw_webhook_days` are emptied, hourly.
+pub async fn expire_raw_webhooks(store: Store, cfg: Arc<Config>) {
+    let days = cfg.data.raw_webhook_days;
+    if days == 0 {
+        return;
+    }
+    loop {
+        let before = crate::store::now_ms() - i64::from(days) * 86_400_000;
+        match store
+            .call(move |t| crate::store::channel::expire_raw_webhooks(t, before))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "emptied {n} raw webhook bodies older than {days} days (data.raw_webhook_days)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot expire raw webhook bodies: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
 pub async fn archive_idle(store: Store, bus: Arc<Bus>, cfg: Arc<Config>) {
     let Some(days) = cfg.turns.archive_after_days else {
         return;

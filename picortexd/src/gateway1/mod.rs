@@ -86,7 +86,7 @@ impl Gateway1 {
     }
 
     fn defaults(&self) -> Defaults {
-        let c = &self.turns.cfg;
+        let c = self.turns.cfg.get();
         Defaults {
             memory_max: c.memory_max_bytes(),
             permission_mode: crate::limits::default_permission_mode(&c.turns.permission_mode),

@@ -59,6 +59,13 @@ pub fn set_access(
         }
         Access::Pending => {}
     }
+    if access != Access::Pending {
+        tracing::info!(
+            target: crate::catalog::CHAT_DECIDED.0,
+            chat = %chat_id, access = access.as_str(), reason, released = r.queued, dropped = r.dropped,
+            "chat {chat_id} {}: {reason}", access.as_str()
+        );
+    }
     Ok(r)
 }
 
@@ -236,7 +243,7 @@ pub fn notify_pending(
         "UPDATE chats SET notified_at = ?2 WHERE id = ?1",
         params![chat_id, now_ms()],
     )?;
-    tracing::info!(chat = %chat_id, number = n, owner_told = queued, "chat quarantined until the owner decides");
+    tracing::warn!(target: crate::catalog::CHAT_QUARANTINED.0, chat = %chat_id, number = n, owner_told = queued, "chat {chat_id} quarantined until the owner decides (notice number {n})");
     Ok(Some((n, queued)))
 }
 

@@ -207,6 +207,24 @@ pub fn spent_since(t: &Connection, chat_id: &str, since_ms: i64) -> Result<f64, 
     )?)
 }
 
+/// Forget the raw bodies of webhooks received before `before_ms` (`[data] raw_webhook_days`);
+/// the row stays, as the replay guard, and so does everything parsed from it. How many.
+pub fn expire_raw_webhooks(t: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(t.execute(
+        "UPDATE events SET body = '' WHERE received_at < ?1 AND body != ''",
+        params![before_ms],
+    )?)
+}
+
+/// What all chats together spent since `since_ms`.
+pub fn spent_since_all(t: &Connection, since_ms: i64) -> Result<f64, StoreError> {
+    Ok(t.query_row(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM turns WHERE status = 'done' AND finished_at >= ?1",
+        params![since_ms],
+        |r| r.get(0),
+    )?)
+}
+
 /// Provisioned, unarchived chats with no message since `before_ms` and no turn queued or running.
 pub fn idle_chats(t: &Connection, before_ms: i64) -> Result<Vec<String>, StoreError> {
     let mut st = t.prepare(
@@ -242,6 +260,46 @@ mod tests {
     use super::super::queries::{store_message, Inbound};
     use super::super::Store;
     use super::*;
+
+    #[tokio::test]
+    async fn old_raw_webhook_bodies_are_emptied_and_their_rows_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("t.db")).unwrap();
+        let n = s
+            .call(|t| {
+                t.execute(
+                    "INSERT INTO events VALUES ('old','x',1000,'r','{\"a\":1}')",
+                    [],
+                )?;
+                t.execute(
+                    "INSERT INTO events VALUES ('new','x',9000,'r','{\"b\":2}')",
+                    [],
+                )?;
+                expire_raw_webhooks(t, 5000)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let rows = s
+            .call(|t| {
+                let mut st = t.prepare("SELECT event_id, body FROM events ORDER BY event_id")?;
+                let v = st
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("new".into(), "{\"b\":2}".into()),
+                ("old".into(), String::new())
+            ]
+        );
+        // Again: nothing left to empty.
+        assert_eq!(s.call(|t| expire_raw_webhooks(t, 5000)).await.unwrap(), 0);
+    }
 
     #[tokio::test]
     async fn status_edits_reactions_and_members_land_in_the_log() {

@@ -108,6 +108,13 @@ impl Store {
     }
 }
 
+/// Where the copy made before migrating to `version` goes.
+pub fn before_migration_path(db: &Path, version: i64) -> std::path::PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".before-v{version}"));
+    db.with_file_name(name)
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -117,6 +124,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             found,
             known,
         });
+    }
+    // A database with data in it is copied before it changes, so a migration that goes wrong
+    // (or a downgrade) has the old one to go back to: picortex.db.before-v<known>, next to it.
+    if found > 0 && found < known {
+        let copy = before_migration_path(path, known);
+        if !copy.exists() {
+            let c = copy.to_string_lossy().into_owned();
+            conn.execute("VACUUM INTO ?1", [&c])?;
+            tracing::info!(copy = %c, from = found, to = known, "copied the database to {c} before migrating it from version {found} to {known}");
+        }
     }
     // Migrations may rebuild a table (SQLite's documented way to change a column): foreign
     // keys are off while they run, and checked whole before each commits.
@@ -198,6 +215,37 @@ mod tests {
         drop(s);
         let s = Store::open(&dir.path().join("t.db")).unwrap();
         assert!(s.ping().await);
+    }
+
+    #[test]
+    fn a_database_is_copied_before_it_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        {
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute("INSERT INTO events VALUES ('a','x',0,'r','{}')", [])
+                .unwrap();
+        }
+        drop(Store::open(&db).unwrap());
+        let known = MIGRATIONS.len() as i64;
+        let copy = before_migration_path(&db, known);
+        assert_eq!(copy, dir.path().join(format!("t.db.before-v{known}")));
+        let c = Connection::open(&copy).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1, "the copy is of the database before the migration");
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        // A new database, or one already current, is not copied.
+        let fresh = dir.path().join("new.db");
+        drop(Store::open(&fresh).unwrap());
+        drop(Store::open(&fresh).unwrap());
+        assert!(!before_migration_path(&fresh, known).exists());
     }
 
     #[tokio::test]

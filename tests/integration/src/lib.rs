@@ -52,14 +52,6 @@ impl From<Output> for Out {
 impl Machine {
     /// Boot a machine with the staged install (`PICORTEX_STAGE`, default `build/stage`).
     pub fn boot() -> Machine {
-        assert!(
-            Command::new("id")
-                .arg("-u")
-                .output()
-                .map(|o| o.stdout == b"0\n")
-                .unwrap_or(false),
-            "integration tests boot a systemd in namespaces and must run as root"
-        );
         let stage = std::env::var_os("PICORTEX_STAGE")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo().join("build/stage"));
@@ -68,6 +60,20 @@ impl Machine {
             "no staged install at {} — run `make stage PROFILE=dev` (make test does)",
             stage.display()
         );
+        Self::boot_stage(&stage)
+    }
+
+    /// Boot a machine with `stage` copied over the host's root (tests/packaging.rs boots one
+    /// without picortex, to install the .deb into it).
+    pub fn boot_stage(stage: &Path) -> Machine {
+        assert!(
+            Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n")
+                .unwrap_or(false),
+            "integration tests boot a systemd in namespaces and must run as root"
+        );
         let name = format!(
             "pxt-{}-{}",
             std::process::id(),
@@ -75,7 +81,7 @@ impl Machine {
         );
         let out = Command::new(script())
             .args(["boot"])
-            .arg(&stage)
+            .arg(stage)
             .arg(&name)
             .output()
             .expect("run machine.sh");

@@ -32,9 +32,15 @@ fn turn_ended_as(m: &Machine, chat: &str, outcome: &str) -> Result<(), String> {
     if stored != outcome {
         return Err(format!("turn {turn} stored outcome {stored}"));
     }
+    // The catalogued "turn failed" entry (dist/picortex.catalog), reason in the text.
     let logged = m.journal(&format!(
-        "SYSLOG_IDENTIFIER=picortexd PICORTEX_TURN={turn} PICORTEX_OUTCOME={outcome}"
+        "SYSLOG_IDENTIFIER=picortexd PICORTEX_TURN={turn} PICORTEX_OUTCOME={outcome} MESSAGE_ID=8d1c5e2a4f7b4c0e9a3d6b1f2e4c7a90"
     ));
+    if !logged.contains(&format!("turn failed: {outcome}")) {
+        return Err(format!(
+            "turn {turn}: no \"turn failed: {outcome}\" entry: {logged:?}"
+        ));
+    }
     if logged.trim().is_empty() {
         return Err(format!(
             "turn {turn}: no journal entry with PICORTEX_OUTCOME={outcome}"
