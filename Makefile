@@ -157,6 +157,7 @@ compat-test: deps
 
 integration-test: deps
 	$(MAKE) stage PROFILE=dev
+	$(MAKE) deb PROFILE=dev
 	PICORTEX_STAGE=$(CURDIR)/$(STAGE) $(CARGO) nextest run -p picortex-integration --locked --no-fail-fast
 
 test: deps lint unit-test compat-test integration-test

@@ -38,6 +38,9 @@ pub trait Gateway1 {
     /// Chats waiting for the owner's decision (quarantine).
     fn list_pending(&self) -> zbus::Result<Vec<Record>>;
 
+    /// Requests of chats' agents for something of the owner's, waiting for an answer.
+    fn list_requests(&self) -> zbus::Result<Vec<Record>>;
+
     /// Counts: chats, turns queued/running, replies pending, today's cost, the version.
     fn stats(&self) -> zbus::Result<Record>;
 
@@ -59,6 +62,9 @@ pub trait Gateway1 {
     fn allow(&self, chat: &str) -> zbus::Result<String>;
     #[zbus(allow_interactive_auth)]
     fn block(&self, chat: &str) -> zbus::Result<String>;
+    /// `answer`: yes, no or always.
+    #[zbus(allow_interactive_auth)]
+    fn answer_request(&self, number: i64, answer: &str) -> zbus::Result<String>;
     #[zbus(allow_interactive_auth)]
     fn archive(&self, chat: &str) -> zbus::Result<String>;
     #[zbus(allow_interactive_auth)]

@@ -82,6 +82,22 @@ pub enum Cmd {
         /// Chat id, or a waiting chat's number.
         chat: String,
     },
+    /// Requests of chats' agents for something of the owner's, waiting for an answer.
+    Requests,
+    /// Say yes to a request: the asking message runs again once with the file (or the import
+    /// is carried out), as the owner's "yes N" would.
+    Approve {
+        /// The request's number (see `picortexctl requests`).
+        number: i64,
+        /// A standing grant: later turns of the chat get it too, until revoked.
+        #[arg(long)]
+        always: bool,
+    },
+    /// Say no to a request: the chat is told politely, nothing is shared.
+    Deny {
+        /// The request's number (see `picortexctl requests`).
+        number: i64,
+    },
     /// Archive a chat now (home tarred away, user locked; its next message restores it).
     Archive {
         /// Chat id.

@@ -335,6 +335,52 @@ async fn run(cli: &Cli) -> R<()> {
             let m = gw.block(chat).await?;
             out(m.clone(), json!({"chat": chat, "result": m}));
         }
+        Cmd::Requests => {
+            let v = records(&gw.list_requests().await?);
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    vec![
+                        format!("#{}", cell(r, "number")),
+                        cell(r, "chat"),
+                        cell(r, "kind"),
+                        clip(&cell(r, "path"), 40),
+                        cell(r, "asked_by"),
+                        when(r, "expires_ms"),
+                        clip(&cell(r, "why"), 50),
+                    ]
+                })
+                .collect();
+            let human = if rows.is_empty() {
+                "No request is waiting for an answer.".to_owned()
+            } else {
+                format!(
+                    "{}\n\nAnswer with: picortexctl approve [--always] <number> | deny <number>",
+                    table(
+                        &["NO", "CHAT", "KIND", "PATH", "ASKED BY", "EXPIRES", "WHY"],
+                        &rows
+                    )
+                )
+            };
+            out(human, v);
+        }
+        Cmd::Approve { number, always } => {
+            let answer = if *always { "always" } else { "yes" };
+            let m = gw.answer_request(*number, answer).await?;
+            out(
+                m.clone(),
+                json!({"request": number, "answer": answer, "result": m}),
+            );
+        }
+        Cmd::Deny { number } => {
+            let m = gw.answer_request(*number, "no").await?;
+            out(
+                m.clone(),
+                json!({"request": number, "answer": "no", "result": m}),
+            );
+        }
         Cmd::Archive { chat } => {
             let p = gw.archive(chat).await?;
             out(

@@ -410,6 +410,18 @@ impl Gateway1 {
         self.store.call(admin::pending).await.map_err(failed)
     }
 
+    /// Requests of chats' agents for something of the owner's (SPEC C2) that wait for an answer:
+    /// number, asking chat, read or import, whose workspace, path, why, who asked, until when.
+    #[zbus(out_args("requests"))]
+    async fn list_requests(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<Vec<admin::RequestRecord>> {
+        authorize(conn, &hdr, actions::READ, "ListRequests", "").await?;
+        self.store.call(admin::requests).await.map_err(failed)
+    }
+
     /// Counts of chats by access, turns queued/running/held, replies waiting to be sent, today's
     /// turns, failures and cost (UTC day), and the gateway's version.
     #[zbus(out_args("stats"))]
@@ -551,6 +563,37 @@ impl Gateway1 {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
         self.decide(&hdr, conn, chat, true).await
+    }
+
+    /// Answer request `number` as the owner's "yes N", "no N" or "always N" in their DM would
+    /// (`answer`: yes, no or always): yes re-runs the asking message once with the grant (or
+    /// carries out the import), always also records a standing grant, no tells the chat politely.
+    /// The record names the administrator's uid as the approver.
+    #[zbus(out_args("result"))]
+    async fn answer_request(
+        &self,
+        number: i64,
+        answer: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        let who = authorize(conn, &hdr, actions::MANAGE, "AnswerRequest", "").await?;
+        let ans = crate::consent::Answer::parse(answer)
+            .ok_or_else(|| invalid(format!("answer {answer:?} is not one of yes, no, always")))?;
+        let approver = format!("uid {}", who.uid_text());
+        let a = self
+            .store
+            .call(move |t| crate::consent::store::answer(t, number, ans, &approver, ""))
+            .await
+            .map_err(failed)?;
+        if a.wake_turns {
+            self.turns.wake.notify_one();
+        }
+        if a.wake_imports {
+            crate::consent::worker::wake();
+        }
+        tracing::info!(caller_uid = who.uid, caller = %who.bus_name, request = number, answer = ?ans, "administrator (uid {}) answered request {number}: {}", who.uid_text(), a.reply);
+        Ok(a.reply)
     }
 
     /// Block a chat (as the owner's "block <n>"): nothing runs for it; its messages stay logged.

@@ -311,6 +311,55 @@ pub fn pending(t: &Connection) -> Result<Vec<PendingRecord>, StoreError> {
     Ok(out)
 }
 
+/// A group's agent asking for something of the owner's (SPEC C2), waiting for an answer.
+#[derive(Debug, Default, Clone, SerializeDict, Type)]
+#[zbus(signature = "a{sv}")]
+pub struct RequestRecord {
+    /// What the owner answers with: `yes 4` in their DM, `picortexctl approve 4`.
+    pub number: i64,
+    /// The asking chat.
+    pub chat: String,
+    pub chat_name: Option<String>,
+    /// read (a file bound into one turn) or import (a copy into the chat's inbox).
+    pub kind: String,
+    /// Whose workspace the path is in.
+    pub source_chat: Option<String>,
+    pub path: String,
+    pub why: String,
+    /// The handle whose message the agent was answering.
+    pub asked_by: String,
+    pub asked_ms: i64,
+    /// After this, the request counts as no.
+    pub expires_ms: i64,
+}
+
+/// The requests waiting for the owner, oldest first.
+pub fn requests(t: &Connection) -> Result<Vec<RequestRecord>, StoreError> {
+    let mut st = t.prepare(
+        "SELECT d.number, d.chat_id, c.display_name, d.kind, d.source_chat, d.path, d.why, d.sender,
+                d.created_at, d.expires_at
+         FROM disclosures d JOIN chats c ON c.id = d.chat_id
+         WHERE d.status = 'pending' ORDER BY d.created_at, d.id",
+    )?;
+    let v = st
+        .query_map([], |r| {
+            Ok(RequestRecord {
+                number: r.get(0)?,
+                chat: r.get(1)?,
+                chat_name: r.get(2)?,
+                kind: r.get(3)?,
+                source_chat: r.get(4)?,
+                path: r.get(5)?,
+                why: r.get(6)?,
+                asked_by: r.get(7)?,
+                asked_ms: r.get(8)?,
+                expires_ms: r.get(9)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
 pub fn stats(t: &Connection) -> Result<StatsRecord, StoreError> {
     let midnight = utc_midnight_ms(now_ms());
     Ok(t.query_row(

@@ -301,3 +301,59 @@ fn the_ttl_says_no_and_always_stands_until_revoked() {
     assert!(t.contains(&format!("cat {MOUNT}: error")), "{t}");
     assert!(!t.contains(SECRET), "{t}");
 }
+
+/// Issue #9 (O3): the operator sees the waiting requests and answers them with picortexctl
+/// (org.picortex.Gateway1's ListRequests / AnswerRequest), with the same effect as the owner's
+/// `yes N` / `no N`, recorded with the operator's uid as the approver; a bad answer is refused.
+#[test]
+fn an_administrator_answers_requests_with_picortexctl() {
+    let m = Machine::boot();
+    m.start_picortex();
+    let dm = owner_workspace(&m);
+    let group = group(&m);
+
+    let q = ask(&m, &group, &format!("can you check? #ask={FILE}"));
+    let (id, n) = pending(&m, &q);
+    let listed = m.ok("picortexctl --json requests");
+    let v: serde_json::Value = serde_json::from_str(&listed).expect(&listed);
+    let row = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["number"] == json!(n)))
+        .unwrap_or_else(|| panic!("request {n} not listed: {listed}"));
+    assert_eq!(row["chat"], json!(group), "{row}");
+    assert_eq!(row["path"], json!(FILE), "{row}");
+    assert_eq!(row["kind"], json!("read"), "{row}");
+    assert_eq!(row["asked_by"], json!(FRIEND), "{row}");
+
+    // A bad answer changes nothing; exit 2 names the choices.
+    let bad = m.sh(&format!("busctl call org.picortex.Gateway1 /org/picortex/Gateway1 org.picortex.Gateway1 AnswerRequest xs {n} maybe"));
+    assert_ne!(bad.code, 0, "{}", bad.stdout);
+    assert!(bad.stderr.contains("yes, no, always"), "{}", bad.stderr);
+    assert_eq!(status(&m, id), "pending");
+
+    m.ok(&format!("picortexctl approve {n}"));
+    m.wait_reply_containing(&group, SECRET, T);
+    m.wait_settled(T);
+    assert_eq!(status(&m, id), "consumed");
+    assert_eq!(
+        m.sql(&format!("SELECT approver FROM disclosures WHERE id = {id}")),
+        "uid 0"
+    );
+    assert!(m
+        .ok("picortexctl requests")
+        .contains("No request is waiting"));
+
+    // deny: the chat is told, nothing is shared.
+    let before = texts(&m, &group).len();
+    let q2 = ask(&m, &group, &format!("and the budget? #ask={FILE}"));
+    let (id2, n2) = pending(&m, &q2);
+    m.ok(&format!("picortexctl deny {n2}"));
+    m.wait_settled(T);
+    assert_eq!(status(&m, id2), "denied");
+    let after = texts(&m, &group);
+    assert!(
+        !after[before..].iter().any(|t| t.contains(SECRET)),
+        "{after:?}"
+    );
+    let _ = dm;
+}

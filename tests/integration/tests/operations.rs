@@ -75,7 +75,7 @@ fn a_bad_configuration_says_where_and_leaves_the_socket_listening() {
             "turns",
             "memory_max",
             "\"lots\"",
-            ": turns.memory_max: \"lots\" is not a size like 512M or 1G",
+            ": turns.memory_max: \"lots\" is not a size: must be between 32M and 64G",
         ),
         (
             "agent",
@@ -93,7 +93,7 @@ fn a_bad_configuration_says_where_and_leaves_the_socket_listening() {
             "turns",
             "permission_mode",
             "\"yolo\"",
-            ": turns.permission_mode: \"yolo\" is not one of default",
+            ": turns.permission_mode: \"yolo\" is not a permission mode: use one of default",
         ),
     ];
     for (section, key, value, msg) in cases {
