@@ -286,15 +286,22 @@ impl Provision {
                     turn.as_str(),
                     "ok",
                     &format!(
-                        "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={} grants {}",
+                        "unit {unit} user {} MemoryMax={} RuntimeMaxUSec={}{}",
                         acct.user,
                         limits.memory_max,
                         limits.runtime_max_usec,
-                        grants
-                            .iter()
-                            .map(|(c, p)| format!("{c}:{p}"))
-                            .collect::<Vec<_>>()
-                            .join(",")
+                        if grants.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " grants {}",
+                                grants
+                                    .iter()
+                                    .map(|(c, p)| format!("{c}:{p}"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            )
+                        }
                     ),
                 );
                 Ok(unit)
