@@ -137,8 +137,10 @@ deb:
 	@echo "built $(DEB)"
 
 # The build as the throwaway systemd sees it: `make install` into $(STAGE), plus the test
-# stand-ins (Linq simulator, stand-in agent) and their configuration.
+# stand-ins (Linq simulator, stand-in agent, Messages API stand-in), the pinned real Claude Code
+# CLI (build/claude-cli, see tests/harness/install-claude-cli.sh) and their configuration.
 stage:
+	tests/harness/install-claude-cli.sh
 	rm -rf $(STAGE)
 	$(MAKE) build PREFIX=/usr
 	$(MAKE) install DESTDIR=$(CURDIR)/$(STAGE) PREFIX=/usr

@@ -4,6 +4,7 @@
 //! Everything here is pure and checked at every door: the helper re-validates what the gateway
 //! already validated.
 
+pub mod agent_env;
 pub mod bus;
 pub mod consent;
 pub mod gateway;

@@ -241,14 +241,18 @@ pub fn turn_properties(
     }
     // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
     // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
-    if std::path::Path::new(API_KEY_PATH).is_file() {
-        props.push((
-            "LoadCredential",
-            Prop::Pairs(vec![(
-                API_KEY_CREDENTIAL.to_owned(),
-                API_KEY_PATH.to_owned(),
-            )]),
-        ));
+    // Likewise a Claude subscription token (`claude setup-token`), which picortex-run hands to
+    // the agent as an inherited descriptor (CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR).
+    let creds: Vec<(String, String)> = [
+        (API_KEY_CREDENTIAL, API_KEY_PATH),
+        (OAUTH_CREDENTIAL, OAUTH_PATH),
+    ]
+    .into_iter()
+    .filter(|(_, path)| std::path::Path::new(path).is_file())
+    .map(|(id, path)| (id.to_owned(), path.to_owned()))
+    .collect();
+    if !creds.is_empty() {
+        props.push(("LoadCredential", Prop::Pairs(creds)));
     }
     props
 }
@@ -273,6 +277,9 @@ pub fn grant_properties(grants: &[(String, String)], props: &mut Vec<(&'static s
 /// Where the operator puts the Anthropic API key (root, 0600).
 pub const API_KEY_PATH: &str = "/etc/picortex/credentials/anthropic-api-key";
 pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
+/// Where the operator puts a Claude subscription token instead (root, 0600).
+pub const OAUTH_PATH: &str = "/etc/picortex/credentials/claude-oauth-token";
+pub const OAUTH_CREDENTIAL: &str = "claude-oauth-token";
 
 fn base_turn_properties(
     acct: &ChatAccount,

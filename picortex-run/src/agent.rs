@@ -93,14 +93,56 @@ pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
 
 /// Variables passed through from picortex-run's own environment when set: systemd's
 /// `$CREDENTIALS_DIRECTORY` is how an `apiKeyHelper` finds the turn's credentials (SPEC T2); its
-/// path changes with every turn unit, so it cannot be written into the configuration.
-pub fn passthrough_env() -> Vec<(String, String)> {
-    match std::env::var("CREDENTIALS_DIRECTORY") {
+/// path changes with every turn unit, so it cannot be written into the configuration. Then the
+/// operator's `[agent] env` (validated against `picortex_proto::agent_env` when loaded).
+pub fn passthrough_env(config: &AgentConfig) -> Vec<(String, String)> {
+    let mut env = match std::env::var("CREDENTIALS_DIRECTORY") {
         Ok(v) if v.starts_with('/') && !v.contains(['\n', '\0']) => {
             vec![("CREDENTIALS_DIRECTORY".into(), v)]
         }
         _ => Vec::new(),
-    }
+    };
+    env.extend(
+        config
+            .env
+            .iter()
+            .filter(|(k, v)| picortex_proto::agent_env::check(k, v).is_ok())
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env
+}
+
+/// The systemd credential holding a Claude subscription token (`claude setup-token`).
+pub const OAUTH_CREDENTIAL: &str = "claude-oauth-token";
+/// How the CLI is told which inherited descriptor holds that token.
+pub const OAUTH_FD_ENV: &str = "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR";
+
+/// The subscription token for one run of the agent, when the turn unit was given one: the
+/// credential opened read-only and made inheritable, and the variable naming its descriptor.
+/// The token itself is never in an environment, an argv or the chat's home; the agent reads it
+/// from the descriptor (which the caller keeps open until the agent has started, then closes).
+pub fn oauth_token_fd(
+    credentials_dir: Option<&str>,
+) -> std::io::Result<Option<(std::os::fd::OwnedFd, (String, String))>> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(dir) = credentials_dir.filter(|d| d.starts_with('/')) else {
+        return Ok(None);
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(Path::new(dir).join(OAUTH_CREDENTIAL))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let fd: std::os::fd::OwnedFd = file.into();
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(std::io::Error::from)?;
+    let n = fd.as_raw_fd().to_string();
+    Ok(Some((fd, (OAUTH_FD_ENV.to_owned(), n))))
 }
 
 /// The agent's whole environment. Nothing is inherited (no `CLAUDECODE`,
@@ -331,6 +373,7 @@ mod tests {
             command: "/usr/bin/claude".into(),
             extra_args: vec!["--max-turns".into(), "8".into()],
             model: Some("sonnet".into()),
+            env: Default::default(),
         };
         let r = TurnRequest {
             append_system_prompt: Some("-be brief".into()),
@@ -365,6 +408,49 @@ mod tests {
             display_argv(&["a b".into(), "it's".into(), "".into()]),
             r"'a b' 'it'\''s' ''"
         );
+    }
+
+    #[test]
+    fn the_subscription_token_is_handed_over_as_an_inherited_descriptor() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_owned();
+        assert!(oauth_token_fd(Some(&d)).unwrap().is_none());
+        assert!(oauth_token_fd(None).unwrap().is_none());
+        std::fs::write(dir.path().join(OAUTH_CREDENTIAL), "sk-ant-oat01-x").unwrap();
+        let (fd, (k, v)) = oauth_token_fd(Some(&d)).unwrap().unwrap();
+        assert_eq!(k, OAUTH_FD_ENV);
+        assert_eq!(v, fd.as_raw_fd().to_string());
+        // The agent (here a shell) reads the token through the descriptor it inherited.
+        let c = run_agent(
+            Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), format!("cat <&{v}")],
+            &[(k, v)],
+            dir.path(),
+            "",
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&c.stdout), "sk-ant-oat01-x");
+        // A symlink in the credential's place is not followed.
+        let d2 = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join(OAUTH_CREDENTIAL),
+            d2.path().join(OAUTH_CREDENTIAL),
+        )
+        .unwrap();
+        assert!(oauth_token_fd(Some(d2.path().to_str().unwrap())).is_err());
+    }
+
+    #[test]
+    fn deployment_env_is_passed_only_from_the_list() {
+        let mut config = AgentConfig::default();
+        config
+            .env
+            .insert("ANTHROPIC_BASE_URL".into(), "http://198.51.100.1".into());
+        config.env.insert("LD_PRELOAD".into(), "/x.so".into());
+        let env = passthrough_env(&config);
+        assert!(env.contains(&("ANTHROPIC_BASE_URL".into(), "http://198.51.100.1".into())));
+        assert!(!env.iter().any(|(k, _)| k == "LD_PRELOAD"));
     }
 
     #[test]

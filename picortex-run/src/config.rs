@@ -61,6 +61,10 @@ pub struct AgentConfig {
     /// `--model` for every turn, if set.
     #[serde(default)]
     pub model: Option<String>,
+    /// Variables for the agent from the fixed list `picortex_proto::agent_env::ALLOWED`
+    /// (`ANTHROPIC_BASE_URL`, the Bedrock/Vertex switches…); nothing else reaches it.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 fn default_command() -> String {
@@ -73,6 +77,7 @@ impl Default for AgentConfig {
             command: default_command(),
             extra_args: Vec::new(),
             model: None,
+            env: Default::default(),
         }
     }
 }
@@ -150,6 +155,11 @@ pub fn validate(c: &AgentConfig) -> Result<(), ConfigError> {
             return bad("model", "must be a model alias or id");
         }
     }
+    if let Err(e) =
+        picortex_proto::agent_env::check_all(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        return bad("env", &e);
+    }
     for a in &c.extra_args {
         if a.contains('\0') {
             return bad("extra_args", "arguments cannot contain NUL");
@@ -212,6 +222,12 @@ mod tests {
         assert_eq!(c.command, "/opt/claude/bin/claude");
         assert_eq!(c.extra_args, vec!["--max-turns", "8"]);
         assert_eq!(c.model.as_deref(), Some("sonnet"));
+        let c = parse_config("[agent]\nenv = { ANTHROPIC_BASE_URL = \"http://198.51.100.1\" }\n")
+            .unwrap();
+        assert_eq!(
+            c.env.get("ANTHROPIC_BASE_URL").map(String::as_str),
+            Some("http://198.51.100.1")
+        );
     }
 
     #[test]
@@ -234,6 +250,9 @@ mod tests {
             "[agent]\nextra_args = [\"--output-format=text\"]",
             "[agent]\nextra_args = [\"--dangerously-skip-permissions\"]",
             "[agent]\nextra_args = [\"--\"]",
+            "[agent]\nenv = { PATH = \"/tmp\" }",
+            "[agent]\nenv = { ANTHROPIC_API_KEY = \"sk\" }",
+            "[agent]\nenv = { ANTHROPIC_BASE_URL = \"ftp://x\" }",
         ] {
             assert!(parse_config(bad).is_err(), "{bad} accepted");
         }

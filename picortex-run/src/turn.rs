@@ -3,7 +3,8 @@
 //! decision parts ([`classify`], [`recovery`], [`result_line`]) are pure.
 
 use crate::agent::{
-    build_argv, build_env, display_argv, passthrough_env, run_agent, SessionArg, MAX_AGENT_STDOUT,
+    build_argv, build_env, display_argv, oauth_token_fd, passthrough_env, run_agent, SessionArg,
+    MAX_AGENT_STDOUT, OAUTH_CREDENTIAL,
 };
 use crate::audit;
 use crate::config::{resolve_command, AgentConfig, AGENT_PATH};
@@ -258,8 +259,17 @@ fn run_once(
     argv.extend(crate::mcp::agent_args(req, &id.home));
     let before = oom::oom_kill_count();
     let started = Instant::now();
-    let capture = run_agent(program, &argv, env, &id.home, &req.prompt)
+    // A subscription token goes to the agent as an inherited descriptor, opened afresh for each
+    // run (the CLI consumes it) and closed here once the agent has it.
+    let oauth = oauth_token_fd(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref())
+        .map_err(|e| format!("cannot open the {OAUTH_CREDENTIAL} credential: {e}"))?;
+    let mut env = env.to_vec();
+    if let Some((_, var)) = &oauth {
+        env.push(var.clone());
+    }
+    let capture = run_agent(program, &argv, &env, &id.home, &req.prompt)
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    drop(oauth);
     let wall_ms = started.elapsed().as_millis() as u64;
     let signal = capture.status.signal();
     let output = parse_output(&capture.stdout);
@@ -350,7 +360,7 @@ fn execute_once(
         Ok(p) => p,
         Err(e) => return TurnResult::failure(&req.turn_id, Outcome::AgentFailed, e.to_string()),
     };
-    let env = build_env(id, &passthrough_env());
+    let env = build_env(id, &passthrough_env(config));
     match run_once(&program, config, req, id, &env, session) {
         Ok(a) => classify(&req.turn_id, &a),
         Err(e) => TurnResult::failure(
@@ -382,7 +392,7 @@ fn execute(
         Ok(p) => p,
         Err(e) => return fail(Outcome::AgentFailed, e.to_string()),
     };
-    let env = build_env(id, &passthrough_env());
+    let env = build_env(id, &passthrough_env(config));
     let attempt = match run_once(&program, config, req, id, &env, first) {
         Ok(a) => a,
         Err(e) => return fail(Outcome::AgentFailed, e),

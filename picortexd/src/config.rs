@@ -677,6 +677,15 @@ mod tests {
     }
 
     #[test]
+    fn agent_env_is_checked_at_start() {
+        let c = Config::parse(
+            "[agent]\nenv = { ANTHROPIC_BASE_URL = \"https://llm.example.com\", CLAUDE_CODE_USE_BEDROCK = \"1\" }",
+            "t",
+        );
+        assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("[turns]\nmemory_max = \"lots\"", "turns.memory_max"),
@@ -701,6 +710,10 @@ mod tests {
                 "attention.discriminator_model",
             ),
             ("[owner]\nhandles = [\"x\"]", "owner.handles"),
+            ("[agent]\nenv = { HOME = \"/\" }", "agent.env"),
+            ("[agent]\nenv = { ANTHROPIC_API_KEY = \"k\" }", "agent.env"),
+            ("[agent]\nenv = { AWS_REGION = 1 }", "agent.env"),
+            ("[agent]\nenv = \"ANTHROPIC_BASE_URL=x\"", "agent.env"),
         ] {
             let e = Config::parse(text, "t").unwrap_err().to_string();
             assert!(e.contains(key), "{e}");

@@ -52,12 +52,20 @@ pub fn for_failure(outcome: O, cfg: &Config) -> String {
 /// Say what an agent error means in a sentence, without passing on raw internals.
 fn agent_error_text(text: &str) -> String {
     let l = text.to_lowercase();
-    if l.contains("rate limit")
-        || l.contains("429")
-        || l.contains("session limit")
-        || l.contains("overloaded")
-    {
+    if l.contains("overloaded") || l.contains("529") {
+        // The real CLI, after its retries: "API Error: Repeated 529 Overloaded errors…".
+        "The AI service is overloaded right now. Try again in a few minutes.".into()
+    } else if l.contains("rate limit") || l.contains("429") || l.contains("session limit") {
         "The AI service is rate-limiting me right now. Try again in a few minutes.".into()
+    } else if l.contains("connection to the api was lost")
+        || l.contains("econnreset")
+        || l.contains("internal server error")
+        || l.contains("api error: 5")
+    {
+        // "API Error: 500 Internal server error…", "API Error: Connection to the API was lost
+        // (ECONNRESET)…": the service failed mid-answer, after the CLI's own retries.
+        "The AI service failed while answering (a server or connection error). Please try again."
+            .into()
     } else if l.contains("not logged in")
         || l.contains("invalid api key")
         || l.contains("login expired")
@@ -251,6 +259,32 @@ mod tests {
             ),
             (compose(None, None, &c), "interrupted", "interrupted"),
         ];
+        // What the real CLI (2.1.330) says after its retries, as tests/real_cli.rs sees it.
+        for (said, words) in [
+            (
+                "API Error: Repeated 529 Overloaded errors. The API is at capacity",
+                "overloaded",
+            ),
+            (
+                "API Error: Request rejected (429) · Number of request tokens",
+                "rate-limiting",
+            ),
+            (
+                "API Error: 500 Internal server error. This is a server-side issue",
+                "failed while answering",
+            ),
+            (
+                "API Error: Connection to the API was lost (ECONNRESET).",
+                "failed while answering",
+            ),
+        ] {
+            let r = compose(
+                Some(&end("success", 1, 0)),
+                Some(&res(Outcome::AgentError, Some(said))),
+                &c,
+            );
+            assert!(r.text.contains(words), "{said}: {:?}", r.text);
+        }
         for (r, outcome, words) in cases {
             assert_eq!(r.outcome.as_str(), outcome);
             assert!(r.text.contains(words), "{outcome}: {:?}", r.text);

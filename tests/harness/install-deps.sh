@@ -2,7 +2,7 @@
 # Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 machine:
 # systemd, dbus, polkitd and iproute2 for the throwaway systemd; btrfs-progs for the chats
 # filesystem; libfaketime for one fault test; python3-venv for the Linq
-# client compatibility test; cargo-nextest. Quiet when everything is already there.
+# client compatibility test; cargo-nextest; the pinned real Claude Code CLI (project-local). Quiet when everything is already there.
 set -euo pipefail
 need=()
 [ -x /lib/systemd/systemd ] || need+=(systemd)
@@ -17,6 +17,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v useradd >/dev/null || need+=(passwd)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The real Claude Code CLI (tests/harness/install-claude-cli.sh) comes from the npm registry.
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -27,3 +29,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
   cargo install --locked cargo-nextest >&2
 fi
+"$(dirname "$0")/install-claude-cli.sh"

@@ -6,6 +6,17 @@ set -euo pipefail
 stage=$1 targetdir=$2
 install -Dm755 "$targetdir/linq-sim"       "$stage/usr/lib/picortex-test/linq-sim"
 install -Dm755 "$targetdir/claude-standin" "$stage/usr/lib/picortex-test/claude-standin"
+install -Dm755 tests/anthropic-standin/anthropic_standin.py "$stage/usr/lib/picortex-test/anthropic-standin"
+
+# The real Claude Code CLI (pinned, build/claude-cli; tests/harness/install-claude-cli.sh). A
+# symlink, not a copy: the binary is ~380 MB and every machine boot copies the stage into its
+# tmpfs, while the host's / is the machine's lower layer, so the path resolves inside it as is.
+cli=$(pwd)/build/claude-cli/node_modules/@anthropic-ai/claude-code-linux-x64/claude
+if [ -x "$cli" ]; then
+  ln -sfn "$cli" "$stage/usr/lib/picortex-test/claude"
+else
+  echo "stage-extras: no real Claude Code CLI at $cli (tests/harness/install-claude-cli.sh); the real-CLI tests will fail" >&2
+fi
 
 secret="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
 token="test-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -51,6 +62,36 @@ Description=Linq partner API simulator (tests and demo only)
 Type=exec
 ExecStart=/usr/lib/picortex-test/linq-sim --api-listen 127.0.0.1:8900 --control-socket /run/linq-sim/control.sock --webhook-url http://127.0.0.1:8470/api/linq/inbound --webhook-secret-file /etc/linq-sim/webhook-secret --token-file /etc/linq-sim/token --bot-handle +15550001000
 ExecStartPost=/bin/sh -c 'for i in $(seq 100); do [ -S /run/linq-sim/control.sock ] && exit 0; sleep 0.05; done; exit 1'
+UNIT
+
+# The Messages API stand-in as a test host of its own: a network namespace "api-host" joined to
+# the machine's by a veth pair, 198.51.100.1 (TEST-NET-2) on its side, 198.51.100.2 on the
+# machine's. Turns reach it through their real egress fence (which denies loopback and the
+# machine's own addresses, never a public-looking host). Started by the tests that need it.
+cat > "$stage/etc/systemd/system/api-host-net.service" <<'UNIT'
+[Unit]
+Description=Network namespace of the Messages API test host (tests only)
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -ec 'ip netns add api-host; ip link add api0 type veth peer name eth0 netns api-host; ip addr add 198.51.100.2/24 dev api0; ip link set api0 up; ip -n api-host link set lo up; ip -n api-host addr add 198.51.100.1/24 dev eth0; ip -n api-host link set eth0 up'
+ExecStop=/bin/sh -c 'ip link del api0; ip netns del api-host'
+UNIT
+cat > "$stage/etc/systemd/system/anthropic-standin.service" <<'UNIT'
+[Unit]
+Description=Anthropic Messages API stand-in at 198.51.100.1 (tests only)
+Requires=api-host-net.service
+After=api-host-net.service
+
+[Service]
+Type=exec
+NetworkNamespacePath=/run/netns/api-host
+RuntimeDirectory=anthropic-standin
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
+ExecStart=/usr/bin/python3 /usr/lib/picortex-test/anthropic-standin --listen 198.51.100.1:80 --state /run/anthropic-standin
+ExecStartPost=/bin/sh -c 'for i in $(seq 200); do [ -e /run/anthropic-standin/ready ] && exit 0; sleep 0.05; done; exit 1'
 UNIT
 
 # Units of the host image a test machine must not run.

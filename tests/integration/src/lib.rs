@@ -660,3 +660,73 @@ impl Machine {
         })
     }
 }
+
+// ---- the real Claude Code CLI and the Messages API stand-in (tests/real_cli.rs) ----
+
+/// Where `make stage` links the pinned real CLI (tests/harness/install-claude-cli.sh).
+pub const REAL_CLI: &str = "/usr/lib/picortex-test/claude";
+/// The Messages API stand-in's test host (tests/anthropic-standin), in a network namespace of
+/// its own behind a veth pair: a public-looking address the turns' egress fence lets through.
+pub const API_BASE_URL: &str = "http://198.51.100.1";
+const API_STATE: &str = "/run/anthropic-standin";
+
+impl Machine {
+    /// Make the real CLI the agent, pointed at the Messages API stand-in through `[agent] env`,
+    /// and start the stand-in. `extra_env` adds `NAME = "value"` entries to `[agent] env`.
+    /// Fails (never skips) when the stage has no real CLI. Call before `start_picortex`.
+    pub fn use_real_cli(&self, extra_env: &str) {
+        let cli = self.path(REAL_CLI);
+        assert!(
+            std::fs::metadata(&cli).is_ok(),
+            "no real Claude Code CLI in the stage at {REAL_CLI}: run `make stage` (it installs \
+             the pinned CLI with tests/harness/install-claude-cli.sh)"
+        );
+        self.set_config("agent", "command", &format!("{REAL_CLI:?}"));
+        let mut env = format!("ANTHROPIC_BASE_URL = {API_BASE_URL:?}");
+        if !extra_env.is_empty() {
+            env.push_str(", ");
+            env.push_str(extra_env);
+        }
+        self.set_config("agent", "env", &format!("{{ {env} }}"));
+        self.ok("systemctl start anthropic-standin.service");
+    }
+
+    /// Script the stand-in's answers (tests/anthropic-standin/anthropic_standin.py).
+    pub fn api_script(&self, script: Value) {
+        let tmp = self.path(&format!("{API_STATE}/script.json.tmp"));
+        std::fs::write(&tmp, script.to_string()).expect("write script");
+        std::fs::rename(&tmp, self.path(&format!("{API_STATE}/script.json"))).expect("script");
+    }
+
+    /// Every request the stand-in API has answered, oldest first.
+    pub fn api_requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path(&format!("{API_STATE}/requests.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// The text of every `tool_result` block the CLI sent back in a Messages API request.
+pub fn api_tool_results(req: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in req["body"]["messages"].as_array().into_iter().flatten() {
+        for b in m["content"].as_array().into_iter().flatten() {
+            if b["type"] == "tool_result" {
+                let c = &b["content"];
+                let text = match c {
+                    Value::String(s) => s.clone(),
+                    Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    _ => c.to_string(),
+                };
+                out.push(text);
+            }
+        }
+    }
+    out
+}
