@@ -202,7 +202,7 @@ fn the_real_clis_tools_cannot_reach_another_chat_or_the_database() {
         {"tool_use": {"name": "Bash", "input": {
             "command": format!("id -un; ls {other_home} 2>&1; head -c 16 /var/lib/picortex/picortex.db 2>&1; echo marker-end"),
             "description": "look around"}}},
-        {"tool_use": {"name": "Read", "input": {"file_path": "/var/lib/picortex/picortex.db"}}},
+        {"tool_use": {"name": "Read", "input": {"file_path": format!("{other_home}/.claude/.claude.json")}}},
         {"text": "snooped: {last_tool_result}"}]}]));
     let mut chat = None;
     let reply = m.exchange(OWNER, &mut chat, "snoop around");
@@ -224,7 +224,7 @@ fn the_real_clis_tools_cannot_reach_another_chat_or_the_database() {
     let read = &results[1];
     assert!(
         read.contains("does not exist") || read.contains("No such file") || read.contains("ENOENT"),
-        "Read reached the database: {read}"
+        "Read reached the other chat's home: {read}"
     );
     assert!(reply.contains("snooped:"), "{reply}");
 }
@@ -254,10 +254,19 @@ fn api_errors_become_honest_replies() {
         ("e429-once hi", "standin-api: turn 1;", "ok"),
         ("cut-once hi", "standin-api: turn 1;", "ok"),
     ];
-    for (i, (prompt, words, outcome)) in cases.iter().enumerate() {
-        // A chat each, so every case is a first turn.
+    // Owner handles of the test configuration: a chat each, so every case is a first turn.
+    let people = [
+        "+15550003000",
+        "+15550003001",
+        "+15550003002",
+        "+15550003003",
+        "+15550003004",
+        "+15550009000",
+        "+15550009001",
+    ];
+    for ((prompt, words, outcome), from) in cases.iter().zip(people) {
         let mut chat = None;
-        let reply = m.exchange(&format!("+1555000300{i}"), &mut chat, prompt);
+        let reply = m.exchange(from, &mut chat, prompt);
         assert!(reply.contains(words), "{prompt}: {reply}");
         let chat = chat.unwrap();
         let got = m.sql(&format!(
@@ -269,29 +278,44 @@ fn api_errors_become_honest_replies() {
     }
 }
 
-/// A memory cap hit inside a real-CLI turn (its Bash tool allocating past the chat's MemoryMax)
-/// ends the turn as out_of_memory with the honest reply, and the next turn works.
+/// A tool of the real CLI allocating past the chat's MemoryMax is killed by the kernel; the CLI
+/// survives, the API receives the tool's death (exit 137) as its result, and the turn answers.
 #[test]
-fn a_memory_cap_hit_by_a_real_cli_turn() {
+fn a_tool_killed_at_the_memory_cap_is_reported_to_the_real_cli() {
     let m = boot_real("");
     m.set_config("turns", "permission_mode", "\"bypassPermissions\"");
     m.set_config("turns", "memory_max", "\"384M\"");
     m.start_picortex();
     m.api_script(json!([{"match": "eat memory", "steps": [
         {"tool_use": {"name": "Bash", "input": {
-            "command": "python3 -c 'b = bytearray(1 << 30); import time; time.sleep(30)'",
+            "command": "python3 -c 'b = bytearray(1 << 30); import time; time.sleep(30)'; echo exit=$?",
             "description": "allocate"}}},
-        {"text": "survived: {last_tool_result}"}]}]));
+        {"text": "after the tool: {last_tool_result}"}]}]));
     let mut chat = None;
     let reply = m.exchange(OWNER, &mut chat, "eat memory now");
+    let results = api_tool_results(requests_with(&m, "eat memory now").last().unwrap());
+    assert!(
+        results.first().is_some_and(|r| r.contains("exit=137")),
+        "the tool was not killed: {results:?}"
+    );
+    assert!(reply.contains("after the tool:"), "{reply}");
+}
+
+/// The real CLI itself over the chat's MemoryMax (it needs ~200 MB): the kernel kills it, the
+/// turn ends as out_of_memory with the honest reply (claude-cli.md §6: no result at all).
+#[test]
+fn the_real_cli_over_the_memory_cap_is_out_of_memory() {
+    let m = boot_real("");
+    m.set_config("turns", "memory_max", "\"96M\"");
+    m.start_picortex();
+    let mut chat = None;
+    let reply = m.exchange(OWNER, &mut chat, "too big for this chat");
     let chat = chat.unwrap();
     let outcome = m.sql(&format!(
         "SELECT outcome FROM turns WHERE chat_id = '{chat}' ORDER BY rowid DESC LIMIT 1"
     ));
     assert_eq!(outcome, "out_of_memory", "reply: {reply}");
     assert!(reply.to_lowercase().contains("memory"), "{reply}");
-    let next = m.exchange(OWNER, &mut Some(chat.clone()), "are you back");
-    assert!(next.contains("standin-api:"), "{next}");
 }
 
 /// claude-cli.md §2: `--resume` of a session whose transcript is gone fails with "No conversation
@@ -308,9 +332,6 @@ fn a_lost_transcript_starts_a_new_session_with_the_real_cli() {
     m.ok(&format!("rm -rf {home}/.claude/projects"));
     let b = m.exchange(OWNER, &mut Some(chat.clone()), "still there?");
     assert!(b.contains("standin-api: turn 1;"), "{b}");
-    let journal = m.journal("");
-    assert!(
-        journal.contains("session not found; starting a new one"),
-        "no recovery in the journal"
-    );
+    let audit = m.ok("journalctl --no-pager -o verbose | grep -c 'session not found; starting a new one' || true");
+    assert_ne!(audit.trim(), "0", "no session recovery in the journal");
 }
