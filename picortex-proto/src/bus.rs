@@ -8,6 +8,9 @@ pub const PROVISION_NAME: &str = "org.picortex.Provision1";
 pub const PROVISION_PATH: &str = "/org/picortex/Provision1";
 pub const PROVISION_IFACE: &str = "org.picortex.Provision1";
 pub const ERROR_PREFIX: &str = "org.picortex.Provision1.Error";
+/// The most `DepositInbox` copies into a chat's inbox (Linq's own limit for pre-uploaded media);
+/// the gateway's `[linq] media_max_bytes` is at most this.
+pub const INBOX_MAX_BYTES: u64 = 100 << 20;
 
 /// polkit actions, one per kind of privileged operation (`polkit/org.picortex.provision.policy`).
 pub mod actions {
@@ -88,6 +91,17 @@ pub trait Provision {
         source_chat: &str,
         path: &str,
         dest_chat: &str,
+    ) -> zbus::Result<(String, String, u64)>;
+
+    /// Copy the bytes of `file` (read from its start, at most [`INBOX_MAX_BYTES`]) into a new
+    /// file of the chat's `inbox/`, named after `name_hint` (sanitised; never overwriting), owned
+    /// by the chat's user, 0600: how media a person sent reaches the chat's home without the
+    /// gateway ever writing there. Returns (path relative to the home, sha256 hex, size).
+    fn deposit_inbox(
+        &self,
+        chat_id: &str,
+        name_hint: &str,
+        file: OwnedFd,
     ) -> zbus::Result<(String, String, u64)>;
 
     /// Stop and forget a finished turn's unit (it is kept, RemainAfterExit, until the gateway has

@@ -508,6 +508,90 @@ impl Provision {
         }
     }
 
+    /// Copy `file` into the chat's `inbox/` (see the proxy's doc in picortex-proto). Authorised
+    /// as StartTurn is: putting a person's media where the chat's next turn reads it.
+    async fn deposit_inbox(
+        &self,
+        chat_id: &str,
+        name_hint: &str,
+        file: OwnedFd,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String, u64)> {
+        let _g = self.activity.enter();
+        const OP: &str = "DepositInbox";
+        let chat = ChatId::parse(chat_id);
+        let shown_chat = shown(&chat, ChatId::as_str);
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, "").await?;
+        let chat = chat.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
+        if name_hint.len() > 1024 || name_hint.contains('\0') {
+            return Err(bad_input(
+                OP,
+                &caller,
+                chat.as_str(),
+                "",
+                "bad name hint".into(),
+            ));
+        }
+        let file: std::os::fd::OwnedFd = file.into();
+        // Only a regular file (a memfd or an unlinked temporary file of the gateway's): never a
+        // pipe or socket the helper could block on, never a directory.
+        let st = nix::sys::stat::fstat(&file)
+            .map_err(|e| bad_input(OP, &caller, chat.as_str(), "", format!("fstat: {e}")))?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(bad_input(
+                OP,
+                &caller,
+                chat.as_str(),
+                "",
+                "the file must be a regular file".into(),
+            ));
+        }
+        let _chat_lock = self.chats.lock(&chat).await;
+        let (c, hint) = (chat.clone(), name_hint.to_owned());
+        let r = tokio::task::spawn_blocking(move || -> Result<crate::inbox::Deposited, String> {
+            let tag = users::existing_tag(&c)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("chat {c} is not provisioned; call EnsureChat first"))?;
+            let acct = users::account(&tag).map_err(|e| e.to_string())?;
+            let mut f = std::fs::File::from(file);
+            // pread from 0: the offset of the gateway's descriptor is shared and not ours.
+            let mut src = PositionedReader {
+                file: &mut f,
+                at: 0,
+            };
+            crate::inbox::deposit(
+                std::path::Path::new(&acct.home),
+                acct.uid,
+                acct.gid,
+                &hint,
+                &mut src,
+                picortex_proto::bus::INBOX_MAX_BYTES,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        match r {
+            Ok(dep) => {
+                let rel = dep.rel_path.display().to_string();
+                audit::record(
+                    OP,
+                    &caller,
+                    chat.as_str(),
+                    "",
+                    "ok",
+                    &format!("{rel} sha256 {} size {}", dep.sha256, dep.size),
+                );
+                Ok((rel, dep.sha256, dep.size))
+            }
+            Err(e) => {
+                audit::record(OP, &caller, chat.as_str(), "", "failed", &e);
+                Err(fdo::Error::Failed(e))
+            }
+        }
+    }
+
     /// Stop and forget a finished turn's unit.
     async fn release_turn(
         &self,
@@ -568,5 +652,20 @@ impl Provision {
     #[zbus(property)]
     fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_owned()
+    }
+}
+
+/// Reads a file from a given offset with pread, leaving the descriptor's shared offset alone.
+struct PositionedReader<'a> {
+    file: &'a mut std::fs::File,
+    at: u64,
+}
+
+impl std::io::Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }

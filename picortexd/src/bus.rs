@@ -311,6 +311,23 @@ impl Bus {
         self.check(r).await
     }
 
+    /// Have the helper copy `file` into the chat's inbox (picortexd/src/media).
+    /// Returns (path relative to the home, sha256 hex, size).
+    pub async fn deposit_inbox(
+        &self,
+        chat_id: &str,
+        name_hint: &str,
+        file: OwnedFd,
+    ) -> Result<(String, String, u64), BusError> {
+        let r = self
+            .provision()
+            .await?
+            .deposit_inbox(chat_id, name_hint, file.into())
+            .await
+            .map_err(helper_err);
+        self.check(r).await
+    }
+
     pub async fn archive_chat(&self, chat_id: &str) -> Result<String, BusError> {
         let r = self
             .provision()

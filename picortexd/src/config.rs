@@ -94,6 +94,11 @@ pub struct LinqConfig {
     pub max_reply_chars: usize,
     /// Names the bot answers to in groups when a sender's client carries no mention entities.
     pub bot_names: Vec<String>,
+    /// Origins inbound media is fetched from (scheme, host and port); a URL anywhere else is
+    /// refused (picortexd/src/media).
+    pub media_hosts: Vec<String>,
+    /// Largest inbound media part fetched into a chat's inbox, in bytes.
+    pub media_max_bytes: u64,
 }
 
 impl Default for LinqConfig {
@@ -105,6 +110,8 @@ impl Default for LinqConfig {
             max_part_chars: 4000,
             max_reply_chars: 16000,
             bot_names: Vec::new(),
+            media_hosts: vec!["https://cdn.linqapp.com".into()],
+            media_max_bytes: 25 << 20,
         }
     }
 }
@@ -503,6 +510,25 @@ impl Config {
             errs.push(KeyError {
                 key: format!("agent.{k}"),
                 msg: msg.to_owned(),
+            });
+        }
+        for h in &self.linq.media_hosts {
+            let ok = reqwest::Url::parse(h).is_ok_and(|u| {
+                matches!(u.scheme(), "https" | "http") && u.host().is_some() && u.path() == "/"
+            });
+            if !ok {
+                errs.push(KeyError {
+                    key: "linq.media_hosts".into(),
+                    msg: format!("{h:?} is not an origin like \"https://cdn.linqapp.com\""),
+                });
+            }
+        }
+        if self.linq.media_max_bytes == 0
+            || self.linq.media_max_bytes > picortex_proto::bus::INBOX_MAX_BYTES
+        {
+            errs.push(KeyError {
+                key: "linq.media_max_bytes".into(),
+                msg: format!("must be 1..={}", picortex_proto::bus::INBOX_MAX_BYTES),
             });
         }
         if let Err(e) = sandbox::check(&self.sandbox) {

@@ -139,6 +139,21 @@ fn message(
         out.ingested = Some(stored(None, "the bot's own message"));
         return Ok(out);
     }
+    // Media parts are fetched when the message's turn starts (picortexd/src/media).
+    for (i, p) in m.parts.iter().enumerate() {
+        if let crate::linq::events::Part::Media(mp) = p {
+            crate::store::media::record(
+                t,
+                message_id,
+                i as i64,
+                mp.id.as_deref(),
+                mp.url.as_deref(),
+                mp.filename.as_deref(),
+                mp.mime_type.as_deref(),
+                mp.size_bytes.map(|s| s.min(i64::MAX as u64) as i64),
+            )?;
+        }
+    }
     let chat_id = &inb.chat_id;
     if !inb.is_group {
         // An opt-out word sets the flag; anything else the person writes lifts it (as Linq does).

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod instance;
 pub mod limits;
 pub mod linq;
+pub mod media;
 pub mod outbox;
 pub mod outcome;
 pub mod owner;

@@ -316,7 +316,19 @@ impl Turns {
             });
         }
 
-        let prompt = self.prompt_for(&job, &chat).await?;
+        let mut prompt = self.prompt_for(&job, &chat).await?;
+        // The message's media, fetched into the chat's inbox now (URLs may expire), and said.
+        prompt.push_str(
+            &crate::media::fetch_for_message(
+                &self.store,
+                &self.bus,
+                &self.cfg.get(),
+                &chat.id,
+                job.message_id,
+            )
+            .await
+            .map_err(Failure::store)?,
+        );
         // consent (SPEC C2): the owner's grants for this turn, used up by it; the agent is told
         // where each file is.
         let (grants, prompt) = if discriminate {

@@ -18,7 +18,9 @@ allowed: `tool_uses`), `error` (HTTP status; `retry_after` seconds; `times`: ans
 this many times in a row for the same call, then fall through to the next key of the step, or to
 the default answer), `cut_after` (stream this much text, then drop the connection mid-stream;
 `times` as for errors),
-`sleep_ms` (wait before answering). Unscripted calls get the default answer:
+`sleep_ms` (wait before answering). Placeholders in texts and tool inputs: {prompt}, {turn},
+{last_tool_result}, {inbox_path} (the first `inbox/<name>` the prompt mentions). Unscripted
+calls get the default answer:
 
     standin-api: turn N; you said "<prompt>"
 
@@ -122,7 +124,9 @@ def load_script(state):
 
 
 def render(s, ctx):
-    return (s.replace("{prompt}", ctx["prompt"])
+    m = re.search(r"inbox/[A-Za-z0-9._-]+", ctx["prompt"])
+    return (s.replace("{inbox_path}", m.group(0) if m else "inbox/none")
+             .replace("{prompt}", ctx["prompt"])
              .replace("{last_tool_result}", ctx["last_tool_result"])
              .replace("{turn}", str(ctx["prompts"])))
 

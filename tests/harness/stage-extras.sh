@@ -32,6 +32,7 @@ cat > "$stage/etc/picortex/picortexd.toml" <<'TOML'
 [linq]
 api_base = "http://127.0.0.1:8900/api/partner"
 bot_names = ["Cortex"]
+media_hosts = ["http://127.0.0.1:8900"]
 
 [owner]
 # The people of the integration tests are all the owner's, so that only tests/quarantine.rs and

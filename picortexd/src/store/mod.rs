@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod authority;
 pub mod channel;
+pub mod media;
 pub mod queries;
 
 use std::path::Path;
@@ -41,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0003_authority.sql"),
     include_str!("0004_settings.sql"),
     include_str!("0005_consent.sql"),
+    // Numbered 0006 for the merge of parallel branches (0004, 0005 are others'); the lead renumbers.
+    include_str!("0006_media.sql"),
 ];
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;

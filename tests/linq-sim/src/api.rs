@@ -42,10 +42,14 @@ pub fn router(sim: Shared) -> Router {
         .route("/v3/messages", post(create_message))
         .route("/v3/messages/{message_id}", get(get_message))
         .route("/v3/messages/{message_id}/reactions", post(react));
-    Router::new()
+    let guarded = Router::new()
         .nest("/api/partner", v3)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(sim.clone(), guard))
+        .layer(middleware::from_fn_with_state(sim.clone(), guard));
+    // The media CDN: no partner token (its URLs are the capability), no API faults.
+    Router::new()
+        .route("/media/{id}", get(crate::media::serve))
+        .merge(guarded)
         .with_state(sim)
 }
 

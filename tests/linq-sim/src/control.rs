@@ -61,6 +61,7 @@ async fn health(State(sim): State<Shared>) -> Response {
 #[serde(deny_unknown_fields)]
 struct InboundReq {
     from: String,
+    #[serde(default)]
     text: String,
     chat_id: Option<String>,
     #[serde(default)]
@@ -77,6 +78,9 @@ struct InboundReq {
     #[serde(default)]
     reconciled: bool,
     event_id: Option<String>,
+    /// Media parts after the text (src/media.rs).
+    #[serde(default)]
+    media: Vec<crate::media::InboundMedia>,
 }
 
 /// A person sends the bot a message: record it and deliver `message.received`.
@@ -139,9 +143,18 @@ async fn inbound(State(sim): State<Shared>, body: Bytes) -> Response {
         } else {
             Value::Null
         };
-        let parts = vec![
-            json!({"type": "text", "value": req.text, "reactions": null, "mentions": mentions}),
-        ];
+        let mut parts = Vec::new();
+        if !req.text.is_empty() || req.media.is_empty() {
+            parts.push(
+                json!({"type": "text", "value": req.text, "reactions": null, "mentions": mentions}),
+            );
+        }
+        for m in &req.media {
+            match crate::media::part(&sim, m) {
+                Ok(p) => parts.push(p),
+                Err(e) => return err(400, e),
+            }
+        }
         let reply_to = req.reply_to.clone().map(|message_id| ReplyTo {
             message_id,
             part_index: 0,

@@ -5,6 +5,7 @@
 mod api;
 mod control;
 mod error;
+mod media;
 mod state;
 mod validate;
 mod webhooks;
@@ -171,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
         bot_handle: args.bot_handle.clone(),
         partner_id: args.partner_id.clone(),
         subscription_id: uuid::Uuid::new_v4().to_string(),
+        media_base: format!("http://{}", args.api_listen),
     };
     let runtime = RuntimeConfig {
         webhook_url: args.webhook_url.clone(),

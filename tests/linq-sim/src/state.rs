@@ -27,6 +27,8 @@ pub struct SimConfig {
     pub bot_handle: String,
     pub partner_id: String,
     pub subscription_id: String,
+    /// Origin of the simulated media CDN (`GET /media/{id}` on the API listener).
+    pub media_base: String,
 }
 
 /// The whole simulator, shared by the API, control and delivery tasks.
@@ -34,6 +36,8 @@ pub struct Sim {
     pub cfg: SimConfig,
     pub state: Mutex<State>,
     pub http: reqwest::Client,
+    /// The simulated CDN's files (src/media.rs).
+    pub media: crate::media::Store,
 }
 
 impl Sim {
@@ -47,6 +51,7 @@ impl Sim {
             cfg,
             state: Mutex::new(State::new(runtime)),
             http,
+            media: Default::default(),
         })
     }
 
