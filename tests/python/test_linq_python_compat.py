@@ -494,3 +494,80 @@ def test_webhooks_unwrap(env):
     texts = [m["text"] for m in control.get("/control/messages?chat_id=" + r["chat_id"])]
     assert texts[-2:] == ["twice", "quiet"]
     assert control.get("/control/messages?chat_id=" + r["chat_id"])[-1]["direction"] == "outbound"
+
+
+def test_inbound_media_with_an_expiring_url(env):
+    """A person's photo: a media part the client parses, whose URL serves the bytes until it
+    expires (no partner token: the URL is the capability), then answers 403."""
+    client, control, receiver = env["client"], env["control"], env["receiver"]
+    data = b"\x89PNG\r\n\x1a\n-not-really-a-png-" * 3
+    r = control.post(
+        "/control/inbound",
+        {"from": CAROL, "text": "look", "media": [
+            {"filename": "cat.png", "mime_type": "image/png",
+             "content_b64": base64.b64encode(data).decode(), "ttl_s": 2}]},
+    )
+    [d] = receiver.by_event(r["event_id"])
+    ev = typed_event(client, d, MessageReceivedWebhookEvent)
+    text, media = ev.data.parts
+    assert text.value == "look"
+    assert media.type == "media" and media.filename == "cat.png"
+    assert media.mime_type == "image/png" and media.size_bytes == len(data)
+    import urllib.error
+    import urllib.request
+    with urllib.request.urlopen(media.url, timeout=10) as resp:
+        assert resp.read() == data
+    time.sleep(3.1)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(media.url, timeout=10)
+    assert e.value.code == 403
+
+
+def test_attachment_upload_flow(env):
+    """POST /v3/attachments, PUT the bytes to the presigned URL with the required headers, then a
+    media part by attachment_id: all through the official client's types."""
+    from linq.types import AttachmentCreateResponse, AttachmentRetrieveResponse
+    import urllib.error
+    import urllib.request
+
+    client, control = env["client"], env["control"]
+    created = client.chats.create(
+        from_=BOT, to=["+15550005000"], message={"parts": [{"type": "text", "value": "files coming"}]}
+    )
+    chat_id = created.chat.id
+    data = b"%PDF-1.4 report body\n" * 10
+    att = client.attachments.create(filename="report.pdf", content_type="application/pdf", size_bytes=len(data))
+    assert isinstance(att, AttachmentCreateResponse)
+    assert att.http_method == "PUT" and att.required_headers == {"Content-Type": "application/pdf"}
+
+    # Not uploaded yet: sending it is refused, and retrieve says pending.
+    assert client.attachments.retrieve(att.attachment_id).status == "pending"
+    with pytest.raises(linq.APIStatusError) as e:
+        client.chats.messages.send(chat_id, message={"parts": [{"type": "media", "attachment_id": att.attachment_id}]})
+    assert e.value.status_code == 409
+
+    # A wrong Content-Type or length is refused as S3 would.
+    bad = urllib.request.Request(att.upload_url, data=data, method="PUT", headers={"Content-Type": "text/plain"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=10)
+    assert e.value.code == 403
+    put = urllib.request.Request(att.upload_url, data=data, method="PUT", headers=att.required_headers)
+    with urllib.request.urlopen(put, timeout=10) as resp:
+        assert resp.status == 200
+    got = client.attachments.retrieve(att.attachment_id)
+    assert isinstance(got, AttachmentRetrieveResponse)
+    assert got.status == "complete" and got.size_bytes == len(data) and got.filename == "report.pdf"
+
+    sent = client.chats.messages.send(
+        chat_id, message={"parts": [{"type": "media", "attachment_id": att.attachment_id}]}
+    )
+    [part] = sent.message.parts
+    assert part.type == "media" and part.filename == "report.pdf" and part.mime_type == "application/pdf"
+    with urllib.request.urlopen(part.url, timeout=10) as resp:
+        assert resp.read() == data
+
+    # Types Linq rejects, and unknown attachments.
+    with pytest.raises(linq.BadRequestError):
+        client.attachments.create(filename="a.flac", content_type="audio/flac", size_bytes=10)
+    with pytest.raises(linq.NotFoundError):
+        client.attachments.retrieve("00000000-0000-4000-8000-000000000000")

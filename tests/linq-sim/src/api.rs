@@ -41,7 +41,9 @@ pub fn router(sim: Shared) -> Router {
         .route("/v3/chats/{chat_id}/read", post(mark_read))
         .route("/v3/messages", post(create_message))
         .route("/v3/messages/{message_id}", get(get_message))
-        .route("/v3/messages/{message_id}/reactions", post(react));
+        .route("/v3/messages/{message_id}/reactions", post(react))
+        .route("/v3/attachments", post(create_attachment))
+        .route("/v3/attachments/{attachment_id}", get(get_attachment));
     let guarded = Router::new()
         .nest("/api/partner", v3)
         .fallback(not_found)
@@ -49,6 +51,7 @@ pub fn router(sim: Shared) -> Router {
     // The media CDN: no partner token (its URLs are the capability), no API faults.
     Router::new()
         .route("/media/{id}", get(crate::media::serve))
+        .route("/upload/{id}", axum::routing::put(crate::media::upload))
         .merge(guarded)
         .with_state(sim)
 }
@@ -430,6 +433,31 @@ async fn update_chat(
     )
 }
 
+// ---- attachments (src/media.rs) ----
+
+async fn create_attachment(
+    State(sim): State<Shared>,
+    Extension(t): Extension<Trace>,
+    body: Bytes,
+) -> Response {
+    let r = parse_json(&body).and_then(|v| {
+        let now = crate::state::fmt_ts(Now::get().wall);
+        crate::media::create(&sim, &v, &now)
+    });
+    reply(&t, r.map(|b| ok(201, &t, b)))
+}
+
+async fn get_attachment(
+    State(sim): State<Shared>,
+    Extension(t): Extension<Trace>,
+    Path(id): Path<String>,
+) -> Response {
+    reply(
+        &t,
+        crate::media::retrieve(&sim, &id).map(|b| ok(200, &t, b)),
+    )
+}
+
 // ---- messages ----
 
 async fn send_message(
@@ -443,7 +471,8 @@ async fn send_message(
             return Err(ApiError::chat_not_found());
         }
         let v = parse_json(&body)?;
-        let content = message_content(&v)?;
+        let mut content = message_content(&v)?;
+        crate::media::resolve_parts(&sim, &mut content.parts)?;
         let override_optout = v
             .get("override_optout")
             .and_then(Value::as_bool)
@@ -481,6 +510,7 @@ async fn create_message(
         check_from(&sim, v.get("from").and_then(Value::as_str))?;
         let to = recipients(&v)?;
         let mut content = message_content(&v)?;
+        crate::media::resolve_parts(&sim, &mut content.parts)?;
         if content.idempotency_key.is_none() {
             content.idempotency_key = headers
                 .get("idempotency-key")

@@ -38,6 +38,8 @@ pub struct Sim {
     pub http: reqwest::Client,
     /// The simulated CDN's files (src/media.rs).
     pub media: crate::media::Store,
+    /// Attachments created with `POST /v3/attachments` (src/media.rs).
+    pub attachments: crate::media::Attachments,
 }
 
 impl Sim {
@@ -52,6 +54,7 @@ impl Sim {
             state: Mutex::new(State::new(runtime)),
             http,
             media: Default::default(),
+            attachments: Default::default(),
         })
     }
 
