@@ -11,6 +11,7 @@
 #   SOAK_MINUTES=30           length of the soak phase (0: none)
 #   BENCH_DISK=1              also measure ingest with the state directory on the host's disk
 #                             (a second machine; its state lives in build/bench-disk-state)
+#   BENCH_REAL_CLI_TURNS=12   turns of the real-CLI phase (a machine of its own; real_cli.py)
 set -euo pipefail
 stage=${1:?usage: run.sh STAGE [picortex-bench args...]}
 shift
@@ -95,6 +96,28 @@ PY
   trap '"$m" stop "$pid" "$name"' EXIT
   rm -rf "$disk"
 fi
+
+# The real CLI (pinned, build/claude-cli) against the Messages API stand-in: a machine of its own
+# with [agent] pointed at both, sequential turns in one chat (tests/bench/real_cli.py).
+rname=picortex-bench-cli-$$
+rpid=$("$m" boot "$stage" "$rname" | tail -n1)
+trap '"$m" stop "$pid" "$name"; "$m" stop "$rpid" "$rname"' EXIT
+configure "$rpid"
+python3 - "/proc/$rpid/root/etc/picortex/picortexd.toml" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read().replace('command = "/usr/lib/picortex-test/claude-standin"',
+    'command = "/usr/lib/picortex-test/claude"\nenv = { ANTHROPIC_BASE_URL = "http://198.51.100.1" }')
+assert 'picortex-test/claude"' in text, "the [agent] command line of the staged configuration changed"
+open(path, "w").write(text)
+PY
+printf '%s' sk-ant-bench > "/proc/$rpid/root/etc/picortex/credentials/anthropic-api-key"
+"$m" exec "$rpid" chmod 600 /etc/picortex/credentials/anthropic-api-key
+"$m" exec "$rpid" systemctl start anthropic-standin.service linq-sim.service
+"$m" exec "$rpid" systemctl enable --now picortexd.socket >/dev/null 2>&1
+python3 "$here/real_cli.py" "/proc/$rpid/root" "$out_json" "${BENCH_REAL_CLI_TURNS:-12}"
+"$m" stop "$rpid" "$rname"
+trap '"$m" stop "$pid" "$name"' EXIT
 
 # Where a warm turn's time goes: journal timestamps of one chat's measured turns.
 echo
