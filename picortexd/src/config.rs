@@ -163,6 +163,9 @@ pub struct TurnsConfig {
     pub system_prompt_file: Option<std::path::PathBuf>,
     /// How long a chat's spare turn unit (started ahead of its next message, so the answer does
     /// not wait for systemd to build the sandbox) is kept unused; 0 = no spares.
+    /// A group turn still running after this many seconds gets a tapback (like) on the message
+    /// it answers, since groups have no typing indicator; 0 turns it off.
+    pub group_ack_after_s: u64,
     pub spare_ttl_s: u64,
     /// Archive chats idle this many days (home tarred away, user locked; restored on the next
     /// message). Unset: never.
@@ -233,6 +236,7 @@ impl Default for TurnsConfig {
             spare_ttl_s: 300,
             daily_budget_usd: Some(DEFAULT_DAILY_BUDGET_USD),
             daily_budget_total_usd: Some(DEFAULT_DAILY_BUDGET_TOTAL_USD),
+            group_ack_after_s: 15,
         }
     }
 }

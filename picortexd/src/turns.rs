@@ -316,6 +316,9 @@ impl Turns {
             });
         }
 
+        if chat.is_group && !discriminate {
+            self.ack_if_long(&job);
+        }
         let mut prompt = self.prompt_for(&job, &chat).await?;
         // The message's media, fetched into the chat's inbox now (URLs may expire), and said.
         prompt.push_str(
@@ -917,6 +920,48 @@ impl Turns {
 }
 
 impl Turns {
+    /// Groups have no typing indicator: when a group turn is still running after
+    /// `[turns] group_ack_after_s`, put a tapback on the message it answers, once.
+    fn ack_if_long(&self, job: &TurnJob) {
+        let after = self.cfg.turns.group_ack_after_s;
+        let Some(message) = job.reply_to.clone().filter(|_| after > 0) else {
+            return;
+        };
+        let (store, linq, turn, chat) = (
+            self.store.clone(),
+            self.linq.clone(),
+            job.turn_id.clone(),
+            job.chat_id.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(after)).await;
+            let t = turn.clone();
+            let running = store
+                .call(move |db| queries::turn_in_flight(db, &t))
+                .await
+                .unwrap_or(false);
+            if !running {
+                return;
+            }
+            match linq
+                .react(&message, &crate::linq::client::Reaction::Like)
+                .await
+            {
+                Ok(()) => tracing::info!(
+                    PICORTEX_CHAT = %chat,
+                    PICORTEX_TURN = %turn,
+                    "group turn still running after {after} s: acknowledged the message with a tapback"
+                ),
+                Err(e) => tracing::warn!(
+                    PICORTEX_CHAT = %chat,
+                    PICORTEX_TURN = %turn,
+                    error = %e,
+                    "could not acknowledge the message with a tapback"
+                ),
+            }
+        });
+    }
+
     /// The prompt of a turn: the message, with the group's recent messages and who said what
     /// (see `context`).
     async fn prompt_for(&self, job: &TurnJob, chat: &queries::Chat) -> Result<String, Failure> {

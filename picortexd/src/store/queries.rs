@@ -278,6 +278,17 @@ pub fn set_provisioned(
     Ok(())
 }
 
+/// Whether a turn is still starting or running.
+pub fn turn_in_flight(t: &Connection, turn_id: &str) -> Result<bool, StoreError> {
+    Ok(t.query_row(
+        "SELECT status IN ('starting', 'running') FROM turns WHERE id = ?1",
+        [turn_id],
+        |r| r.get::<_, bool>(0),
+    )
+    .optional()?
+    .unwrap_or(false))
+}
+
 #[derive(Debug, Clone)]
 pub struct TurnJob {
     pub turn_id: String,
