@@ -335,3 +335,84 @@ fn a_lost_transcript_starts_a_new_session_with_the_real_cli() {
     let audit = m.ok("journalctl --no-pager -o verbose | grep -c 'session not found; starting a new one' || true");
     assert_ne!(audit.trim(), "0", "no session recovery in the journal");
 }
+
+/// claude-cli.md §1 and §3, the flags picortex-run relies on, as the real CLI honours them: the
+/// owner's system prompt (`--append-system-prompt`) and `[agent] model` (`--model`) reach the
+/// API; with `--disable-slash-commands` a prompt starting with `/` is plain text, except that the
+/// name of a built-in command is refused ("/model isn't available in this environment"), never
+/// run; `--permission-mode` is pinned (in `dontAsk`, the CLI refuses Bash and tells the API so).
+#[test]
+fn the_real_cli_honours_picortexs_flags() {
+    let m = boot_real("");
+    std::fs::write(
+        m.path("/etc/picortex/system-prompt.md"),
+        "Owner rule 4217: answer like a pirate.\n",
+    )
+    .unwrap();
+    m.set_config(
+        "turns",
+        "system_prompt_file",
+        "\"/etc/picortex/system-prompt.md\"",
+    );
+    m.set_config("turns", "permission_mode", "\"dontAsk\"");
+    m.set_config("agent", "model", "\"claude-picortex-test-model\"");
+    m.start_picortex();
+    m.api_script(json!([{"match": "run a tool", "steps": [
+        {"tool_use": {"name": "Bash", "input": {"command": "touch /var/lib/picortex/x; id", "description": "try"}}},
+        {"text": "tool said: {last_tool_result}"}]}]));
+    let mut chat = None;
+    let a = m.exchange(OWNER, &mut chat, "/etc/hosts is broken");
+    assert!(a.contains("you said \"/etc/hosts is broken\""), "{a}");
+    let req = requests_with(&m, "/etc/hosts is broken")
+        .pop()
+        .expect("the prompt reached the API");
+    assert_eq!(req["body"]["model"], "claude-picortex-test-model");
+    assert!(
+        req["body"]["system"]
+            .to_string()
+            .contains("Owner rule 4217"),
+        "no owner system prompt: {}",
+        req["body"]["system"]
+    );
+    // A built-in command's name is refused, not run (without the flag, 2.1.330 switches the
+    // model on "/model opus"); the refusal is the turn's answer.
+    let c = m.exchange(OWNER, &mut chat, "/model opus");
+    assert!(c.contains("isn't available"), "{c}");
+    assert!(
+        requests_with(&m, "/model opus").is_empty(),
+        "sent to the API"
+    );
+    let b = m.exchange(OWNER, &mut chat, "run a tool");
+    let results = api_tool_results(requests_with(&m, "run a tool").last().unwrap());
+    assert!(
+        results
+            .first()
+            .is_some_and(|r| r.contains("don't ask mode")),
+        "Bash was not refused by the pinned permission mode: {results:?}"
+    );
+    assert!(b.contains("tool said:"), "{b}");
+}
+
+/// claude-cli.md §2: `--session-id` for a session whose transcript exists fails with "already in
+/// use"; picortex-run resumes it instead (audited), and the conversation goes on.
+#[test]
+fn a_session_id_already_in_use_is_resumed_with_the_real_cli() {
+    let m = boot_real("");
+    m.without_spares();
+    m.start_picortex();
+    let mut chat = None;
+    let a = m.exchange(OWNER, &mut chat, "first");
+    assert!(a.contains("turn 1;"), "{a}");
+    let chat = chat.unwrap();
+    m.wait_chat_settled(&chat, T);
+    // The gateway forgets that the session was started: the next turn asks for --session-id.
+    m.sql(&format!(
+        "UPDATE chats SET session_started = 0 WHERE id = '{chat}'"
+    ));
+    let b = m.exchange(OWNER, &mut Some(chat.clone()), "second");
+    assert!(b.contains("standin-api: turn 2;"), "not resumed: {b}");
+    let audit = m.ok(
+        "journalctl --no-pager -o verbose | grep -c 'session already exists; resuming it' || true",
+    );
+    assert_ne!(audit.trim(), "0", "no session recovery in the journal");
+}
