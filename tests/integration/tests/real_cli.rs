@@ -416,3 +416,55 @@ fn a_session_id_already_in_use_is_resumed_with_the_real_cli() {
     );
     assert_ne!(audit.trim(), "0", "no session recovery in the journal");
 }
+
+/// claude-cli.md §2 (`--no-session-persistence`): a discriminator turn asks the real CLI whether
+/// to answer a group message in a throwaway session; only the answer turn it lets through leaves
+/// a transcript, and the chat's session never sees the question.
+#[test]
+fn the_discriminators_question_leaves_no_transcript_with_the_real_cli() {
+    let m = boot_real("");
+    m.start_picortex();
+    m.api_script(json!([
+        {"match": "You decide whether", "steps": [{"text": "{\"score\": 0.95}"}]},
+    ]));
+    let sim = m.sim();
+    let g = sim.post(
+        "/control/inbound",
+        json!({"from": OWNER, "group": true, "participants": ["+15557770002"],
+               "display_name": "Team", "text": "/picortex attention discriminate"}),
+    );
+    let group = g["chat_id"].as_str().unwrap().to_owned();
+    m.wait_reply_containing(&group, "Attention for this chat is now discriminate", T);
+    sim.text(
+        "+15557770002",
+        Some(&group),
+        "can anyone check the build marker-7781?",
+    );
+    let reply = m.wait_reply_containing(&group, "standin-api:", T);
+    let text = reply["text"].as_str().unwrap();
+    assert!(text.contains("turn 1;"), "{text}");
+    m.wait_settled(T);
+    let asked = requests_with(&m, "marker-7781");
+    assert_eq!(
+        asked.len(),
+        2,
+        "a discriminator request and an answer request"
+    );
+    assert!(asked[0]["body"]["messages"]
+        .to_string()
+        .contains("You decide whether"));
+    let home = format!("/var/lib/picortex/chats/{}", chat_tag(&group));
+    let files = m.ok(&format!("find {home}/.claude/projects -name '*.jsonl'"));
+    let files: Vec<&str> = files.lines().collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "only the answer turn keeps a transcript: {files:?}"
+    );
+    let transcript = m.ok(&format!("cat {}", files[0]));
+    assert!(transcript.contains("marker-7781"));
+    assert!(
+        !transcript.contains("You decide whether"),
+        "the discriminator's question is in the chat's session"
+    );
+}
