@@ -104,6 +104,23 @@ pub trait Provision {
         file: OwnedFd,
     ) -> zbus::Result<(String, String, u64)>;
 
+    /// Copies of the files the agent left in the chat's `outbox/` to be sent (media out): only
+    /// regular files of a type Linq takes, at most [`INBOX_MAX_BYTES`] each, never through a
+    /// symlink. Returns ((name, content type, size, sha256 hex, memory copy)…, (name, why
+    /// refused)…). Nothing is removed: see `clear_outbox`.
+    #[allow(clippy::type_complexity)]
+    fn collect_outbox(
+        &self,
+        chat_id: &str,
+    ) -> zbus::Result<(
+        Vec<(String, String, u64, String, OwnedFd)>,
+        Vec<(String, String)>,
+    )>;
+
+    /// Remove each (name, sha256) from the chat's `outbox/` if the name still holds those bytes
+    /// (once the gateway has recorded the file for sending). Returns how many were removed.
+    fn clear_outbox(&self, chat_id: &str, done: Vec<(String, String)>) -> zbus::Result<u32>;
+
     /// Stop and forget a finished turn's unit (it is kept, RemainAfterExit, until the gateway has
     /// read its outcome).
     fn release_turn(&self, turn_id: &str) -> zbus::Result<()>;

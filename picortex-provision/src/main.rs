@@ -14,6 +14,7 @@ mod failpoint;
 mod hostaddr;
 mod inbox;
 mod limits;
+mod outfiles;
 mod service;
 mod share;
 mod units;

@@ -592,6 +592,122 @@ impl Provision {
         }
     }
 
+    /// Copies of the sendable files in the chat's `outbox/` (src/outfiles.rs). Authorised as
+    /// StartTurn is.
+    #[allow(clippy::type_complexity)]
+    async fn collect_outbox(
+        &self,
+        chat_id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(
+        Vec<(String, String, u64, String, OwnedFd)>,
+        Vec<(String, String)>,
+    )> {
+        let _g = self.activity.enter();
+        const OP: &str = "CollectOutbox";
+        let chat = ChatId::parse(chat_id);
+        let shown_chat = shown(&chat, ChatId::as_str);
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, "").await?;
+        let chat = chat.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
+        let _chat_lock = self.chats.lock(&chat).await;
+        let c = chat.clone();
+        let r =
+            tokio::task::spawn_blocking(move || -> Result<crate::outfiles::Collected, String> {
+                let tag = users::existing_tag(&c)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("chat {c} is not provisioned"))?;
+                let acct = users::account(&tag).map_err(|e| e.to_string())?;
+                crate::outfiles::collect(
+                    std::path::Path::new(&acct.home),
+                    acct.uid,
+                    picortex_proto::bus::INBOX_MAX_BYTES,
+                )
+            })
+            .await
+            .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        match r {
+            Ok(col) => {
+                let names: Vec<String> = col
+                    .files
+                    .iter()
+                    .map(|f| format!("{} ({} bytes, sha256 {})", f.name, f.size, f.sha256))
+                    .chain(
+                        col.refused
+                            .iter()
+                            .map(|(n, why)| format!("{n} refused: {why}")),
+                    )
+                    .collect();
+                audit::record(OP, &caller, chat.as_str(), "", "ok", &names.join("; "));
+                let files = col
+                    .files
+                    .into_iter()
+                    .map(|f| (f.name, f.mime, f.size, f.sha256, OwnedFd::from(f.copy)))
+                    .collect();
+                Ok((files, col.refused))
+            }
+            Err(e) => {
+                audit::record(OP, &caller, chat.as_str(), "", "failed", &e);
+                Err(fdo::Error::Failed(e))
+            }
+        }
+    }
+
+    /// Remove recorded files from the chat's `outbox/` (src/outfiles.rs).
+    async fn clear_outbox(
+        &self,
+        chat_id: &str,
+        done: Vec<(String, String)>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<u32> {
+        let _g = self.activity.enter();
+        const OP: &str = "ClearOutbox";
+        let chat = ChatId::parse(chat_id);
+        let shown_chat = shown(&chat, ChatId::as_str);
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, "").await?;
+        let chat = chat.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
+        if done.len() > crate::outfiles::MAX_FILES * 4 {
+            return Err(bad_input(
+                OP,
+                &caller,
+                chat.as_str(),
+                "",
+                "too many names".into(),
+            ));
+        }
+        let _chat_lock = self.chats.lock(&chat).await;
+        let c = chat.clone();
+        let d = done.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<u32, String> {
+            let tag = users::existing_tag(&c)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("chat {c} is not provisioned"))?;
+            let acct = users::account(&tag).map_err(|e| e.to_string())?;
+            crate::outfiles::clear(std::path::Path::new(&acct.home), acct.uid, &d)
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        match r {
+            Ok(n) => {
+                let names: Vec<&str> = done.iter().map(|(n, _)| n.as_str()).collect();
+                audit::record(
+                    OP,
+                    &caller,
+                    chat.as_str(),
+                    "",
+                    "ok",
+                    &format!("removed {n} of {}", names.join(", ")),
+                );
+                Ok(n)
+            }
+            Err(e) => {
+                audit::record(OP, &caller, chat.as_str(), "", "failed", &e);
+                Err(fdo::Error::Failed(e))
+            }
+        }
+    }
+
     /// Stop and forget a finished turn's unit.
     async fn release_turn(
         &self,

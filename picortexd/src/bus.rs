@@ -328,6 +328,42 @@ impl Bus {
         self.check(r).await
     }
 
+    /// Copies of the sendable files in the chat's `outbox/` (picortexd/src/media/out.rs).
+    #[allow(clippy::type_complexity)]
+    pub async fn collect_outbox(
+        &self,
+        chat_id: &str,
+    ) -> Result<
+        (
+            Vec<(String, String, u64, String, zbus::OwnedFd)>,
+            Vec<(String, String)>,
+        ),
+        BusError,
+    > {
+        let r = self
+            .provision()
+            .await?
+            .collect_outbox(chat_id)
+            .await
+            .map_err(helper_err);
+        self.check(r).await
+    }
+
+    /// Remove recorded files from the chat's `outbox/`.
+    pub async fn clear_outbox(
+        &self,
+        chat_id: &str,
+        done: Vec<(String, String)>,
+    ) -> Result<u32, BusError> {
+        let r = self
+            .provision()
+            .await?
+            .clear_outbox(chat_id, done)
+            .await
+            .map_err(helper_err);
+        self.check(r).await
+    }
+
     pub async fn archive_chat(&self, chat_id: &str) -> Result<String, BusError> {
         let r = self
             .provision()

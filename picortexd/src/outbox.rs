@@ -160,15 +160,37 @@ impl Outbox {
                 Err(e) => return tracing::error!(error = %e, "cannot read the log"),
             }
         }
-        let r = self
-            .linq
-            .send_message(
-                &o.chat_id,
-                &o.text,
-                o.reply_to.as_deref(),
-                &o.idempotency_key,
-            )
-            .await;
+        let r = match &o.file {
+            // A file the agent left in outbox/ (picortexd/src/media/out.rs), spooled.
+            Some(f) => match std::fs::read(&f.path) {
+                Ok(bytes) => {
+                    self.linq
+                        .send_file(
+                            &o.chat_id,
+                            &bytes,
+                            &f.name,
+                            &f.mime,
+                            o.reply_to.as_deref(),
+                            &o.idempotency_key,
+                        )
+                        .await
+                }
+                Err(e) => Err(crate::linq::client::LinqError::Invalid(format!(
+                    "spooled file {}: {e}",
+                    f.path
+                ))),
+            },
+            None => {
+                self.linq
+                    .send_message(
+                        &o.chat_id,
+                        &o.text,
+                        o.reply_to.as_deref(),
+                        &o.idempotency_key,
+                    )
+                    .await
+            }
+        };
         let _g = span.enter();
         match r {
             Ok(sent) => {
@@ -176,13 +198,19 @@ impl Outbox {
                 self.note_sent(&o.chat_id);
                 tracing::info!(linq_message = %sent.message_id, attempts = o.attempts + 1, "reply sent");
                 let (oo, mid) = (o.clone(), sent.message_id.clone());
-                if let Err(e) = self
+                match self
                     .store
                     .call(move |t| queries::outbox_sent(t, &oo, &mid))
                     .await
                 {
+                    // A sent file's spooled copy is no longer needed.
+                    Ok(()) => {
+                        if let Some(f) = &o.file {
+                            let _ = std::fs::remove_file(&f.path);
+                        }
+                    }
                     // Linq has it; the idempotency key makes the re-send after restart harmless.
-                    tracing::error!(error = %e, "reply sent but not recorded");
+                    Err(e) => tracing::error!(error = %e, "reply sent but not recorded"),
                 }
             }
             Err(e) => {

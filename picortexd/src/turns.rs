@@ -620,6 +620,22 @@ impl Turns {
             .map(|r| r.requests.clone())
             .unwrap_or_default();
         self.record(&job, fin, &r.text, &requests).await;
+        if r.outcome == O::Ok {
+            // Files the agent left in outbox/ go after the reply, in the same thread.
+            let spool = self.results_dir.with_file_name("spool");
+            let n = crate::media::out::collect(
+                &self.store,
+                &self.bus,
+                &spool,
+                &job.chat_id,
+                &job.turn_id,
+                job.reply_to.as_deref(),
+            )
+            .await;
+            if n > 0 {
+                self.outbox_wake.notify_one();
+            }
+        }
         if end.is_some() {
             if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                 tracing::warn!(error = %e, "could not release the turn unit");
@@ -923,7 +939,7 @@ impl Turns {
     /// Groups have no typing indicator: when a group turn is still running after
     /// `[turns] group_ack_after_s`, put a tapback on the message it answers, once.
     fn ack_if_long(&self, job: &TurnJob) {
-        let after = self.cfg.turns.group_ack_after_s;
+        let after = self.cfg.get().turns.group_ack_after_s;
         let Some(message) = job.reply_to.clone().filter(|_| after > 0) else {
             return;
         };

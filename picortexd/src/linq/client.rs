@@ -242,6 +242,84 @@ impl LinqClient {
         })
     }
 
+    /// Send a file as a media part (Linq's attachment flow): `POST /v3/attachments` with its
+    /// name, type and size; `PUT` the bytes to the presigned `upload_url` with its
+    /// `required_headers` (no partner token: the URL is the capability); then a message with
+    /// `{type: "media", attachment_id}`, under `idempotency_key` (a re-send after a crash makes a
+    /// second attachment at most, never a second message).
+    pub async fn send_file(
+        &self,
+        chat_id: &str,
+        file: &[u8],
+        name: &str,
+        mime: &str,
+        reply_to: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<SentMessage, LinqError> {
+        check_id("chat id", chat_id)?;
+        let body = json!({"filename": name, "content_type": mime, "size_bytes": file.len()});
+        let resp = self
+            .call(Method::POST, "/v3/attachments", Some(&body))
+            .await?;
+        #[derive(Deserialize)]
+        struct Created {
+            attachment_id: String,
+            upload_url: String,
+            #[serde(default)]
+            required_headers: std::collections::HashMap<String, String>,
+        }
+        let c: Created = serde_json::from_slice(&resp)
+            .map_err(|e| LinqError::Protocol(format!("attachment response: {e}")))?;
+        check_id("attachment id", &c.attachment_id)?;
+        if !(c.upload_url.starts_with("https://") || c.upload_url.starts_with("http://")) {
+            return Err(LinqError::Protocol(
+                "upload_url is not an http(s) URL".into(),
+            ));
+        }
+        let mut put = self.http.put(&c.upload_url).body(file.to_vec());
+        for (k, v) in &c.required_headers {
+            put = put.header(k.as_str(), v.as_str());
+        }
+        let up = put.send().await.map_err(|e| transport_error(&e))?;
+        if !up.status().is_success() {
+            let status = up.status();
+            let headers = up.headers().clone();
+            let bytes = up.bytes().await.unwrap_or_default();
+            return Err(classify(status, &headers, &bytes));
+        }
+        let mut message = json!({
+            "parts": [{"type": "media", "attachment_id": c.attachment_id}],
+            "idempotency_key": idempotency_key,
+        });
+        if let Some(reply) = reply_to {
+            check_id("reply_to message id", reply)?;
+            message["reply_to"] = json!({ "message_id": reply });
+        }
+        let path = format!("/v3/chats/{chat_id}/messages");
+        let resp = self
+            .call(Method::POST, &path, Some(&json!({ "message": message })))
+            .await?;
+        #[derive(Deserialize)]
+        struct Resp {
+            chat_id: Option<String>,
+            message: RespMessage,
+        }
+        #[derive(Deserialize)]
+        struct RespMessage {
+            id: String,
+            delivery_status: Option<String>,
+            service: Option<String>,
+        }
+        let r: Resp = serde_json::from_slice(&resp)
+            .map_err(|e| LinqError::Protocol(format!("send response for chat {chat_id}: {e}")))?;
+        Ok(SentMessage {
+            chat_id: r.chat_id.unwrap_or_else(|| chat_id.to_owned()),
+            message_id: r.message.id,
+            delivery_status: r.message.delivery_status,
+            service: r.message.service,
+        })
+    }
+
     /// `POST /v3/chats`: open a 1:1 chat from the bot's line `from` to `to` with a first text
     /// message (which may not contain a URL, code 1005). The idempotency key makes a retry after
     /// a lost answer return the same chat and message instead of a second one.

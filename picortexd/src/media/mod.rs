@@ -8,6 +8,8 @@
 //!
 //! The decisions (which URL, which name, what the prompt says) are the pure functions below.
 
+pub mod out;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -18,3 +18,11 @@ CREATE TABLE media (
     created_at     INTEGER NOT NULL,
     UNIQUE (message_id, part_index)
 );
+
+-- Media out: an outbox row may carry a file the agent left in outbox/ (picortexd/src/media/out.rs),
+-- spooled in the gateway's state directory; sent through Linq's attachment flow as a media part.
+ALTER TABLE outbox ADD COLUMN file_path TEXT;      -- the spooled copy
+ALTER TABLE outbox ADD COLUMN file_name TEXT;
+ALTER TABLE outbox ADD COLUMN file_mime TEXT;
+ALTER TABLE outbox ADD COLUMN file_sha256 TEXT;
+ALTER TABLE outbox ADD COLUMN file_cleared INTEGER NOT NULL DEFAULT 1;  -- 0 until removed from outbox/

@@ -549,6 +549,16 @@ pub struct Outgoing {
     pub attempts: u32,
     /// The turn this part answers, for the journal (PICORTEX_TURN).
     pub turn_id: Option<String>,
+    /// A file to send as a media part instead of `text` (media out).
+    pub file: Option<OutFile>,
+}
+
+/// A spooled file an outbox row sends (picortexd/src/media/out.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFile {
+    pub path: String,
+    pub name: String,
+    pub mime: String,
 }
 
 /// The oldest pending part of each chat (or each handle without a chat yet), if it is due: parts
@@ -558,7 +568,8 @@ pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing
     let jumped =
         now.saturating_add(crate::linq::client::MAX_RETRY_DELAY.as_millis() as i64 + 60_000);
     let mut st = t.prepare_cached(
-        "SELECT o.id, COALESCE(o.chat_id, ''), o.to_handle, o.from_handle, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id
+        "SELECT o.id, COALESCE(o.chat_id, ''), o.to_handle, o.from_handle, o.text, o.reply_to, o.idempotency_key, o.attempts, o.turn_id,
+                o.file_path, o.file_name, o.file_mime
          FROM outbox o
          WHERE o.status = 'pending' AND (o.next_attempt_at <= ?1 OR o.next_attempt_at > ?3)
            AND o.id = (SELECT MIN(id) FROM outbox p WHERE p.status = 'pending'
@@ -582,6 +593,10 @@ pub fn due_outbox(t: &Connection, now: i64, limit: usize) -> Result<Vec<Outgoing
                 idempotency_key: r.get(6)?,
                 attempts: r.get::<_, i64>(7)? as u32,
                 turn_id: r.get(8)?,
+                file: match (r.get(9)?, r.get(10)?, r.get(11)?) {
+                    (Some(path), Some(name), Some(mime)) => Some(OutFile { path, name, mime }),
+                    _ => None,
+                },
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -152,3 +152,131 @@ fn media_from_elsewhere_oversized_or_expired_is_refused() {
         "{reply}"
     );
 }
+
+/// The media messages the bot sent in `chat`: (filename, reply_to, url).
+fn files_sent(m: &Machine, chat: &str) -> Vec<(String, String, String)> {
+    m.sim()
+        .sent(chat)
+        .iter()
+        .flat_map(|msg| {
+            let reply_to = msg["reply_to"].as_str().unwrap_or("").to_owned();
+            msg["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p["type"] == "media")
+                .map(move |p| {
+                    (
+                        p["filename"].as_str().unwrap_or("").to_owned(),
+                        reply_to.clone(),
+                        p["url"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn boot_outbox_machine() -> Machine {
+    let m = Machine::boot();
+    std::fs::write(
+        m.path("/etc/picortex/credentials/anthropic-api-key"),
+        "sk-ant-media",
+    )
+    .unwrap();
+    m.ok("chmod 600 /etc/picortex/credentials/anthropic-api-key");
+    m.use_real_cli("");
+    m.set_config("turns", "permission_mode", "\"bypassPermissions\"");
+    m
+}
+
+const MAKE_FILES: &str = "mkdir -p outbox && printf 'quarterly numbers\\n' > outbox/report.txt \
+    && ln -s /etc/hostname outbox/host.txt && printf 'MZ' > outbox/tool.exe && echo made";
+
+/// Done-when 2 and 3 (media out): a file the real CLI leaves in `outbox/` reaches the chat as an
+/// uploaded attachment in the thread, once; a symlink and a type Linq rejects are not sent (and
+/// not followed); the sent file leaves `outbox/`.
+#[test]
+fn a_file_the_agent_leaves_in_outbox_is_sent_once_in_the_thread() {
+    let m = boot_outbox_machine();
+    m.start_picortex();
+    m.api_script(json!([{"match": "send me the report", "steps": [
+        {"tool_use": {"name": "Bash", "input": {"command": MAKE_FILES, "description": "files"}}},
+        {"text": "here it is"}]}]));
+    let sim = m.sim();
+    let r = sim.text(OWNER, None, "send me the report");
+    let chat = r["chat_id"].as_str().unwrap().to_owned();
+    let asked = r["message_id"].as_str().unwrap().to_owned();
+    m.wait_reply_containing(&chat, "here it is", T);
+    let sent = m.wait_for("the report at the simulator", T, || {
+        let f = files_sent(&m, &chat);
+        (!f.is_empty()).then_some(f)
+    });
+    m.wait_settled(T);
+    // Another turn: nothing is sent again.
+    sim.text(OWNER, Some(&chat), "thanks");
+    m.wait_reply_containing(&chat, "thanks", T);
+    m.wait_settled(T);
+    let sent_after = files_sent(&m, &chat);
+    assert_eq!(sent_after, sent, "sent again");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (name, reply_to, url) = &sent[0];
+    assert_eq!(name, "report.txt");
+    assert_eq!(reply_to, &asked, "not in the thread");
+    assert_eq!(m.ok(&format!("curl -sf '{url}'")), "quarterly numbers\n");
+    let upload = sim.calls("/api/partner/v3/attachments", "POST");
+    assert_eq!(upload.len(), 1, "{upload:?}");
+    let home = format!("/var/lib/picortex/chats/{}", chat_tag(&chat));
+    let left = m.ok(&format!("ls -A {home}/outbox"));
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["host.txt", "tool.exe"],
+        "the refused entries stay, the sent one is gone"
+    );
+    let audit = m.journal("");
+    assert!(
+        audit.contains("outbox/host.txt not sent: a symlink"),
+        "no refusal logged"
+    );
+    assert!(audit.contains("outbox/tool.exe not sent: a type Linq does not take"));
+}
+
+/// Exactly once across a crash: the gateway is killed after recording the file and before the
+/// helper removes it from `outbox/`; after the restart it is sent once, and the next turn finds
+/// it recorded and only removes it.
+#[test]
+fn a_gateway_killed_between_recording_and_clearing_sends_the_file_once() {
+    let m = boot_outbox_machine();
+    m.arm_failpoint("media-out-recorded");
+    m.start_picortex();
+    m.api_script(json!([{"match": "send me the report", "steps": [
+        {"tool_use": {"name": "Bash", "input": {"command": MAKE_FILES, "description": "files"}}},
+        {"text": "here it is"}]}]));
+    let sim = m.sim();
+    let r = sim.text(OWNER, None, "send me the report");
+    let chat = r["chat_id"].as_str().unwrap().to_owned();
+    m.wait_for("the crash point", T, || m.failpoint_fired().then_some(()));
+    let home = format!("/var/lib/picortex/chats/{}", chat_tag(&chat));
+    assert_eq!(
+        m.sh(&format!("test -f {home}/outbox/report.txt")).code,
+        0,
+        "cleared before the crash point"
+    );
+    m.wait_for("the report at the simulator", T, || {
+        (!files_sent(&m, &chat).is_empty()).then_some(())
+    });
+    m.wait_settled(T);
+    sim.text(OWNER, Some(&chat), "and again?");
+    m.wait_reply_containing(&chat, "and again?", T);
+    m.wait_settled(T);
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = files_sent(&m, &chat);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        m.sh(&format!("test -e {home}/outbox/report.txt")).code,
+        1,
+        "the recorded file was not removed by the next collection"
+    );
+}
