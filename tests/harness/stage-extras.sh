@@ -6,12 +6,13 @@ set -euo pipefail
 stage=$1 targetdir=$2
 install -Dm755 "$targetdir/linq-sim"       "$stage/usr/lib/picortex-test/linq-sim"
 install -Dm755 "$targetdir/claude-standin" "$stage/usr/lib/picortex-test/claude-standin"
-install -Dm755 tests/anthropic-standin/anthropic_standin.py "$stage/usr/lib/picortex-test/anthropic-standin"
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+install -Dm755 "$repo/tests/anthropic-standin/anthropic_standin.py" "$stage/usr/lib/picortex-test/anthropic-standin"
 
 # The real Claude Code CLI (pinned, build/claude-cli; tests/harness/install-claude-cli.sh). A
 # symlink, not a copy: the binary is ~380 MB and every machine boot copies the stage into its
 # tmpfs, while the host's / is the machine's lower layer, so the path resolves inside it as is.
-cli=$(pwd)/build/claude-cli/node_modules/@anthropic-ai/claude-code-linux-x64/claude
+cli=$repo/build/claude-cli/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 if [ -x "$cli" ]; then
   ln -sfn "$cli" "$stage/usr/lib/picortex-test/claude"
 else
