@@ -31,11 +31,12 @@ fn the_api_key_is_a_credential_of_the_turn_and_nothing_else() {
     sim.text("+15550002000", Some(&chat), "#auth #sleep=4 a long one");
     let unit = m.wait_for("a running turn unit", Duration::from_secs(20), || {
         let u = m
-            .sh("systemctl list-units --no-legend --plain 'picortex-turn-*' | awk '{print $1}'")
+            .sh("systemctl list-units --no-legend --plain --state=running 'picortex-turn-*' | awk '{print $1}'")
             .stdout;
         let u = u.trim().to_owned();
         (!u.is_empty()).then_some(u)
     });
+    // Give the agent inside the sleeping turn time to start, so that its environment is searched.
     std::thread::sleep(Duration::from_millis(500));
     // The searches read the key from a file, so that their own command lines do not contain it.
     std::fs::write(m.path("/root/needle"), KEY).unwrap();
@@ -50,8 +51,9 @@ fn the_api_key_is_a_credential_of_the_turn_and_nothing_else() {
         .sh("grep -r -l -a -F -f /root/needle /var/lib/picortex /home /tmp 2>/dev/null || true")
         .stdout;
     assert!(home_hits.trim().is_empty(), "key in files: {home_hits}");
-    // Every turn unit loaded now (the running turn, and perhaps the chat's spare or a unit not
-    // yet released) has the key only as a credential.
+    // Every turn unit running now (the sleeping turn, and perhaps a spare: both hold the
+    // credential; a finished unit may be released before it is looked at) has the key only as
+    // a credential.
     let mut checked = 0;
     for unit in unit.split_whitespace() {
         let props = m.sh(&format!("systemctl show {unit}")).stdout;
