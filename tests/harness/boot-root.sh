@@ -12,6 +12,16 @@ mkdir -p "$work/rw/upper" "$work/rw/work" "$work/root"
 [ -n "$stage" ] && cp -a "$stage/." "$work/rw/upper/"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/rw/upper,workdir=$work/rw/work" "$work/root"
 root=$work/root
+# Host directories the stage asks for, read-only at fixed places (HOST:GUEST per line; the real
+# Claude Code CLI, see stage-extras.sh).
+if [ -f "$root/usr/lib/picortex-test/host-binds" ]; then
+  while IFS=: read -r src dst; do
+    [ -d "$src" ] || continue
+    mkdir -p "$root$dst"
+    mount --bind "$src" "$root$dst"
+    mount -o remount,bind,ro "$root$dst"
+  done < "$root/usr/lib/picortex-test/host-binds"
+fi
 # MACHINE_BIND=HOST_DIR:GUEST_DIR puts a directory of the host's disk into the machine (the bench
 # measures ingest with the state directory on a real disk). Only what the caller names.
 if [ -n "${MACHINE_BIND:-}" ]; then

@@ -9,12 +9,17 @@ install -Dm755 "$targetdir/claude-standin" "$stage/usr/lib/picortex-test/claude-
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 install -Dm755 "$repo/tests/anthropic-standin/anthropic_standin.py" "$stage/usr/lib/picortex-test/anthropic-standin"
 
-# The real Claude Code CLI (pinned, build/claude-cli; tests/harness/install-claude-cli.sh). A
-# symlink, not a copy: the binary is ~380 MB and every machine boot copies the stage into its
-# tmpfs, while the host's / is the machine's lower layer, so the path resolves inside it as is.
+# The real Claude Code CLI (pinned, build/claude-cli; tests/harness/install-claude-cli.sh). Not
+# a copy: the binary is ~380 MB and every machine boot copies the stage into its tmpfs. Nor a
+# symlink to the host's path: a machine has its own /tmp (and a turn a private one), so a clone
+# under /tmp would point nowhere. The harness binds the package's directory, read-only, at a
+# fixed place in each machine (host-binds, read by boot-root.sh).
 cli=$repo/build/claude-cli/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 if [ -x "$cli" ]; then
-  ln -sfn "$cli" "$stage/usr/lib/picortex-test/claude"
+  clidir=$(dirname "$(readlink -f "$cli")")
+  install -d "$stage/usr/lib/picortex-test/claude-cli"
+  ln -sfn /usr/lib/picortex-test/claude-cli/claude "$stage/usr/lib/picortex-test/claude"
+  printf '%s:%s\n' "$clidir" /usr/lib/picortex-test/claude-cli > "$stage/usr/lib/picortex-test/host-binds"
 else
   echo "stage-extras: no real Claude Code CLI at $cli (tests/harness/install-claude-cli.sh); the real-CLI tests will fail" >&2
 fi

@@ -663,7 +663,7 @@ impl Machine {
 
 // ---- the real Claude Code CLI and the Messages API stand-in (tests/real_cli.rs) ----
 
-/// Where `make stage` links the pinned real CLI (tests/harness/install-claude-cli.sh).
+/// Where the pinned real CLI is in a machine (tests/harness/stage-extras.sh binds it in).
 pub const REAL_CLI: &str = "/usr/lib/picortex-test/claude";
 /// The Messages API stand-in's test host (tests/anthropic-standin), in a network namespace of
 /// its own behind a veth pair: a public-looking address the turns' egress fence lets through.
@@ -675,9 +675,9 @@ impl Machine {
     /// and start the stand-in. `extra_env` adds `NAME = "value"` entries to `[agent] env`.
     /// Fails (never skips) when the stage has no real CLI. Call before `start_picortex`.
     pub fn use_real_cli(&self, extra_env: &str) {
-        let cli = self.path(REAL_CLI);
+        // Checked inside the machine: the CLI is bound in from the host (see stage-extras.sh).
         assert!(
-            std::fs::metadata(&cli).is_ok(),
+            self.sh(&format!("test -x {REAL_CLI}")).code == 0,
             "no real Claude Code CLI in the stage at {REAL_CLI}: run `make stage` (it installs \
              the pinned CLI with tests/harness/install-claude-cli.sh)"
         );
