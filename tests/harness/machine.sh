@@ -17,48 +17,9 @@ enter() {
     env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
 }
 
-case ${1:-} in
-boot)
-  stage=$2 name=$3
-  [ "$(id -u)" = 0 ] || { echo "machine.sh: must run as root (it boots a systemd in namespaces)" >&2; exit 1; }
-  [ -d "$stage" ] || { echo "machine.sh: no staged install at $stage (run: make stage)" >&2; exit 1; }
-  work=$base/$name
-  rm -rf "$work"; mkdir -p "$work/rw" "$work/root"
-  setsid unshare --pid --fork --mount --propagation private --uts --ipc --net \
-    "$here/boot-root.sh" "$work" "$stage" "$name" </dev/null >"$work/console.log" 2>&1 &
-  outer=$!
-  pid=""
-  for _ in $(seq 1 100); do
-    pid=$(pgrep -P "$outer" -x systemd || true)
-    [ -n "$pid" ] && break
-    if ! kill -0 "$outer" 2>/dev/null; then echo "machine.sh: boot failed:" >&2; cat "$work/console.log" >&2; exit 1; fi
-    sleep 0.1
-  done
-  [ -n "$pid" ] || { echo "machine.sh: systemd did not start" >&2; cat "$work/console.log" >&2; exit 1; }
-  echo "$pid" > "$work/pid"
-  for _ in $(seq 1 200); do
-    [ -S "/proc/$pid/root/run/systemd/private" ] && break
-    sleep 0.05
-  done
-  state=$(timeout 90 nsenter -t "$pid" -m -p -u -i -n -C -r -w env -i PATH=/usr/bin:/bin systemctl is-system-running --wait 2>/dev/null || true)
-  case $state in
-    running) ;;
-    *) echo "machine.sh: machine $name is $state after boot:" >&2
-       enter "$pid" systemctl --failed --no-pager >&2 || true ;;
-  esac
-  echo "$pid"
-  ;;
-exec)
-  pid=$2; shift 2
-  enter "$pid" "$@"
-  ;;
-journal)
-  pid=$2; shift 2
-  enter "$pid" journalctl --no-pager -o short-precise "$@"
-  ;;
-stop)
-  pid=$2 name=$3
-  loops=""
+# Power a machine off (PID: its systemd as the host sees it) and remove every trace of it.
+stop_machine() {
+  local pid=$1 name=$2 loops=""
   if kill -0 "$pid" 2>/dev/null; then
     # The loop device under the machine's chats filesystem (var-lib-picortex-chats.mount), by
     # device and backing inode, so that only that one is ever detached below.
@@ -86,6 +47,66 @@ stop)
     fi
   done <<< "$loops"
   rm -rf "${base:?}/$name"
+}
+
+case ${1:-} in
+boot)
+  stage=$2 name=$3
+  [ "$(id -u)" = 0 ] || { echo "machine.sh: must run as root (it boots a systemd in namespaces)" >&2; exit 1; }
+  [ -d "$stage" ] || { echo "machine.sh: no staged install at $stage (run: make stage)" >&2; exit 1; }
+  work=$base/$name
+  rm -rf "$work"; mkdir -p "$work/rw" "$work/root"
+  setsid unshare --pid --fork --mount --propagation private --uts --ipc --net \
+    "$here/boot-root.sh" "$work" "$stage" "$name" </dev/null >"$work/console.log" 2>&1 &
+  outer=$!
+  # Whatever ends this script before the machine is handed over (a failure below, a signal, a
+  # caller's timeout) takes the machine down with it: a machine nobody knows the PID of would
+  # outlive its test. Killing the namespace's init (the unshare's child) ends all inside it.
+  handed_over=""
+  abandon() {
+    [ -n "$handed_over" ] && return
+    local init
+    init=$(pgrep -P "$outer" | head -n1 || true)
+    [ -z "$init" ] || kill -KILL "$init" 2>/dev/null || true
+    kill -KILL "$outer" 2>/dev/null || true
+    wait "$outer" 2>/dev/null || true
+    stop_machine "${init:-$outer}" "$name"
+  }
+  trap abandon EXIT
+  trap 'exit 130' INT TERM HUP
+  pid=""
+  # Slow under load: the boot copies the stage into a tmpfs first.
+  for _ in $(seq 1 600); do
+    pid=$(pgrep -P "$outer" -x systemd || true)
+    [ -n "$pid" ] && break
+    if ! kill -0 "$outer" 2>/dev/null; then echo "machine.sh: boot failed:" >&2; cat "$work/console.log" >&2; exit 1; fi
+    sleep 0.1
+  done
+  [ -n "$pid" ] || { echo "machine.sh: systemd did not start within 60 s" >&2; cat "$work/console.log" >&2; exit 1; }
+  echo "$pid" > "$work/pid"
+  for _ in $(seq 1 200); do
+    [ -S "/proc/$pid/root/run/systemd/private" ] && break
+    sleep 0.05
+  done
+  state=$(timeout 90 nsenter -t "$pid" -m -p -u -i -n -C -r -w env -i PATH=/usr/bin:/bin systemctl is-system-running --wait 2>/dev/null || true)
+  case $state in
+    running) ;;
+    *) echo "machine.sh: machine $name is $state after boot:" >&2
+       enter "$pid" systemctl --failed --no-pager >&2 || true ;;
+  esac
+  handed_over=1
+  echo "$pid"
+  ;;
+exec)
+  pid=$2; shift 2
+  enter "$pid" "$@"
+  ;;
+journal)
+  pid=$2; shift 2
+  enter "$pid" journalctl --no-pager -o short-precise "$@"
+  ;;
+stop)
+  stop_machine "$2" "$3"
   ;;
 *)
   sed -n '2,12p' "$0" >&2; exit 2 ;;
