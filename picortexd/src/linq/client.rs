@@ -204,23 +204,37 @@ impl LinqClient {
         if text.trim().is_empty() {
             return Err(LinqError::Invalid("message text is empty".into()));
         }
-        if idempotency_key.is_empty() || idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(LinqError::Invalid(format!(
-                "idempotency key must be 1..={MAX_IDEMPOTENCY_KEY_LEN} characters"
-            )));
-        }
+        check_idempotency_key(idempotency_key)?;
+        self.post_message(
+            chat_id,
+            json!({"type": "text", "value": text}),
+            reply_to,
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// `POST /v3/chats/{chat_id}/messages` with one `part`, in-thread when `reply_to` is set,
+    /// under `idempotency_key` (checked by the caller).
+    async fn post_message(
+        &self,
+        chat_id: &str,
+        part: serde_json::Value,
+        reply_to: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<SentMessage, LinqError> {
         let mut message = json!({
-            "parts": [{"type": "text", "value": text}],
+            "parts": [part],
             "idempotency_key": idempotency_key,
         });
         if let Some(reply) = reply_to {
             check_id("reply_to message id", reply)?;
             message["reply_to"] = json!({ "message_id": reply });
         }
-        let body = json!({ "message": message });
         let path = format!("/v3/chats/{chat_id}/messages");
-        let resp = self.call(Method::POST, &path, Some(&body)).await?;
-
+        let resp = self
+            .call(Method::POST, &path, Some(&json!({ "message": message })))
+            .await?;
         #[derive(Deserialize)]
         struct Resp {
             chat_id: Option<String>,
@@ -257,6 +271,8 @@ impl LinqClient {
         idempotency_key: &str,
     ) -> Result<SentMessage, LinqError> {
         check_id("chat id", chat_id)?;
+        // Before the upload: a bad key must not leave an attachment behind.
+        check_idempotency_key(idempotency_key)?;
         let body = json!({"filename": name, "content_type": mime, "size_bytes": file.len()});
         let resp = self
             .call(Method::POST, "/v3/attachments", Some(&body))
@@ -287,37 +303,13 @@ impl LinqClient {
             let bytes = up.bytes().await.unwrap_or_default();
             return Err(classify(status, &headers, &bytes));
         }
-        let mut message = json!({
-            "parts": [{"type": "media", "attachment_id": c.attachment_id}],
-            "idempotency_key": idempotency_key,
-        });
-        if let Some(reply) = reply_to {
-            check_id("reply_to message id", reply)?;
-            message["reply_to"] = json!({ "message_id": reply });
-        }
-        let path = format!("/v3/chats/{chat_id}/messages");
-        let resp = self
-            .call(Method::POST, &path, Some(&json!({ "message": message })))
-            .await?;
-        #[derive(Deserialize)]
-        struct Resp {
-            chat_id: Option<String>,
-            message: RespMessage,
-        }
-        #[derive(Deserialize)]
-        struct RespMessage {
-            id: String,
-            delivery_status: Option<String>,
-            service: Option<String>,
-        }
-        let r: Resp = serde_json::from_slice(&resp)
-            .map_err(|e| LinqError::Protocol(format!("send response for chat {chat_id}: {e}")))?;
-        Ok(SentMessage {
-            chat_id: r.chat_id.unwrap_or_else(|| chat_id.to_owned()),
-            message_id: r.message.id,
-            delivery_status: r.message.delivery_status,
-            service: r.message.service,
-        })
+        self.post_message(
+            chat_id,
+            json!({"type": "media", "attachment_id": c.attachment_id}),
+            reply_to,
+            idempotency_key,
+        )
+        .await
     }
 
     /// `POST /v3/chats`: open a 1:1 chat from the bot's line `from` to `to` with a first text
@@ -490,6 +482,15 @@ impl LinqClient {
 
 /// Ids are interpolated into URL paths: allow only what Linq's UUIDs and our test ids use, so a
 /// crafted id cannot reach another endpoint.
+fn check_idempotency_key(key: &str) -> Result<(), LinqError> {
+    if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(LinqError::Invalid(format!(
+            "idempotency key must be 1..={MAX_IDEMPOTENCY_KEY_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
 fn check_id(what: &str, id: &str) -> Result<(), LinqError> {
     if picortex_proto::ids::is_linq_id(id) {
         Ok(())
