@@ -25,9 +25,9 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
         .unwrap()
         .to_owned();
     assert!(reply_n(&m, &chat, 1).contains("you said \"hello\""));
-    let spare = m.wait_for("a spare unit", Duration::from_secs(20), || {
-        m.loaded_turn_units().first().cloned()
-    });
+    // Running, waiting for its request: the finished turn's own unit may still be loaded, its
+    // main process gone, while the gateway lets it go after the answer.
+    let spare = m.wait_running_turn(None, Duration::from_secs(20));
     let slice = m.ok(&format!("systemctl show -P Slice {spare}"));
     assert_eq!(
         slice.trim(),
@@ -78,9 +78,7 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
         .unwrap()
         .to_owned();
     reply_n(&m, &chat, 1);
-    m.wait_for("a spare unit", Duration::from_secs(20), || {
-        m.loaded_turn_units().first().cloned()
-    });
+    m.wait_running_turn(None, Duration::from_secs(20));
     let before = m.gateway_invocation();
     sim.text(OWNER, Some(&chat), "second");
     m.wait_for("the crash", Duration::from_secs(20), || {
@@ -114,9 +112,9 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
         .unwrap()
         .to_owned();
     reply_n(&m, &chat, 1);
-    let spare = m.wait_for("a spare unit", Duration::from_secs(20), || {
-        m.loaded_turn_units().first().cloned()
-    });
+    // Running, waiting for its request: the finished turn's own unit may still be loaded, its
+    // main process gone, while the gateway lets it go after the answer.
+    let spare = m.wait_running_turn(None, Duration::from_secs(20));
     m.wait_for("the spare waiting", Duration::from_secs(20), || {
         (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(())
     });

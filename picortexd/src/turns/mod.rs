@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use picortex_proto::bus::limits as L;
 use picortex_proto::ids::TurnId;
-use picortex_proto::turn::{
-    self as proto_turn, parse_result_document, Outcome, TurnRequest, TurnResult, MAX_RESULT_BYTES,
-};
+use picortex_proto::turn::{self as proto_turn, Outcome, TurnRequest, TurnResult};
 use tokio::sync::{mpsc, Notify};
 
 use crate::attention::{discriminator, Mode};
@@ -38,6 +36,9 @@ use crate::store::authority;
 use crate::store::queries::{self, Finished, TurnJob, TurnKind};
 use crate::store::Store;
 
+mod results;
+use results::ResultFiles;
+
 /// Spare units being started at once (see `Turns::spare_loop`).
 const SPARE_STARTS_AT_ONCE: usize = 2;
 /// How long a spare's start waits for turns being started in fresh units, at most.
@@ -49,7 +50,7 @@ pub struct Turns {
     pub linq: Arc<LinqClient>,
     /// The configuration of the moment (`systemctl reload` swaps it).
     pub cfg: crate::config::Live,
-    pub results_dir: PathBuf,
+    results: ResultFiles,
     pub wake: Arc<Notify>,
     pub outbox_wake: Arc<Notify>,
     /// Chats with a turn in flight in this process.
@@ -77,7 +78,7 @@ impl Turns {
             store,
             bus,
             linq,
-            results_dir,
+            results: ResultFiles::new(results_dir),
             wake,
             outbox_wake,
             busy: Mutex::new(HashSet::new()),
@@ -216,7 +217,7 @@ impl Turns {
         let result = if exists {
             None
         } else {
-            self.read_result(&job.unit_id())
+            self.results.read(&job.unit_id())
         };
         match exists {
             true => self.watch_and_finish(job, unit, false).await,
@@ -410,7 +411,8 @@ impl Turns {
         let req_fd = request_memfd(&request)
             .map_err(|e| Failure::internal(format!("request memfd: {e}")))?;
         let res_fd = self
-            .create_result_file(&job.turn_id)
+            .results
+            .create(&job.turn_id)
             .map_err(|e| Failure::internal(format!("result file: {e}")))?;
         let limits = [
             (
@@ -486,10 +488,34 @@ impl Turns {
             } else {
                 Duration::from_secs(60)
             };
-        match self.bus.wait_unit(&unit, give_up).await {
+        let unit_id = job.unit_id();
+        let ended = self.bus.wait_unit(&unit, give_up);
+        tokio::pin!(ended);
+        let answered = tokio::select! {
+            biased;
+            end = &mut ended => Err(end),
+            r = self.results.succeeded(&unit_id) => Ok(r),
+        };
+        let end = match answered {
+            Ok(result) => {
+                // picortex-run has answered and is on its way out: the answer need not wait
+                // for systemd to report that (see `results`). The unit is let go once it has.
+                crate::failpoint::hit("turn-ended");
+                self.finish_with(job, None, Some(result), false).await;
+                if let Err(e) = ended.await {
+                    tracing::warn!(unit = %unit, error = %e, "turn unit did not end after its answer; stopping it");
+                }
+                if let Err(e) = self.bus.release_turn(&unit_id).await {
+                    tracing::warn!(error = %e, "could not release the turn unit");
+                }
+                return;
+            }
+            Err(end) => end,
+        };
+        match end {
             Ok(end) => {
                 crate::failpoint::hit("turn-ended");
-                let result = self.read_result(&job.unit_id());
+                let result = self.results.read(&job.unit_id());
                 self.finish(job, Some(end), result).await;
             }
             Err(e) if spare => {
@@ -519,43 +545,19 @@ impl Turns {
         }
     }
 
-    fn result_path(&self, turn_id: &str) -> PathBuf {
-        self.results_dir.join(format!("{turn_id}.json"))
-    }
-
-    fn create_result_file(&self, turn_id: &str) -> std::io::Result<OwnedFd> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(self.result_path(turn_id))?;
-        Ok(f.into())
-    }
-
-    /// The result document picortex-run wrote; None when there is none. Untrusted: exactly one
-    /// bounded, validated document for this turn (`parse_result_document`), or the turn failed
-    /// with bad output: a rejected document is never a reply.
-    fn read_result(&self, turn_id: &str) -> Option<TurnResult> {
-        let f = std::fs::File::open(self.result_path(turn_id)).ok()?;
-        let mut buf = Vec::new();
-        f.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buf).ok()?;
-        match parse_result_document(&buf, turn_id) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "rejected the turn's result document");
-                Some(TurnResult::failure(
-                    turn_id,
-                    Outcome::BadOutput,
-                    e.to_string(),
-                ))
-            }
-        }
-    }
-
     async fn finish(&self, job: TurnJob, end: Option<UnitEnd>, result: Option<TurnResult>) {
+        let release = end.is_some();
+        self.finish_with(job, end, result, release).await
+    }
+
+    /// Record the turn's end and answer; `release`: let its unit go now (the unit has ended).
+    async fn finish_with(
+        &self,
+        job: TurnJob,
+        end: Option<UnitEnd>,
+        result: Option<TurnResult>,
+        release: bool,
+    ) {
         if job.kind == TurnKind::Discriminate
             && !result
                 .as_ref()
@@ -569,7 +571,7 @@ impl Turns {
             };
             self.finish_discriminator(&job, result.as_ref(), failed)
                 .await;
-            if end.is_some() {
+            if release {
                 if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                     tracing::warn!(error = %e, "could not release the turn unit");
                 }
@@ -592,7 +594,7 @@ impl Turns {
                 tracing::error!(error = %e, "cannot requeue the turn");
             }
             let _ = self.bus.release_turn(&job.unit_id()).await;
-            let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
+            self.results.remove(&job.unit_id());
             return;
         }
         let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg.get());
@@ -622,7 +624,7 @@ impl Turns {
         self.record(&job, fin, &r.text, &requests).await;
         if r.outcome == O::Ok {
             // Files the agent left in outbox/ go after the reply, in the same thread.
-            let spool = self.results_dir.with_file_name("spool");
+            let spool = self.results.dir().with_file_name("spool");
             let n = crate::media::out::collect(
                 &self.store,
                 &self.bus,
@@ -636,7 +638,7 @@ impl Turns {
                 self.outbox_wake.notify_one();
             }
         }
-        if end.is_some() {
+        if release {
             if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                 tracing::warn!(error = %e, "could not release the turn unit");
             }
@@ -671,7 +673,7 @@ impl Turns {
                 }
             }
         }
-        if let Ok(dir) = std::fs::read_dir(&self.results_dir) {
+        if let Ok(dir) = std::fs::read_dir(self.results.dir()) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let id = name.strip_suffix(".json").unwrap_or(&name);
@@ -762,7 +764,7 @@ impl Turns {
                     for s in self.spares.expired(ttl) {
                         drop(s.writer);
                         let _ = self.bus.release_turn(&s.id).await;
-                        let _ = std::fs::remove_file(self.result_path(&s.id));
+                        self.results.remove(&s.id);
                         tracing::debug!(unit = %s.unit, "let go of an unused spare unit");
                     }
                 }
@@ -775,7 +777,7 @@ impl Turns {
         if let Some(s) = self.spares.take(chat_id) {
             drop(s.writer);
             let _ = self.bus.release_turn(&s.id).await;
-            let _ = std::fs::remove_file(self.result_path(&s.id));
+            self.results.remove(&s.id);
             tracing::debug!(chat = %chat_id, unit = %s.unit, "let go of the chat's spare unit");
         }
     }
@@ -802,7 +804,7 @@ impl Turns {
             Ok(p) => p,
             Err(e) => return tracing::warn!(error = %e, "pipe for a spare unit"),
         };
-        let res_fd = match self.create_result_file(&spare_id) {
+        let res_fd = match self.results.create(&spare_id) {
             Ok(f) => f,
             Err(e) => return tracing::warn!(error = %e, "result file for a spare unit"),
         };
@@ -842,7 +844,7 @@ impl Turns {
                 }
             }
             Err(e) => {
-                let _ = std::fs::remove_file(self.result_path(&spare_id));
+                self.results.remove(&spare_id);
                 tracing::debug!(chat = %chat_id, error = %e, "no spare unit");
             }
         }
@@ -910,6 +912,8 @@ impl Turns {
         {
             Ok(()) => {
                 crate::failpoint::hit("turn-recorded");
+                // The reply first; the signal and the log line after it.
+                self.outbox_wake.notify_one();
                 self.bus
                     .turn_finished(
                         &job.chat_id,
@@ -925,8 +929,7 @@ impl Turns {
                     let error = fin.error.as_deref().unwrap_or("");
                     tracing::warn!(target: crate::catalog::TURN_FAILED.0, outcome = %fin.outcome, error, "turn failed: {}{}{error}", fin.outcome, if error.is_empty() { "" } else { ": " });
                 }
-                let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
-                self.outbox_wake.notify_one();
+                self.results.remove(&job.unit_id());
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the turn's end; it will be resumed after a restart")
@@ -1077,7 +1080,7 @@ impl Turns {
                     "discriminator decided: {}",
                     v.reason
                 );
-                let _ = std::fs::remove_file(self.result_path(&job.unit_id()));
+                self.results.remove(&job.unit_id());
                 if v.answer {
                     self.wake.notify_one();
                 }
