@@ -25,6 +25,7 @@ UNITDIR     := $(PREFIX)/lib/systemd/system
 SYSUSERSDIR := $(PREFIX)/lib/sysusers.d
 TMPFILESDIR := $(PREFIX)/lib/tmpfiles.d
 CATALOGDIR  := $(PREFIX)/lib/systemd/catalog
+JOURNALDDIR := $(PREFIX)/lib/systemd/journald@picortex-turns.conf.d
 MANDIR      := $(PREFIX)/share/man
 DOCDIR      := $(PREFIX)/share/doc/picortex
 # The system bus activates services from $(PREFIX)/share/dbus-1/system-services for /usr and
@@ -92,6 +93,7 @@ install:
 	install -Dm644 polkit/org.picortex.gateway.policy $(DESTDIR)$(POLKITACTIONSDIR)/org.picortex.gateway.policy
 	install -Dm644 polkit/50-picortex.rules          $(DESTDIR)$(POLKITRULESDIR)/50-picortex.rules
 	$(SUBST) dist/picortex.catalog > catalog.tmp && install -Dm644 catalog.tmp $(DESTDIR)$(CATALOGDIR)/picortex.catalog && rm -f catalog.tmp
+	install -Dm644 dist/journald@picortex-turns.conf $(DESTDIR)$(JOURNALDDIR)/picortex.conf
 	install -Dm644 dist/picortexd.8                  $(DESTDIR)$(MANDIR)/man8/picortexd.8
 	install -Dm644 dist/picortexd.toml               $(DESTDIR)$(DOCDIR)/picortexd.toml.example
 	install -Dm644 README.md                         $(DESTDIR)$(DOCDIR)/README.md
@@ -119,7 +121,9 @@ uninstall:
 	      $(DESTDIR)$(SYSUSERSDIR)/picortex.conf $(DESTDIR)$(TMPFILESDIR)/picortex.conf \
 	      $(DESTDIR)$(POLKITACTIONSDIR)/org.picortex.provision.policy \
 	      $(DESTDIR)$(POLKITRULESDIR)/50-picortex.rules \
-	      $(DESTDIR)$(CATALOGDIR)/picortex.catalog $(DESTDIR)$(MANDIR)/man8/picortexd.8
+	      $(DESTDIR)$(CATALOGDIR)/picortex.catalog $(DESTDIR)$(MANDIR)/man8/picortexd.8 \
+	      $(DESTDIR)$(JOURNALDDIR)/picortex.conf
+	-rmdir $(DESTDIR)$(JOURNALDDIR)
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 # A Debian package of `make install PREFIX=/usr` (debian/ holds its control file and scripts).

@@ -57,13 +57,13 @@ say "the turn units that ran"
 ex journalctl --no-pager -o cat _PID=1 | grep -E 'picortex-turn-[0-9a-f]+\.service' | grep -E 'Started|Deactivated|Finished' || true
 # In the order they ran. The first turn starts its own unit; after it, each chat's next turn
 # runs in a spare unit started ahead of time (README: "Spare units").
-units=$(ex journalctl --no-pager -o verbose "PICORTEX_CHAT=$chat" SYSLOG_IDENTIFIER=picortex-run | sed -n 's/^ *_SYSTEMD_UNIT=//p' | awk '!seen[$0]++')
+units=$(ex journalctl --namespace='*' --no-pager -o verbose "PICORTEX_CHAT=$chat" SYSLOG_IDENTIFIER=picortex-run | sed -n 's/^ *_SYSTEMD_UNIT=//p' | awk '!seen[$0]++')
 [ -n "$units" ] || { echo "no turn units found in the journal" >&2; exit 1; }
 echo "$units"
 
 turn=$(echo "$units" | head -n1 | sed 's/picortex-turn-\(.*\)\.service/\1/')   # the first turn: its unit id is its turn id
-say "journal of one turn: journalctl PICORTEX_CHAT=$chat PICORTEX_TURN=$turn"
-ex journalctl --no-pager -o short-precise "PICORTEX_CHAT=$chat" "PICORTEX_TURN=$turn"
+say "journal of one turn: journalctl --namespace='*' PICORTEX_CHAT=$chat PICORTEX_TURN=$turn"
+ex journalctl --namespace='*' --no-pager -o short-precise "PICORTEX_CHAT=$chat" "PICORTEX_TURN=$turn"
 
 say "the gateway, as an operator sees it"
 ex systemctl status --no-pager -n 0 picortexd.service | head -n 12

@@ -12,6 +12,13 @@ pub const ERROR_PREFIX: &str = "org.picortex.Provision1.Error";
 /// the gateway's `[linq] media_max_bytes` is at most this.
 pub const INBOX_MAX_BYTES: u64 = 100 << 20;
 
+/// The journal namespace of every turn unit (`LogNamespace=`): what a turn writes — its agent's
+/// output, anything it sends to journald, picortex-run's own lines — goes to a journald instance
+/// of its own (`systemd-journald@picortex-turns`) with its own size limits, so no turn can rotate
+/// the system journal (the helper's audit, the gateway's decisions) away, and nothing a turn
+/// writes shows in a query of the system journal. `journalctl --namespace='*'` shows both.
+pub const TURN_LOG_NAMESPACE: &str = "picortex-turns";
+
 /// polkit actions, one per kind of privileged operation (`polkit/org.picortex.provision.policy`).
 pub mod actions {
     pub const ENSURE_CHAT: &str = "org.picortex.provision.ensure-chat";

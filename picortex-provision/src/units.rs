@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, SFlag};
+use picortex_proto::bus::TURN_LOG_NAMESPACE;
 use picortex_proto::ids::{ChatId, TurnId};
 use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
@@ -160,13 +161,13 @@ impl Host {
 /// `-`: a path missing on this machine is no error.
 pub const HIDDEN_PATHS: &[&str] = &["-/etc/picortex", "-/etc/passwd-", "-/etc/group-"];
 
-/// What of `/run` a turn keeps (read-only, if present): journald's sockets, for the agent's
-/// syslog and native log lines, and resolved's resolv.conf, which /etc/resolv.conf may point
-/// at. Everything else there — the system bus, systemd's runtime state (transient unit files,
+/// What of `/run` a turn keeps (read-only, if present): resolved's resolv.conf, which
+/// /etc/resolv.conf may point at. (journald's sockets, for the agent's syslog and native log
+/// lines, are systemd's to bind: those of the turns' own journal, `LogNamespace=`.) Everything else there — the system bus, systemd's runtime state (transient unit files,
 /// per-unit records and drop-ins name every chat's turns and slices, with their Linq chat ids),
 /// systemd-userdbd's socket (it answers from the real user database), /run/lock and /run/user,
 /// other units' credentials — is gone. systemd mounts the unit's own credentials in after.
-pub const RUN_KEPT: &[&str] = &["/run/systemd/journal", "/run/systemd/resolve"];
+pub const RUN_KEPT: &[&str] = &["/run/systemd/resolve"];
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -306,10 +307,13 @@ fn base_turn_properties(
             )]),
         ),
         ("StandardError", s("journal")),
-        // A turn's processes may log (stderr, syslog, journald's native socket), but not so much
-        // that the journal rotates the helper's audit of the same period away (SPEC P6, P7):
-        // past the burst, journald drops the unit's messages until the interval ends, and says
-        // how many it dropped. journald scales the burst up with free space, per priority.
+        // A turn's processes log (stderr, syslog, journald's native socket) into a journal of
+        // their own (see TURN_LOG_NAMESPACE): a flood there, of entries or of bytes, rotates
+        // only turns' lines away, never the helper's audit or the gateway's log (SPEC P6, P7).
+        // systemd binds that instance's sockets at /run/systemd/journal in the unit.
+        ("LogNamespace", s(TURN_LOG_NAMESPACE)),
+        // And within it, past the burst, journald drops the unit's messages until the interval
+        // ends, and says how many it dropped (journald scales the burst up with free space).
         (
             "LogRateLimitIntervalUSec",
             Prop::U64(LOG_RATE_INTERVAL_USEC),
@@ -808,13 +812,22 @@ mod tests {
                 ("/run".into(), "ro".into()),
             ])
         );
-        // Of /run, only journald's sockets and resolved's resolv.conf come back.
+        // Of /run, only resolved's resolv.conf comes back; journald's sockets are those of the
+        // turns' own journal, which systemd binds there.
         let Prop::Binds(binds) = get(&p, "BindReadOnlyPaths") else {
             panic!("BindReadOnlyPaths")
         };
         let run: Vec<_> = binds.iter().filter(|b| b.1.starts_with("/run")).collect();
         assert_eq!(run.len(), RUN_KEPT.len(), "{run:?}");
         assert!(run.iter().all(|b| b.0 == b.1 && b.2), "{run:?}");
+        assert!(
+            !run.iter().any(|b| b.1.starts_with("/run/systemd/journal")),
+            "{run:?}"
+        );
+        assert_eq!(
+            get(&p, "LogNamespace"),
+            &Prop::Str(TURN_LOG_NAMESPACE.into())
+        );
         assert_eq!(get(&p, "PrivateDevices"), &Prop::Bool(true));
         assert!(
             a.home.starts_with(&format!("{STATE_DIR}/")),

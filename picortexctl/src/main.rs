@@ -476,7 +476,9 @@ async fn run(cli: &Cli) -> R<()> {
             } else {
                 chat.clone()
             };
+            // Every journal: the system's (gateway, helper) and the turns' own (LogNamespace=).
             let e = std::process::Command::new("journalctl")
+                .arg("--namespace=*")
                 .arg(format!("PICORTEX_CHAT={id}"))
                 .args(journalctl_args)
                 .exec();

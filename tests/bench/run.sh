@@ -126,10 +126,10 @@ trap '"$m" stop "$pid" "$name"' EXIT
 # Where a warm turn's time goes: journal timestamps of one chat's measured turns.
 echo
 echo "== where a warm turn's time goes (journal of the machine, median over the measured turns)"
-ex journalctl --no-pager -o json --output-fields=MESSAGE,SYSLOG_IDENTIFIER,UNIT,PICORTEX_TURN,PICORTEX_UNIT,PICORTEX_CHAT,PICORTEX_EVENT_ID,PICORTEX_OUTCOME \
+ex journalctl --namespace='*' --no-pager -o json --output-fields=MESSAGE,SYSLOG_IDENTIFIER,UNIT,PICORTEX_TURN,PICORTEX_UNIT,PICORTEX_CHAT,PICORTEX_EVENT_ID,PICORTEX_OUTCOME \
   >"/proc/$pid/root/run/journal.json" 2>/dev/null || true
 python3 "$here/breakdown.py" "$out_json" "/proc/$pid/root/run/journal.json" || echo "(breakdown unavailable)"
 # The whole journal, for a closer look at anything odd (the machine is gone after this script).
-ex journalctl --no-pager -o short-precise >"$(dirname "$out_json")/bench-journal.txt" 2>/dev/null || true
+ex journalctl --namespace='*' --no-pager -o short-precise >"$(dirname "$out_json")/bench-journal.txt" 2>/dev/null || true
 echo
 echo "JSON report: $out_json; the machine's journal: $(dirname "$out_json")/bench-journal.txt"

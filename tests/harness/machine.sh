@@ -103,7 +103,7 @@ exec)
   ;;
 journal)
   pid=$2; shift 2
-  enter "$pid" journalctl --no-pager -o short-precise "$@"
+  enter "$pid" journalctl --namespace='*' --no-pager -o short-precise "$@"
   ;;
 stop)
   stop_machine "$2" "$3"

@@ -218,20 +218,35 @@ pub fn run_all(t: &Targets<'_>) -> Vec<Finding> {
     f
 }
 
-/// `#flood=<n>`: `n` distinct entries of 400 bytes straight to journald's native socket (what
-/// any process of a turn can do), and as many lines to stderr, which the unit sends to the
-/// journal too. Distinct, because journald stores a repeated field value once.
-pub fn flood_journal(n: u64) -> String {
+/// `#flood=<n>`: `n` distinct entries of `size` bytes (`#flood_bytes=`, 400 unless set) straight
+/// to journald's native socket (what any process of a turn can do), and as many lines to stderr,
+/// which the unit sends to the journal too. Distinct, because journald stores a repeated field
+/// value once; past 400 bytes the rest is pseudo-random hex, which journald's compression cannot
+/// shrink much, so the bytes stored are about the bytes sent.
+pub fn flood_journal(n: u64, size: usize) -> String {
     let sock = std::os::unix::net::UnixDatagram::unbound();
-    let pad = "f".repeat(360);
     let mut err = io::BufWriter::with_capacity(1 << 16, io::stderr().lock());
     let mut sent = 0u64;
     let mut first_err = None;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..n {
-        let line = format!(
-            "flood {i:012} {:016x} {pad}",
+        let head = format!(
+            "flood {i:012} {:016x} ",
             i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         );
+        let mut line = head;
+        if size <= 400 {
+            line.push_str(&"f".repeat(400usize.saturating_sub(line.len())));
+        } else {
+            while line.len() < size {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                line.push_str(&format!("{x:016x}"));
+            }
+            line.truncate(size);
+        }
         let _ = writeln!(err, "{line}");
         if let Ok(s) = &sock {
             let entry = format!("SYSLOG_IDENTIFIER=standin-flood\nPRIORITY=6\nMESSAGE={line}\n");

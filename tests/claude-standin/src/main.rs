@@ -65,6 +65,7 @@
 //! | `#journal_forge=<marker>` | write a journal entry posing as the helper's audit of a refused call, `<marker>` in its message; the reply ends with ` \| journal_forge=sent` (or the error) |
 //! | `#cost=<usd>` | report this `total_cost_usd` (any number, negative or absurd) |
 //! | `#flood=<n>` | before answering, send `n` distinct 400-byte entries to journald's native socket and as many lines to stderr, to flush the journal; the reply ends with ` \| flood: <k> of <n> sent` |
+//! | `#flood_bytes=<b>` | with `#flood`: entries of `b` bytes (400..=40000), mostly pseudo-random hex that compresses poorly |
 //! | `#hold=<name>` | while it sleeps, listen on the abstract Unix socket `@<name>` and keep a world-readable marker in `/dev/shm` (what another chat's `#attack` looks for); the reply ends with ` \| hold: <what it set up, how many connected>` |
 //! | `#attack` | instead of answering, attack the sandbox from inside the turn (see `attack.rs`): the reply is `standin: attack report <JSON array of {name, blocked, detail}>`; `other=<path>` anywhere in the prompt names another chat's home to try to read, `abstract=<name>` another chat's abstract socket to connect to, `seek=<chat id>,<turn id>` strings of another chat to look for in /run, /sys/fs/cgroup, /proc/self/net, /etc |
 
@@ -278,6 +279,7 @@ struct Knobs {
     attack_seek: Vec<String>,
     hold: Option<String>,
     flood: Option<u64>,
+    flood_bytes: Option<usize>,
     score: Option<String>,
     hostile: bool,
     forge: bool,
@@ -334,6 +336,9 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 "#model" => k.model = true,
                 "#attack" => k.attack = true,
                 "#flood" => k.flood = value.parse().ok(),
+                "#flood_bytes" => {
+                    k.flood_bytes = value.parse().ok().filter(|b| (400..=40_000).contains(b))
+                }
                 "#hold" => k.hold = Some(value.to_owned()).filter(|v| !v.is_empty()),
                 "#score" => k.score = Some(value.to_owned()),
                 "#hostile" => k.hostile = true,
@@ -952,7 +957,9 @@ fn run(argv: &[String]) -> Exit {
 
     let fill_report = knobs.fill.map(fill);
     let subvol_report = knobs.subvol.then(subvol);
-    let flood_report = knobs.flood.map(attack::flood_journal);
+    let flood_report = knobs
+        .flood
+        .map(|n| attack::flood_journal(n, knobs.flood_bytes.unwrap_or(400)));
     let held = knobs.hold.as_deref().map(attack::Hold::start);
     if let Some(secs) = knobs.sleep.filter(|s| s.is_finite() && *s > 0.0) {
         std::thread::sleep(Duration::from_secs_f64(secs));

@@ -135,8 +135,11 @@ impl Machine {
     }
 
     pub fn journal(&self, args: &str) -> String {
-        self.sh(&format!("journalctl --no-pager -o cat {args}"))
-            .stdout
+        // Every journal: the system's and the turns' own (LogNamespace=picortex-turns).
+        self.sh(&format!(
+            "journalctl --namespace='*' --no-pager -o cat {args}"
+        ))
+        .stdout
     }
 
     /// Poll `f` until it returns Some, or fail after `timeout` saying what was awaited.
@@ -242,7 +245,7 @@ impl Drop for Machine {
             eprintln!("---- journal of {} (last 400 lines) ----", self.name);
             eprintln!(
                 "{}",
-                self.sh("journalctl --no-pager -o short-precise -n 400")
+                self.sh("journalctl --namespace='*' --no-pager -o short-precise -n 400")
                     .stdout
             );
         }

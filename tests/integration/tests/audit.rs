@@ -1,7 +1,8 @@
 //! Issue 7, item 5 (SPEC P6): a turn cannot forge the audit trail as the README reads it. A turn
 //! writes an entry posing as the helper's record of a refused call (the stand-in's
 //! `#journal_forge`); the README's query for refused privileged calls matches on a field journald
-//! stamps itself, so it shows the genuine refusal and not the forgery.
+//! stamps itself, so it shows the genuine refusal and not the forgery; and the forgery is not in
+//! the system journal at all, but in the turns' own (`LogNamespace=picortex-turns`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,17 +40,25 @@ fn a_turn_cannot_forge_what_the_documented_audit_query_shows() {
     let mut chat = None;
     let reply = m.exchange(OWNER, &mut chat, &format!("#journal_forge={marker} hi"));
     assert!(reply.contains("journal_forge=sent"), "{reply}");
-    // It is in the journal, and a query on the fields a turn can set would show it as the
-    // helper's own refusal...
+    // It is in the turns' own journal (LogNamespace=picortex-turns), where a query on the
+    // fields a turn can set would show it as the helper's own refusal...
     m.wait_for("the forged entry in the journal", Duration::from_secs(20), || {
         m.sh(&format!(
-            "journalctl --no-pager -o cat SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OUTCOME=refused | grep -F {marker}"
+            "journalctl --namespace=picortex-turns --no-pager -o cat SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OUTCOME=refused | grep -F {marker}"
         ))
         .stdout
         .contains(&marker)
         .then_some(())
     });
-    // ...but the documented one shows the genuine refusal and not the forgery.
+    // ...but nowhere in the system journal, whatever the query...
+    let system = m
+        .sh("journalctl --no-pager -o cat SYSLOG_IDENTIFIER=picortex-provision")
+        .stdout;
+    assert!(
+        !system.contains(&marker),
+        "a turn wrote into the system journal:\n{system}"
+    );
+    // ...and the documented one shows the genuine refusal and not the forgery.
     let shown = m.wait_for(
         "the genuine refusal in the documented query",
         Duration::from_secs(20),

@@ -332,7 +332,7 @@ fn a_lost_transcript_starts_a_new_session_with_the_real_cli() {
     m.ok(&format!("rm -rf {home}/.claude/projects"));
     let b = m.exchange(OWNER, &mut Some(chat.clone()), "still there?");
     assert!(b.contains("standin-api: turn 1;"), "{b}");
-    let audit = m.ok("journalctl --no-pager -o verbose | grep -c 'session not found; starting a new one' || true");
+    let audit = m.ok("journalctl --namespace='*' --no-pager -o verbose | grep -c 'session not found; starting a new one' || true");
     assert_ne!(audit.trim(), "0", "no session recovery in the journal");
 }
 
@@ -412,7 +412,7 @@ fn a_session_id_already_in_use_is_resumed_with_the_real_cli() {
     let b = m.exchange(OWNER, &mut Some(chat.clone()), "second");
     assert!(b.contains("standin-api: turn 2;"), "not resumed: {b}");
     let audit = m.ok(
-        "journalctl --no-pager -o verbose | grep -c 'session already exists; resuming it' || true",
+        "journalctl --namespace='*' --no-pager -o verbose | grep -c 'session already exists; resuming it' || true",
     );
     assert_ne!(audit.trim(), "0", "no session recovery in the journal");
 }

@@ -464,10 +464,12 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     for b in [
         format!("/var/lib/picortex-provision/views/{tag}/cgroup:/sys/fs/cgroup "),
         format!("{own}/picortex.slice/picortex-chat.slice/picortex-chat-{tag}.slice"),
-        "-/run/systemd/journal:/run/systemd/journal".to_owned(),
     ] {
         assert!(binds.contains(&b), "{b} not in {binds}");
     }
+    // journald's sockets in /run are those of the turns' own journal, which systemd binds.
+    assert!(!binds.contains("/run/systemd/journal"), "{binds}");
+    assert_eq!(prop(&show, "LogNamespace"), "picortex-turns");
     assert_eq!(
         prop(&show, "InaccessiblePaths"),
         "-/etc/picortex -/etc/passwd- -/etc/group-"
@@ -531,11 +533,13 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     ));
 }
 
-/// The helper's audit lines of chat `chat` (`MESSAGE`s), oldest first.
+/// The helper's audit lines of chat `chat` (`MESSAGE`s), oldest first: from the system journal,
+/// where the helper writes and no turn can.
 fn audit_lines(m: &Machine, chat: &str) -> Vec<String> {
-    m.journal(&format!(
-        "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_AUDIT=true PICORTEX_CHAT={chat}"
+    m.sh(&format!(
+        "journalctl --no-pager -o cat _SYSTEMD_UNIT=picortex-provision.service PICORTEX_AUDIT=true PICORTEX_CHAT={chat}"
     ))
+    .stdout
     .lines()
     .map(str::to_owned)
     .collect()
@@ -544,7 +548,7 @@ fn audit_lines(m: &Machine, chat: &str) -> Vec<String> {
 #[test]
 fn a_journal_flood_from_a_turn_leaves_the_helpers_audit_entries() {
     let m = Machine::boot();
-    // A journal the size of a small machine's, in memory, so a flood could rotate it away.
+    // A system journal the size of a small machine's, in memory, so a flood could rotate it away.
     m.ok("mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nStorage=volatile\\nRuntimeMaxUse=8M\\nRuntimeMaxFileSize=1M\\n' > /etc/systemd/journald.conf.d/small.conf && systemctl restart systemd-journald");
     m.start_picortex();
     let r = m.sim().text(OWNER, None, "hello");
@@ -556,16 +560,34 @@ fn a_journal_flood_from_a_turn_leaves_the_helpers_audit_entries() {
         "no StartTurn audit yet: {before:?}"
     );
 
-    // 60000 distinct 400-byte lines: 24 MB, three times the journal's whole size.
-    m.sim().text(OWNER, Some(&chat), "#flood=60000 flooding");
+    // A flood of entries and one of bytes: 20000 distinct 400-byte lines, then 1500 of 32 KB,
+    // hardly compressible; each to journald's socket and to stderr: about 110 MB, fourteen
+    // times the system journal's whole size. journald's rate limit counts entries, not bytes:
+    // what passes it of the large ones alone is more than that journal holds.
+    m.sim()
+        .text(OWNER, Some(&chat), "#flood=20000 flooding with entries");
     let replies = m.wait_replies(&chat, 2, T);
     assert!(
         replies[1]["text"]
             .as_str()
             .unwrap_or("")
-            .contains("| flood: 60000 of 60000 sent"),
+            .contains("| flood: 20000 of 20000 sent"),
         "{}",
         replies[1]
+    );
+    m.sim().text(
+        OWNER,
+        Some(&chat),
+        "#flood=1500 #flood_bytes=32000 flooding with bytes",
+    );
+    let replies = m.wait_replies(&chat, 3, T);
+    assert!(
+        replies[2]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("| flood: 1500 of 1500 sent"),
+        "{}",
+        replies[2]
     );
     m.wait_chat_settled(&chat, T);
     m.ok("journalctl --sync");
@@ -579,16 +601,26 @@ fn a_journal_flood_from_a_turn_leaves_the_helpers_audit_entries() {
     }
     assert!(
         after.len() > before.len(),
-        "the flood turn's own audit is missing: {after:?}"
+        "the flood turns' own audit is missing: {after:?}"
     );
-    // Because journald held the turn back: most of the flood was dropped, not stored.
+    // Because the flood went to the turns' own journal (LogNamespace=picortex-turns), not the
+    // system's...
+    let system: u64 = m
+        .sh("journalctl --no-pager -o cat SYSLOG_IDENTIFIER=standin-flood | grep -c '^flood ' || true")
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert_eq!(system, 0, "flood entries in the system journal");
+    // ...where journald held the turn back: most of it was dropped, not stored.
     let kept: u64 = m
-        .journal("SYSLOG_IDENTIFIER=standin-flood | grep -c '^flood ' || true")
+        .sh("journalctl --namespace=picortex-turns --no-pager -o cat SYSLOG_IDENTIFIER=standin-flood | grep -c '^flood ' || true")
+        .stdout
         .trim()
         .parse()
         .unwrap_or(u64::MAX);
     assert!(
         (1..20_000).contains(&kept),
-        "{kept} of 60000 flood entries stored"
+        "{kept} of 21500 flood entries stored in the turns' journal"
     );
 }
