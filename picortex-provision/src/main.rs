@@ -15,6 +15,7 @@ mod hostaddr;
 mod inbox;
 mod limits;
 mod outfiles;
+mod reattach;
 mod service;
 mod share;
 mod units;

@@ -191,6 +191,9 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     let tag_a = chat_tag(&a);
     let home_a = format!("/var/lib/picortex/chats/{tag_a}");
     m.wait_replies(&a, 1, T);
+    // A's spare runs (its sandbox, with its view of the user database, built) before B's user
+    // is created: the case where useradd's rename detaches that view.
+    m.wait_running_turn(Some(&tag_a), T);
     let b = open_group(&m, &format!("Cortex #attack other={home_a} seek={a}"));
     let tag_b = chat_tag(&b);
     assert_ne!(tag_a, tag_b);
@@ -225,18 +228,11 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         Some(&a),
         &format!("#attack other={home_b} abstract={HOLD} seek={b},{turn_b}"),
     );
-    // A attacks from a turn unit (its spare) that may have started before B's user existed.
-    // useradd replaces /etc/passwd and /etc/group by rename, and the kernel then detaches the
-    // private copies such a turn had mounted over them: it sees B's user (not B's chat id).
-    // B's own attack above, from a turn started after both chats existed, must see nothing.
-    let ra = assert_blocked_but(
-        "chat A",
-        &attack_report(&m, &a, 1),
-        &[(
-            "other_chat_in_etc",
-            "a chat created while a turn runs shows in its /etc/passwd (mount detached by rename)",
-        )],
-    );
+    // A attacks from a turn unit (its spare) that started before B's user existed. useradd
+    // replaced /etc/passwd and /etc/group by rename, and the kernel detached the private copies
+    // the spare had mounted over them; the helper bound them back (`reattach`): A sees none of
+    // B, as B's own attack above, from a turn started after both chats existed, saw nothing.
+    let ra = assert_blocked_but("chat A", &attack_report(&m, &a, 1), &[]);
     // The probes met what they looked for: B's listener (refused by the kernel, not absent)
     // and the host's own addresses.
     let abs = ra["abstract_unix"]["detail"].as_str().unwrap_or("");
