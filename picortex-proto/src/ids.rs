@@ -16,6 +16,12 @@ pub const USER_PREFIX: &str = "chat-";
 pub const CHAT_ID_MIN: u32 = 1_900_000_000;
 pub const CHAT_ID_MAX: u32 = 1_900_999_999;
 pub const TURN_UNIT_PREFIX: &str = "picortex-turn-";
+/// The accounts a turn's user database holds besides its chat's own user and group: in a
+/// turn, `/etc/passwd` and `/etc/group` are the helper's view with only these (its `view`
+/// module writes it), and picortex-run refuses to run a turn in a view that is not that (its
+/// `userdb`).
+pub const VIEW_USERS: &[&str] = &["root", "nobody"];
+pub const VIEW_GROUPS: &[&str] = &["root", "nogroup"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {

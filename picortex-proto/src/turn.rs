@@ -100,6 +100,29 @@ pub enum Outcome {
     /// A unit started ahead of its turn (a spare) ended without receiving a request: its stdin
     /// closed empty. Nothing ran; the gateway starts the turn again if one was meant for it.
     NoRequest,
+    /// The unit's sandbox no longer held when its turn came: its view of the user database was
+    /// replaced by the real one (useradd or userdel renamed /etc/passwd or /etc/group after the
+    /// unit started, which detaches the view). Nothing ran; the gateway starts the turn again
+    /// in a fresh unit.
+    StaleSandbox,
+}
+
+impl Outcome {
+    /// Its name, as in the result document and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::AgentError => "agent_error",
+            Outcome::EmptyOutput => "empty_output",
+            Outcome::BadOutput => "bad_output",
+            Outcome::OutOfMemory => "out_of_memory",
+            Outcome::AgentFailed => "agent_failed",
+            Outcome::DiskFull => "disk_full",
+            Outcome::Refused => "refused",
+            Outcome::NoRequest => "no_request",
+            Outcome::StaleSandbox => "stale_sandbox",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -303,6 +326,27 @@ fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_names_are_the_documents() {
+        for o in [
+            Outcome::Ok,
+            Outcome::AgentError,
+            Outcome::EmptyOutput,
+            Outcome::BadOutput,
+            Outcome::OutOfMemory,
+            Outcome::AgentFailed,
+            Outcome::DiskFull,
+            Outcome::Refused,
+            Outcome::NoRequest,
+            Outcome::StaleSandbox,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&o).unwrap(),
+                format!("\"{}\"", o.as_str())
+            );
+        }
+    }
 
     const TURN: &str = "0123456789abcdef0123456789abcdef";
     const SID: &str = "c91fb957-2f1e-4c4b-9a51-5b1d0c3e7a10";

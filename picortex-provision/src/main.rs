@@ -15,7 +15,6 @@ mod hostaddr;
 mod inbox;
 mod limits;
 mod outfiles;
-mod reattach;
 mod service;
 mod share;
 mod units;

@@ -79,18 +79,6 @@ impl Provision {
     }
 }
 
-impl Provision {
-    /// useradd and userdel replace the user database's files, which detaches running turns'
-    /// views of it: put them back (see `reattach`), after the call has answered.
-    fn reattach_views(&self, conn: &Connection, why: &'static str) {
-        let (conn, guard) = (conn.clone(), self.activity.enter());
-        tokio::spawn(async move {
-            crate::reattach::user_db_views(&conn, why).await;
-            drop(guard);
-        });
-    }
-}
-
 /// One lock per chat: provisioning, starting a turn, archiving and removing one chat happen one
 /// at a time, so a turn never starts in a home being archived and a removal never races a
 /// restore. Different chats never wait for each other.
@@ -249,7 +237,7 @@ impl Provision {
         let acct = tokio::task::spawn_blocking(
             move || -> Result<Option<users::ChatAccount>, users::UserError> {
                 match users::existing_tag(&c)? {
-                    Some(_) => users::ensure(&c).map(|(a, _, _)| Some(a)),
+                    Some(_) => users::ensure(&c).map(|(a, _)| Some(a)),
                     None => Ok(None),
                 }
             },
@@ -353,10 +341,7 @@ impl Provision {
             .await
             .map_err(|e| fdo::Error::Failed(e.to_string()))?;
         match r {
-            Ok((a, quota, created)) => {
-                if created {
-                    self.reattach_views(conn, "a new chat's user was added");
-                }
+            Ok((a, quota)) => {
                 audit::record(
                     OP,
                     &caller,
@@ -775,13 +760,8 @@ impl Provision {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
         let _g = self.activity.enter();
-        let r = self
-            .lifecycle("RemoveChat", chat_id, &hdr, conn, crate::archive::remove)
-            .await;
-        if r.is_ok() {
-            self.reattach_views(conn, "a chat's user was deleted");
-        }
-        r
+        self.lifecycle("RemoveChat", chat_id, &hdr, conn, crate::archive::remove)
+            .await
     }
 
     /// The helper's version.

@@ -201,8 +201,7 @@ pub fn account(tag: &ChatTag) -> Result<ChatAccount, UserError> {
 
 /// Create or repair the chat's user and home, and set the home's disk quota. Idempotent.
 /// Refuses before creating anything when the chats filesystem cannot hold a quota.
-/// Also says whether it created the user (see `reattach`).
-pub fn ensure(chat: &ChatId) -> Result<(ChatAccount, DiskQuota, bool), UserError> {
+pub fn ensure(chat: &ChatId) -> Result<(ChatAccount, DiskQuota), UserError> {
     let quota = crate::disk::load()?;
     let chats = open_trusted_dir(CHATS_DIR)?;
     crate::disk::check_chats_fs(&chats, CHATS_DIR)?;
@@ -214,12 +213,10 @@ pub fn ensure(chat: &ChatId) -> Result<(ChatAccount, DiskQuota, bool), UserError
     }
     let tag = resolve_tag(chat)?;
     let name = tag.user_name();
-    let mut created = false;
     let user = match User::from_name(&name).map_err(sys(name.clone()))? {
         Some(u) => u,
         None => {
             useradd(&tag)?;
-            created = true;
             User::from_name(&name)
                 .map_err(sys(name.clone()))?
                 .ok_or_else(|| UserError::Useradd {
@@ -255,7 +252,7 @@ pub fn ensure(chat: &ChatId) -> Result<(ChatAccount, DiskQuota, bool), UserError
             tracing::info!(chat = %chat, user = %acct.user, archive = %from.display(), "restored archived chat");
         }
     }
-    Ok((acct, quota, created))
+    Ok((acct, quota))
 }
 
 /// The uid a chat's user gets: derived from its tag, so a user deleted and created again (or

@@ -13,6 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::users::ChatAccount;
+use picortex_proto::ids::{VIEW_GROUPS, VIEW_USERS};
 
 /// Where the per-chat views live: inside the helper's own state directory (root, 0700).
 const VIEWS_DIR: &str = "/var/lib/picortex-provision/views";
@@ -39,8 +40,11 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
         .create(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
-    let passwd = filter_db(&read("/etc/passwd")?, &["root", "nobody", &acct.user]);
-    let group = filter_db(&read("/etc/group")?, &["root", "nogroup", &acct.user]);
+    let (mut users, mut groups) = (VIEW_USERS.to_vec(), VIEW_GROUPS.to_vec());
+    users.push(&acct.user);
+    groups.push(&acct.user);
+    let passwd = filter_db(&read("/etc/passwd")?, &users);
+    let group = filter_db(&read("/etc/group")?, &groups);
     if !passwd
         .lines()
         .any(|l| l.starts_with(&format!("{}:", acct.user)))

@@ -38,17 +38,7 @@ pub fn init() {
 
 /// The wire name of an outcome, as in the result document.
 pub fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Ok => "ok",
-        Outcome::AgentError => "agent_error",
-        Outcome::EmptyOutput => "empty_output",
-        Outcome::BadOutput => "bad_output",
-        Outcome::OutOfMemory => "out_of_memory",
-        Outcome::AgentFailed => "agent_failed",
-        Outcome::DiskFull => "disk_full",
-        Outcome::Refused => "refused",
-        Outcome::NoRequest => "no_request",
-    }
+    o.as_str()
 }
 
 /// Before the agent runs. `agent` is the argv (the prompt is never in it).

@@ -27,6 +27,7 @@ pub mod request;
 pub mod scope;
 pub mod seed;
 pub mod turn;
+pub mod userdb;
 
 pub use config::AgentConfig;
 pub use preflight::{preflight, Identity, Refusal};

@@ -156,6 +156,17 @@ fn main() -> ExitCode {
     {
         return refuse(channel, turn.as_str(), Some(&request.chat_id), &e.0);
     }
+    // The sandbox must still be what the helper built (see picortex_run::userdb): a spare may
+    // have waited while a chat was added, which replaces the user database under its view.
+    if let Err(e) = picortex_run::userdb::check_system(&identity.user) {
+        tracing::warn!(turn = %turn, chat = %request.chat_id, "{e}; the gateway runs the turn again in a fresh unit");
+        let r = TurnResult::failure(turn.as_str(), Outcome::StaleSandbox, &e);
+        return if write_result(channel, &r) {
+            ExitCode::from(EXIT_TURN_FAILED)
+        } else {
+            ExitCode::from(EXIT_NO_RESULT)
+        };
+    }
     let config = match &cli.config {
         Some(path) => load_config(path),
         None => load_credential_config(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref()),

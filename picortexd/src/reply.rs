@@ -152,6 +152,7 @@ pub fn compose(end: Option<&UnitEnd>, result: Option<&TurnResult>, cfg: &Config)
         Outcome::Refused => fail(O::Refused, r.error.clone().unwrap_or_default()),
         // Handled before composing (the turn is started again); never a reply on its own.
         Outcome::NoRequest => fail(O::Interrupted, "a spare unit got no request".into()),
+        Outcome::StaleSandbox => fail(O::Refused, r.error.clone().unwrap_or_default()),
         Outcome::AgentFailed => fail(O::AgentFailed, r.error.clone().unwrap_or_default()),
         Outcome::DiskFull => fail(O::DiskFull, r.error.clone().unwrap_or_default()),
         Outcome::OutOfMemory => fail(O::OutOfMemory, r.error.clone().unwrap_or_default()),

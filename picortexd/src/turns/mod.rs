@@ -558,11 +558,15 @@ impl Turns {
         result: Option<TurnResult>,
         release: bool,
     ) {
-        if job.kind == TurnKind::Discriminate
-            && !result
-                .as_ref()
-                .is_some_and(|r| r.outcome == Outcome::NoRequest)
-        {
+        // Nothing ran, and running the turn again in a fresh unit will do: its spare got no
+        // request (the gateway died handing it over), or its spare's sandbox no longer held
+        // (a chat was added while it waited; see picortex-run's userdb). A fresh unit's stale
+        // sandbox is no reason to try again: it fails as refused.
+        let in_spare = job.unit_id() != job.turn_id;
+        let run_again = result.as_ref().is_some_and(|r| {
+            r.outcome == Outcome::NoRequest || (in_spare && r.outcome == Outcome::StaleSandbox)
+        });
+        if job.kind == TurnKind::Discriminate && !run_again {
             let failed = match &result {
                 Some(r) if r.outcome == Outcome::Ok => None,
                 Some(_) | None => {
@@ -578,13 +582,13 @@ impl Turns {
             }
             return;
         }
-        if result
-            .as_ref()
-            .is_some_and(|r| r.outcome == Outcome::NoRequest)
-        {
-            // Its spare unit never got the request (the gateway died handing it over): nothing
-            // ran, so the turn goes back to the queue.
-            tracing::info!("turn's spare unit got no request; queueing the turn again");
+        if run_again {
+            match result.as_ref().map(|r| r.outcome) {
+                Some(Outcome::StaleSandbox) => tracing::info!(
+                    "turn's spare unit no longer had its own view of the user database (a chat was added or removed while it waited); queueing the turn again for a fresh unit"
+                ),
+                _ => tracing::info!("turn's spare unit got no request; queueing the turn again"),
+            }
             let id = job.turn_id.clone();
             if let Err(e) = self
                 .store

@@ -228,11 +228,20 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         Some(&a),
         &format!("#attack other={home_b} abstract={HOLD} seek={b},{turn_b}"),
     );
-    // A attacks from a turn unit (its spare) that started before B's user existed. useradd
-    // replaced /etc/passwd and /etc/group by rename, and the kernel detached the private copies
-    // the spare had mounted over them; the helper bound them back (`reattach`): A sees none of
-    // B, as B's own attack above, from a turn started after both chats existed, saw nothing.
+    // A's spare started before B's user existed. useradd replaced /etc/passwd and /etc/group
+    // by rename, and the kernel detached the private copies the spare had mounted over them:
+    // picortex-run finds the real files when A's turn arrives and hands the turn back
+    // (stale_sandbox); the gateway runs it in a fresh unit, where A sees none of B, as B's own
+    // attack above, from a turn started after both chats existed, saw nothing.
     let ra = assert_blocked_but("chat A", &attack_report(&m, &a, 1), &[]);
+    let handed_back = m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortexd PICORTEX_CHAT={a} | grep -c 'no longer had its own view of the user database' || true"
+    ));
+    assert_eq!(
+        handed_back.trim(),
+        "1",
+        "A's spare, older than B's user, was not handed back"
+    );
     // The probes met what they looked for: B's listener (refused by the kernel, not absent)
     // and the host's own addresses.
     let abs = ra["abstract_unix"]["detail"].as_str().unwrap_or("");
