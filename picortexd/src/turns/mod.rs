@@ -451,25 +451,9 @@ impl Turns {
             .turn_started(&job.chat_id, &job.turn_id, job.kind.as_str())
             .await;
         crate::failpoint::hit("turn-started");
-        {
-            let (id, u, chat_id, was_archived) = (
-                job.turn_id.clone(),
-                unit.clone(),
-                chat.id.clone(),
-                chat.archived,
-            );
-            self.store
-                .call(move |t| {
-                    queries::set_turn_status(t, &id, "running", Some(&u))?;
-                    if was_archived {
-                        // The helper restored it before starting the turn.
-                        crate::store::channel::set_archived(t, &chat_id, false)?;
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(Failure::store)?;
-        }
+        self.mark_running(&job, &unit, chat.archived)
+            .await
+            .map_err(Failure::store)?;
         let job = TurnJob {
             unit: Some(unit.clone()),
             ..job
@@ -688,6 +672,26 @@ impl Turns {
         }
     }
 
+    /// Record that the turn runs in `unit`; an archived chat is no longer (the helper restored
+    /// it before starting the unit).
+    async fn mark_running(
+        &self,
+        job: &TurnJob,
+        unit: &str,
+        was_archived: bool,
+    ) -> Result<(), crate::store::StoreError> {
+        let (id, unit, chat_id) = (job.turn_id.clone(), unit.to_owned(), job.chat_id.clone());
+        self.store
+            .call(move |t| {
+                queries::set_turn_status(t, &id, "running", Some(&unit))?;
+                if was_archived {
+                    crate::store::channel::set_archived(t, &chat_id, false)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     /// Hand a turn to its chat's spare unit: record that it runs there, then write the request
     /// into the unit's stdin and close it. Returns the job with its unit.
     async fn hand_to_spare(
@@ -697,15 +701,7 @@ impl Turns {
         spare: Spare,
         mut request: TurnRequest,
     ) -> Result<TurnJob, String> {
-        let (id, unit, chat_id) = (job.turn_id.clone(), spare.unit.clone(), job.chat_id.clone());
-        self.store
-            .call(move |t| {
-                queries::set_turn_status(t, &id, "running", Some(&unit))?;
-                if was_archived {
-                    crate::store::channel::set_archived(t, &chat_id, false)?;
-                }
-                Ok(())
-            })
+        self.mark_running(job, &spare.unit, was_archived)
             .await
             .map_err(|e| e.to_string())?;
         crate::failpoint::hit("spare-handoff");
