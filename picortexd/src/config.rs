@@ -347,7 +347,7 @@ impl Config {
 
     /// Parse and check `text` (the contents of `path`, which the messages name).
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             problems: vec![sandbox::toml_error(path, text, &e)],
         })?;
         let problems: Vec<String> = c
@@ -356,6 +356,9 @@ impl Config {
             .map(|e| sandbox::key_error(path, text, e))
             .collect();
         if problems.is_empty() {
+            // Any case is accepted; what the turns carry is the agent's own spelling.
+            c.turns.permission_mode =
+                crate::limits::default_permission_mode(&c.turns.permission_mode);
             Ok(c)
         } else {
             Err(ConfigError::Invalid { problems })
@@ -696,6 +699,15 @@ fn parse_percent(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permission_mode_in_any_case_is_carried_as_the_agent_spells_it() {
+        // Found by fuzz/fuzz_targets/config.rs: "dEfault" was accepted and kept as written.
+        let c = Config::parse("[turns]\npermission_mode = \"dEfault\"\n", "t").unwrap();
+        assert_eq!(c.turns.permission_mode, "default");
+        let c = Config::parse("[turns]\npermission_mode = \"ACCEPTEDITS\"\n", "t").unwrap();
+        assert_eq!(c.turns.permission_mode, "acceptEdits");
+    }
 
     #[test]
     fn defaults_are_valid() {
