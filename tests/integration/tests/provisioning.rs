@@ -352,6 +352,9 @@ fn archiving_writes_what_a_sparse_home_holds_and_refuses_a_hostile_one() {
         format!("chat-{tag}"),
         format!("/var/lib/picortex/chats/{tag}"),
     );
+    // The chat's spare is up before the helper is asked directly (behind the gateway's back) to
+    // archive it: a spare start still in flight would restore the archive as it starts.
+    m.wait_running_turn(Some(&tag), Duration::from_secs(30));
     let archive = |m: &Machine| {
         m.sh(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat}"))
     };
