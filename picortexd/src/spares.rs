@@ -77,6 +77,11 @@ impl Spares {
         }
     }
 
+    /// Whether `chat`'s spare is being started right now.
+    pub fn is_starting(&self, chat: &str) -> bool {
+        self.starting.lock().is_ok_and(|st| st.contains(chat))
+    }
+
     pub fn take(&self, chat: &str) -> Option<Spare> {
         self.by_chat.lock().ok()?.remove(chat)
     }

@@ -773,7 +773,13 @@ impl Turns {
     }
 
     /// Let go of the chat's spare unit, if it has one (before its home is archived or removed).
+    /// One being started is waited for first: its StartTurn, reaching the helper after the
+    /// archive, would restore the home.
     pub async fn drop_spare(&self, chat_id: &str) {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while self.spares.is_starting(chat_id) && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if let Some(s) = self.spares.take(chat_id) {
             drop(s.writer);
             let _ = self.bus.release_turn(&s.id).await;
