@@ -9,6 +9,9 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+/// The longest a Gateway1 signal may hold up the turn that emits it.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 use futures_util::StreamExt;
 use picortex_proto::bus::ProvisionProxy;
 use picortex_proto::ids::unit_object_path;
@@ -139,29 +142,46 @@ impl Bus {
         self.conn.lock().await.clone()
     }
 
-    /// Signals of `org.picortex.Gateway1`; lost, harmlessly, while the bus is down.
+    /// Signals of `org.picortex.Gateway1`; lost, harmlessly, while the bus is down. Never more
+    /// than `SIGNAL_TIMEOUT` of a turn's way: they come before its log line and the release of
+    /// its unit.
     pub async fn turn_started(&self, chat: &str, turn: &str, kind: &str) {
-        if let Some(c) = self.current().await {
-            if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
-                let _ = crate::gateway1::Gateway1::turn_started(&e, chat, turn, kind).await;
-            }
-        }
+        self.emit("TurnStarted", |e| async move {
+            crate::gateway1::Gateway1::turn_started(&e, chat, turn, kind).await
+        })
+        .await
     }
 
     pub async fn turn_finished(&self, chat: &str, turn: &str, outcome: &str, cost_usd: f64) {
-        if let Some(c) = self.current().await {
-            if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
-                let _ = crate::gateway1::Gateway1::turn_finished(&e, chat, turn, outcome, cost_usd)
-                    .await;
-            }
-        }
+        self.emit("TurnFinished", |e| async move {
+            crate::gateway1::Gateway1::turn_finished(&e, chat, turn, outcome, cost_usd).await
+        })
+        .await
     }
 
     pub async fn pending_added(&self, number: i64, chat: &str) {
-        if let Some(c) = self.current().await {
-            if let Ok(e) = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH) {
-                let _ = crate::gateway1::Gateway1::pending_added(&e, number, chat).await;
-            }
+        self.emit("PendingAdded", |e| async move {
+            crate::gateway1::Gateway1::pending_added(&e, number, chat).await
+        })
+        .await
+    }
+
+    async fn emit<'a, F, Fut>(&self, name: &str, send: F)
+    where
+        F: FnOnce(zbus::object_server::SignalEmitter<'static>) -> Fut,
+        Fut: std::future::Future<Output = zbus::Result<()>> + 'a,
+    {
+        let sent = tokio::time::timeout(SIGNAL_TIMEOUT, async {
+            let c = self.current().await?;
+            let e = zbus::object_server::SignalEmitter::new(&c, crate::gateway1::PATH).ok()?;
+            send(e.into_owned()).await.ok()
+        })
+        .await;
+        if sent.is_err() {
+            tracing::warn!(
+                signal = name,
+                "the {name} signal was not sent within {SIGNAL_TIMEOUT:?}; going on without it"
+            );
         }
     }
 
