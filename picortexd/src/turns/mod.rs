@@ -473,8 +473,7 @@ impl Turns {
                 Duration::from_secs(60)
             };
         let unit_id = job.unit_id();
-        let ended = self.bus.wait_unit(&unit, give_up);
-        tokio::pin!(ended);
+        let mut ended = Box::pin(self.bus.wait_unit(&unit, give_up));
         let answered = tokio::select! {
             biased;
             end = &mut ended => Err(end),
@@ -484,9 +483,12 @@ impl Turns {
             Ok(result) => {
                 // picortex-run has answered and is on its way out: the answer need not wait
                 // for systemd to report that (see `results`). The unit is let go once it has.
+                // The watch is dropped meanwhile: a signal stream nobody reads while the turn is
+                // recorded (D-Bus calls of its own) must not hold up the connection.
+                drop(ended);
                 crate::failpoint::hit("turn-ended");
                 self.finish_with(job, None, Some(result), false).await;
-                if let Err(e) = ended.await {
+                if let Err(e) = self.bus.wait_unit(&unit, give_up).await {
                     tracing::warn!(unit = %unit, error = %e, "turn unit did not end after its answer; stopping it");
                 }
                 if let Err(e) = self.bus.release_turn(&unit_id).await {
