@@ -33,7 +33,7 @@ pub fn filter_db(text: &str, names: &[&str]) -> String {
 
 /// The turn's `/etc/passwd` and `/etc/group`, written for the chat and returned as paths.
 pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
-    let dir = user_db_dir(&acct.tag);
+    let dir = Path::new(VIEWS_DIR).join(acct.tag.as_str());
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -56,11 +56,6 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
     replace(&p, &passwd)?;
     replace(&g, &group)?;
     Ok((p, g))
-}
-
-/// The directory of a chat's views (`passwd`, `group`, the cgroup skeleton).
-pub fn user_db_dir(tag: &picortex_proto::ids::ChatTag) -> PathBuf {
-    Path::new(VIEWS_DIR).join(tag.as_str())
 }
 
 /// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it

@@ -36,11 +36,6 @@ pub fn init() {
     }
 }
 
-/// The wire name of an outcome, as in the result document.
-pub fn outcome_name(o: Outcome) -> &'static str {
-    o.as_str()
-}
-
 /// Before the agent runs. `agent` is the argv (the prompt is never in it).
 pub fn turn_started(req: &TurnRequest, id: &Identity, agent: &str) {
     tracing::info!(
@@ -77,7 +72,7 @@ pub fn session_recovery(
 
 /// After the turn, whatever its outcome.
 pub fn turn_finished(req: &TurnRequest, id: &Identity, r: &TurnResult, elapsed: Duration) {
-    let outcome = outcome_name(r.outcome);
+    let outcome = r.outcome.as_str();
     let exit = r
         .exit_code
         .map_or_else(|| "-".to_owned(), |c| c.to_string());

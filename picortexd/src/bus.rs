@@ -166,10 +166,10 @@ impl Bus {
         .await
     }
 
-    async fn emit<'a, F, Fut>(&self, name: &str, send: F)
+    async fn emit<F, Fut>(&self, name: &str, send: F)
     where
         F: FnOnce(zbus::object_server::SignalEmitter<'static>) -> Fut,
-        Fut: std::future::Future<Output = zbus::Result<()>> + 'a,
+        Fut: std::future::Future<Output = zbus::Result<()>>,
     {
         let sent = tokio::time::timeout(SIGNAL_TIMEOUT, async {
             let c = self.current().await?;

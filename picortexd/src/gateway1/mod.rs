@@ -89,7 +89,7 @@ impl Gateway1 {
         let c = self.turns.cfg.get();
         Defaults {
             memory_max: c.memory_max_bytes(),
-            permission_mode: crate::limits::default_permission_mode(&c.turns.permission_mode),
+            permission_mode: c.turns.permission_mode.clone(),
             daily_budget_usd: c.turns.daily_budget_usd,
         }
     }

@@ -374,9 +374,10 @@ impl Turns {
             session_id: chat.session_id.clone(),
             resume: chat.session_started,
             prompt,
-            permission_mode: chat.permission_mode.clone().unwrap_or_else(|| {
-                crate::limits::default_permission_mode(&self.cfg.get().turns.permission_mode)
-            }),
+            permission_mode: chat
+                .permission_mode
+                .clone()
+                .unwrap_or_else(|| self.cfg.get().turns.permission_mode.clone()),
             append_system_prompt: if discriminate {
                 None
             } else {
