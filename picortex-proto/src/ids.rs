@@ -22,6 +22,17 @@ pub const TURN_UNIT_PREFIX: &str = "picortex-turn-";
 /// `userdb`).
 pub const VIEW_USERS: &[&str] = &["root", "nobody"];
 pub const VIEW_GROUPS: &[&str] = &["root", "nogroup"];
+/// In a turn, `/etc/picortex` is the helper's view of it (bound read-only over the operator's,
+/// which names the owner): [`TURN_AGENT_CONFIG`] alone, the `[agent]` table of `picortexd.toml`,
+/// which picortex-run reads. A file rather than a systemd credential: each unit's credentials
+/// are a mount in the host's namespace for as long as it runs, and every unit start pays for
+/// every mount there.
+pub const TURN_CONFIG_DIR: &str = "/etc/picortex";
+pub const TURN_AGENT_CONFIG: &str = "agent.toml";
+/// The agent's credentials, as systemd credential ids of the turn unit (SPEC T2): the
+/// Anthropic API key, or a Claude subscription token (`claude setup-token`).
+pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
+pub const OAUTH_CREDENTIAL: &str = "claude-oauth-token";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {

@@ -4,21 +4,19 @@
 //!   over the turn's /etc/passwd and /etc/group, since the real ones list every chat user;
 //! - a skeleton of the cgroup tree with only the chat's own slice in it, bound over the turn's
 //!   /sys/fs/cgroup, with that slice bound back (`CgroupView`);
-//! - the `[agent]` table of the operator's configuration, handed to the turn as a systemd
-//!   credential, because the rest of that file (the owner's handles) is no turn's business and
-//!   `/etc/picortex` is inaccessible to turns.
+//! - a directory with the `[agent]` table of the operator's configuration alone, bound
+//!   read-only over the turn's `/etc/picortex`, because the rest of that file (the owner's
+//!   handles) is no turn's business.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::users::ChatAccount;
-use picortex_proto::ids::{VIEW_GROUPS, VIEW_USERS};
+use picortex_proto::ids::{TURN_AGENT_CONFIG, VIEW_GROUPS, VIEW_USERS};
 
 /// Where the per-chat views live: inside the helper's own state directory (root, 0700).
 const VIEWS_DIR: &str = "/var/lib/picortex-provision/views";
-/// The credential picortex-run reads its `[agent]` settings from.
-pub const AGENT_CREDENTIAL: &str = "picortex-agent.toml";
 /// The configuration file is small; anything larger is refused, as picortex-run does.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -58,9 +56,30 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
     Ok((p, g))
 }
 
+/// The turn's `/etc/picortex`: a directory holding `agent` (the `[agent]` table, see
+/// `load_agent_table`) as `TURN_AGENT_CONFIG`, returned as the directory's path.
+pub fn write_agent_view(acct: &ChatAccount, agent: &str) -> Result<PathBuf, String> {
+    let dir = Path::new(VIEWS_DIR).join(acct.tag.as_str()).join("etc");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    // The helper's UMask is 0077: the mode is set, not asked for (the chat user reads it).
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    replace(&dir.join(TURN_AGENT_CONFIG), agent)?;
+    Ok(dir)
+}
+
 /// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it
-/// through the bind mount; the directory above stays root's alone).
+/// through the bind mount; the directory above stays root's alone). A file that already holds
+/// `text` is left as it is: StartTurn writes the views each time, and a rename per turn would
+/// be a write (and a sync) per turn for nothing.
 fn replace(path: &Path, text: &str) -> Result<(), String> {
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
     let tmp = path.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()

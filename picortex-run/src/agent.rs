@@ -5,6 +5,7 @@
 
 use crate::config::{AgentConfig, AGENT_PATH};
 use crate::preflight::Identity;
+use picortex_proto::ids::{API_KEY_CREDENTIAL, OAUTH_CREDENTIAL};
 use picortex_proto::turn::{TurnKind, TurnRequest};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -72,9 +73,6 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
     argv
 }
 
-/// The systemd credential holding the Anthropic API key, if the turn unit was given one.
-pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
-
 /// `--settings` for the agent when the turn has the API key as a systemd credential (SPEC T2):
 /// the CLI's `apiKeyHelper` reads it from the unit's credentials directory when it needs it, so
 /// the key is never in an environment, an argv, or a file in the chat's home.
@@ -112,8 +110,6 @@ pub fn passthrough_env(config: &AgentConfig) -> Vec<(String, String)> {
     env
 }
 
-/// The systemd credential holding a Claude subscription token (`claude setup-token`).
-pub const OAUTH_CREDENTIAL: &str = "claude-oauth-token";
 /// How the CLI is told which inherited descriptor holds that token.
 pub const OAUTH_FD_ENV: &str = "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR";
 

@@ -6,10 +6,8 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The systemd credential the helper puts the `[agent]` table of
-/// `/etc/picortex/picortexd.toml` in: turns cannot read `/etc/picortex` (the rest of that file
-/// is the operator's), so the table reaches picortex-run this way.
-pub const AGENT_CREDENTIAL: &str = "picortex-agent.toml";
+use picortex_proto::ids::TURN_AGENT_CONFIG;
+
 /// The only PATH the agent command is looked up on, and the PATH the agent gets.
 pub const AGENT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The config file is small; anything larger is not ours.
@@ -118,22 +116,17 @@ pub fn load_config(path: &Path) -> Result<AgentConfig, ConfigError> {
     parse_config(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
 }
 
-/// The unit's `[agent]` settings: the credential in `credentials_dir` ($CREDENTIALS_DIRECTORY).
-/// Unlike a missing config file, a missing credential is an error: the helper always passes
-/// one, so without it this is not a turn unit the helper started.
-pub fn load_credential_config(credentials_dir: Option<&str>) -> Result<AgentConfig, ConfigError> {
-    let missing = || {
-        ConfigError(format!(
-            "no {AGENT_CREDENTIAL} credential ($CREDENTIALS_DIRECTORY); turn units get their \
-             [agent] settings from picortex-provision"
-        ))
-    };
-    let dir = credentials_dir
-        .filter(|d| d.starts_with('/'))
-        .ok_or_else(missing)?;
-    let path = Path::new(dir).join(AGENT_CREDENTIAL);
+/// The unit's `[agent]` settings: `TURN_AGENT_CONFIG` in `dir`, the helper's view of
+/// `/etc/picortex` in a turn (`TURN_CONFIG_DIR`), which holds the `[agent]` table of
+/// `picortexd.toml` alone. Unlike a missing config file, a missing view is an error: the helper
+/// always binds one, so without it this is not a turn unit the helper started.
+pub fn load_view_config(dir: &Path) -> Result<AgentConfig, ConfigError> {
+    let path = dir.join(TURN_AGENT_CONFIG);
     if !path.is_file() {
-        return Err(missing());
+        return Err(ConfigError(format!(
+            "no {}; turn units get their [agent] settings from picortex-provision",
+            path.display()
+        )));
     }
     load_config(&path)
 }
@@ -267,25 +260,23 @@ mod tests {
     }
 
     #[test]
-    fn the_credential_is_required_and_validated() {
-        assert!(load_credential_config(None).is_err());
+    fn the_view_is_required_and_validated() {
         let d = tempfile::tempdir().unwrap();
-        let dir = d.path().to_str().unwrap();
-        assert!(load_credential_config(Some(dir))
+        assert!(load_view_config(d.path())
             .unwrap_err()
             .0
-            .contains("picortex-agent.toml"));
+            .contains("agent.toml"));
         std::fs::write(
-            d.path().join(AGENT_CREDENTIAL),
+            d.path().join(TURN_AGENT_CONFIG),
             "[agent]\nmodel = \"sonnet\"\n",
         )
         .unwrap();
         assert_eq!(
-            load_credential_config(Some(dir)).unwrap().model.as_deref(),
+            load_view_config(d.path()).unwrap().model.as_deref(),
             Some("sonnet")
         );
-        std::fs::write(d.path().join(AGENT_CREDENTIAL), "[agent]\nmodel = \"-x\"\n").unwrap();
-        assert!(load_credential_config(Some(dir)).is_err());
+        std::fs::write(d.path().join(TURN_AGENT_CONFIG), "[agent]\nmodel = \"-x\"\n").unwrap();
+        assert!(load_view_config(d.path()).is_err());
     }
 
     #[test]

@@ -8,10 +8,10 @@
 
 #![deny(unsafe_code)]
 
-use picortex_proto::ids::TurnId;
+use picortex_proto::ids::{TurnId, TURN_CONFIG_DIR};
 use picortex_proto::turn::{Outcome, TurnResult};
 use picortex_run::channel::ResultChannel;
-use picortex_run::config::{load_config, load_credential_config};
+use picortex_run::config::{load_config, load_view_config};
 use picortex_run::request::{check_chat, read_request_or_none, validate_request};
 use picortex_run::{
     audit, preflight, run_turn, scope, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 struct Cli {
     turn: String,
-    /// Tests only; a turn unit passes its `[agent]` settings as a credential.
+    /// Tests only; in a turn unit the `[agent]` settings are the helper's `/etc/picortex/agent.toml`.
     config: Option<PathBuf>,
 }
 
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
     }
     let config = match &cli.config {
         Some(path) => load_config(path),
-        None => load_credential_config(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref()),
+        None => load_view_config(std::path::Path::new(TURN_CONFIG_DIR)),
     };
     let config = match config {
         Ok(c) => c,

@@ -4,9 +4,10 @@
 
 use crate::agent::{
     build_argv, build_env, display_argv, oauth_token_fd, passthrough_env, run_agent, SessionArg,
-    MAX_AGENT_STDOUT, OAUTH_CREDENTIAL,
+    MAX_AGENT_STDOUT,
 };
 use crate::audit;
+use picortex_proto::ids::OAUTH_CREDENTIAL;
 use crate::config::{resolve_command, AgentConfig, AGENT_PATH};
 use crate::oom;
 use crate::output::{parse_output, AgentOutput};

@@ -475,10 +475,17 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     // journald's sockets in /run are those of the turns' own journal, which systemd binds.
     assert!(!binds.contains("/run/systemd/journal"), "{binds}");
     assert_eq!(prop(&show, "LogNamespace"), "picortex-turns");
+    // /etc/picortex is the helper's view (the [agent] table alone), not the operator's.
+    let etc = format!("/var/lib/picortex-provision/views/{tag}/etc:/etc/picortex");
+    assert!(binds.contains(&etc), "{etc} not in {binds}");
     assert_eq!(
         prop(&show, "InaccessiblePaths"),
-        "-/etc/picortex -/etc/passwd- -/etc/group-"
+        "-/etc/passwd- -/etc/group-"
     );
+    // No credential of the helper's making (the test machine has no API key): each unit's
+    // credentials are a mount in the host's namespace while it runs.
+    assert_eq!(prop(&show, "SetCredential"), "", "{unit}");
+    assert_eq!(prop(&show, "LoadCredential"), "", "{unit}");
     let filter = prop(&show, "SystemCallFilter");
     assert!(
         !filter.is_empty() && !filter.starts_with('~'),
@@ -512,8 +519,18 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     families.sort_unstable();
     assert_eq!(families, ["AF_INET", "AF_INET6", "AF_UNIX"]);
 
-    // The chat's limits are on its slice.
+    // The chat's limits are on its slice, and the turns' device policy with them.
     assert_eq!(prop(&slice, "MemoryMax"), MEMORY_MAX.to_string());
+    assert_eq!(prop(&slice, "DevicePolicy"), "closed");
+    let allowed: Vec<&str> = slice
+        .lines()
+        .filter_map(|l| l.strip_prefix("DeviceAllow="))
+        .collect();
+    assert_eq!(
+        allowed.join(", "),
+        "/dev/null rwm, /dev/zero rwm, /dev/full rwm, /dev/random rwm, /dev/urandom rwm, \
+/dev/tty rwm, /dev/ptmx rwm, char-pts rw, char-rtc r"
+    );
     let tasks: u64 = prop(&slice, "TasksMax")
         .parse()
         .unwrap_or_else(|_| panic!("TasksMax is not a number: {}", prop(&slice, "TasksMax")));
