@@ -15,9 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, SFlag};
 use picortex_proto::bus::TURN_LOG_NAMESPACE;
-use picortex_proto::ids::{
-    ChatId, TurnId, API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_CONFIG_DIR,
-};
+use picortex_proto::ids::{ChatId, TurnId, API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_CONFIG_DIR};
 use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;

@@ -275,7 +275,11 @@ mod tests {
             load_view_config(d.path()).unwrap().model.as_deref(),
             Some("sonnet")
         );
-        std::fs::write(d.path().join(TURN_AGENT_CONFIG), "[agent]\nmodel = \"-x\"\n").unwrap();
+        std::fs::write(
+            d.path().join(TURN_AGENT_CONFIG),
+            "[agent]\nmodel = \"-x\"\n",
+        )
+        .unwrap();
         assert!(load_view_config(d.path()).is_err());
     }
 

@@ -7,13 +7,13 @@ use crate::agent::{
     MAX_AGENT_STDOUT,
 };
 use crate::audit;
-use picortex_proto::ids::OAUTH_CREDENTIAL;
 use crate::config::{resolve_command, AgentConfig, AGENT_PATH};
 use crate::oom;
 use crate::output::{parse_output, AgentOutput};
 use crate::preflight::Identity;
 use crate::seed::seed_home;
 use picortex_proto::ids::TurnId;
+use picortex_proto::ids::OAUTH_CREDENTIAL;
 use picortex_proto::turn::{
     Outcome, TurnKind, TurnRequest, TurnResult, MAX_RESULT_BYTES, MAX_RESULT_ERROR_BYTES,
     MAX_RESULT_TEXT_BYTES,
