@@ -51,11 +51,23 @@ impl Spares {
         TurnStarting(&self.turns_starting)
     }
 
-    /// Wait (at most `max`) until no turn is being started in a fresh unit.
-    pub async fn make_way(&self, max: Duration) {
+    /// Wait (at most `max`) until no turn is being started in a fresh unit, and none has been
+    /// for `settle`: the turn that just ended is when the next message tends to arrive, and its
+    /// start (perhaps a chat's first, with no spare) goes before this one.
+    pub async fn make_way(&self, max: Duration, settle: Duration) {
         let until = Instant::now() + max;
-        while self.turns_starting.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let busy = || self.turns_starting.load(Ordering::SeqCst) > 0;
+        loop {
+            while busy() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(settle).await;
+            if !busy() {
+                return;
+            }
         }
     }
     /// Claim the start of `chat`'s spare: false if it has one, or one is being started, or
@@ -169,26 +181,50 @@ mod tests {
 
     #[tokio::test]
     async fn spare_starts_make_way_for_turns_being_started() {
-        let s = Spares::default();
+        const SETTLE: Duration = Duration::from_millis(30);
+        let s = std::sync::Arc::new(Spares::default());
         let t0 = Instant::now();
-        s.make_way(Duration::from_secs(5)).await;
+        s.make_way(Duration::from_secs(5), SETTLE).await;
         assert!(
             t0.elapsed() < Duration::from_secs(1),
             "waited with no turn starting"
         );
         let guard = s.turn_starting();
         let t0 = Instant::now();
-        s.make_way(Duration::from_millis(50)).await;
+        s.make_way(Duration::from_millis(50), SETTLE).await;
         assert!(
             t0.elapsed() >= Duration::from_millis(50),
             "did not wait for the turn"
         );
         drop(guard);
         let t0 = Instant::now();
-        s.make_way(Duration::from_secs(5)).await;
+        s.make_way(Duration::from_secs(5), SETTLE).await;
         assert!(
             t0.elapsed() < Duration::from_secs(1),
             "the guard did not end the wait"
         );
+        // A turn that starts just after another one ended (within the settling time) is waited
+        // for as well: its start ends the wait, not the first one's.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s2 = s.clone();
+        let other = tokio::spawn(async move {
+            let g = s2.turn_starting();
+            tx.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(g);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let g = s2.turn_starting();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(g);
+        });
+        rx.await.unwrap();
+        let t0 = Instant::now();
+        s.make_way(Duration::from_secs(5), SETTLE).await;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(400),
+            "went ahead between two turns starting: {:?}",
+            t0.elapsed()
+        );
+        other.await.unwrap();
     }
 }

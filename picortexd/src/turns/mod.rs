@@ -43,6 +43,13 @@ use results::ResultFiles;
 const SPARE_STARTS_AT_ONCE: usize = 2;
 /// How long a spare's start waits for turns being started in fresh units, at most.
 const SPARE_YIELD_MAX: Duration = Duration::from_secs(2);
+/// How long no turn must have been starting before a spare's start goes ahead: a spare is
+/// asked for when its chat's turn ends, which is when the next message (to another chat,
+/// which may have no spare) tends to arrive.
+const SPARE_SETTLE: Duration = Duration::from_millis(30);
+/// How long after its StartTurn a fresh unit still counts as being started (systemd builds
+/// its sandbox after the call returns: ~70 ms, more under load), unless it answers first.
+const COLD_SETUP_GRACE: Duration = Duration::from_millis(250);
 
 pub struct Turns {
     pub store: Store,
@@ -446,7 +453,6 @@ impl Turns {
                 u
             }
         };
-        starting.take();
         tracing::info!(unit = %unit, session = %request.session_id, resume = request.resume, "turn started");
         self.bus
             .turn_started(&job.chat_id, &job.turn_id, job.kind.as_str())
@@ -459,7 +465,8 @@ impl Turns {
             unit: Some(unit.clone()),
             ..job
         };
-        self.watch_and_finish(job, unit, false).await;
+        self.watch_and_finish_starting(job, unit, false, starting)
+            .await;
         Ok(())
     }
 
@@ -467,6 +474,18 @@ impl Turns {
     /// enforces `RuntimeMaxUSec` and this wait is only a backstop; a spare's unit started before
     /// its turn, so the turn's own time limit is kept here: past it, the unit is stopped.
     async fn watch_and_finish(&self, job: TurnJob, unit: String, spare: bool) {
+        self.watch_and_finish_starting(job, unit, spare, None).await
+    }
+
+    /// `watch_and_finish` for a unit just started fresh: `starting` (see `Spares::make_way`) is
+    /// let go once the unit answers or ends, or `COLD_SETUP_GRACE` after its start.
+    async fn watch_and_finish_starting(
+        &self,
+        job: TurnJob,
+        unit: String,
+        spare: bool,
+        mut starting: Option<crate::spares::TurnStarting<'_>>,
+    ) {
         let give_up = self.cfg.get().runtime_max()
             + if spare {
                 Duration::from_secs(1)
@@ -475,11 +494,19 @@ impl Turns {
             };
         let unit_id = job.unit_id();
         let mut ended = Box::pin(self.bus.wait_unit(&unit, give_up));
-        let answered = tokio::select! {
-            biased;
-            end = &mut ended => Err(end),
-            r = self.results.succeeded(&unit_id) => Ok(r),
+        let mut answer = Box::pin(self.results.succeeded(&unit_id));
+        let grace = tokio::time::sleep(COLD_SETUP_GRACE);
+        tokio::pin!(grace);
+        let answered = loop {
+            tokio::select! {
+                biased;
+                end = &mut ended => break Err(end),
+                r = &mut answer => break Ok(r),
+                () = &mut grace, if starting.is_some() => starting = None,
+            }
         };
+        drop(starting);
+        drop(answer);
         let end = match answered {
             Ok(result) => {
                 // picortex-run has answered and is on its way out: the answer need not wait
@@ -755,7 +782,7 @@ impl Turns {
                         let (me, slots) = (self.clone(), slots.clone());
                         tokio::spawn(async move {
                             if let Ok(_slot) = slots.acquire().await {
-                                me.spares.make_way(SPARE_YIELD_MAX).await;
+                                me.spares.make_way(SPARE_YIELD_MAX, SPARE_SETTLE).await;
                                 me.make_spare(&chat, ttl).await;
                             }
                             me.spares.started(&chat);
