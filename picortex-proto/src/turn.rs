@@ -138,6 +138,11 @@ pub struct Usage {
     pub cache_creation_input_tokens: u64,
 }
 
+/// The directory of a chat's home whose files are sent to the chat after a turn (media out):
+/// the agent writes them, picortex-run reports that there are some (`TurnResult::outbox`), the
+/// helper collects them as root.
+pub const OUTBOX_DIR: &str = "outbox";
+
 /// The one document picortex-run writes. The gateway accepts it only through
 /// [`parse_result_document`]: one line, known fields, every value within [`TurnResult::validate`]'s bounds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,6 +175,11 @@ pub struct TurnResult {
     /// A short, operator-facing reason when the outcome is not Ok.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the chat's `outbox/` (`OUTBOX_DIR`) held anything when picortex-run was done:
+    /// the gateway asks the helper to collect it only then. A turn that says no while it has
+    /// files only puts its own files off to a later turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outbox: bool,
     // --- consent (SPEC C2, C3) ---
     /// What the agent asked the owner for through picortex-run's MCP tools during this turn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -192,6 +202,7 @@ impl TurnResult {
             exit_code: None,
             signal: None,
             error: Some(error.into()),
+            outbox: false,
             requests: Vec::new(),
         }
     }
@@ -369,6 +380,7 @@ mod tests {
             exit_code: Some(0),
             signal: None,
             error: None,
+            outbox: true,
             requests: Vec::new(),
         }
     }

@@ -17,7 +17,7 @@ use nix::sys::stat::{fstat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use sha2::{Digest, Sha256};
 
-pub const OUTBOX_DIR: &str = "outbox";
+pub use picortex_proto::turn::OUTBOX_DIR;
 /// Most files taken from one outbox at a time.
 pub const MAX_FILES: usize = 10;
 

@@ -21,6 +21,7 @@ pub mod diskfull;
 pub mod mcp;
 pub mod nosubvol;
 pub mod oom;
+pub mod outbox;
 pub mod output;
 pub mod preflight;
 pub mod request;

@@ -197,7 +197,8 @@ fn main() -> ExitCode {
         return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
     }
     let result = run_turn(&config, &request, &identity);
-    let result = picortex_run::diskfull::reclassify(result, &identity.home);
+    let mut result = picortex_run::diskfull::reclassify(result, &identity.home);
+    result.outbox = picortex_run::outbox::has_files(&identity.home);
     if !write_result(channel, &result) {
         return ExitCode::from(EXIT_NO_RESULT);
     }

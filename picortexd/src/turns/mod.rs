@@ -640,7 +640,10 @@ impl Turns {
             .map(|r| r.requests.clone())
             .unwrap_or_default();
         self.record(&job, fin, &r.text, &requests).await;
-        if r.outcome == O::Ok {
+        // picortex-run says whether the agent left anything in outbox/ (the helper would find
+        // nothing otherwise, after a polkit check and a D-Bus round trip per turn).
+        let outbox = result.as_ref().is_some_and(|r| r.outbox);
+        if r.outcome == O::Ok && outbox {
             // Files the agent left in outbox/ go after the reply, in the same thread.
             let spool = self.results.dir().with_file_name("spool");
             let n = crate::media::out::collect(

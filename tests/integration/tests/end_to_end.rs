@@ -120,6 +120,11 @@ fn a_text_gets_an_answer_as_the_chats_own_user_and_the_session_continues() {
         "_UID=0",
         "helper did not run as root: {helper_uids}"
     );
+    // A turn that left nothing in outbox/ (picortex-run says so) costs the helper no
+    // CollectOutbox call; media.rs has the turns that do.
+    let calls = m.journal("_SYSTEMD_UNIT=picortex-provision.service");
+    assert!(calls.contains("StartTurn by"), "{calls}");
+    assert!(!calls.contains("CollectOutbox"), "{calls}");
 
     // The turn ran in a picortex-turn-*.service, as the chat user, in the chat's slice.
     let slice = format!("picortex-chat-{tag}.slice");
