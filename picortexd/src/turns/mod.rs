@@ -244,8 +244,6 @@ impl Turns {
     }
 
     async fn start_inner(self: Arc<Self>, job: TurnJob) -> Result<(), Failure> {
-        // Spare starts wait while this turn's unit is being started (see `Spares::make_way`).
-        let mut starting = Some(self.spares.turn_starting());
         let chat = {
             let id = job.chat_id.clone();
             self.store
@@ -254,6 +252,14 @@ impl Turns {
                 .map_err(Failure::store)?
         }
         .ok_or_else(|| Failure::internal("chat row missing".into()))?;
+        // Spare starts wait while a chat's first turn is being started (see `Spares::make_way`):
+        // the slowest start there is (a user, a home, a sandbox), which no spare can have
+        // served. Not for other turns in fresh units: a spare start held back for those would
+        // leave more chats without one, and more turns in fresh units.
+        let mut starting = chat
+            .unix_user
+            .is_none()
+            .then(|| self.spares.turn_starting());
 
         let cfg = self.cfg.get();
         if let Some(budget) = chat.daily_budget_usd.or(cfg.turns.daily_budget_usd) {
