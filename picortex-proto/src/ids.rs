@@ -23,13 +23,15 @@ pub const TURN_UNIT_PREFIX: &str = "picortex-turn-";
 pub const VIEW_USERS: &[&str] = &["root", "nobody"];
 pub const VIEW_GROUPS: &[&str] = &["root", "nogroup"];
 /// In a turn, `/etc/picortex` is the helper's view of it (bound read-only over the operator's,
-/// which names the owner): [`TURN_AGENT_CONFIG`] alone, the `[agent]` table of `picortexd.toml`,
-/// which picortex-run reads. A file rather than a systemd credential: each unit's credentials
-/// are a mount in the host's namespace for as long as it runs, and every unit start pays for
-/// every mount there.
+/// which names the owner): [`TURN_AGENT_CONFIG`], the `[agent]` table of `picortexd.toml`
+/// alone, which picortex-run reads, and the agent's credential, [`API_KEY_CREDENTIAL`] or
+/// [`OAUTH_CREDENTIAL`], readable by the chat's user alone. Files rather than systemd
+/// credentials: each unit's credentials are a mount in the host's namespace for as long as it
+/// runs (spares included), and every unit start pays for every mount there.
 pub const TURN_CONFIG_DIR: &str = "/etc/picortex";
 pub const TURN_AGENT_CONFIG: &str = "agent.toml";
-/// The agent's credentials, as systemd credential ids of the turn unit (SPEC T2): the
+/// The agent's credentials, by the names the operator gives them in
+/// `/etc/picortex/credentials/` and a turn finds them under in its `TURN_CONFIG_DIR`: the
 /// Anthropic API key, or a Claude subscription token (`claude setup-token`).
 pub const API_KEY_CREDENTIAL: &str = "anthropic-api-key";
 pub const OAUTH_CREDENTIAL: &str = "claude-oauth-token";

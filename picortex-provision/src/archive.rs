@@ -233,6 +233,8 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
     let mut lock = root_cmd(USERMOD);
     lock.args(["--lock", "--expiredate", "1", &acct.user]);
     run(lock, "usermod --lock")?;
+    // Its views (the agent's credential among them) are made again at its next turn.
+    crate::view::forget(&acct.tag)?;
     Ok(path)
 }
 
@@ -297,6 +299,7 @@ pub fn remove(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
     run(del, "userdel")?;
     // Before anything else can look: a turn must not bring the user back.
     crate::users::mark_removed(&acct.tag)?;
+    crate::view::forget(&acct.tag)?;
     let kept = match archived {
         Some(p) => {
             let removed = p.with_extension("tar.removed");

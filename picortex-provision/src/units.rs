@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, SFlag};
 use picortex_proto::bus::TURN_LOG_NAMESPACE;
-use picortex_proto::ids::{ChatId, TurnId, API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_CONFIG_DIR};
+use picortex_proto::ids::{ChatId, TurnId, TURN_CONFIG_DIR};
 use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
@@ -146,9 +146,13 @@ impl Host {
             cgroups: view::write_cgroup_view(acct, std::path::Path::new(CGROUP_ROOT))?,
             user_db: Some((p.display().to_string(), g.display().to_string())),
             agent_view: Some(
-                view::write_agent_view(acct, &view::load_agent_table(egress::CONFIG_PATH)?)?
-                    .display()
-                    .to_string(),
+                view::write_agent_view(
+                    acct,
+                    &view::load_agent_table(egress::CONFIG_PATH)?,
+                    std::path::Path::new(view::OPERATOR_CREDENTIALS),
+                )?
+                .display()
+                .to_string(),
             ),
         })
     }
@@ -246,21 +250,6 @@ pub fn turn_properties(
             Prop::Ips(egress::subtract(allow, &host.addresses)),
         ));
     }
-    // The agent's API key (SPEC T2): systemd reads it as root and exposes it only inside this
-    // unit, in $CREDENTIALS_DIRECTORY, where picortex-run points the agent's apiKeyHelper at it.
-    // Likewise a Claude subscription token (`claude setup-token`), which picortex-run hands to
-    // the agent as an inherited descriptor (CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR).
-    let creds: Vec<(String, String)> = [
-        (API_KEY_CREDENTIAL, API_KEY_PATH),
-        (OAUTH_CREDENTIAL, OAUTH_PATH),
-    ]
-    .into_iter()
-    .filter(|(_, path)| std::path::Path::new(path).is_file())
-    .map(|(id, path)| (id.to_owned(), path.to_owned()))
-    .collect();
-    if !creds.is_empty() {
-        props.push(("LoadCredential", Prop::Pairs(creds)));
-    }
     props
 }
 
@@ -280,11 +269,6 @@ pub fn grant_properties(grants: &[(String, String)], props: &mut Vec<(&'static s
         ),
     ));
 }
-
-/// Where the operator puts the Anthropic API key (root, 0600).
-pub const API_KEY_PATH: &str = "/etc/picortex/credentials/anthropic-api-key";
-/// Where the operator puts a Claude subscription token instead (root, 0600).
-pub const OAUTH_PATH: &str = "/etc/picortex/credentials/claude-oauth-token";
 
 fn base_turn_properties(
     acct: &ChatAccount,

@@ -4,16 +4,20 @@
 //!   over the turn's /etc/passwd and /etc/group, since the real ones list every chat user;
 //! - a skeleton of the cgroup tree with only the chat's own slice in it, bound over the turn's
 //!   /sys/fs/cgroup, with that slice bound back (`CgroupView`);
-//! - a directory with the `[agent]` table of the operator's configuration alone, bound
-//!   read-only over the turn's `/etc/picortex`, because the rest of that file (the owner's
-//!   handles) is no turn's business.
+//! - a directory with the `[agent]` table of the operator's configuration alone and a copy of
+//!   the agent's credential owned by the chat's user, bound read-only over the turn's
+//!   `/etc/picortex`, because the rest of that directory (the owner's handles, the gateway's
+//!   secrets) is no turn's business.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::users::ChatAccount;
-use picortex_proto::ids::{TURN_AGENT_CONFIG, VIEW_GROUPS, VIEW_USERS};
+use crate::users::{ChatAccount, UserError};
+use picortex_proto::ids::ChatTag;
+use picortex_proto::ids::{
+    API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_AGENT_CONFIG, VIEW_GROUPS, VIEW_USERS,
+};
 
 /// Where the per-chat views live: inside the helper's own state directory (root, 0700).
 const VIEWS_DIR: &str = "/var/lib/picortex-provision/views";
@@ -56,9 +60,33 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
     Ok((p, g))
 }
 
+/// Remove a chat's views (when it is archived or removed: nothing of it runs then). A copy of
+/// the agent's credential is among them.
+pub fn forget(tag: &ChatTag) -> Result<(), UserError> {
+    let dir = Path::new(VIEWS_DIR).join(tag.as_str());
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(UserError::Io {
+            path: dir.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Where the operator puts the agent's credentials (root, 0600), see `CREDENTIALS`.
+pub const OPERATOR_CREDENTIALS: &str = "/etc/picortex/credentials";
+/// The agent's credentials a turn gets, by name in `OPERATOR_CREDENTIALS` and in the view.
+pub const CREDENTIALS: &[&str] = &[API_KEY_CREDENTIAL, OAUTH_CREDENTIAL];
+/// A credential is a token: anything larger is not one.
+const MAX_CREDENTIAL_BYTES: u64 = 64 << 10;
+
 /// The turn's `/etc/picortex`: a directory holding `agent` (the `[agent]` table, see
-/// `load_agent_table`) as `TURN_AGENT_CONFIG`, returned as the directory's path.
-pub fn write_agent_view(acct: &ChatAccount, agent: &str) -> Result<PathBuf, String> {
+/// `load_agent_table`) as `TURN_AGENT_CONFIG`, and each of `CREDENTIALS` found in `creds` (the
+/// operator's directory), copied for the chat's user alone (0400); one the operator removed is
+/// removed. Returns the directory's path. The directory is bound, not its files, so a spare
+/// already running sees the key the operator rotates at its chat's next turn start.
+pub fn write_agent_view(acct: &ChatAccount, agent: &str, creds: &Path) -> Result<PathBuf, String> {
     let dir = Path::new(VIEWS_DIR).join(acct.tag.as_str()).join("etc");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -69,7 +97,83 @@ pub fn write_agent_view(acct: &ChatAccount, agent: &str) -> Result<PathBuf, Stri
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     replace(&dir.join(TURN_AGENT_CONFIG), agent)?;
+    sync_credentials(creds, &dir, acct.uid, acct.gid)?;
     Ok(dir)
+}
+
+/// Each of `CREDENTIALS` in `creds` copied into `dir` for `uid`:`gid` alone (0400), and removed
+/// from `dir` when it is gone from `creds`.
+fn sync_credentials(creds: &Path, dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    for name in CREDENTIALS {
+        let (src, dst) = (creds.join(name), dir.join(name));
+        match read_credential(&src)? {
+            Some(secret) => replace_owned(&dst, &secret, uid, gid)?,
+            None => match std::fs::remove_file(&dst) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", dst.display())),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The operator's credential file, if there is one (a symlink is not followed; empty counts as
+/// none, as for the gateway's own credentials).
+fn read_credential(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut secret = Vec::new();
+    f.take(MAX_CREDENTIAL_BYTES + 1)
+        .read_to_end(&mut secret)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if secret.len() as u64 > MAX_CREDENTIAL_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_CREDENTIAL_BYTES} bytes",
+            path.display()
+        ));
+    }
+    Ok((!secret.is_empty()).then_some(secret))
+}
+
+/// Like `replace`, for a secret: mode 0400, owned by `uid`:`gid`. A file that already holds it
+/// that way is left as it is.
+fn replace_owned(path: &Path, secret: &[u8], uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let same = std::fs::symlink_metadata(path).is_ok_and(|m| {
+        m.is_file() && m.uid() == uid && m.gid() == gid && m.mode() & 0o7777 == 0o400
+    }) && std::fs::read(path).is_ok_and(|old| old == secret);
+    if same {
+        return Ok(());
+    }
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let err = |e: std::io::Error| format!("{}: {e}", tmp.display());
+    f.set_permissions(std::fs::Permissions::from_mode(0o400))
+        .map_err(err)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
+    f.write_all(secret)
+        .and_then(|_| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it
@@ -219,6 +323,40 @@ mod tests {
              nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         );
         assert!(!v.contains("bbbb2222"));
+    }
+
+    #[test]
+    fn the_agents_credentials_are_copied_for_the_chat_alone_and_follow_the_operators() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempdir();
+        let (creds, view) = (root.join("creds"), root.join("view"));
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::create_dir(&view).unwrap();
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        std::fs::write(creds.join(API_KEY_CREDENTIAL), "sk-ant-1").unwrap();
+        sync_credentials(&creds, &view, uid, gid).unwrap();
+        let key = view.join(API_KEY_CREDENTIAL);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "sk-ant-1");
+        let m = std::fs::metadata(&key).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o400, uid, gid));
+        assert!(!view.join(OAUTH_CREDENTIAL).exists());
+        // Rotated: the copy follows. Removed: so is the copy. Empty counts as none.
+        std::fs::write(creds.join(API_KEY_CREDENTIAL), "sk-ant-2").unwrap();
+        sync_credentials(&creds, &view, uid, gid).unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "sk-ant-2");
+        std::fs::write(creds.join(API_KEY_CREDENTIAL), "").unwrap();
+        std::fs::write(creds.join(OAUTH_CREDENTIAL), "sk-ant-oat01-x").unwrap();
+        sync_credentials(&creds, &view, uid, gid).unwrap();
+        assert!(!key.exists());
+        assert!(view.join(OAUTH_CREDENTIAL).exists());
+        // A symlink in the operator's directory is refused, not followed.
+        std::fs::remove_file(creds.join(API_KEY_CREDENTIAL)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", creds.join(API_KEY_CREDENTIAL)).unwrap();
+        assert!(sync_credentials(&creds, &view, uid, gid).is_err());
+        assert!(!key.exists());
     }
 
     #[test]

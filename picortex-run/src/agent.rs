@@ -5,7 +5,7 @@
 
 use crate::config::{AgentConfig, AGENT_PATH};
 use crate::preflight::Identity;
-use picortex_proto::ids::{API_KEY_CREDENTIAL, OAUTH_CREDENTIAL};
+use picortex_proto::ids::{API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_CONFIG_DIR};
 use picortex_proto::turn::{TurnKind, TurnRequest};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -61,9 +61,7 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
         argv.extend(["--append-system-prompt".into(), s.clone()]);
     }
     argv.extend(config.extra_args.iter().cloned());
-    if let Some(settings) =
-        credential_settings(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref())
-    {
+    if let Some(settings) = credential_settings(Some(TURN_CONFIG_DIR)) {
         argv.extend(["--settings".into(), settings]);
     }
     match session {
@@ -73,9 +71,10 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
     argv
 }
 
-/// `--settings` for the agent when the turn has the API key as a systemd credential (SPEC T2):
-/// the CLI's `apiKeyHelper` reads it from the unit's credentials directory when it needs it, so
-/// the key is never in an environment, an argv, or a file in the chat's home.
+/// `--settings` for the agent when the turn has the API key (SPEC T2): in a turn, the helper's
+/// view of `/etc/picortex` (`TURN_CONFIG_DIR`) holds it, readable by the chat's user alone; the
+/// CLI's `apiKeyHelper` reads it from there when it needs it, so the key is never in an
+/// environment, an argv, or a file in the chat's home.
 pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
     let dir = credentials_dir?;
     let safe = dir.starts_with('/')
@@ -89,25 +88,16 @@ pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
     Some(serde_json::json!({ "apiKeyHelper": format!("cat '{path}'") }).to_string())
 }
 
-/// Variables passed through from picortex-run's own environment when set: systemd's
-/// `$CREDENTIALS_DIRECTORY` is how an `apiKeyHelper` finds the turn's credentials (SPEC T2); its
-/// path changes with every turn unit, so it cannot be written into the configuration. Then the
-/// operator's `[agent] env` (validated against `picortex_proto::agent_env` when loaded).
+/// Variables the agent gets besides picortex-run's own: the operator's `[agent] env`
+/// (validated against `picortex_proto::agent_env` when loaded). Nothing of picortex-run's own
+/// environment is passed through.
 pub fn passthrough_env(config: &AgentConfig) -> Vec<(String, String)> {
-    let mut env = match std::env::var("CREDENTIALS_DIRECTORY") {
-        Ok(v) if v.starts_with('/') && !v.contains(['\n', '\0']) => {
-            vec![("CREDENTIALS_DIRECTORY".into(), v)]
-        }
-        _ => Vec::new(),
-    };
-    env.extend(
-        config
-            .env
-            .iter()
-            .filter(|(k, v)| picortex_proto::agent_env::check(k, v).is_ok())
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    env
+    config
+        .env
+        .iter()
+        .filter(|(k, v)| picortex_proto::agent_env::check(k, v).is_ok())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// How the CLI is told which inherited descriptor holds that token.
@@ -480,10 +470,7 @@ mod tests {
         );
         assert_eq!(get("USER"), Some("chat-deadbeef"));
         assert_eq!(get("PATH"), Some("/usr/local/bin:/usr/bin:/bin"));
-        let with = build_env(
-            &identity(),
-            &[("CREDENTIALS_DIRECTORY".into(), "/run/credentials/x".into())],
-        );
+        let with = build_env(&identity(), &[("ANTHROPIC_MODEL".into(), "sonnet".into())]);
         assert_eq!(with.len(), env.len() + 1);
     }
 

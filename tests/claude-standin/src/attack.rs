@@ -185,6 +185,7 @@ pub fn run_all(t: &Targets<'_>) -> Vec<Finding> {
     ];
     if let Some(o) = t.other {
         f.push(read_other_home(o));
+        f.push(read_other_view(o));
     }
     f.extend([
         list_chats(),
@@ -964,6 +965,27 @@ fn read_other_home(other: &str) -> Finding {
             o.join(".claude/.claude.json"),
             o.join(".claude/projects"),
             o.join(".picortex"),
+        ],
+    )
+}
+
+/// The helper's views of the other chat (its copy of the agent's key among them) and the
+/// helper's state directory they live in.
+fn read_other_view(other: &str) -> Finding {
+    let tag = Path::new(other)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let views = Path::new("/var/lib/picortex-provision/views");
+    reads(
+        "read_other_view",
+        &[
+            PathBuf::from("/var/lib/picortex-provision"),
+            views.to_owned(),
+            views.join(&tag),
+            views.join(&tag).join("etc"),
+            views.join(&tag).join("etc/anthropic-api-key"),
+            views.join(&tag).join("passwd"),
         ],
     )
 }

@@ -1,5 +1,7 @@
-//! SPEC T2: the agent's API key reaches the turn as a systemd credential and nowhere else: not a
-//! chat home, not a unit's environment, not any process's environment.
+//! SPEC T2: the agent's API key reaches the turn through the helper alone, as a file of the
+//! turn's `/etc/picortex` readable by the chat's user (the helper's copy, in its own 0700 state
+//! directory), and nowhere else: not a chat home, not a unit's properties or environment, not any
+//! process's environment or command line, not the gateway.
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use picortex_integration::Machine;
 const KEY: &str = "sk-ant-test-7f3a9c1e5b2d4680aa11";
 
 #[test]
-fn the_api_key_is_a_credential_of_the_turn_and_nothing_else() {
+fn the_api_key_reaches_the_turn_through_the_helpers_view_alone() {
     let m = Machine::boot();
     std::fs::write(m.path("/etc/picortex/credentials/anthropic-api-key"), KEY).unwrap();
     m.ok("chmod 600 /etc/picortex/credentials/anthropic-api-key");
@@ -47,32 +49,52 @@ fn the_api_key_is_a_credential_of_the_turn_and_nothing_else() {
         env_hits.trim().is_empty(),
         "key in process environments: {env_hits}"
     );
-    let home_hits = m
-        .sh("grep -r -l -a -F -f /root/needle /var/lib/picortex /home /tmp 2>/dev/null || true")
-        .stdout;
-    assert!(home_hits.trim().is_empty(), "key in files: {home_hits}");
-    // Every turn unit running now (the sleeping turn, and perhaps a spare: both hold the
-    // credential; a finished unit may be released before it is looked at) has the key only as
-    // a credential.
+    let tag = picortex_integration::chat_tag(&chat);
+    let copy = format!("/var/lib/picortex-provision/views/{tag}/etc/anthropic-api-key");
+    // The operator's file and the helper's copy for this chat are the only files with the key.
+    let mut files: Vec<String> = m
+        .sh("grep -r -l -a -F -f /root/needle /etc /var/lib /run /tmp /home 2>/dev/null || true")
+        .stdout
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "/etc/picortex/credentials/anthropic-api-key".to_owned(),
+            copy.clone()
+        ],
+        "key in files"
+    );
+    assert_eq!(
+        m.ok(&format!(
+            "stat -c '%U %a' {copy}; stat -c '%U %a' /var/lib/picortex-provision"
+        )),
+        format!("chat-{tag} 400\nroot 700\n")
+    );
+    // Every turn unit running now (the sleeping turn, and perhaps a spare; a finished unit may
+    // be released before it is looked at) has the chat's view as its /etc/picortex, and the key
+    // in none of its properties: no systemd credential, whose mount every unit start pays for.
     let mut checked = 0;
     for unit in unit.split_whitespace() {
         let props = m.sh(&format!("systemctl show {unit}")).stdout;
-        assert!(!props.contains(KEY), "key in the properties of {unit}");
-        let Some(path) = m
-            .sh(&format!("busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager GetUnit s {unit} | cut -d'\"' -f2"))
-            .stdout
-            .lines()
-            .next()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| l.starts_with('/'))
-        else {
+        if !props.contains("LoadState=loaded") {
             continue; // released in the meantime
-        };
-        let lc = m.sh(&format!("busctl get-property org.freedesktop.systemd1 {path} org.freedesktop.systemd1.Service LoadCredential")).stdout;
+        }
+        assert!(!props.contains(KEY), "key in the properties of {unit}");
         assert!(
-            lc.contains("\"anthropic-api-key\" \"/etc/picortex/credentials/anthropic-api-key\""),
-            "no LoadCredential on {unit}: {lc}"
+            props.contains(&format!(
+                "/var/lib/picortex-provision/views/{tag}/etc:/etc/picortex"
+            )),
+            "no view of /etc/picortex in {unit}"
         );
+        for p in ["LoadCredential=", "SetCredential="] {
+            assert!(
+                props.lines().any(|l| l == p) || !props.contains(p),
+                "{p} set on {unit}"
+            );
+        }
         checked += 1;
     }
     assert!(checked >= 1, "no turn unit left to check");

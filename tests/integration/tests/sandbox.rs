@@ -20,6 +20,7 @@ const KNOWN_OPEN: &[(&str, &str)] = &[];
 /// Every kind of attack the issue asks for, by the stand-in's names (tests/claude-standin/src/attack.rs).
 const REQUIRED: &[&str] = &[
     "read_other_home",
+    "read_other_view",
     "list_chats",
     "read_database",
     "read_gateway_credentials",
@@ -173,7 +174,7 @@ fn assert_blocked_but(
 #[test]
 fn attacks_from_inside_a_turn_are_all_blocked() {
     let m = Machine::boot();
-    // Turns get a credential, so there is something in /run/credentials to steal.
+    // Turns get the agent's key, so there is something of another chat's to steal.
     std::fs::write(
         m.path("/etc/picortex/credentials/anthropic-api-key"),
         "sk-ant-test-sandbox-0000",
@@ -204,7 +205,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         "700\n700"
     );
 
-    // B keeps a turn running (with its credential loaded) while A attacks, listening on an
+    // B keeps a turn running (with its copy of the key in its view) while A attacks, listening on an
     // abstract Unix socket and with a file in its /dev/shm.
     const HOLD: &str = "picortex-hold-b";
     let busy = format!("Cortex #sleep=12 #hold={HOLD} busy");
@@ -214,7 +215,9 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         .trim_start_matches("picortex-turn-")
         .trim_end_matches(".service")
         .to_owned();
-    m.ok(&format!("test -d /run/credentials/{unit_b}"));
+    m.ok(&format!(
+        "test -f /var/lib/picortex-provision/views/{tag_b}/etc/anthropic-api-key"
+    ));
     m.wait_for("B's abstract listener", T, || {
         m.sh(&format!("grep -q ' @{HOLD}$' /proc/net/unix"))
             .code
