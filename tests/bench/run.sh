@@ -69,6 +69,10 @@ open(path, "w").write("# max_concurrent, cpu_quota and owner.handles set by test
 PY
 }
 configure "$pid"
+# An API key, as every real deployment has one: each turn then carries it (the stand-in agent
+# ignores it), which is part of what a turn's start costs.
+printf '%s' sk-ant-bench-0000 > "/proc/$pid/root/etc/picortex/credentials/anthropic-api-key"
+ex chmod 600 /etc/picortex/credentials/anthropic-api-key
 install -m755 "$bin" "/proc/$pid/root/run/picortex-bench"
 ex systemctl start linq-sim.service
 ex systemctl enable --now picortexd.socket >/dev/null 2>&1
