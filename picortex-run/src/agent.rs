@@ -85,7 +85,14 @@ pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
     if !safe || !std::path::Path::new(&path).is_file() {
         return None;
     }
-    Some(serde_json::json!({ "apiKeyHelper": format!("cat '{path}'") }).to_string())
+    Some(serde_json::json!({ "apiKeyHelper": key_helper(&path) }).to_string())
+}
+
+/// The `apiKeyHelper` command (run by `/bin/sh -c` once per agent process) that prints the key
+/// in `path` (a path of safe characters): with the shell's own `read` and `printf`, no program
+/// started besides the shell; it fails when the file cannot be read.
+fn key_helper(path: &str) -> String {
+    format!("test -r '{path}' && {{ read -r k < '{path}'; printf '%s' \"$k\"; }}")
 }
 
 /// Variables the agent gets besides picortex-run's own: the operator's `[agent] env`
@@ -279,7 +286,7 @@ fn tee_stderr(mut r: impl Read) -> String {
 mod tests {
 
     #[test]
-    fn the_api_key_reaches_the_agent_only_through_its_credentials_directory() {
+    fn the_api_key_reaches_the_agent_only_through_the_turns_view() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
         assert_eq!(
@@ -290,7 +297,31 @@ mod tests {
         std::fs::write(dir.path().join(API_KEY_CREDENTIAL), "sk-test").unwrap();
         let s = credential_settings(Some(&d)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        assert_eq!(v["apiKeyHelper"], format!("cat '{d}/{API_KEY_CREDENTIAL}'"));
+        assert_eq!(
+            v["apiKeyHelper"],
+            key_helper(&format!("{d}/{API_KEY_CREDENTIAL}"))
+        );
+        // The helper prints the key, without the file's newline, and fails without the file.
+        std::fs::write(dir.path().join(API_KEY_CREDENTIAL), "sk-test\n").unwrap();
+        let helper = v["apiKeyHelper"].as_str().unwrap();
+        let out = Command::new("/bin/sh")
+            .args(["-c", helper])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"sk-test");
+        std::fs::write(dir.path().join(API_KEY_CREDENTIAL), "sk-no-newline").unwrap();
+        let out = Command::new("/bin/sh")
+            .args(["-c", helper])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"sk-no-newline");
+        std::fs::remove_file(dir.path().join(API_KEY_CREDENTIAL)).unwrap();
+        let out = Command::new("/bin/sh")
+            .args(["-c", helper])
+            .output()
+            .unwrap();
+        assert!(!out.status.success() && out.stdout.is_empty());
         assert!(!s.contains("sk-test"), "the key itself must not be in argv");
         assert_eq!(credential_settings(Some("relative/dir")), None);
         assert_eq!(credential_settings(Some("/tmp/it's")), None);

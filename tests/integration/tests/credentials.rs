@@ -38,41 +38,7 @@ fn the_api_key_reaches_the_turn_through_the_helpers_view_alone() {
         let u = u.trim().to_owned();
         (!u.is_empty()).then_some(u)
     });
-    // Give the agent inside the sleeping turn time to start, so that its environment is searched.
-    std::thread::sleep(Duration::from_millis(500));
-    // The searches read the key from a file, so that their own command lines do not contain it.
-    std::fs::write(m.path("/root/needle"), KEY).unwrap();
-    let env_hits = m
-        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ 2>/dev/null || true")
-        .stdout;
-    assert!(
-        env_hits.trim().is_empty(),
-        "key in process environments: {env_hits}"
-    );
     let tag = picortex_integration::chat_tag(&chat);
-    let copy = format!("/var/lib/picortex-provision/views/{tag}/etc/anthropic-api-key");
-    // The operator's file and the helper's copy for this chat are the only files with the key.
-    let mut files: Vec<String> = m
-        .sh("grep -r -l -a -F -f /root/needle /etc /var/lib /run /tmp /home 2>/dev/null || true")
-        .stdout
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    files.sort();
-    assert_eq!(
-        files,
-        [
-            "/etc/picortex/credentials/anthropic-api-key".to_owned(),
-            copy.clone()
-        ],
-        "key in files"
-    );
-    assert_eq!(
-        m.ok(&format!(
-            "stat -c '%U %a' {copy}; stat -c '%U %a' /var/lib/picortex-provision"
-        )),
-        format!("chat-{tag} 400\nroot 700\n")
-    );
     // Every turn unit running now (the sleeping turn, and perhaps a spare; a finished unit may
     // be released before it is looked at) has the chat's view as its /etc/picortex, and the key
     // in none of its properties: no systemd credential, whose mount every unit start pays for.
@@ -98,6 +64,40 @@ fn the_api_key_reaches_the_turn_through_the_helpers_view_alone() {
         checked += 1;
     }
     assert!(checked >= 1, "no turn unit left to check");
+    // Give the agent inside the sleeping turn time to start, so that its environment is searched.
+    std::thread::sleep(Duration::from_millis(500));
+    // The searches read the key from a file, so that their own command lines do not contain it.
+    std::fs::write(m.path("/root/needle"), KEY).unwrap();
+    let env_hits = m
+        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ 2>/dev/null || true")
+        .stdout;
+    assert!(
+        env_hits.trim().is_empty(),
+        "key in process environments: {env_hits}"
+    );
+    let copy = format!("/var/lib/picortex-provision/views/{tag}/etc/anthropic-api-key");
+    // The operator's file and the helper's copy for this chat are the only files with the key.
+    let mut files: Vec<String> = m
+        .sh("grep -r -l -a -F -f /root/needle /etc /var/lib /run /tmp /home 2>/dev/null || true")
+        .stdout
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "/etc/picortex/credentials/anthropic-api-key".to_owned(),
+            copy.clone()
+        ],
+        "key in files"
+    );
+    assert_eq!(
+        m.ok(&format!(
+            "stat -c '%U %a' {copy}; stat -c '%U %a' /var/lib/picortex-provision"
+        )),
+        format!("chat-{tag} 400\nroot 700\n")
+    );
     let cmdlines = m
         .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/cmdline 2>/dev/null || true")
         .stdout;
