@@ -316,19 +316,29 @@ fn killed_during_the_turn() {
     for round in 1..=ROUNDS {
         r.settle();
         r.text(0, &format!("#sleep=3 a long one, round {round}"));
-        r.m.wait_for("the turn unit running", T, || {
-            let units = r
-                .m
-                .ok("systemctl list-units --plain --no-legend --state=running 'picortex-turn-*'");
-            (!units.trim().is_empty()).then_some(())
-        });
+        // The long turn itself, running in its unit: not any turn unit (a spare waits in one;
+        // one whose sandbox went stale hands its turn back and ends).
+        let long_unit = || {
+            let unit = r.m.sql(&format!(
+                "SELECT t.unit FROM turns t JOIN messages m ON m.id = t.message_id \
+                 WHERE m.text LIKE '%a long one, round {round}' AND t.status = 'running'"
+            ));
+            let unit = unit.trim().to_owned();
+            (!unit.is_empty()
+                && r.m
+                    .sh(&format!("systemctl is-active --quiet '{unit}'"))
+                    .code
+                    == 0)
+                .then_some(unit)
+        };
+        let unit =
+            r.m.wait_for("the long turn running in its unit", T, long_unit);
         r.text(0, &format!("queued behind the long one, round {round}"));
         r.text(1, &format!("another chat, round {round}"));
-        std::thread::sleep(Duration::from_millis(300));
-        let running =
-            r.m.ok("systemctl list-units --plain --no-legend --state=running 'picortex-turn-*'");
         assert!(
-            !running.trim().is_empty(),
+            r.m.sh(&format!("systemctl is-active --quiet '{unit}'"))
+                .code
+                == 0,
             "the long turn ended before the kill"
         );
         r.m.ok("systemctl kill -s KILL picortexd.service");
