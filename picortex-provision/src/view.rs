@@ -147,57 +147,52 @@ fn read_credential(path: &Path) -> Result<Option<Vec<u8>>, String> {
     Ok((!secret.is_empty()).then_some(secret))
 }
 
-/// Like `replace`, for a secret: mode 0400, owned by `uid`:`gid`. A file that already holds it
-/// that way is left as it is.
+/// Like `replace`, for a secret: mode 0400, owned by `uid`:`gid`.
 fn replace_owned(path: &Path, secret: &[u8], uid: u32, gid: u32) -> Result<(), String> {
+    write_view_file(path, secret, 0o400, Some((uid, gid)))
+}
+
+/// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it
+/// through the bind mount; the directory above stays root's alone).
+fn replace(path: &Path, text: &str) -> Result<(), String> {
+    write_view_file(path, text.as_bytes(), 0o644, None)
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, with `mode` (set, not asked
+/// for: the helper runs with UMask=0077) and, if given, that owner. A file that already holds
+/// them so is left as it is: StartTurn writes the views each time, and a rename per turn would
+/// be a write (and a sync) per turn for nothing.
+fn write_view_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let same = std::fs::symlink_metadata(path).is_ok_and(|m| {
-        m.is_file() && m.uid() == uid && m.gid() == gid && m.mode() & 0o7777 == 0o400
-    }) && std::fs::read(path).is_ok_and(|old| old == secret);
+        m.is_file()
+            && m.mode() & 0o7777 == mode
+            && owner.is_none_or(|(u, g)| m.uid() == u && m.gid() == g)
+    }) && std::fs::read(path).is_ok_and(|old| old == bytes);
     if same {
         return Ok(());
     }
     let tmp = path.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     let err = |e: std::io::Error| format!("{}: {e}", tmp.display());
-    f.set_permissions(std::fs::Permissions::from_mode(0o400))
-        .map_err(err)?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
-    f.write_all(secret)
-        .and_then(|_| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it
-/// through the bind mount; the directory above stays root's alone). A file that already holds
-/// `text` is left as it is: StartTurn writes the views each time, and a rename per turn would
-/// be a write (and a sync) per turn for nothing.
-fn replace(path: &Path, text: &str) -> Result<(), String> {
-    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
-        return Ok(());
-    }
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    // The helper runs with UMask=0077: the mode is set, not asked for.
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .and_then(|_| f.write_all(text.as_bytes()))
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        .map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(err)?;
+    }
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
