@@ -28,10 +28,12 @@ fn gateway(text: &str) {
     assert!((1024..=64 << 20).contains(&c.http.max_body_bytes));
     assert!((1..=256).contains(&c.turns.max_concurrent));
     assert!((0.0..=1.0).contains(&c.attention.threshold));
-    assert!(c
-        .turns
-        .daily_budget_usd
-        .is_none_or(|b| b > 0.0 && b.is_finite()));
+    // 0 is a budget too (nothing runs until the next UTC day), as `limits::budget_usd` says.
+    let budget = |b: Option<f64>| {
+        b.is_none_or(|b| (0.0..=picortexd::limits::MAX_BUDGET_USD).contains(&b))
+    };
+    assert!(budget(c.turns.daily_budget_usd));
+    assert!(budget(c.turns.daily_budget_total_usd));
     let _ = (c.attention.policy(), c.attention.context_bounds());
 
     // The gateway pins these into every turn request; picortex-run refuses a request whose
