@@ -413,8 +413,6 @@ fn base_turn_properties(
     ]
 }
 
-/// Per-chat resource limits, applied to the chat's slice so they cover every process of the
-/// chat however many turns it runs.
 /// The devices a turn's `PrivateDevices=yes` lets it open (systemd 252: the pseudo-devices, the
 /// terminal ones, the pty slaves; `ProtectClock=yes` adds the clock, read-only), with the same
 /// access, in the form of `DeviceAllow=`.
@@ -430,6 +428,8 @@ pub const TURN_DEVICES: &[(&str, &str)] = &[
     ("char-rtc", "r"),
 ];
 
+/// Per-chat resource limits, applied to the chat's slice so they cover every process of the
+/// chat however many turns it runs.
 pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, Prop)> {
     vec![
         // The slice holds the device policy its turns get from PrivateDevices=, so that it

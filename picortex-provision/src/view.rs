@@ -14,13 +14,17 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::users::{ChatAccount, UserError};
-use picortex_proto::ids::ChatTag;
 use picortex_proto::ids::{
-    API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_AGENT_CONFIG, VIEW_GROUPS, VIEW_USERS,
+    ChatTag, API_KEY_CREDENTIAL, OAUTH_CREDENTIAL, TURN_AGENT_CONFIG, VIEW_GROUPS, VIEW_USERS,
 };
 
 /// Where the per-chat views live: inside the helper's own state directory (root, 0700).
 const VIEWS_DIR: &str = "/var/lib/picortex-provision/views";
+/// A chat's views: `passwd`, `group`, `cgroup/`, `etc/`.
+fn chat_views(tag: &ChatTag) -> PathBuf {
+    Path::new(VIEWS_DIR).join(tag.as_str())
+}
+
 /// The configuration file is small; anything larger is refused, as picortex-run does.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -35,7 +39,7 @@ pub fn filter_db(text: &str, names: &[&str]) -> String {
 
 /// The turn's `/etc/passwd` and `/etc/group`, written for the chat and returned as paths.
 pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
-    let dir = Path::new(VIEWS_DIR).join(acct.tag.as_str());
+    let dir = chat_views(&acct.tag);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -63,7 +67,7 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
 /// Remove a chat's views (when it is archived or removed: nothing of it runs then). A copy of
 /// the agent's credential is among them.
 pub fn forget(tag: &ChatTag) -> Result<(), UserError> {
-    let dir = Path::new(VIEWS_DIR).join(tag.as_str());
+    let dir = chat_views(tag);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -87,7 +91,7 @@ const MAX_CREDENTIAL_BYTES: u64 = 64 << 10;
 /// removed. Returns the directory's path. The directory is bound, not its files, so a spare
 /// already running sees the key the operator rotates at its chat's next turn start.
 pub fn write_agent_view(acct: &ChatAccount, agent: &str, creds: &Path) -> Result<PathBuf, String> {
-    let dir = Path::new(VIEWS_DIR).join(acct.tag.as_str()).join("etc");
+    let dir = chat_views(&acct.tag).join("etc");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -239,7 +243,7 @@ pub fn write_cgroup_view(acct: &ChatAccount, root: &Path) -> Result<Option<Cgrou
     if hierarchies.is_empty() {
         return Ok(None);
     }
-    let skeleton = Path::new(VIEWS_DIR).join(acct.tag.as_str()).join("cgroup");
+    let skeleton = chat_views(&acct.tag).join("cgroup");
     let slice = acct.tag.slice();
     let mut own = Vec::new();
     for h in &hierarchies {
