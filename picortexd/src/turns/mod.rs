@@ -41,7 +41,7 @@ use results::ResultFiles;
 
 /// Spare units being started at once (see `Turns::spare_loop`).
 const SPARE_STARTS_AT_ONCE: usize = 2;
-/// How long a spare's start waits for turns being started in fresh units, at most.
+/// How long a spare's start waits for chats' first turns being started, at most.
 const SPARE_YIELD_MAX: Duration = Duration::from_secs(2);
 /// How long no turn must have been starting before a spare's start goes ahead: a spare is
 /// asked for when its chat's turn ends, which is when the next message (to another chat,
@@ -227,7 +227,7 @@ impl Turns {
             self.results.read(&job.unit_id())
         };
         match exists {
-            true => self.watch_and_finish(job, unit, false).await,
+            true => self.watch_and_finish(job, unit, false, None).await,
             false if result.is_some() => self.finish(job, None, result).await,
             false if job.status == "starting" => {
                 // Never reached systemd (or vanished before it ran): start it afresh.
@@ -416,7 +416,7 @@ impl Turns {
             {
                 Ok(job) => {
                     let unit = job.unit.clone().unwrap_or_default();
-                    self.watch_and_finish(job, unit, true).await;
+                    self.watch_and_finish(job, unit, true, None).await;
                     return Ok(());
                 }
                 Err(e) => tracing::warn!(error = %e, "spare unit unusable; starting a fresh one"),
@@ -471,21 +471,16 @@ impl Turns {
             unit: Some(unit.clone()),
             ..job
         };
-        self.watch_and_finish_starting(job, unit, false, starting)
-            .await;
+        self.watch_and_finish(job, unit, false, starting).await;
         Ok(())
     }
 
     /// Wait for the turn's unit to end, then finish the turn. For a unit started fresh, systemd
     /// enforces `RuntimeMaxUSec` and this wait is only a backstop; a spare's unit started before
     /// its turn, so the turn's own time limit is kept here: past it, the unit is stopped.
-    async fn watch_and_finish(&self, job: TurnJob, unit: String, spare: bool) {
-        self.watch_and_finish_starting(job, unit, spare, None).await
-    }
-
-    /// `watch_and_finish` for a unit just started fresh: `starting` (see `Spares::make_way`) is
-    /// let go once the unit answers or ends, or `COLD_SETUP_GRACE` after its start.
-    async fn watch_and_finish_starting(
+    /// `starting`, a chat's first turn's hold on spare starts (see `Spares::make_way`), is let
+    /// go once the unit answers or ends, or `COLD_SETUP_GRACE` after its start.
+    async fn watch_and_finish(
         &self,
         job: TurnJob,
         unit: String,
