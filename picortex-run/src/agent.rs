@@ -61,7 +61,7 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
         argv.extend(["--append-system-prompt".into(), s.clone()]);
     }
     argv.extend(config.extra_args.iter().cloned());
-    if let Some(settings) = credential_settings(Some(TURN_CONFIG_DIR)) {
+    if let Some(settings) = credential_settings(TURN_CONFIG_DIR) {
         argv.extend(["--settings".into(), settings]);
     }
     match session {
@@ -75,8 +75,7 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
 /// view of `/etc/picortex` (`TURN_CONFIG_DIR`) holds it, readable by the chat's user alone; the
 /// CLI's `apiKeyHelper` reads it from there when it needs it, so the key is never in an
 /// environment, an argv, or a file in the chat's home.
-pub fn credential_settings(credentials_dir: Option<&str>) -> Option<String> {
-    let dir = credentials_dir?;
+pub fn credential_settings(dir: &str) -> Option<String> {
     let safe = dir.starts_with('/')
         && dir
             .bytes()
@@ -115,14 +114,14 @@ pub const OAUTH_FD_ENV: &str = "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR";
 /// The token itself is never in an environment, an argv or the chat's home; the agent reads it
 /// from the descriptor (which the caller keeps open until the agent has started, then closes).
 pub fn oauth_token_fd(
-    credentials_dir: Option<&str>,
+    dir: &str,
 ) -> std::io::Result<Option<(std::os::fd::OwnedFd, (String, String))>> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let Some(dir) = credentials_dir.filter(|d| d.starts_with('/')) else {
+    if !dir.starts_with('/') {
         return Ok(None);
-    };
+    }
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
@@ -289,13 +288,9 @@ mod tests {
     fn the_api_key_reaches_the_agent_only_through_the_turns_view() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
-        assert_eq!(
-            credential_settings(Some(&d)),
-            None,
-            "no credential, no settings"
-        );
+        assert_eq!(credential_settings(&d), None, "no credential, no settings");
         std::fs::write(dir.path().join(API_KEY_CREDENTIAL), "sk-test").unwrap();
-        let s = credential_settings(Some(&d)).unwrap();
+        let s = credential_settings(&d).unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(
             v["apiKeyHelper"],
@@ -323,9 +318,8 @@ mod tests {
             .unwrap();
         assert!(!out.status.success() && out.stdout.is_empty());
         assert!(!s.contains("sk-test"), "the key itself must not be in argv");
-        assert_eq!(credential_settings(Some("relative/dir")), None);
-        assert_eq!(credential_settings(Some("/tmp/it's")), None);
-        assert_eq!(credential_settings(None), None);
+        assert_eq!(credential_settings("relative/dir"), None);
+        assert_eq!(credential_settings("/tmp/it's"), None);
     }
     use super::*;
     use picortex_proto::ids::ChatTag;
@@ -432,10 +426,10 @@ mod tests {
         use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
-        assert!(oauth_token_fd(Some(&d)).unwrap().is_none());
-        assert!(oauth_token_fd(None).unwrap().is_none());
+        assert!(oauth_token_fd(&d).unwrap().is_none());
+        assert!(oauth_token_fd("relative").unwrap().is_none());
         std::fs::write(dir.path().join(OAUTH_CREDENTIAL), "sk-ant-oat01-x").unwrap();
-        let (fd, (k, v)) = oauth_token_fd(Some(&d)).unwrap().unwrap();
+        let (fd, (k, v)) = oauth_token_fd(&d).unwrap().unwrap();
         assert_eq!(k, OAUTH_FD_ENV);
         assert_eq!(v, fd.as_raw_fd().to_string());
         // The agent (here a shell) reads the token through the descriptor it inherited.
@@ -455,7 +449,7 @@ mod tests {
             d2.path().join(OAUTH_CREDENTIAL),
         )
         .unwrap();
-        assert!(oauth_token_fd(Some(d2.path().to_str().unwrap())).is_err());
+        assert!(oauth_token_fd(d2.path().to_str().unwrap()).is_err());
     }
 
     #[test]

@@ -12,8 +12,7 @@ use crate::oom;
 use crate::output::{parse_output, AgentOutput};
 use crate::preflight::Identity;
 use crate::seed::seed_home;
-use picortex_proto::ids::TurnId;
-use picortex_proto::ids::{OAUTH_CREDENTIAL, TURN_CONFIG_DIR};
+use picortex_proto::ids::{TurnId, OAUTH_CREDENTIAL, TURN_CONFIG_DIR};
 use picortex_proto::turn::{
     Outcome, TurnKind, TurnRequest, TurnResult, MAX_RESULT_BYTES, MAX_RESULT_ERROR_BYTES,
     MAX_RESULT_TEXT_BYTES,
@@ -262,7 +261,7 @@ fn run_once(
     let started = Instant::now();
     // A subscription token goes to the agent as an inherited descriptor, opened afresh for each
     // run (the CLI consumes it) and closed here once the agent has it.
-    let oauth = oauth_token_fd(Some(TURN_CONFIG_DIR))
+    let oauth = oauth_token_fd(TURN_CONFIG_DIR)
         .map_err(|e| format!("cannot open the {OAUTH_CREDENTIAL} credential: {e}"))?;
     let mut env = env.to_vec();
     if let Some((_, var)) = &oauth {
