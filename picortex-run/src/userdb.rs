@@ -6,10 +6,11 @@
 //! removed) replace them by a rename, and the kernel detaches every mount on a replaced file in
 //! every namespace, after which the real files, with every chat's user, show through. A spare
 //! unit, started ahead of its turn and waiting minutes for it, meets that whenever a chat is
-//! added meanwhile. So once a turn's request is in, picortex-run looks: anything but the view
-//! and the turn goes back to the gateway (`stale_sandbox`), which runs it again in a fresh
-//! unit, with a fresh view. (A turn already running when a chat is added keeps running; the
-//! README says so.)
+//! added meanwhile; a fresh unit when a chat is added in the milliseconds before it looks. So
+//! once a turn's request is in, picortex-run looks: anything but the view and the turn goes
+//! back to the gateway (`stale_sandbox`), which runs it again in a fresh unit, with a fresh
+//! view (picortexd's `turns::again`). (A turn already running when a chat is added keeps
+//! running; the README says so.)
 
 use picortex_proto::ids::{VIEW_GROUPS, VIEW_USERS};
 

@@ -9,7 +9,7 @@
 //! it was: a turn whose unit is still known to systemd is watched again; one whose unit is gone
 //! ends honestly as interrupted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -36,6 +36,7 @@ use crate::store::authority;
 use crate::store::queries::{self, Finished, TurnJob, TurnKind};
 use crate::store::Store;
 
+mod again;
 mod results;
 use results::ResultFiles;
 
@@ -68,6 +69,8 @@ pub struct Turns {
     spare_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Whose words a prompt marks as the owner's.
     owner: Owner,
+    /// Turns run again after their fresh unit's sandbox failed them, and how often (`again`).
+    sandbox_reruns: Mutex<HashMap<String, u32>>,
 }
 
 impl Turns {
@@ -94,6 +97,26 @@ impl Turns {
             spare_rx: Mutex::new(Some(spare_rx)),
             owner: Owner::new(&cfg.get().owner.handles),
             cfg,
+            sandbox_reruns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sandbox_reruns(&self, turn: &str) -> u32 {
+        self.sandbox_reruns
+            .lock()
+            .map(|m| m.get(turn).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn count_sandbox_rerun(&self, turn: &str) {
+        if let Ok(mut m) = self.sandbox_reruns.lock() {
+            *m.entry(turn.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn forget_sandbox_reruns(&self, turn: &str) {
+        if let Ok(mut m) = self.sandbox_reruns.lock() {
+            m.remove(turn);
         }
     }
 
@@ -573,14 +596,16 @@ impl Turns {
         result: Option<TurnResult>,
         release: bool,
     ) {
-        // Nothing ran, and running the turn again in a fresh unit will do: its spare got no
-        // request (the gateway died handing it over), or its spare's sandbox no longer held
-        // (a chat was added while it waited; see picortex-run's userdb). A fresh unit's stale
-        // sandbox is no reason to try again: it fails as refused.
+        // Nothing ran, and running the turn again in a fresh unit will do (see `again`).
         let in_spare = job.unit_id() != job.turn_id;
-        let run_again = result.as_ref().is_some_and(|r| {
-            r.outcome == Outcome::NoRequest || (in_spare && r.outcome == Outcome::StaleSandbox)
-        });
+        let why = again::nothing_ran(result.as_ref().map(|r| r.outcome), end.as_ref());
+        let reruns = self.sandbox_reruns(&job.turn_id);
+        let run_again = again::run_again(why, in_spare, reruns);
+        if run_again && again::counts(why, in_spare) {
+            self.count_sandbox_rerun(&job.turn_id);
+        } else if !run_again {
+            self.forget_sandbox_reruns(&job.turn_id);
+        }
         if job.kind == TurnKind::Discriminate && !run_again {
             let failed = match &result {
                 Some(r) if r.outcome == Outcome::Ok => None,
@@ -598,9 +623,21 @@ impl Turns {
             return;
         }
         if run_again {
-            match result.as_ref().map(|r| r.outcome) {
-                Some(Outcome::StaleSandbox) => tracing::info!(
+            use again::NothingRan as N;
+            match why {
+                Some(N::StaleView) if in_spare => tracing::info!(
                     "turn's spare unit no longer had its own view of the user database (a chat was added or removed while it waited); queueing the turn again for a fresh unit"
+                ),
+                Some(N::StaleView) => tracing::info!(
+                    rerun = reruns + 1,
+                    max = again::FRESH_SANDBOX_RERUNS,
+                    "turn's unit lost its own view of the user database as it started (a chat was added or removed meanwhile); queueing the turn again for a fresh unit"
+                ),
+                Some(N::SandboxNotBuilt) => tracing::info!(
+                    rerun = reruns + 1,
+                    max = again::FRESH_SANDBOX_RERUNS,
+                    in_spare,
+                    "systemd could not build the turn unit's sandbox (status 226/NAMESPACE; a chat added or removed meanwhile replaces the files it mounts over); queueing the turn again for a fresh unit"
                 ),
                 _ => tracing::info!("turn's spare unit got no request; queueing the turn again"),
             }

@@ -17,9 +17,11 @@ fn machine(max_concurrent: u32) -> Machine {
     m
 }
 
-/// (start, end) of every turn unit, from systemd's own journal lines, in seconds.
+/// (unit, start, end) of every run of a turn unit, from systemd's own journal lines, in
+/// seconds; a run not ended yet ends at `f64::MAX`. A turn run again (its sandbox raced by
+/// useradd; see picortexd's turns::again) runs its unit's name twice.
 fn unit_spans(m: &Machine) -> Vec<(String, f64, f64)> {
-    let lines = m.journal("_PID=1 -o short-unix | grep -E 'picortex-turn-[0-9a-f]+\\.service' | grep -E ': (Started|Deactivated successfully)' || true");
+    let lines = m.journal("_PID=1 -o short-unix | grep -E 'picortex-turn-[0-9a-f]+\\.service' | grep -E ': (Started|Deactivated successfully|Failed with result)' || true");
     let mut spans: Vec<(String, f64, f64)> = Vec::new();
     for l in lines.lines() {
         let ts: f64 = l
@@ -36,7 +38,11 @@ fn unit_spans(m: &Machine) -> Vec<(String, f64, f64)> {
         };
         if l.contains("Started") {
             spans.push((unit, ts, f64::MAX));
-        } else if let Some(s) = spans.iter_mut().find(|s| s.0 == unit) {
+        } else if let Some(s) = spans
+            .iter_mut()
+            .rev()
+            .find(|s| s.0 == unit && s.2 == f64::MAX)
+        {
             s.2 = ts;
         }
     }
@@ -100,8 +106,14 @@ fn chats_run_in_parallel_up_to_the_limit() {
     m.wait_for("four replies", Duration::from_secs(60), || {
         chats.iter().all(|c| sim.sent(c).len() == 1).then_some(())
     });
-    let spans = unit_spans(&m);
-    assert_eq!(spans.len(), 4, "{spans:?}");
+    // Each reply is sent as its unit ends: wait for systemd's line that it ended, too.
+    let spans = m.wait_for("four ended turn units", Duration::from_secs(20), || {
+        let spans = unit_spans(&m);
+        let units: std::collections::HashSet<&str> = spans.iter().map(|s| &*s.0).collect();
+        (units.len() >= 4 && spans.iter().all(|s| s.2 < f64::MAX)).then_some(spans.clone())
+    });
+    let units: std::collections::HashSet<&str> = spans.iter().map(|s| &*s.0).collect();
+    assert_eq!(units.len(), 4, "{spans:?}");
     assert_eq!(
         max_overlap(&spans),
         2,

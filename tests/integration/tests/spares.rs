@@ -131,3 +131,115 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
         (!m.loaded_turn_units().contains(&spare)).then_some(())
     });
 }
+
+/// Replaces `/etc/passwd` by rename (as useradd does) in a tight loop, until `<stop>` exists or,
+/// with `until_units = N`, until turn units were created N times since the loop began (a turn
+/// run again keeps its unit's name: a name's appearing again counts); then writes how many
+/// renames it did to `<stop>.count`.
+const RENAMER: &str = r#"
+import os, sys
+stop, until_units = sys.argv[1], int(sys.argv[2])
+units = lambda: {f for f in os.listdir('/run/systemd/transient') if f.startswith('picortex-turn-')}
+seen, created, data, n = units(), 0, open('/etc/passwd', 'rb').read(), 0
+while not os.path.exists(stop) and not (until_units and created >= until_units):
+    with open('/etc/.passwd.renamer', 'wb') as f:
+        f.write(data)
+    os.chmod('/etc/.passwd.renamer', 0o644)
+    os.rename('/etc/.passwd.renamer', '/etc/passwd')
+    n += 1
+    now = units()
+    created, seen = created + len(now - seen), now
+open(stop + '.count', 'w').write(str(n))
+"#;
+
+fn start_renamer(m: &Machine, stop: &str, until_units: u32) {
+    m.ok(&format!(
+        "cat > /run/renamer.py <<'EOF'\n{RENAMER}\nEOF\n\
+         rm -f {stop} {stop}.count; setsid -f python3 /run/renamer.py {stop} {until_units} \
+         </dev/null >/dev/null 2>&1"
+    ));
+}
+
+/// The gateway's "runs again" entries for `chat` after a fresh unit's sandbox failed its turn
+/// (went stale, or systemd could not build it): each one's
+/// (PICORTEX_RERUN, PICORTEX_MAX), oldest first.
+fn reruns(m: &Machine, chat: &str) -> Vec<(u64, u64)> {
+    let field =
+        |e: &serde_json::Value, k: &str| e[k].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+    m.journal(&format!(
+        "SYSLOG_IDENTIFIER=picortexd PICORTEX_CHAT={chat} -o json"
+    ))
+    .lines()
+    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    .filter(|e| {
+        e["MESSAGE"]
+            .as_str()
+            .is_some_and(|t| t.contains("queueing the turn again for a fresh unit"))
+            && e.get("PICORTEX_RERUN").is_some()
+    })
+    .map(|e| (field(&e, "PICORTEX_RERUN"), field(&e, "PICORTEX_MAX")))
+    .collect()
+}
+
+/// A chat created while another chat's fresh unit is being set up replaces `/etc/passwd`
+/// under that unit's view of it: systemd fails building the sandbox (226/NAMESPACE), or
+/// picortex-run finds the view detached (see its userdb). The turn is not lost to that race:
+/// it runs again in a fresh unit. And a sandbox that never holds ends the turn as failed after
+/// a bounded number of tries instead of looping.
+#[test]
+fn a_turn_whose_fresh_sandbox_was_raced_by_useradd_runs_again() {
+    let m = Machine::boot();
+    m.without_spares();
+    m.start_picortex();
+    let sim = m.sim();
+    // The chat (and its user) exist before the renames start: useradd is not raced here.
+    let chat = sim.text(OWNER, None, "hello")["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    reply_n(&m, &chat, 1);
+    m.wait_chat_settled(&chat, Duration::from_secs(20));
+
+    // Renames until the turn's second unit exists: the first unit's sandbox is raced (its
+    // build fails or its view is detached before picortex-run looks); the second is built
+    // after the last rename.
+    start_renamer(&m, "/run/renamer.stop", 2);
+    sim.text(OWNER, Some(&chat), "raced");
+    let r = reply_n(&m, &chat, 2);
+    assert!(
+        r.contains("you said \"raced\""),
+        "the turn was not run again: {r}"
+    );
+    m.wait_for("the renamer's count", Duration::from_secs(10), || {
+        m.sh("cat /run/renamer.stop.count")
+            .code
+            .eq(&0)
+            .then_some(())
+    });
+    let first = reruns(&m, &chat);
+    let max = first.first().map(|r| r.1).unwrap_or(0);
+    assert!(
+        !first.is_empty() && first.len() as u64 <= max,
+        "expected the stale unit's turn to run again, a bounded number of times: {first:?}"
+    );
+
+    // Renames that never stop: every unit's sandbox is raced; the turn ends failed after the
+    // bounded reruns, and the loop ends with it.
+    start_renamer(&m, "/run/renamer2.stop", 0);
+    sim.text(OWNER, Some(&chat), "never holds");
+    let r = reply_n(&m, &chat, 3);
+    m.ok("touch /run/renamer2.stop");
+    assert!(
+        !r.contains("you said"),
+        "a stale sandbox ran the agent: {r}"
+    );
+    m.wait_chat_settled(&chat, Duration::from_secs(20));
+    let all = reruns(&m, &chat);
+    let second: Vec<u64> = all[first.len()..].iter().map(|r| r.0).collect();
+    assert_eq!(
+        second,
+        (1..=max).collect::<Vec<_>>(),
+        "the reruns are not bounded as meant: {all:?}"
+    );
+    assert_eq!(sim.sent(&chat).len(), 3, "a reply was lost or doubled");
+}
