@@ -135,9 +135,12 @@ impl Machine {
     }
 
     pub fn journal(&self, args: &str) -> String {
-        // Every journal: the system's and the turns' own (LogNamespace=picortex-turns).
+        // Every journal: the system's and the turns' own (LogNamespace=picortex-turns). A
+        // line is sent to journald asynchronously; `--sync` waits until every line sent
+        // before it is stored, so a test never reads a journal that lags what it awaited.
         self.sh(&format!(
-            "journalctl --namespace='*' --no-pager -o cat {args}"
+            "journalctl --sync; journalctl --namespace=picortex-turns --sync 2>/dev/null; \
+             journalctl --namespace='*' --no-pager -o cat {args}"
         ))
         .stdout
     }
