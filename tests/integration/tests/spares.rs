@@ -8,6 +8,16 @@ use picortex_integration::{chat_tag, Machine};
 
 const OWNER: &str = "+15550002000";
 
+/// The owner's first message in a new chat: the chat's id and the reply.
+fn open_chat(m: &Machine, text: &str) -> (String, String) {
+    let chat = m.sim().text(OWNER, None, text)["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = reply_n(m, &chat, 1);
+    (chat, first)
+}
+
 fn reply_n(m: &Machine, chat: &str, n: usize) -> String {
     m.wait_replies(chat, n, Duration::from_secs(40))[n - 1]["text"]
         .as_str()
@@ -20,11 +30,8 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
     let m = Machine::boot();
     m.start_picortex();
     let sim = m.sim();
-    let chat = sim.text(OWNER, None, "hello")["chat_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(reply_n(&m, &chat, 1).contains("you said \"hello\""));
+    let (chat, first) = open_chat(&m, "hello");
+    assert!(first.contains("you said \"hello\""));
     // Running, waiting for its request: the finished turn's own unit may still be loaded, its
     // main process gone, while the gateway lets it go after the answer.
     let spare = m.wait_running_turn(None, Duration::from_secs(20));
@@ -73,11 +80,7 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
     m.arm_failpoint("spare-handoff");
     m.start_picortex();
     let sim = m.sim();
-    let chat = sim.text(OWNER, None, "first")["chat_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    reply_n(&m, &chat, 1);
+    let (chat, _) = open_chat(&m, "first");
     m.wait_running_turn(None, Duration::from_secs(20));
     let before = m.gateway_invocation();
     sim.text(OWNER, Some(&chat), "second");
@@ -107,11 +110,7 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
     m.set_config("turns", "runtime_max_s", "3");
     m.start_picortex();
     let sim = m.sim();
-    let chat = sim.text(OWNER, None, "hello")["chat_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    reply_n(&m, &chat, 1);
+    let (chat, _) = open_chat(&m, "hello");
     // Running, waiting for its request: the finished turn's own unit may still be loaded, its
     // main process gone, while the gateway lets it go after the answer.
     let spare = m.wait_running_turn(None, Duration::from_secs(20));
@@ -193,11 +192,7 @@ fn a_turn_whose_fresh_sandbox_was_raced_by_useradd_runs_again() {
     m.start_picortex();
     let sim = m.sim();
     // The chat (and its user) exist before the renames start: useradd is not raced here.
-    let chat = sim.text(OWNER, None, "hello")["chat_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    reply_n(&m, &chat, 1);
+    let (chat, _) = open_chat(&m, "hello");
     m.wait_chat_settled(&chat, Duration::from_secs(20));
 
     // Renames until the turn's second unit exists: the first unit's sandbox is raced (its
