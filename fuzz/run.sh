@@ -12,6 +12,8 @@
 # FUZZ_TOOLCHAIN    the nightly toolchain to use (default nightly)
 set -euo pipefail
 cd "$(dirname "$0")"
+# The targets and logs live in fuzz/target whatever the caller's CARGO_TARGET_DIR says.
+export CARGO_TARGET_DIR=$PWD/target
 
 seconds=${FUZZ_SECONDS:-60}
 targets=${FUZZ_TARGETS:-webhook config turn_documents helper_args reply}
