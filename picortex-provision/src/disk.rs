@@ -32,7 +32,6 @@ use crate::egress::CONFIG_PATH;
 const GATEWAY_STATE: &str = "/var/lib/picortex";
 #[cfg(test)]
 use crate::egress::parse_size;
-use crate::egress::DEFAULT_QUOTA;
 
 /// The root directory of every btrfs subvolume has this inode number.
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
@@ -160,17 +159,6 @@ pub fn parse(text: &str) -> Result<DiskQuota, DiskError> {
     let bytes = crate::egress::disk_quota(&f.sandbox)
         .map_err(|e| DiskError::Config(crate::egress::key_error(CONFIG_PATH, text, &e)))?;
     Ok(DiskQuota { bytes })
-}
-
-/// The operator's limit; a missing file means the default.
-pub fn load() -> Result<DiskQuota, DiskError> {
-    match std::fs::read_to_string(CONFIG_PATH) {
-        Ok(t) => parse(&t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DiskQuota {
-            bytes: DEFAULT_QUOTA,
-        }),
-        Err(e) => Err(DiskError::Config(e.to_string())),
-    }
 }
 
 /// Refuse a chats directory that cannot keep chats apart: not btrfs, the gateway's own
@@ -306,6 +294,7 @@ pub fn apply(home: &OwnedFd, path: &str, q: DiskQuota) -> Result<(), DiskError> 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::egress::DEFAULT_QUOTA;
 
     #[test]
     fn sizes_parse_in_powers_of_1024() {

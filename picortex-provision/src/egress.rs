@@ -332,15 +332,6 @@ fn mask(addr: &[u8], len: u32) -> Vec<u8> {
         .collect()
 }
 
-/// The operator's policy; a missing file means the default.
-pub fn load() -> Result<Egress, String> {
-    match std::fs::read_to_string(CONFIG_PATH) {
-        Ok(t) => parse(&t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Egress::Internet),
-        Err(e) => Err(format!("{CONFIG_PATH}: {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]

@@ -8,6 +8,7 @@
 mod archive;
 mod audit;
 mod authz;
+mod config;
 mod disk;
 mod egress;
 mod failpoint;

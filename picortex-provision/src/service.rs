@@ -234,25 +234,30 @@ impl Provision {
         // The chat must have been provisioned through EnsureChat (and not removed since); a
         // turn never creates users.
         let c = chat.clone();
-        let acct = tokio::task::spawn_blocking(
-            move || -> Result<Option<users::ChatAccount>, users::UserError> {
-                match users::existing_tag(&c)? {
-                    Some(_) => users::ensure(&c).map(|(a, _)| Some(a)),
-                    None => Ok(None),
-                }
+        // The operator's configuration, read once for the whole call (see `config`).
+        let (acct, config) = tokio::task::spawn_blocking(
+            move || -> Result<(Option<users::ChatAccount>, String), String> {
+                let config = crate::config::read()?;
+                let acct = match users::existing_tag(&c).map_err(|e| e.to_string())? {
+                    Some(_) => users::ensure(&c, &config)
+                        .map(|(a, _)| Some(a))
+                        .map_err(|e| e.to_string())?,
+                    None => None,
+                };
+                Ok((acct, config))
             },
         )
         .await
         .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| {
+        .map_err(&fail)?;
+        let acct = acct.ok_or_else(|| {
             fail(format!(
                 "chat {chat} is not provisioned (or was removed); call EnsureChat first"
             ))
         })?;
-        let egress = crate::egress::load().map_err(&fail)?;
+        let egress = crate::egress::parse(&config).map_err(&fail)?;
         let a = acct.clone();
-        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a))
+        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a, &config))
             .await
             .map_err(|e| fail(e.to_string()))?
             .map_err(&fail)?;
@@ -337,9 +342,12 @@ impl Provision {
         let chat = chat.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
         let _chat_lock = self.chats.lock(&chat).await;
         let c = chat.clone();
-        let r = tokio::task::spawn_blocking(move || users::ensure(&c))
-            .await
-            .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        let r = tokio::task::spawn_blocking(move || {
+            let config = crate::config::read()?;
+            users::ensure(&c, &config).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))?;
         match r {
             Ok((a, quota)) => {
                 audit::record(

@@ -139,7 +139,8 @@ pub struct Host {
 
 impl Host {
     /// Everything but `addresses`, which `hostaddr::probe_host_addresses` gets (async).
-    pub fn probe(acct: &ChatAccount) -> Result<Self, String> {
+    /// `config`: the operator's configuration of this call (`config::read`).
+    pub fn probe(acct: &ChatAccount, config: &str) -> Result<Self, String> {
         let (p, g) = view::write_user_db(acct)?;
         Ok(Self {
             addresses: Vec::new(),
@@ -148,7 +149,8 @@ impl Host {
             agent_view: Some(
                 view::write_agent_view(
                     acct,
-                    &view::load_agent_table(egress::CONFIG_PATH)?,
+                    &view::agent_table(config)
+                        .map_err(|e| format!("{}: {e}", egress::CONFIG_PATH))?,
                     std::path::Path::new(view::OPERATOR_CREDENTIALS),
                 )?
                 .display()

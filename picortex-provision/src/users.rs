@@ -201,8 +201,9 @@ pub fn account(tag: &ChatTag) -> Result<ChatAccount, UserError> {
 
 /// Create or repair the chat's user and home, and set the home's disk quota. Idempotent.
 /// Refuses before creating anything when the chats filesystem cannot hold a quota.
-pub fn ensure(chat: &ChatId) -> Result<(ChatAccount, DiskQuota), UserError> {
-    let quota = crate::disk::load()?;
+/// `config`: the operator's configuration of this call (`config::read`).
+pub fn ensure(chat: &ChatId, config: &str) -> Result<(ChatAccount, DiskQuota), UserError> {
+    let quota = crate::disk::parse(config)?;
     let chats = open_trusted_dir(CHATS_DIR)?;
     crate::disk::check_chats_fs(&chats, CHATS_DIR)?;
     // Traversable, not listable: a turn must not learn which other chats exist. A fresh

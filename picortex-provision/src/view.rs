@@ -25,9 +25,6 @@ fn chat_views(tag: &ChatTag) -> PathBuf {
     Path::new(VIEWS_DIR).join(tag.as_str())
 }
 
-/// The configuration file is small; anything larger is refused, as picortex-run does.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
 /// The lines of an `/etc/passwd` or `/etc/group` text whose first field is one of `names`, in
 /// the file's order: the accounts a turn needs to resolve (itself, root, the overflow ids).
 pub fn filter_db(text: &str, names: &[&str]) -> String {
@@ -282,24 +279,6 @@ pub fn agent_table(text: &str) -> Result<String, String> {
     Ok(format!(
         "# The [agent] table of /etc/picortex/picortexd.toml, passed by picortex-provision.\n{body}"
     ))
-}
-
-/// Read the configuration (a missing file means defaults) and extract `[agent]`.
-pub fn load_agent_table(path: &str) -> Result<String, String> {
-    use std::io::Read;
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return agent_table(""),
-        Err(e) => return Err(format!("{path}: {e}")),
-    };
-    let mut text = String::new();
-    f.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{path}: {e}"))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!("{path} is larger than {MAX_CONFIG_BYTES} bytes"));
-    }
-    agent_table(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 #[cfg(test)]
