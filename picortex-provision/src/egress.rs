@@ -233,6 +233,11 @@ fn overlaps(a: &Range, b: &Range) -> bool {
     })
 }
 
+/// Whether every address of `inner` is in `outer`.
+pub fn covers(outer: &Range, inner: &Range) -> bool {
+    outer.2 <= inner.2 && overlaps(outer, inner)
+}
+
 /// Whether `r` reaches the host itself (loopback) or link-local (cloud metadata), which no
 /// configuration may open to a turn.
 fn touches_host(r: &Range) -> bool {
@@ -336,6 +341,23 @@ fn mask(addr: &[u8], len: u32) -> Vec<u8> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn a_range_covers_what_lies_inside_it_in_its_family() {
+        let lo = parse_cidr("127.0.0.0/8").unwrap();
+        assert!(covers(&lo, &parse_cidr("127.0.0.1/32").unwrap()));
+        assert!(covers(&lo, &lo));
+        assert!(!covers(&parse_cidr("127.0.0.1/32").unwrap(), &lo));
+        assert!(!covers(&lo, &parse_cidr("128.0.0.1/32").unwrap()));
+        assert!(covers(
+            &parse_cidr("::/0").unwrap(),
+            &parse_cidr("::1/128").unwrap()
+        ));
+        assert!(!covers(
+            &parse_cidr("0.0.0.0/0").unwrap(),
+            &parse_cidr("::1/128").unwrap()
+        ));
+    }
 
     #[test]
     fn host_addresses_are_cut_out_of_allowed_ranges() {
