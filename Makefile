@@ -172,9 +172,12 @@ demo: deps
 	$(MAKE) stage PROFILE=release
 	tests/demo.sh $(CURDIR)/$(STAGE)
 
+# Its own stage, so that `make test` (a dev stage) meanwhile cannot swap the binaries under the
+# machines the bench boots later (the ingest-on-disk and real-CLI phases).
+BENCH_STAGE := build/stage-bench
 bench: deps
-	$(MAKE) stage PROFILE=release
-	tests/bench/run.sh $(CURDIR)/$(STAGE)
+	$(MAKE) stage PROFILE=release STAGE=$(BENCH_STAGE)
+	tests/bench/run.sh $(CURDIR)/$(BENCH_STAGE)
 
 # Each target runs on its corpus in fuzz/corpus/<target>; a crashing input lands in
 # fuzz/artifacts/<target>/. Installs cargo-fuzz if it is missing (see fuzz/run.sh).
