@@ -117,6 +117,11 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
     m.ok(&format!(
         "echo notes > {home}/notes.txt && chown {user}: {home}/notes.txt"
     ));
+    // The gateway starts the chat's next unit (a spare) after the answer. Called directly, the
+    // helper stops it with the chat's other units; a StartTurn still on its way would come
+    // after the archive and restore the home, as any turn does (picortexctl's archive lets the
+    // gateway drop its spare first). So the spare is running before the archive.
+    m.wait_running_turn(Some(&tag), Duration::from_secs(30));
 
     let out = m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 ArchiveChat s {chat}"));
     assert!(
