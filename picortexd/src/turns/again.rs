@@ -35,6 +35,18 @@ pub enum NothingRan {
     SandboxNotBuilt,
 }
 
+impl NothingRan {
+    /// What happened, for the log line saying the turn runs again.
+    pub fn reason(self, in_spare: bool) -> &'static str {
+        match (self, in_spare) {
+            (NothingRan::NoRequest, _) => "turn's spare unit got no request",
+            (NothingRan::StaleView, true) => "turn's spare unit no longer had its own view of the user database (a chat was added or removed while it waited)",
+            (NothingRan::StaleView, false) => "turn's unit lost its own view of the user database as it started (a chat was added or removed meanwhile)",
+            (NothingRan::SandboxNotBuilt, _) => "systemd could not build the turn unit's sandbox (status 226/NAMESPACE; a chat added or removed meanwhile replaces the files it mounts over)",
+        }
+    }
+}
+
 /// What the unit's result file and its end say, if it is one of those.
 pub fn nothing_ran(result: Option<Outcome>, end: Option<&UnitEnd>) -> Option<NothingRan> {
     match result {

@@ -601,7 +601,8 @@ impl Turns {
         let why = again::nothing_ran(result.as_ref().map(|r| r.outcome), end.as_ref());
         let reruns = self.sandbox_reruns(&job.turn_id);
         let run_again = again::run_again(why, in_spare, reruns);
-        if run_again && again::counts(why, in_spare) {
+        let counted = run_again && again::counts(why, in_spare);
+        if counted {
             self.count_sandbox_rerun(&job.turn_id);
         } else if !run_again {
             self.forget_sandbox_reruns(&job.turn_id);
@@ -623,23 +624,15 @@ impl Turns {
             return;
         }
         if run_again {
-            use again::NothingRan as N;
-            match why {
-                Some(N::StaleView) if in_spare => tracing::info!(
-                    "turn's spare unit no longer had its own view of the user database (a chat was added or removed while it waited); queueing the turn again for a fresh unit"
-                ),
-                Some(N::StaleView) => tracing::info!(
+            let reason = why.map(|w| w.reason(in_spare)).unwrap_or_default();
+            if counted {
+                tracing::info!(
                     rerun = reruns + 1,
                     max = again::FRESH_SANDBOX_RERUNS,
-                    "turn's unit lost its own view of the user database as it started (a chat was added or removed meanwhile); queueing the turn again for a fresh unit"
-                ),
-                Some(N::SandboxNotBuilt) => tracing::info!(
-                    rerun = reruns + 1,
-                    max = again::FRESH_SANDBOX_RERUNS,
-                    in_spare,
-                    "systemd could not build the turn unit's sandbox (status 226/NAMESPACE; a chat added or removed meanwhile replaces the files it mounts over); queueing the turn again for a fresh unit"
-                ),
-                _ => tracing::info!("turn's spare unit got no request; queueing the turn again"),
+                    "{reason}; queueing the turn again for a fresh unit"
+                );
+            } else {
+                tracing::info!("{reason}; queueing the turn again for a fresh unit");
             }
             let id = job.turn_id.clone();
             if let Err(e) = self
