@@ -107,13 +107,18 @@ fn chats_run_in_parallel_up_to_the_limit() {
         chats.iter().all(|c| sim.sent(c).len() == 1).then_some(())
     });
     // Each reply is sent as its unit ends: wait for systemd's line that it ended, too.
+    let units = |spans: &[(String, f64, f64)]| {
+        spans
+            .iter()
+            .map(|s| s.0.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
     let spans = m.wait_for("four ended turn units", Duration::from_secs(20), || {
         let spans = unit_spans(&m);
-        let units: std::collections::HashSet<&str> = spans.iter().map(|s| &*s.0).collect();
-        (units.len() >= 4 && spans.iter().all(|s| s.2 < f64::MAX)).then_some(spans.clone())
+        (units(&spans) >= 4 && spans.iter().all(|s| s.2 < f64::MAX)).then_some(spans)
     });
-    let units: std::collections::HashSet<&str> = spans.iter().map(|s| &*s.0).collect();
-    assert_eq!(units.len(), 4, "{spans:?}");
+    assert_eq!(units(&spans), 4, "{spans:?}");
     assert_eq!(
         max_overlap(&spans),
         2,
