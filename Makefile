@@ -47,7 +47,7 @@ FISHCOMPDIR := $(PREFIX)/share/fish/vendor_completions.d
 GENDIR      := build/gen
 
 TARGETDIR   := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
-BINS        := picortexd picortex-provision picortex-run picortexctl
+BINS        := picortexd picortex-provision picortex-run picortex-egress picortexctl
 STAGE       := build/stage
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 DEBARCH     := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
@@ -59,7 +59,8 @@ export PICORTEX_RUN_BIN := $(LIBEXECDIR)/picortex-run
 SUBST := sed -e 's|/usr/bin/picortexd|$(BINDIR)/picortexd|g' -e 's|/usr/libexec/picortex/|$(LIBEXECDIR)/|g' \
              -e 's|/usr/share/doc/picortex/|$(DOCDIR)/|g'
 UNITS := picortexd.socket picortexd.service picortex-provision.service picortex-chats-fs.service \
-         var-lib-picortex-chats.mount picortex.slice picortex-chat.slice
+         var-lib-picortex-chats.mount picortex.slice picortex-chat.slice \
+         picortex-egress.socket picortex-egress.service
 
 .PHONY: all build install uninstall deb stage test unit-test compat-test integration-test demo bench fuzz deps lint clean
 
@@ -81,6 +82,7 @@ install:
 	install -Dm755 $(TARGETDIR)/picortexctl          $(DESTDIR)$(BINDIR)/picortexctl
 	install -Dm755 $(TARGETDIR)/picortex-provision   $(DESTDIR)$(LIBEXECDIR)/picortex-provision
 	install -Dm755 $(TARGETDIR)/picortex-run         $(DESTDIR)$(LIBEXECDIR)/picortex-run
+	install -Dm755 $(TARGETDIR)/picortex-egress      $(DESTDIR)$(LIBEXECDIR)/picortex-egress
 	install -Dm755 dist/picortex-chats-fs            $(DESTDIR)$(LIBEXECDIR)/picortex-chats-fs
 	install -dm755 $(DESTDIR)$(UNITDIR)
 	for u in $(UNITS); do $(SUBST) units/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 644 $(DESTDIR)$(UNITDIR)/$$u; done

@@ -198,9 +198,17 @@ fuzz_target!(|data: &[u8]| {
         "[sandbox]\negress = \"allowlist\"\negress_allow = [{}]\n",
         list.join(", ")
     );
-    if let Ok(egress::Egress::Allowlist(ranges)) = egress::parse(&toml) {
+    if let Ok(egress::Egress::Allowlist { ranges, names }) = egress::parse(&toml) {
         for r in &ranges {
             fence::assert_not_host(r);
+        }
+        // A name in the list never lets a turn reach the host, whatever it resolves to.
+        for n in &names {
+            let probe = n.strip_prefix('*').map_or_else(|| n.clone(), |rest| format!("a{rest}"));
+            assert!(egress::name_allowed(&names, &probe), "{n} does not allow {probe}");
+            for ip in ["127.0.0.1", "::1", "169.254.169.254", "10.0.0.1"] {
+                assert!(egress::refusal(&egress::Egress::Allowlist { ranges: vec![], names: names.clone() }, ip.parse().unwrap(), true, &[]).is_some());
+            }
         }
     }
 });

@@ -1,15 +1,17 @@
 //! `[agent] env`: the few environment variables a deployment may give the agent (a company
-//! gateway, Bedrock or Vertex, a model, retries, a proxy), from a fixed list. The agent's
-//! environment is otherwise built from nothing by picortex-run; the gateway checks the table at
-//! start and picortex-run again before every turn, with this one rule.
+//! gateway, Bedrock or Vertex, a model, retries), from a fixed list. The agent's environment is
+//! otherwise built from nothing by picortex-run; the gateway checks the table at start and
+//! picortex-run again before every turn, with this one rule.
 //!
-//! Secrets are not among them: the API key and the subscription token reach the agent only as
-//! the turn unit's systemd credentials (README, "The agent's credential").
+//! Secrets are not among them: the API key and the subscription token stay with
+//! picortex-egress, which adds them to the agent's API requests (README, "The agent's
+//! credential"); nor is the proxy, which is always picortex-egress's relay.
 
 /// The names `[agent] env` may set. Everything else is refused, including every variable
 /// picortex-run sets itself (HOME, PATH, CLAUDE_CONFIG_DIR, the telemetry switches…).
 pub const ALLOWED: &[&str] = &[
-    // Where the API is: a company gateway or proxy in front of Anthropic's API.
+    // Where the API is: a company gateway or proxy in front of Anthropic's API. picortex-egress
+    // forwards the agent's API requests there (`api_url`); the agent itself is given the relay.
     "ANTHROPIC_BASE_URL",
     // Models.
     "ANTHROPIC_MODEL",
@@ -37,12 +39,24 @@ pub const ALLOWED: &[&str] = &[
     "API_TIMEOUT_MS",
     "BASH_DEFAULT_TIMEOUT_MS",
     "BASH_MAX_TIMEOUT_MS",
-    // An HTTP proxy and its CA (research/claude-cli.md §4).
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "NO_PROXY",
+    // The CA of a company gateway that re-signs TLS (research/claude-cli.md §4).
     "NODE_EXTRA_CA_CERTS",
 ];
+
+/// Names picortex-run sets itself for the turn's one way out (`crate::egress`): a turn has no
+/// network but its loopback, so the agent's proxy is always picortex-egress's relay.
+const NETWORK: &[&str] = &["HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY"];
+
+/// Where picortex-egress forwards the agent's API requests: `ANTHROPIC_BASE_URL` of the
+/// operator's `[agent] env`, or Anthropic's API (`crate::egress::DEFAULT_API_URL`).
+pub fn api_url<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    env.into_iter()
+        .find(|(k, v)| *k == "ANTHROPIC_BASE_URL" && check(k, v).is_ok())
+        .map_or_else(
+            || crate::egress::DEFAULT_API_URL.to_owned(),
+            |(_, v)| v.trim_end_matches('/').to_owned(),
+        )
+}
 
 /// Names an operator may reach for that must come another way; the error says which.
 const SECRETS: &[(&str, &str)] = &[
@@ -64,6 +78,12 @@ pub fn check(name: &str, value: &str) -> Result<(), String> {
              /etc/picortex/credentials/{cred} (root, 0600), which only the turn's unit can read"
         ));
     }
+    if NETWORK.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return Err(format!(
+            "{name} is set by picortex: a turn reaches the network only through picortex-egress \
+             (the agent's API always; other hosts as [sandbox] egress and egress_allow say)"
+        ));
+    }
     if !ALLOWED.contains(&name) {
         return Err(format!(
             "{name} is not a variable picortex passes to the agent (allowed: {})",
@@ -76,7 +96,7 @@ pub fn check(name: &str, value: &str) -> Result<(), String> {
     if value.chars().any(char::is_control) {
         return Err(format!("{name}: value contains a control character"));
     }
-    if name.ends_with("_BASE_URL") || name.ends_with("_PROXY") && name != "NO_PROXY" {
+    if name.ends_with("_BASE_URL") {
         let ok = ["http://", "https://"]
             .iter()
             .any(|s| value.starts_with(s) && value.len() > s.len())
@@ -117,7 +137,6 @@ mod tests {
         check("CLAUDE_CODE_USE_VERTEX", "1").unwrap();
         check("ANTHROPIC_VERTEX_PROJECT_ID", "my-project").unwrap();
         check("ANTHROPIC_MODEL", "claude-sonnet-4-5").unwrap();
-        check("NO_PROXY", "localhost,.internal").unwrap();
         check("NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/corp.pem").unwrap();
     }
 
@@ -151,12 +170,30 @@ mod tests {
         assert!(check("ANTHROPIC_BASE_URL", "file:///etc/passwd").is_err());
         assert!(check("ANTHROPIC_BASE_URL", "https://").is_err());
         assert!(check("ANTHROPIC_BASE_URL", "https://a b").is_err());
-        assert!(check("HTTPS_PROXY", "socks5://p:1080").is_err());
+        let e = check("HTTPS_PROXY", "http://proxy.example.com:3128").unwrap_err();
+        assert!(e.contains("picortex-egress"), "{e}");
+        assert!(check("no_proxy", "x").is_err());
         assert!(check("AWS_REGION", "eu\nX=1").is_err());
         assert!(check("AWS_REGION", "a\0b").is_err());
         assert!(check("AWS_REGION", &"x".repeat(MAX_VALUE_BYTES + 1)).is_err());
         assert!(check("NODE_EXTRA_CA_CERTS", "corp.pem").is_err());
         assert!(check_all([("AWS_REGION", "x"), ("HOME", "/")]).is_err());
         check_all([("AWS_REGION", "x"), ("CLAUDE_CODE_MAX_RETRIES", "2")]).unwrap();
+    }
+
+    #[test]
+    fn the_api_is_the_operators_base_url_or_anthropics() {
+        assert_eq!(api_url([]), crate::egress::DEFAULT_API_URL);
+        assert_eq!(
+            api_url([
+                ("AWS_REGION", "x"),
+                ("ANTHROPIC_BASE_URL", "http://198.51.100.1/")
+            ]),
+            "http://198.51.100.1"
+        );
+        assert_eq!(
+            api_url([("ANTHROPIC_BASE_URL", "file:///x")]),
+            crate::egress::DEFAULT_API_URL
+        );
     }
 }

@@ -7,6 +7,7 @@
 pub mod agent_env;
 pub mod bus;
 pub mod consent;
+pub mod egress;
 pub mod gateway;
 pub mod ids;
 pub mod turn;

@@ -1,15 +1,18 @@
 //! Where a turn may connect to (SPEC T1), from the operator's `[sandbox]` table in
-//! `/etc/picortex/picortexd.toml` — read by the helper itself, as root, so the gateway cannot
-//! loosen a turn's fence:
+//! `/etc/picortex/picortexd.toml` — read by picortex-egress itself, as root, before it serves a
+//! turn, so the gateway cannot loosen a turn's fence. A turn has a network namespace of its own
+//! with only loopback: its one way out is picortex-egress, which forwards the agent's API
+//! requests (always, with the real credential) and opens a `CONNECT` tunnel only where this
+//! policy says (`refusal`):
 //!
 //! ```toml
 //! [sandbox]
-//! egress = "internet"     # default: anything public; never the host, link-local or the LAN
-//! # egress = "allowlist"  # only these (e.g. the agent's API); still never host or link-local
-//! # egress_allow = ["160.79.104.0/23", "2607:6bc0::/48"]
+//! egress = "allowlist"    # default: the agent's API and these, never the host or link-local
+//! egress_allow = ["github.com", "*.githubusercontent.com", "160.79.104.0/23"]
+//! # egress = "internet"   # anything public; never the host, link-local or the LAN
 //! ```
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
@@ -25,8 +28,12 @@ pub type Range = (i32, Vec<u8>, u32);
 pub enum Egress {
     /// Public internet only.
     Internet,
-    /// Only these ranges.
-    Allowlist(Vec<Range>),
+    /// Only these ranges, and these host names (`names`: lowercase, exact, or `*.` and a
+    /// domain for any name under it).
+    Allowlist {
+        ranges: Vec<Range>,
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -40,7 +47,7 @@ struct File {
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Sandbox {
-    /// "internet" (default) or "allowlist".
+    /// "allowlist" (default) or "internet".
     pub egress: Option<String>,
     #[serde(default)]
     pub egress_allow: Vec<String>,
@@ -168,32 +175,125 @@ pub fn check(s: &Sandbox) -> Result<Egress, KeyError> {
         key: format!("sandbox.{key}"),
         msg,
     };
-    match s.egress.as_deref().unwrap_or("internet") {
+    match s.egress.as_deref().unwrap_or("allowlist") {
         "internet" => Ok(Egress::Internet),
         "allowlist" => {
-            let ranges = s
-                .egress_allow
-                .iter()
-                .map(|s| parse_cidr(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad("egress_allow", e))?;
-            if let Some(b) = ranges
-                .iter()
-                .zip(&s.egress_allow)
-                .find(|(r, _)| touches_host(r))
-            {
-                return Err(bad(
-                    "egress_allow",
-                    format!("{} would open the host or link-local to turns", b.1),
-                ));
+            let (mut ranges, mut names) = (Vec::new(), Vec::new());
+            for entry in &s.egress_allow {
+                if entry.contains('/') || entry.parse::<IpAddr>().is_ok() {
+                    let r = match entry.parse::<IpAddr>() {
+                        Ok(ip) => single(ip),
+                        Err(_) => parse_cidr(entry).map_err(|e| bad("egress_allow", e))?,
+                    };
+                    if touches_host(&r) {
+                        return Err(bad(
+                            "egress_allow",
+                            format!("{entry} would open the host or link-local to turns"),
+                        ));
+                    }
+                    ranges.push(r);
+                } else {
+                    names.push(parse_name(entry).map_err(|e| bad("egress_allow", e))?);
+                }
             }
-            Ok(Egress::Allowlist(ranges))
+            Ok(Egress::Allowlist { ranges, names })
         }
         other => Err(bad(
             "egress",
-            format!("must be \"internet\" or \"allowlist\", not {other:?}"),
+            format!("must be \"allowlist\" or \"internet\", not {other:?}"),
         )),
     }
+}
+
+/// A host name of `egress_allow`: letters, digits and hyphens in dot-separated labels, at least
+/// two of them, optionally `*.` first (any name under that domain, not the domain itself).
+/// Lowercased; a trailing dot is dropped.
+pub fn parse_name(s: &str) -> Result<String, String> {
+    let lower = s.trim_end_matches('.').to_ascii_lowercase();
+    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if bare.len() > 253 || bare.split('.').count() < 2 || !bare.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is neither a CIDR like 160.79.104.0/23 nor a host name like api.example.com \
+             (or *.example.com)"
+        ));
+    }
+    Ok(lower)
+}
+
+/// Whether `host` (a name a turn asked to connect to) is one `names` allows.
+pub fn name_allowed(names: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    names.iter().any(|n| match n.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+        None => *n == host,
+    })
+}
+
+/// `ip` as a single-address range; an IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn single(ip: IpAddr) -> Range {
+    match ip {
+        IpAddr::V4(a) => (AF_INET, a.octets().to_vec(), 32),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => (AF_INET, v4.octets().to_vec(), 32),
+            None => (AF_INET6, a.octets().to_vec(), 128),
+        },
+    }
+}
+
+/// Why a turn may not connect to `ip` (`None`: it may), asked for by a name the allowlist
+/// names (`named`) or not, on a machine whose own addresses are `host`. Never the host itself
+/// (loopback, any of its addresses), link-local (cloud metadata), multicast or unspecified;
+/// a private (LAN) address only where an `egress_allow` range opens it, never through a name
+/// (a public name resolving to a LAN address is how DNS rebinding reaches in).
+pub fn refusal(e: &Egress, ip: IpAddr, named: bool, host: &[IpAddr]) -> Option<&'static str> {
+    let r = single(ip);
+    let never = touches_host(&r)
+        || host.iter().any(|h| single(*h) == r)
+        || NEVER.iter().any(|n| covers(&range(n), &r));
+    if never {
+        return Some("the host itself, link-local, multicast or unspecified");
+    }
+    let private = PRIVATE.iter().any(|n| covers(&range(n), &r));
+    match e {
+        Egress::Internet if private => Some("a private (LAN) address, which egress = \"internet\" never opens"),
+        Egress::Internet => None,
+        Egress::Allowlist { ranges, .. } if ranges.iter().any(|a| covers(a, &r)) => None,
+        Egress::Allowlist { .. } if named && private => {
+            Some("an allowed name that resolved to a private (LAN) address; only an egress_allow range opens one")
+        }
+        Egress::Allowlist { .. } if named => None,
+        Egress::Allowlist { .. } => Some("not in [sandbox] egress_allow"),
+    }
+}
+
+/// Never reachable from a turn, besides loopback and link-local (`touches_host`).
+const NEVER: &[&str] = &[
+    "0.0.0.0/8",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "ff00::/8",
+];
+/// The LAN: RFC 1918, shared address space (CGNAT), unique local IPv6.
+const PRIVATE: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
+fn range(cidr: &str) -> Range {
+    parse_cidr(cidr).unwrap_or((0, Vec::new(), 0))
 }
 
 pub fn parse_cidr(s: &str) -> Result<Range, String> {
@@ -261,85 +361,9 @@ pub fn parse(text: &str) -> Result<Egress, String> {
     check(&f.sandbox).map_err(|e| key_error(CONFIG_PATH, text, &e))
 }
 
-/// The argument that makes picortex-provision print `host_addresses()`, one per line, and exit.
-pub const LIST_ADDRESSES_ARG: &str = "--list-host-addresses";
-
-/// `192.0.2.10` or `2001:db8::10`, as the probe prints a single-address range.
-pub fn format_range(r: &Range) -> String {
-    match (
-        r.0,
-        <[u8; 4]>::try_from(r.1.as_slice()),
-        <[u8; 16]>::try_from(r.1.as_slice()),
-    ) {
-        (AF_INET, Ok(a), _) => Ipv4Addr::from(a).to_string(),
-        (AF_INET6, _, Ok(a)) => Ipv6Addr::from(a).to_string(),
-        _ => String::new(),
-    }
-}
-
-/// The probe's output back into ranges; anything that is not an address is an error.
-pub fn parse_addresses(text: &str) -> Result<Vec<Range>, String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| match l.trim().parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => Ok((AF_INET, a.octets().to_vec(), 32)),
-            Ok(std::net::IpAddr::V6(a)) => Ok((AF_INET6, a.octets().to_vec(), 128)),
-            Err(_) => Err(format!(
-                "address probe printed {:?}",
-                l.chars().take(64).collect::<String>()
-            )),
-        })
-        .collect()
-}
-
-/// `allow` without the addresses of `host`: systemd lets IPAddressAllow win over
-/// IPAddressDeny, so a host address inside an allowed range must be cut out of the range
-/// itself. Each cut replaces a prefix by the siblings along the path down to the address.
-pub fn subtract(allow: &[Range], host: &[Range]) -> Vec<Range> {
-    let mut out: Vec<Range> = allow.to_vec();
-    for h in host {
-        let mut next = Vec::new();
-        for r in out {
-            if !overlaps(&r, h) {
-                next.push(r);
-            } else if r.2 < h.2 {
-                // h lies strictly inside r: keep every sibling on the way down to h.
-                for len in (r.2 + 1)..=h.2 {
-                    let mut sib = h.1.clone();
-                    let bit = (len - 1) as usize;
-                    if let Some(b) = sib.get_mut(bit / 8) {
-                        *b ^= 0x80 >> (bit % 8);
-                    }
-                    next.push((h.0, mask(&sib, len), len));
-                }
-            }
-            // else r lies inside h (or is h): nothing of it stays.
-        }
-        out = next;
-    }
-    out
-}
-
-/// `addr` with every bit past the first `len` cleared.
-fn mask(addr: &[u8], len: u32) -> Vec<u8> {
-    addr.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let start = (i * 8) as u32;
-            if start >= len {
-                0
-            } else if start + 8 <= len {
-                *b
-            } else {
-                b & (0xffu8 << (8 - (len - start)))
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
     use super::*;
 
     #[test]
@@ -360,42 +384,122 @@ mod tests {
     }
 
     #[test]
-    fn host_addresses_are_cut_out_of_allowed_ranges() {
-        let allow = vec![(2, vec![160, 79, 104, 0], 23), (2, vec![1, 2, 3, 0], 24)];
-        let host = vec![(2, vec![160, 79, 105, 7], 32), (2, vec![9, 9, 9, 9], 32)];
-        let cut = subtract(&allow, &host);
-        // The untouched range stays; the other becomes 9 prefixes that cover all but .105.7.
-        assert!(cut.contains(&(2, vec![1, 2, 3, 0], 24)));
-        assert_eq!(cut.len(), 1 + 9);
-        assert!(!cut.iter().any(|r| overlaps(r, &host[0])));
-        let covered: u64 = cut
-            .iter()
-            .filter(|r| overlaps(r, &allow[0]))
-            .map(|r| 1u64 << (32 - r.2))
-            .sum();
-        assert_eq!(covered, 512 - 1);
-        assert!(cut.contains(&(2, vec![160, 79, 104, 0], 24)));
-        assert!(cut.contains(&(2, vec![160, 79, 105, 6], 32)));
-        // A range that is only the host address goes; v6 works the same way.
-        assert!(subtract(&[(2, vec![9, 9, 9, 9], 32)], &host).is_empty());
-        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets().to_vec();
-        let cut = subtract(
-            &[(10, v6("2607:6bc0::"), 48)],
-            &[(10, v6("2607:6bc0::1"), 128)],
+    fn default_is_an_empty_allowlist_and_other_tables_are_ignored() {
+        let none = Egress::Allowlist {
+            ranges: vec![],
+            names: vec![],
+        };
+        assert_eq!(parse("").unwrap(), none);
+        assert_eq!(
+            parse("[turns]\nmax_concurrent = 2\n[agent]\ncommand = \"x\"").unwrap(),
+            none
         );
-        assert_eq!(cut.len(), 80);
-        assert!(!cut
-            .iter()
-            .any(|r| overlaps(r, &(10, v6("2607:6bc0::1"), 128))));
+        assert_eq!(
+            parse("[sandbox]\negress = \"internet\"").unwrap(),
+            Egress::Internet
+        );
     }
 
     #[test]
-    fn default_is_internet_and_other_tables_are_ignored() {
-        assert_eq!(parse("").unwrap(), Egress::Internet);
-        assert_eq!(
-            parse("[turns]\nmax_concurrent = 2\n[agent]\ncommand = \"x\"").unwrap(),
-            Egress::Internet
-        );
+    fn names_parse_and_match_exactly_or_below_a_wildcard() {
+        let e =
+            parse("[sandbox]\negress_allow = [\"GitHub.com.\", \"*.example.org\", \"192.0.2.7\"]")
+                .unwrap();
+        let Egress::Allowlist { ranges, names } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(names, &["github.com", "*.example.org"]);
+        assert_eq!(ranges, &[(2, vec![192, 0, 2, 7], 32)]);
+        assert!(name_allowed(names, "github.com"));
+        assert!(name_allowed(names, "GITHUB.COM."));
+        assert!(!name_allowed(names, "api.github.com"));
+        assert!(!name_allowed(names, "evilgithub.com"));
+        assert!(name_allowed(names, "a.b.example.org"));
+        assert!(!name_allowed(names, "example.org"));
+        assert!(!name_allowed(names, "badexample.org"));
+        for bad in [
+            "localhost",
+            "*.com.",
+            "-x.com",
+            "a..b",
+            "a b.com",
+            "x_y.com",
+            "*",
+        ] {
+            let t = format!("[sandbox]\negress_allow = [\"{bad}\"]");
+            assert!(parse(&t).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_host_link_local_and_the_lan_are_refused_by_default() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let host = [ip("192.0.2.10"), ip("2001:db8::10")];
+        let net = Egress::Internet;
+        for never in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "169.254.169.254",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "192.0.2.10",
+            "2001:db8::10",
+            "::ffff:127.0.0.1",
+            "::ffff:192.0.2.10",
+        ] {
+            assert!(
+                refusal(&net, ip(never), true, &host).is_some(),
+                "{never} open"
+            );
+            let all = Egress::Allowlist {
+                ranges: vec![parse_cidr("192.0.2.0/24").unwrap()],
+                names: vec![],
+            };
+            assert!(
+                refusal(&all, ip(never), true, &host).is_some(),
+                "{never} open"
+            );
+        }
+        for lan in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(refusal(&net, ip(lan), false, &host).is_some(), "{lan} open");
+        }
+        for public in [
+            "198.51.100.1",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert_eq!(refusal(&net, ip(public), false, &host), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn an_allowlist_opens_its_ranges_and_its_names_public_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let e = parse("[sandbox]\negress_allow = [\"10.5.0.0/16\", \"api.example.com\"]").unwrap();
+        // By range: even a LAN range, when the operator names it.
+        assert_eq!(refusal(&e, ip("10.5.1.1"), false, &[]), None);
+        assert!(refusal(&e, ip("10.6.1.1"), false, &[]).is_some());
+        // By name: public addresses only (DNS rebinding).
+        assert_eq!(refusal(&e, ip("198.51.100.7"), true, &[]), None);
+        assert!(refusal(&e, ip("198.51.100.7"), false, &[]).is_some());
+        assert!(refusal(&e, ip("192.168.0.7"), true, &[])
+            .unwrap()
+            .contains("private"));
+        // A name resolving into an allowed range is fine.
+        assert_eq!(refusal(&e, ip("10.5.0.9"), true, &[]), None);
     }
 
     #[test]
@@ -403,14 +507,17 @@ mod tests {
         let e = parse("[sandbox]\negress = \"allowlist\"\negress_allow = [\"160.79.104.0/23\", \"2607:6bc0::/48\"]").unwrap();
         assert_eq!(
             e,
-            Egress::Allowlist(vec![
-                (2, vec![160, 79, 104, 0], 23),
-                (
-                    10,
-                    "2607:6bc0::".parse::<Ipv6Addr>().unwrap().octets().to_vec(),
-                    48
-                )
-            ])
+            Egress::Allowlist {
+                ranges: vec![
+                    (2, vec![160, 79, 104, 0], 23),
+                    (
+                        10,
+                        "2607:6bc0::".parse::<Ipv6Addr>().unwrap().octets().to_vec(),
+                        48
+                    )
+                ],
+                names: vec![]
+            }
         );
         for bad in [
             "127.0.0.0/8",
@@ -450,7 +557,7 @@ mod tests {
         let e = parse("[sandbox]\n\negress = \"everything\"").unwrap_err();
         assert_eq!(
             e,
-            format!("{CONFIG_PATH}:3:10: sandbox.egress: must be \"internet\" or \"allowlist\", not \"everything\"")
+            format!("{CONFIG_PATH}:3:10: sandbox.egress: must be \"allowlist\" or \"internet\", not \"everything\"")
         );
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }

@@ -10,9 +10,10 @@ mod audit;
 mod authz;
 mod config;
 mod disk;
+// The whole `[sandbox]` table; its connection decisions (`refusal`) are picortex-egress's.
+#[allow(dead_code)]
 mod egress;
 mod failpoint;
-mod hostaddr;
 mod inbox;
 mod limits;
 mod outfiles;
@@ -37,7 +38,8 @@ const USAGE: &str = "usage: picortex-provision [--idle-timeout SECONDS]
   (picortex-provision.service, D-Bus activation) and every call is authorised by polkit
   (org.picortex.provision.*); it exits after --idle-timeout seconds without a call (default 30).
   It is not meant to be run by hand. It reads [sandbox] of /etc/picortex/picortexd.toml at each
-  turn start; `picortexd --check-config` checks that table with the same rules.
+  turn start (picortex-egress applies its egress policy); `picortexd --check-config` checks that
+  table with the same rules.
   --version  print the version";
 
 fn main() -> anyhow::Result<()> {
@@ -51,14 +53,6 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         _ => {}
-    }
-    // The address probe (see hostaddr::probe_host_addresses): a unit of its own, outside the
-    // helper's private network namespace, that only lists the machine's addresses.
-    if std::env::args().skip(1).eq([egress::LIST_ADDRESSES_ARG]) {
-        for a in hostaddr::host_addresses().map_err(anyhow::Error::msg)? {
-            println!("{}", egress::format_range(&a));
-        }
-        return Ok(());
     }
     if !nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != 0 {
         bail!("picortex-provision must run as root (it is started by the system bus; see picortex-provision.service)");

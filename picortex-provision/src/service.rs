@@ -255,14 +255,13 @@ impl Provision {
                 "chat {chat} is not provisioned (or was removed); call EnsureChat first"
             ))
         })?;
-        let egress = crate::egress::parse(&config).map_err(&fail)?;
+        // picortex-egress applies the egress policy to the turn's connections; a table it would
+        // refuse fails the turn here, with the operator's error, not as an agent without network.
+        crate::egress::parse(&config).map_err(&fail)?;
         let a = acct.clone();
-        let mut host = tokio::task::spawn_blocking(move || units::Host::probe(&a, &config))
+        let host = tokio::task::spawn_blocking(move || units::Host::probe(&a, &config))
             .await
             .map_err(|e| fail(e.to_string()))?
-            .map_err(&fail)?;
-        host.addresses = crate::hostaddr::host_addresses_for_turn(conn)
-            .await
             .map_err(&fail)?;
         // The owner's grants for this one turn, re-checked and copied for it (see `share`).
         let (t, a, g) = (turn.clone(), acct.clone(), grants.clone());
@@ -278,7 +277,6 @@ impl Provision {
             chat: &chat,
             turn: &turn,
             limits: &limits,
-            egress: &egress,
             host: &host,
             grants: &staged,
         };

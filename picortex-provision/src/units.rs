@@ -20,7 +20,7 @@ use picortex_proto::turn::MAX_REQUEST_BYTES;
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
-use crate::egress::{self, Egress, Range};
+use crate::egress::{self, Range};
 pub use crate::limits::Limits;
 use crate::users::ChatAccount;
 use crate::view;
@@ -95,31 +95,20 @@ fn s(v: &str) -> Prop {
     Prop::Str(v.to_owned())
 }
 
-/// Addresses a turn may never reach, whatever the egress mode: the host itself, link-local
-/// (cloud metadata lives at 169.254.169.254), and the private and shared ranges of the LAN.
-pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
+/// What a turn's BPF address fence lets through: its own loopback, the one interface of its
+/// network namespace (`PrivateNetwork=yes`), where picortex-run relays to picortex-egress.
+/// Everything else is denied, should the namespace ever have more.
+pub fn loopback_only() -> (Vec<Range>, Vec<Range>) {
     const AF_INET: i32 = 2;
     const AF_INET6: i32 = 10;
     let mut v6_loop = vec![0u8; 16];
     if let Some(last) = v6_loop.last_mut() {
         *last = 1;
     }
-    let mut fe80 = vec![0u8; 16];
-    fe80.splice(0..2, [0xfe, 0x80]);
-    let mut fc00 = vec![0u8; 16];
-    fc00.splice(0..1, [0xfc]);
-    vec![
-        (AF_INET, vec![127, 0, 0, 0], 8),
-        (AF_INET, vec![169, 254, 0, 0], 16),
-        (AF_INET, vec![10, 0, 0, 0], 8),
-        (AF_INET, vec![172, 16, 0, 0], 12),
-        (AF_INET, vec![192, 168, 0, 0], 16),
-        (AF_INET, vec![100, 64, 0, 0], 10),
-        (AF_INET, vec![0, 0, 0, 0], 8),
-        (AF_INET6, v6_loop, 128),
-        (AF_INET6, fe80, 10),
-        (AF_INET6, fc00, 7),
-    ]
+    (
+        vec![(AF_INET, vec![127, 0, 0, 0], 8), (AF_INET6, v6_loop, 128)],
+        vec![(AF_INET, vec![0; 4], 0), (AF_INET6, vec![0; 16], 0)],
+    )
 }
 
 /// What the helper learns about the machine and prepares for the chat at StartTurn
@@ -127,7 +116,6 @@ pub fn denied_ranges() -> Vec<(i32, Vec<u8>, u32)> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Host {
     /// Every address assigned to the machine's interfaces, as single-address ranges.
-    pub addresses: Vec<Range>,
     /// The turn's cgroup tree, see `view::CgroupView`.
     pub cgroups: Option<view::CgroupView>,
     /// The turn's /etc/passwd and /etc/group: (passwd file, group file).
@@ -138,12 +126,10 @@ pub struct Host {
 }
 
 impl Host {
-    /// Everything but `addresses`, which `hostaddr::probe_host_addresses` gets (async).
     /// `config`: the operator's configuration of this call (`config::read`).
     pub fn probe(acct: &ChatAccount, config: &str) -> Result<Self, String> {
         let (p, g) = view::write_user_db(acct)?;
         Ok(Self {
-            addresses: Vec::new(),
             cgroups: view::write_cgroup_view(acct, std::path::Path::new(CGROUP_ROOT))?,
             user_db: Some((p.display().to_string(), g.display().to_string())),
             agent_view: Some(
@@ -178,7 +164,8 @@ const OPERATOR_CONFIG_DIR: &str = "-/etc/picortex";
 /// per-unit records and drop-ins name every chat's turns and slices, with their Linq chat ids),
 /// systemd-userdbd's socket (it answers from the real user database), /run/lock and /run/user,
 /// other units' credentials — is gone. systemd mounts the unit's own credentials in after.
-pub const RUN_KEPT: &[&str] = &["/run/systemd/resolve"];
+/// And picortex-egress's socket directory: the turn's one way out (see `loopback_only`).
+pub const RUN_KEPT: &[&str] = &["/run/systemd/resolve", picortex_proto::egress::SOCKET_DIR];
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -223,37 +210,10 @@ pub fn turn_properties(
     chat: &ChatId,
     turn: &TurnId,
     limits: &Limits,
-    egress: &Egress,
     host: &Host,
 ) -> Vec<(&'static str, Prop)> {
     let mut props = base_turn_properties(acct, chat, turn, limits);
     view_properties(host, &mut props);
-    // The host's own addresses are the host as much as loopback is: its services listen on
-    // them (the gateway, other chats' listeners, root daemons), so they are fenced like it.
-    let mut deny = match egress {
-        Egress::Internet => denied_ranges(),
-        // Deny everything, then allow only the operator's ranges (systemd: allow wins over
-        // deny, which is why the host's addresses are also cut out of the allowed ranges).
-        Egress::Allowlist(_) => vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)],
-    };
-    // Only what the ranges do not already fence (loopback's addresses are in 127.0.0.0/8 and
-    // ::1/128): the list an operator reads in `systemctl show` says each range once.
-    for a in &host.addresses {
-        if !deny.iter().any(|d| egress::covers(d, a)) {
-            deny.push(a.clone());
-        }
-    }
-    for (k, p) in props.iter_mut() {
-        if *k == "IPAddressDeny" {
-            *p = Prop::Ips(deny.clone());
-        }
-    }
-    if let Egress::Allowlist(allow) = egress {
-        props.push((
-            "IPAddressAllow",
-            Prop::Ips(egress::subtract(allow, &host.addresses)),
-        ));
-    }
     props
 }
 
@@ -412,7 +372,13 @@ fn base_turn_properties(
                 vec!["AF_UNIX".into(), "AF_INET".into(), "AF_INET6".into()],
             ),
         ),
-        ("IPAddressDeny", Prop::Ips(denied_ranges())),
+        // A network namespace of its own: only loopback, where picortex-run relays to
+        // picortex-egress (the agent's API, and CONNECT where `[sandbox]` allows). Nothing of
+        // the machine's network shows: not its addresses, nor other chats' sockets in
+        // /proc/net, nor abstract sockets bound in the host's namespace.
+        ("PrivateNetwork", Prop::Bool(true)),
+        ("IPAddressAllow", Prop::Ips(loopback_only().0)),
+        ("IPAddressDeny", Prop::Ips(loopback_only().1)),
         // Not MemoryDenyWriteExecute: the agent's JavaScript engine needs a JIT.
     ]
 }
@@ -537,7 +503,6 @@ pub struct TurnSpec<'a> {
     pub chat: &'a ChatId,
     pub turn: &'a TurnId,
     pub limits: &'a Limits,
-    pub egress: &'a Egress,
     pub host: &'a Host,
     /// Approved grants (SPEC C2): (staged copy, mount point inside the turn), see `share`.
     pub grants: &'a [(String, String)],
@@ -563,7 +528,6 @@ pub async fn start_turn(
         chat,
         turn,
         limits,
-        egress,
         host,
         grants,
     } = *spec;
@@ -585,7 +549,7 @@ pub async fn start_turn(
     }
 
     let unit = turn.unit_name();
-    let mut props = turn_properties(acct, chat, turn, limits, egress, host);
+    let mut props = turn_properties(acct, chat, turn, limits, host);
     grant_properties(grants, &mut props);
     let mut props = convert(&props).map_err(systemd_err)?;
     props.push(("StandardInputFileDescriptor".into(), fd_variant(&request)?));
@@ -671,14 +635,7 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Internet,
-            &Host::default(),
-        );
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Host::default());
         assert_eq!(get(&p, "User"), &Prop::Str(a.user.clone()));
         assert_eq!(
             get(&p, "Slice"),
@@ -765,14 +722,7 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Internet,
-            &Host::default(),
-        );
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Host::default());
         let filters: Vec<&Prop> = p
             .iter()
             .filter(|(k, _)| *k == "SystemCallFilter")
@@ -817,14 +767,7 @@ mod tests {
         let a = acct();
         let chat = ChatId::parse("4c6113a3-cb58-46e5-a29c-326444779872").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Internet,
-            &Host::default(),
-        );
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Host::default());
         assert_eq!(
             get(&p, "TemporaryFileSystem"),
             &Prop::Pairs(vec![
@@ -873,75 +816,25 @@ mod tests {
     }
 
     #[test]
-    fn an_allowlist_denies_everything_else() {
+    fn a_turn_has_a_network_of_its_own_and_reaches_only_its_loopback() {
         let a = acct();
         let chat = ChatId::parse("abc").unwrap();
         let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let allow = vec![(2, vec![160, 79, 104, 0], 23)];
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Allowlist(allow.clone()),
-            &Host::default(),
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &Host::default());
+        assert_eq!(get(&p, "PrivateNetwork"), &Prop::Bool(true));
+        let v6_loop = std::net::Ipv6Addr::LOCALHOST.octets().to_vec();
+        assert_eq!(
+            get(&p, "IPAddressAllow"),
+            &Prop::Ips(vec![(2, vec![127, 0, 0, 0], 8), (10, v6_loop, 128)])
         );
         assert_eq!(
             get(&p, "IPAddressDeny"),
             &Prop::Ips(vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)])
         );
-        assert_eq!(get(&p, "IPAddressAllow"), &Prop::Ips(allow));
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Internet,
-            &Host::default(),
-        );
-        assert!(p.iter().all(|(k, _)| *k != "IPAddressAllow"));
-        assert_eq!(get(&p, "IPAddressDeny"), &Prop::Ips(denied_ranges()));
-    }
-
-    #[test]
-    fn the_hosts_own_addresses_are_denied_in_both_modes() {
-        let a = acct();
-        let chat = ChatId::parse("abc").unwrap();
-        let turn = TurnId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let public = (2, vec![203, 0, 113, 5], 32);
-        let host = Host {
-            addresses: vec![(2, vec![127, 0, 0, 1], 32), public.clone()],
-            ..Host::default()
-        };
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Internet,
-            &host,
-        );
-        let Prop::Ips(deny) = get(&p, "IPAddressDeny") else {
-            panic!("IPAddressDeny")
-        };
-        // The public address is added; 127.0.0.1 is already in 127.0.0.0/8.
-        let mut expected = denied_ranges();
-        expected.push(public.clone());
-        assert_eq!(deny, &expected);
-        // An allowlist that covers the host's address no longer allows it; everything is
-        // denied, the host's addresses with it.
-        let allow = Egress::Allowlist(vec![(2, vec![203, 0, 113, 0], 24)]);
-        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &allow, &host);
-        let Prop::Ips(deny) = get(&p, "IPAddressDeny") else {
-            panic!("IPAddressDeny")
-        };
-        assert_eq!(deny, &vec![(2, vec![0, 0, 0, 0], 0), (10, vec![0; 16], 0)]);
-        let Prop::Ips(allowed) = get(&p, "IPAddressAllow") else {
-            panic!("IPAddressAllow")
-        };
-        assert!(!allowed.contains(&(2, vec![203, 0, 113, 0], 24)));
-        assert!(allowed.contains(&(2, vec![203, 0, 113, 4], 32)));
-        assert!(allowed.iter().all(|r| r.2 > 24));
+        // Its way out, picortex-egress's socket, is kept in its otherwise empty /run.
+        assert!(RUN_KEPT.contains(&picortex_proto::egress::SOCKET_DIR));
+        assert!(picortex_proto::egress::SOCKET
+            .starts_with(&format!("{}/", picortex_proto::egress::SOCKET_DIR)));
     }
 
     #[test]
@@ -960,16 +853,8 @@ mod tests {
             }),
             user_db: Some(("/v/passwd".into(), "/v/group".into())),
             agent_view: Some("/v/etc".into()),
-            ..Host::default()
         };
-        let p = turn_properties(
-            &a,
-            &chat,
-            &turn,
-            &Limits::default(),
-            &Egress::Internet,
-            &host,
-        );
+        let p = turn_properties(&a, &chat, &turn, &Limits::default(), &host);
         let run = RUN_KEPT
             .iter()
             .map(|p| ((*p).to_owned(), (*p).to_owned(), true, MS_REC));
@@ -998,25 +883,6 @@ mod tests {
         // The view replaces the operator's configuration, not both at once.
         assert!(!gone.contains(&"-/etc/picortex".to_owned()));
         convert(&p).unwrap();
-    }
-
-    #[test]
-    fn denied_ranges_cover_loopback_link_local_and_private() {
-        let d = denied_ranges();
-        for (fam, addr, len) in [
-            (2, vec![127, 0, 0, 0], 8),
-            (2, vec![169, 254, 0, 0], 16),
-            (2, vec![10, 0, 0, 0], 8),
-            (2, vec![192, 168, 0, 0], 16),
-        ] {
-            assert!(
-                d.contains(&(fam, addr.clone(), len)),
-                "{addr:?}/{len} missing"
-            );
-        }
-        assert!(d
-            .iter()
-            .all(|(f, a, _)| (*f == 2 && a.len() == 4) || (*f == 10 && a.len() == 16)));
     }
 
     #[test]
@@ -1054,7 +920,6 @@ mod tests {
             &chat,
             &turn,
             &Limits::default(),
-            &Egress::Internet,
             &Host::default(),
         ))
         .unwrap();

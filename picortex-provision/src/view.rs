@@ -4,8 +4,9 @@
 //!   over the turn's /etc/passwd and /etc/group, since the real ones list every chat user;
 //! - a skeleton of the cgroup tree with only the chat's own slice in it, bound over the turn's
 //!   /sys/fs/cgroup, with that slice bound back (`CgroupView`);
-//! - a directory with the `[agent]` table of the operator's configuration alone and a copy of
-//!   the agent's credential owned by the chat's user, bound read-only over the turn's
+//! - a directory with the `[agent]` table of the operator's configuration alone and a
+//!   placeholder of the agent's credential (picortex-egress adds the real one to the agent's
+//!   API requests) owned by the chat's user, bound read-only over the turn's
 //!   `/etc/picortex`, because the rest of that directory (the owner's handles, the gateway's
 //!   secrets) is no turn's business.
 
@@ -61,8 +62,7 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
     Ok((p, g))
 }
 
-/// Remove a chat's views (when it is archived or removed: nothing of it runs then). A copy of
-/// the agent's credential is among them.
+/// Remove a chat's views (when it is archived or removed: nothing of it runs then).
 pub fn forget(tag: &ChatTag) -> Result<(), UserError> {
     let dir = chat_views(tag);
     match std::fs::remove_dir_all(&dir) {
@@ -102,13 +102,18 @@ pub fn write_agent_view(acct: &ChatAccount, agent: &str, creds: &Path) -> Result
     Ok(dir)
 }
 
-/// Each of `CREDENTIALS` in `creds` copied into `dir` for `uid`:`gid` alone (0400), and removed
-/// from `dir` when it is gone from `creds`.
+/// For each of `CREDENTIALS` the operator put in `creds`, its placeholder
+/// (`picortex_proto::egress::placeholder`) in `dir`, for `uid`:`gid` alone (0400), removed
+/// from `dir` when it is gone from `creds`. Never the secret: the agent presents the
+/// placeholder to the API through picortex-egress, which puts the real one in its place, so
+/// nothing a turn runs can read or send the key.
 fn sync_credentials(creds: &Path, dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
     for name in CREDENTIALS {
         let (src, dst) = (creds.join(name), dir.join(name));
+        let placeholder = picortex_proto::egress::placeholder(name)
+            .ok_or_else(|| format!("{name}: no placeholder for this credential"))?;
         match read_credential(&src)? {
-            Some(secret) => replace_owned(&dst, &secret, uid, gid)?,
+            Some(_) => replace_owned(&dst, placeholder.as_bytes(), uid, gid)?,
             None => match std::fs::remove_file(&dst) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -148,9 +153,9 @@ fn read_credential(path: &Path) -> Result<Option<Vec<u8>>, String> {
     Ok((!secret.is_empty()).then_some(secret))
 }
 
-/// Like `replace`, for a secret: mode 0400, owned by `uid`:`gid`.
-fn replace_owned(path: &Path, secret: &[u8], uid: u32, gid: u32) -> Result<(), String> {
-    write_view_file(path, secret, 0o400, Some((uid, gid)))
+/// Like `replace`, for the chat's user alone: mode 0400, owned by `uid`:`gid`.
+fn replace_owned(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<(), String> {
+    write_view_file(path, bytes, 0o400, Some((uid, gid)))
 }
 
 /// Write `text` to `path` through a temporary file and a rename (0644: the chat user reads it
@@ -304,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn the_agents_credentials_are_copied_for_the_chat_alone_and_follow_the_operators() {
+    fn a_turn_gets_placeholders_of_the_operators_credentials_never_the_secret() {
         use std::os::unix::fs::MetadataExt;
         let root = tempdir();
         let (creds, view) = (root.join("creds"), root.join("view"));
@@ -317,19 +322,23 @@ mod tests {
         std::fs::write(creds.join(API_KEY_CREDENTIAL), "sk-ant-1").unwrap();
         sync_credentials(&creds, &view, uid, gid).unwrap();
         let key = view.join(API_KEY_CREDENTIAL);
-        assert_eq!(std::fs::read_to_string(&key).unwrap(), "sk-ant-1");
+        let placeholder = picortex_proto::egress::PLACEHOLDER_API_KEY;
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), placeholder);
         let m = std::fs::metadata(&key).unwrap();
         assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o400, uid, gid));
         assert!(!view.join(OAUTH_CREDENTIAL).exists());
-        // Rotated: the copy follows. Removed: so is the copy. Empty counts as none.
+        // Rotated: still the placeholder. Removed: so is the placeholder. Empty counts as none.
         std::fs::write(creds.join(API_KEY_CREDENTIAL), "sk-ant-2").unwrap();
         sync_credentials(&creds, &view, uid, gid).unwrap();
-        assert_eq!(std::fs::read_to_string(&key).unwrap(), "sk-ant-2");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), placeholder);
         std::fs::write(creds.join(API_KEY_CREDENTIAL), "").unwrap();
         std::fs::write(creds.join(OAUTH_CREDENTIAL), "sk-ant-oat01-x").unwrap();
         sync_credentials(&creds, &view, uid, gid).unwrap();
         assert!(!key.exists());
-        assert!(view.join(OAUTH_CREDENTIAL).exists());
+        assert_eq!(
+            std::fs::read_to_string(view.join(OAUTH_CREDENTIAL)).unwrap(),
+            picortex_proto::egress::PLACEHOLDER_OAUTH_TOKEN
+        );
         // A symlink in the operator's directory is refused, not followed.
         std::fs::remove_file(creds.join(API_KEY_CREDENTIAL)).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", creds.join(API_KEY_CREDENTIAL)).unwrap();

@@ -72,9 +72,11 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
 }
 
 /// `--settings` for the agent when the turn has the API key (SPEC T2): in a turn, the helper's
-/// view of `/etc/picortex` (`TURN_CONFIG_DIR`) holds it, readable by the chat's user alone; the
-/// CLI's `apiKeyHelper` reads it from there when it needs it, so the key is never in an
-/// environment, an argv, or a file in the chat's home.
+/// view of `/etc/picortex` (`TURN_CONFIG_DIR`) holds its placeholder
+/// (`picortex_proto::egress`; picortex-egress puts the real key in each request), readable by
+/// the chat's user alone; the CLI's `apiKeyHelper` reads it from there when it needs it. The
+/// same path serves a deployment whose view holds a real key: it is never in an environment,
+/// an argv, or a file in the chat's home.
 pub fn credential_settings(dir: &str) -> Option<String> {
     let safe = dir.starts_with('/')
         && dir
@@ -95,13 +97,15 @@ fn key_helper(path: &str) -> String {
 }
 
 /// Variables the agent gets besides picortex-run's own: the operator's `[agent] env`
-/// (validated against `picortex_proto::agent_env` when loaded). Nothing of picortex-run's own
-/// environment is passed through.
+/// (validated against `picortex_proto::agent_env` when loaded), but for `ANTHROPIC_BASE_URL`,
+/// which is where picortex-egress forwards to (the agent's is the relay, `relay::agent_env`).
+/// Nothing of picortex-run's own environment is passed through.
 pub fn passthrough_env(config: &AgentConfig) -> Vec<(String, String)> {
     config
         .env
         .iter()
         .filter(|(k, v)| picortex_proto::agent_env::check(k, v).is_ok())
+        .filter(|(k, _)| k.as_str() != "ANTHROPIC_BASE_URL")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -159,6 +163,7 @@ pub fn build_env(identity: &Identity, passthrough: &[(String, String)]) -> Vec<(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    env.extend(crate::relay::agent_env());
     env.extend(passthrough.iter().cloned());
     env
 }
@@ -459,9 +464,17 @@ mod tests {
             .env
             .insert("ANTHROPIC_BASE_URL".into(), "http://198.51.100.1".into());
         config.env.insert("LD_PRELOAD".into(), "/x.so".into());
+        config.env.insert("AWS_REGION".into(), "eu-west-1".into());
         let env = passthrough_env(&config);
-        assert!(env.contains(&("ANTHROPIC_BASE_URL".into(), "http://198.51.100.1".into())));
-        assert!(!env.iter().any(|(k, _)| k == "LD_PRELOAD"));
+        assert_eq!(env, [("AWS_REGION".into(), "eu-west-1".into())]);
+        // The operator's API URL is picortex-egress's upstream; the agent's is the relay.
+        let all = build_env(&identity(), &env);
+        let base: Vec<_> = all
+            .iter()
+            .filter(|(k, _)| k == "ANTHROPIC_BASE_URL")
+            .collect();
+        assert_eq!(base.len(), 1);
+        assert_eq!(base[0].1, picortex_proto::egress::relay_url());
     }
 
     #[test]
@@ -472,6 +485,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "ANTHROPIC_BASE_URL",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
                 "CLAUDE_CODE_DISABLE_TERMINAL_TITLE",
                 "CLAUDE_CONFIG_DIR",
@@ -479,12 +493,18 @@ mod tests {
                 "DISABLE_ERROR_REPORTING",
                 "DISABLE_TELEMETRY",
                 "HOME",
+                "HTTPS_PROXY",
+                "HTTP_PROXY",
                 "LANG",
                 "LOGNAME",
+                "NO_PROXY",
                 "PATH",
                 "SHELL",
                 "TMPDIR",
-                "USER"
+                "USER",
+                "http_proxy",
+                "https_proxy",
+                "no_proxy"
             ]
         );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());

@@ -24,6 +24,7 @@ pub mod oom;
 pub mod outbox;
 pub mod output;
 pub mod preflight;
+pub mod relay;
 pub mod request;
 pub mod scope;
 pub mod seed;

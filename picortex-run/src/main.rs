@@ -190,6 +190,14 @@ fn main() -> ExitCode {
         return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
     }
 
+    // The turn's one way out (see picortex_run::relay): in a network of its own, the agent's API
+    // and proxy are a relay on its loopback to picortex-egress.
+    if let Err(e) =
+        picortex_run::relay::check_private_network().and_then(|()| picortex_run::relay::start())
+    {
+        return refuse(channel, turn.as_str(), Some(&request.chat_id), &e);
+    }
+
     // Last of our own setup: from here on this process and the agent it starts are a Landlock
     // domain of their own, unable to reach other chats' abstract sockets or signal their
     // processes (see picortex_run::scope for why a kernel without it refuses the turn).

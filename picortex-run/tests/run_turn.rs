@@ -165,8 +165,9 @@ fn the_agent_sees_only_the_built_environment_and_runs_in_the_home() {
     let chat = Chat::new(&s);
     let r = chat.turn(false, "hi #env #cwd");
     assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
-    let expected = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC,CLAUDE_CODE_DISABLE_TERMINAL_TITLE,CLAUDE_CONFIG_DIR,\
-DISABLE_AUTOUPDATER,DISABLE_ERROR_REPORTING,DISABLE_TELEMETRY,HOME,LANG,LOGNAME,PATH,SHELL,TMPDIR,USER";
+    let expected = "ANTHROPIC_BASE_URL,CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC,CLAUDE_CODE_DISABLE_TERMINAL_TITLE,CLAUDE_CONFIG_DIR,\
+DISABLE_AUTOUPDATER,DISABLE_ERROR_REPORTING,DISABLE_TELEMETRY,HOME,HTTPS_PROXY,HTTP_PROXY,LANG,LOGNAME,NO_PROXY,PATH,SHELL,TMPDIR,USER,\
+http_proxy,https_proxy,no_proxy";
     let t = text(&r);
     assert!(t.contains(&format!("env={expected}")), "{t}");
     assert!(

@@ -790,7 +790,7 @@ mod tests {
         assert_eq!(
             problems("[sandbox]\negress = \"everywhere\"\ndisk_quota = \"1K\"\n"),
             vec![
-                "/etc/p.toml:2:10: sandbox.egress: must be \"internet\" or \"allowlist\", not \"everywhere\"",
+                "/etc/p.toml:2:10: sandbox.egress: must be \"allowlist\" or \"internet\", not \"everywhere\"",
                 "/etc/p.toml:3:14: sandbox.disk_quota: \"1K\" is less than the 1M a turn needs",
             ]
         );

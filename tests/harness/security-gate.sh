@@ -5,17 +5,20 @@
 #
 #   security-gate.sh [TURN_UNIT]
 #
-# It scores the installed picortexd.service and picortex-provision.service, and a real turn
+# It scores the installed picortexd.service, picortex-provision.service and
+# picortex-egress.service, and a real turn
 # unit while it runs: TURN_UNIT, or a running picortex-turn-*.service, or, when none runs and
 # the Linq simulator of the tests is there, one it starts with a `#sleep=5` message (a
 # transient unit can only be scored while it is loaded). Prints one line per unit and fails
 # when any score is over its limit.
 #
-# Limits (lower is better; override with the environment): gateway 2.0, turn 3.0, helper 5.0.
+# Limits (lower is better; override with the environment): gateway 2.0, turn 3.0, helper 5.0,
+# egress 2.5 (it starts as root to read the agent's credential, then drops to its own user).
 set -euo pipefail
 MAX_GATEWAY=${MAX_GATEWAY:-2.0}
 MAX_TURN=${MAX_TURN:-3.0}
 MAX_HELPER=${MAX_HELPER:-5.0}
+MAX_EGRESS=${MAX_EGRESS:-2.5}
 SIM_SOCK=${SIM_SOCK:-/run/linq-sim/control.sock}
 OWNER=${OWNER:-+15550002000}
 
@@ -61,6 +64,7 @@ check() {
 check turn "$turn" "$MAX_TURN"
 check gateway picortexd.service "$MAX_GATEWAY"
 check helper picortex-provision.service "$MAX_HELPER"
+check egress picortex-egress.service "$MAX_EGRESS"
 
 if [ "$fail" != 0 ]; then
   echo "security-gate: FAILED (details: systemd-analyze security <unit>)" >&2

@@ -171,7 +171,14 @@ pub struct Targets<'a> {
     pub abstract_name: Option<&'a str>,
     /// Another chat's Linq chat id, turn id… (`seek=`), looked for wherever a turn can read.
     pub seek: &'a [String],
+    /// The machine's own addresses (`hosts=`), besides those the turn can list itself.
+    pub hosts: &'a [String],
 }
+
+/// The loopback port a `#hold` listens on too (another chat's TCP listener to reach).
+pub const HOLD_TCP_PORT: u16 = 47999;
+/// picortex-run's relay to picortex-egress in a turn (picortex_proto::egress::RELAY_PORT).
+const RELAY: &str = "127.0.0.1:3128";
 
 /// Every attack, in order.
 pub fn run_all(t: &Targets<'_>) -> Vec<Finding> {
@@ -215,7 +222,8 @@ pub fn run_all(t: &Targets<'_>) -> Vec<Finding> {
         provision_helper(me),
     ]);
     f.extend(kernel_surface());
-    f.extend(network());
+    f.push(foreign_sockets(me, t.abstract_name));
+    f.extend(network(t.hosts));
     f
 }
 
@@ -271,6 +279,7 @@ pub fn flood_journal(n: u64, size: usize) -> String {
 pub struct Hold {
     name: String,
     listener: Result<(), String>,
+    tcp: Result<(), String>,
     marker: Result<PathBuf, String>,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -305,9 +314,21 @@ impl Hold {
                 });
             })
             .map_err(|e| en(&e));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", HOLD_TCP_PORT))
+            .map(|l| {
+                let n = connections.clone();
+                std::thread::spawn(move || {
+                    for mut c in l.incoming().flatten() {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        let _ = c.write_all(b"secret of the holding chat\n");
+                    }
+                });
+            })
+            .map_err(|e| en(&e));
         Hold {
             name: name.to_owned(),
             listener,
+            tcp,
             marker,
             connections,
         }
@@ -319,9 +340,12 @@ impl Hold {
             let _ = fs::remove_file(p);
         }
         format!(
-            "listener @{} {}, marker {}, {} connections",
+            "listener @{} {}, tcp 127.0.0.1:{HOLD_TCP_PORT} {}, marker {}, {} connections",
             self.name,
             self.listener
+                .as_ref()
+                .map_or_else(|e| e.clone(), |_| "ok".into()),
+            self.tcp
                 .as_ref()
                 .map_or_else(|e| e.clone(), |_| "ok".into()),
             self.marker
@@ -1891,36 +1915,127 @@ fn tcp_probe(addr: SocketAddr) -> Result<String, String> {
                 .to_owned();
             Err(format!("{addr} connected ({first})"))
         }
-        Err(e) if e.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => {
-            Err(format!("{addr} refused (reachable)"))
-        }
+        // Nothing listens there in this network namespace: whatever listens at that address
+        // elsewhere (the gateway, another chat) was not reached.
         Err(e) => Ok(en(&e)),
     }
 }
 
+/// A `CONNECT` to `target` through the turn's relay to picortex-egress: Err(what got through)
+/// when the tunnel opened, Ok(the refusal) otherwise.
+fn egress_probe(target: &str) -> Result<String, String> {
+    let relay: SocketAddr = RELAY.parse().map_err(|_| "bad relay address".to_owned())?;
+    let mut s = match TcpStream::connect_timeout(&relay, Duration::from_millis(1500)) {
+        Ok(s) => s,
+        Err(e) => return Ok(format!("relay {}", en(&e))),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes());
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let status = String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Err(format!("{target} tunnel opened ({status})"))
+    } else {
+        Ok(status
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("no answer")
+            .to_owned())
+    }
+}
+
+/// Sockets of anyone but this chat in the turn's socket tables (`/proc/self/net`): in a network
+/// of its own a turn sees its own alone, never the gateway's, the host's or another chat's
+/// (their uids, addresses and abstract names would tell it they exist).
+fn foreign_sockets(me: u32, abstract_name: Option<&str>) -> Finding {
+    let mut foreign = BTreeSet::new();
+    let mut rows = 0;
+    for f in ["tcp", "tcp6", "udp", "udp6"] {
+        for l in fs::read_to_string(format!("/proc/self/net/{f}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            rows += 1;
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if let Some(uid) = cols.get(7).and_then(|u| u.parse::<u32>().ok()) {
+                if uid != me {
+                    foreign.insert(format!("{f} uid {uid}"));
+                }
+            }
+        }
+    }
+    if let Some(n) = abstract_name {
+        let unix = fs::read_to_string("/proc/self/net/unix").unwrap_or_default();
+        if unix.lines().any(|l| l.ends_with(&format!(" @{n}"))) {
+            foreign.insert(format!("unix @{n}"));
+        }
+    }
+    if foreign.is_empty() {
+        Finding::new(
+            "foreign_sockets_in_proc_net",
+            true,
+            format!("{rows} sockets in /proc/self/net, all this chat's"),
+        )
+    } else {
+        Finding::new(
+            "foreign_sockets_in_proc_net",
+            false,
+            foreign.into_iter().take(8).collect::<Vec<_>>().join(", "),
+        )
+    }
+}
+
+/// A DNS query to `addr` over UDP: Err when anything answers (something listens there, in
+/// this network namespace); a refusal (ICMP port unreachable), a send the fence denies or no
+/// answer within a second are Ok.
 fn udp_probe(addr: SocketAddr) -> Result<String, String> {
     let bind = if addr.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     };
-    let s = UdpSocket::bind(bind).map_err(|e| format!("bind {}", en(&e)));
-    match s {
-        Err(e) => Ok(e),
-        Ok(s) => match s.send_to(b"picortex attack", addr) {
-            Ok(_) => Err(format!("udp {addr} sent")),
-            Err(e) => Ok(en(&e)),
-        },
+    let s = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return Ok(format!("bind {}", en(&e))),
+    };
+    if let Err(e) = s.connect(addr) {
+        return Ok(en(&e));
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    // A query for "." type NS: any DNS server answers it, anything else listening may echo.
+    let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+    if let Err(e) = s.send(&query) {
+        return Ok(en(&e));
+    }
+    let mut buf = [0u8; 512];
+    match s.recv(&mut buf) {
+        Ok(n) => Err(format!("udp {addr} answered ({n} bytes)")),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok("no answer".into())
+        }
+        Err(e) => Ok(en(&e)),
     }
 }
 
 /// The machine's own addresses other than loopback (the turn shares its network namespace), and
 /// every port something listens on there, from `/proc/self/net/tcp*`, plus the gateway's and
 /// the simulator's: what a turn could reach the host's services through.
-fn host_address_targets() -> (Vec<String>, Vec<SocketAddr>) {
+fn host_address_targets(given: &[String]) -> (Vec<String>, Vec<SocketAddr>) {
     // No netlink in a turn (RestrictAddressFamilies), so getifaddrs() fails: the kernel's
-    // local routes and IPv6 address list in /proc tell the same.
-    let mut addrs: Vec<std::net::IpAddr> = Vec::new();
+    // local routes and IPv6 address list in /proc tell the same (in a network namespace of the
+    // turn's own, nothing but loopback: hence the test's `hosts=`).
+    let mut addrs: Vec<std::net::IpAddr> = given.iter().filter_map(|h| h.parse().ok()).collect();
     let mut last = None;
     for l in fs::read_to_string("/proc/self/net/fib_trie")
         .unwrap_or_default()
@@ -1954,7 +2069,7 @@ fn host_address_targets() -> (Vec<String>, Vec<SocketAddr>) {
             }
         }
     }
-    let mut ports: BTreeSet<u16> = [8470, 8900].into();
+    let mut ports: BTreeSet<u16> = [8470, 8471, 8900].into();
     for f in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         for l in fs::read_to_string(f).unwrap_or_default().lines().skip(1) {
             let cols: Vec<&str> = l.split_whitespace().collect();
@@ -1977,7 +2092,7 @@ fn host_address_targets() -> (Vec<String>, Vec<SocketAddr>) {
     (addrs.iter().map(ToString::to_string).collect(), targets)
 }
 
-fn network() -> Vec<Finding> {
+fn network(hosts: &[String]) -> Vec<Finding> {
     let addr = |s: &str| s.parse::<SocketAddr>().ok();
     let gateway: Vec<SocketAddr> = [
         "127.0.0.1:8470",
@@ -2004,6 +2119,7 @@ fn network() -> Vec<Finding> {
         "127.0.0.1:5432",
         "127.0.0.1:6379",
         "127.0.0.1:8080",
+        "127.0.0.1:47999",
         "127.0.0.53:53",
         "127.0.1.1:80",
         "[::1]:22",
@@ -2029,7 +2145,25 @@ fn network() -> Vec<Finding> {
             .map(|a| std::thread::spawn(move || tcp_probe(a)))
             .collect()
     };
-    let (host_addrs, host) = host_address_targets();
+    let (host_addrs, host) = host_address_targets(hosts);
+    // Through the way out itself: the host, its loopback services, link-local, the LAN.
+    let mut via: Vec<String> = vec![
+        "127.0.0.1:8470".into(),
+        "localhost:8470".into(),
+        "[::1]:8470".into(),
+        "127.0.0.1:8900".into(),
+        "169.254.169.254:80".into(),
+        "10.0.0.1:80".into(),
+        "192.168.1.1:80".into(),
+        "[fe80::1]:80".into(),
+        "0.0.0.0:8470".into(),
+        "unlisted-host.example.com:443".into(),
+    ];
+    via.extend(host.iter().map(|a| a.to_string()));
+    let hv: Vec<_> = via
+        .into_iter()
+        .map(|t| std::thread::spawn(move || egress_probe(&t)))
+        .collect();
     let (hg, hs, ho, hh) = (spawn(gateway), spawn(sim), spawn(other), spawn(host));
     let join =
         |hs: Vec<std::thread::JoinHandle<Result<String, String>>>| -> Vec<Result<String, String>> {
@@ -2040,7 +2174,7 @@ fn network() -> Vec<Finding> {
                 })
                 .collect()
         };
-    let (rg, rs, mut ro, rh) = (join(hg), join(hs), join(ho), join(hh));
+    let (rg, rs, mut ro, rh, rv) = (join(hg), join(hs), join(ho), join(hh), join(hv));
     ro.extend(udp.into_iter().map(udp_probe));
 
     let finding = |name: &'static str, what: &str, rs: Vec<Result<String, String>>| {
@@ -2072,6 +2206,7 @@ fn network() -> Vec<Finding> {
             &format!("the host's own addresses [{}]", host_addrs.join(" ")),
             rh,
         ),
+        finding("egress_to_the_host", "CONNECT via egress", rv),
     ]
 }
 

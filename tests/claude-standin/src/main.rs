@@ -52,6 +52,7 @@
 //! | `#turns=<n>` | pretend the turn took n agent turns; over `--max-turns` → `error_max_turns` |
 //! | `#auth` | require credentials (else `Not logged in · Please run /login`); reply names the source and the key's last 4 characters |
 //! | `#env` | reply lists the sorted names (not values) of the environment variables |
+//! | `#egress=<t>,<t>` | for each target, `host:port` is a `CONNECT` through `$HTTPS_PROXY` (picortex's relay), `/path` a `GET` of the agent's API through `$ANTHROPIC_BASE_URL` (with the turn's placeholder key), `tcp:host:port` a direct connection; the reply ends with ` \| egress: <t>=<status or error>,…` |
 //! | `#cwd` | reply includes the working directory |
 //! | `#argv` | reply includes the arguments (the prompt argument excluded) |
 //! | `#system` | reply includes the `--append-system-prompt` text |
@@ -277,7 +278,11 @@ struct Knobs {
     attack_abstract: Option<String>,
     /// `seek=<a>,<b>,…`: strings of another chat (its Linq chat id, a turn id) to look for.
     attack_seek: Vec<String>,
+    /// `hosts=<ip>,<ip>`: the machine's own (non-loopback) addresses, which a turn in a
+    /// network of its own cannot list.
+    attack_hosts: Vec<String>,
     hold: Option<String>,
+    egress: Vec<String>,
     flood: Option<u64>,
     flood_bytes: Option<usize>,
     score: Option<String>,
@@ -340,6 +345,13 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                     k.flood_bytes = value.parse().ok().filter(|b| (400..=40_000).contains(b))
                 }
                 "#hold" => k.hold = Some(value.to_owned()).filter(|v| !v.is_empty()),
+                "#egress" => {
+                    k.egress = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
                 "#score" => k.score = Some(value.to_owned()),
                 "#hostile" => k.hostile = true,
                 "#forge" => k.forge = true,
@@ -357,6 +369,13 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
         if let Some(v) = w.strip_prefix("abstract=").filter(|v| !v.is_empty()) {
             k.attack_abstract = Some(v.to_owned());
         }
+        if let Some(v) = w.strip_prefix("hosts=") {
+            k.attack_hosts = v
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = w.strip_prefix("seek=") {
             k.attack_seek = v
                 .split(',')
@@ -365,6 +384,71 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                 .collect();
         }
     }
+}
+
+/// One `#egress=` target (see the table above): the HTTP status, or the error.
+fn egress_try(target: &str) -> String {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let hostport = |url: &str| {
+        url.trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (connect_to, request) = if let Some(addr) = target.strip_prefix("tcp:") {
+        (addr.to_owned(), None)
+    } else if target.starts_with('/') {
+        let base = std::env::var("ANTHROPIC_BASE_URL").unwrap_or_default();
+        let key = std::fs::read_to_string("/etc/picortex/anthropic-api-key").unwrap_or_default();
+        (
+            hostport(&base),
+            Some(format!(
+                "GET {target} HTTP/1.1\r\nHost: {}\r\nx-api-key: {}\r\nConnection: close\r\n\r\n",
+                hostport(&base),
+                key.trim()
+            )),
+        )
+    } else {
+        let proxy = std::env::var("HTTPS_PROXY").unwrap_or_default();
+        (
+            hostport(&proxy),
+            Some(format!(
+                "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+            )),
+        )
+    };
+    let addr = match std::net::ToSocketAddrs::to_socket_addrs(connect_to.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(a) => a,
+        None => return format!("bad address {connect_to:?}"),
+    };
+    let mut s = match TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            return e.raw_os_error().map_or_else(
+                || e.to_string(),
+                |n| format!("{:?}", nix::errno::Errno::from_raw(n)),
+            )
+        }
+    };
+    let Some(req) = request else {
+        return "connected".into();
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(15)));
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return e.to_string();
+    }
+    let mut buf = [0u8; 128];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("no-answer")
+        .to_owned()
 }
 
 fn now_ms() -> u128 {
@@ -986,6 +1070,7 @@ fn run(argv: &[String]) -> Exit {
             other: knobs.attack_other.as_deref(),
             abstract_name: knobs.attack_abstract.as_deref(),
             seek: &knobs.attack_seek,
+            hosts: &knobs.attack_hosts,
         }))
     });
     let mut hoard: Vec<u8> = Vec::new();
@@ -1072,6 +1157,14 @@ fn run(argv: &[String]) -> Exit {
     }
     if let Some(h) = &hold_report {
         reply.push_str(&format!(" | hold: {h}"));
+    }
+    if !knobs.egress.is_empty() {
+        let got: Vec<String> = knobs
+            .egress
+            .iter()
+            .map(|t| format!("{t}={}", egress_try(t)))
+            .collect();
+        reply.push_str(&format!(" | egress: {}", got.join(",")));
     }
     if knobs.cwd {
         reply.push_str(&format!(" | cwd={}", cwd.display()));

@@ -1,6 +1,8 @@
-//! SPEC T2: the agent's API key reaches the turn through the helper alone, as a file of the
-//! turn's `/etc/picortex` readable by the chat's user (the helper's copy, in its own 0700 state
-//! directory), and nowhere else: not a chat home, not a unit's properties or environment, not any
+//! SPEC T2, issue 7 item 8: the agent's API key never enters a turn. The turn's
+//! `/etc/picortex` holds a placeholder of it (the helper's view, readable by the chat's user),
+//! which the agent presents; picortex-egress puts the real key in each request it forwards
+//! (tests/egress.rs and real_cli.rs see the API receive it). The key is in no file but the
+//! operator's: not a chat home, not the view, not a unit's properties or environment, not any
 //! process's environment or command line, not the gateway.
 
 use std::time::Duration;
@@ -10,26 +12,31 @@ use picortex_integration::Machine;
 const KEY: &str = "sk-ant-test-7f3a9c1e5b2d4680aa11";
 
 #[test]
-fn the_api_key_reaches_the_turn_through_the_helpers_view_alone() {
+fn a_turn_holds_a_placeholder_of_the_api_key_never_the_key() {
     let m = Machine::boot();
     std::fs::write(m.path("/etc/picortex/credentials/anthropic-api-key"), KEY).unwrap();
     m.ok("chmod 600 /etc/picortex/credentials/anthropic-api-key");
     m.start_picortex();
     let sim = m.sim();
 
-    // The agent gets the key (through its apiKeyHelper) and answers.
+    // The agent gets a key through its apiKeyHelper, and answers: the placeholder.
     let r = sim.text("+15550002000", None, "#auth hello");
     let chat = r["chat_id"].as_str().unwrap().to_owned();
     let reply = m.wait_for("the authenticated reply", Duration::from_secs(30), || {
         sim.sent(&chat).first().cloned()
     });
     let text = reply["text"].as_str().unwrap_or_default();
+    let placeholder = picortex_proto::egress::PLACEHOLDER_API_KEY;
     assert!(
-        text.contains(&format!("auth=apiKeyHelper:…{}", &KEY[KEY.len() - 4..])),
+        text.contains(&format!(
+            "auth=apiKeyHelper:…{}",
+            &placeholder[placeholder.len() - 4..]
+        )),
         "{text}"
     );
+    assert!(!text.contains(&KEY[KEY.len() - 4..]), "{text}");
 
-    // While a turn runs, nothing outside its credentials directory holds the key.
+    // While a turn runs, nothing but the operator's file holds the key.
     sim.text("+15550002000", Some(&chat), "#auth #sleep=4 a long one");
     let unit = m.wait_for("a running turn unit", Duration::from_secs(20), || {
         let u = m
@@ -76,7 +83,7 @@ fn the_api_key_reaches_the_turn_through_the_helpers_view_alone() {
         "key in process environments: {env_hits}"
     );
     let copy = format!("/var/lib/picortex-provision/views/{tag}/etc/anthropic-api-key");
-    // The operator's file and the helper's copy for this chat are the only files with the key.
+    // The operator's file is the only file with the key; the view has the placeholder.
     let mut files: Vec<String> = m
         .sh("grep -r -l -a -F -f /root/needle /etc /var/lib /run /tmp /home 2>/dev/null || true")
         .stdout
@@ -86,12 +93,10 @@ fn the_api_key_reaches_the_turn_through_the_helpers_view_alone() {
     files.sort();
     assert_eq!(
         files,
-        [
-            "/etc/picortex/credentials/anthropic-api-key".to_owned(),
-            copy.clone()
-        ],
+        ["/etc/picortex/credentials/anthropic-api-key".to_owned()],
         "key in files"
     );
+    assert_eq!(m.read(&copy), placeholder);
     assert_eq!(
         m.ok(&format!(
             "stat -c '%U %a' {copy}; stat -c '%U %a' /var/lib/picortex-provision"

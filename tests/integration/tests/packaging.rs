@@ -75,7 +75,15 @@ fn the_deb_installs_serves_upgrades_over_itself_and_purges() {
         m.sh("systemctl is-active picortexd.socket").stdout.trim(),
         "active"
     );
+    // The turns' way out comes with it (picortexd.socket's Also=).
+    assert_eq!(
+        m.sh("systemctl is-enabled picortex-egress.socket")
+            .stdout
+            .trim(),
+        "enabled"
+    );
     assert!(m.ok("id picortex").contains("picortex"));
+    assert!(m.ok("id picortex-egress").contains("picortex-egress"));
     m.ok("picortexd --check-config && man -w picortexd && /usr/libexec/picortex/picortex-provision --help");
     // The polkit action and the bus policy are where the daemons read them.
     m.ok("test -f /usr/share/polkit-1/actions/org.picortex.provision.policy && test -f /usr/share/dbus-1/system.d/org.picortex.Provision1.conf");
@@ -118,7 +126,9 @@ fn the_deb_installs_serves_upgrades_over_itself_and_purges() {
     for gone in [
         "/usr/bin/picortexd",
         "/usr/libexec/picortex/picortex-provision",
+        "/usr/libexec/picortex/picortex-egress",
         "/usr/lib/systemd/system/picortexd.service",
+        "/usr/lib/systemd/system/picortex-egress.socket",
         "/usr/share/polkit-1/actions/org.picortex.provision.policy",
         "/usr/share/dbus-1/system.d/org.picortex.Provision1.conf",
         "/etc/picortex/picortexd.toml",

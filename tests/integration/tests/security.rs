@@ -1,5 +1,5 @@
 //! SPEC O6: the `systemd-analyze security` gate (tests/harness/security-gate.sh) on the
-//! installed gateway and helper units and on a real turn unit while it runs.
+//! installed gateway, helper and egress units and on a real turn unit while it runs.
 
 use std::path::Path;
 
@@ -23,8 +23,8 @@ fn exposure_scores_stay_in_the_ok_band() {
         .collect();
     assert_eq!(
         scored.len(),
-        3,
-        "expected gateway, helper and turn scores:\n{}",
+        4,
+        "expected gateway, helper, egress and turn scores:\n{}",
         o.stdout
     );
     assert!(

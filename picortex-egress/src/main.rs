@@ -1,0 +1,271 @@
+//! picortex-egress: the turns' one way out. A turn unit has a network of its own with nothing
+//! but loopback; picortex-run relays its agent's connections to this service's Unix socket
+//! (`picortex_proto::egress::SOCKET`, `picortex-egress.socket`). Here, for chat users only:
+//! - an API request (`POST /v1/messages`) is forwarded to the agent's API with the real
+//!   credential in place of the turn's placeholder (`forward`): the key never enters a turn;
+//! - `CONNECT host:port` opens a tunnel where the operator's `[sandbox]` egress policy allows,
+//!   to an address checked here (`tunnel`), never the host, link-local or (unless opened) the LAN.
+//!
+//! Started by the socket as root, it reads the configuration and the credential, becomes the
+//! `picortex-egress` user for good, and exits once idle (the socket starts it again, with the
+//! configuration of that moment).
+
+mod forward;
+// The whole `[sandbox]` table, shared with the helper and the gateway's `--check-config`.
+#[allow(dead_code)]
+#[path = "../../picortex-provision/src/egress.rs"]
+mod sandbox;
+mod setup;
+mod tunnel;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use picortex_proto::ids::{CHAT_ID_MAX, CHAT_ID_MIN};
+use tracing_subscriber::prelude::*;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: a short text, a stream from the API, or nothing (a tunnel).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Connections one chat user may hold at once (API requests and tunnels together).
+const MAX_PER_CHAT: usize = 32;
+/// How long the service stays without a connection before it exits.
+const IDLE: Duration = Duration::from_secs(60);
+
+const USAGE: &str = "usage: picortex-egress
+  The picortex turns' one way out: forwards the agent's API requests with the real credential
+  (/etc/picortex/credentials/anthropic-api-key or claude-oauth-token) and opens CONNECT tunnels
+  where [sandbox] egress of /etc/picortex/picortexd.toml allows. Started by
+  picortex-egress.socket as root; it reads those files, becomes the picortex-egress user and
+  serves chat users only. It exits after a minute without connections; restart it
+  (`systemctl restart picortex-egress`) to apply a new configuration or credential at once.
+  --version  print the version";
+
+/// A short text response.
+pub fn reply(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Body::new(
+        http_body_util::Full::new(Bytes::from(text.to_owned())).map_err(|e| match e {}),
+    ));
+    *r.status_mut() = status;
+    r
+}
+
+struct Ctx {
+    settings: setup::Settings,
+    client: reqwest::Client,
+    /// Open connections, by chat user.
+    open: Mutex<HashMap<u32, usize>>,
+}
+
+/// One connection's place in `Ctx::open`, given back when dropped.
+struct Slot(Arc<Ctx>, u32);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.open.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
+impl Ctx {
+    fn take_slot(self: &Arc<Self>, uid: u32) -> Option<Slot> {
+        let mut m = self.open.lock().ok()?;
+        let n = m.entry(uid).or_insert(0);
+        if *n >= MAX_PER_CHAT {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self.clone(), uid))
+    }
+
+    fn idle(&self) -> bool {
+        self.open.lock().map(|m| m.is_empty()).unwrap_or(false)
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PICORTEX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journal = (std::env::var_os("JOURNAL_STREAM").is_some()
+        || std::env::var_os("INVOCATION_ID").is_some())
+    .then(tracing_journald::layer)
+    .and_then(Result::ok);
+    match journal {
+        Some(j) => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                j.with_syslog_identifier("picortex-egress".into())
+                    .with_field_prefix(Some("PICORTEX".into())),
+            )
+            .init(),
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some("--version") => {
+            println!("picortex-egress {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Some(other) => bail!("unexpected argument {other:?}\n{USAGE}"),
+        None => {}
+    }
+    init_logging();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("picortex-egress must be started as root by picortex-egress.socket (it reads the agent's credential, then becomes the {} user)", setup::USER);
+    }
+    let listener = listenfd::ListenFd::from_env()
+        .take_unix_listener(0)
+        .context("taking the socket from systemd")?
+        .with_context(|| {
+            format!(
+                "no socket passed: start picortex-egress through picortex-egress.socket ({})",
+                picortex_proto::egress::SOCKET
+            )
+        })?;
+    let settings = setup::load().map_err(anyhow::Error::msg)?;
+    setup::drop_privileges().map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        api = %settings.api_url,
+        credential = settings.credential.kind(),
+        egress = ?settings.egress,
+        "serving turns"
+    );
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(600))
+        .build()
+        .context("building the HTTP client")?;
+    let ctx = Arc::new(Ctx {
+        settings,
+        client,
+        open: Mutex::new(HashMap::new()),
+    });
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move { serve(tokio::net::UnixListener::from_std(listener)?, ctx).await })
+}
+
+async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { connection(stream, ctx).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = tokio::time::sleep(IDLE) => {
+                if ctx.idle() {
+                    tracing::info!("idle for {}s; exiting (the socket starts picortex-egress again)", IDLE.as_secs());
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Whether a uid is a chat user's: nobody else is served.
+pub fn is_chat_uid(uid: u32) -> bool {
+    (CHAT_ID_MIN..=CHAT_ID_MAX).contains(&uid)
+}
+
+async fn connection(stream: tokio::net::UnixStream, ctx: Arc<Ctx>) {
+    let uid = match stream.peer_cred() {
+        Ok(c) => c.uid(),
+        Err(e) => {
+            tracing::warn!("cannot tell who connected: {e}");
+            return;
+        }
+    };
+    if !is_chat_uid(uid) {
+        tracing::warn!(
+            uid,
+            decision = "refused",
+            "connection refused: uid {uid} is not a chat user"
+        );
+        return;
+    }
+    let who = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    let Some(_slot) = ctx.take_slot(uid) else {
+        tracing::warn!(
+            chat_user = who,
+            decision = "refused",
+            "connection refused: {MAX_PER_CHAT} already open"
+        );
+        return;
+    };
+    let c = ctx.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (c, who) = (c.clone(), who.clone());
+        async move { Ok::<_, Infallible>(handle(req, &c, &who).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("connection: {e}");
+    }
+}
+
+async fn handle(req: Request<Incoming>, ctx: &Ctx, who: &str) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return tunnel::tunnel(req, &ctx.settings.egress, who).await;
+    }
+    if forward::is_api(req.uri()) {
+        return forward::forward(req, &ctx.settings, &ctx.client, who).await;
+    }
+    tracing::warn!(chat_user = who, uri = %req.uri(), decision = "refused", "plain http:// request refused");
+    reply(
+        StatusCode::FORBIDDEN,
+        "picortex-egress: only the agent's API and CONNECT (https) are served\n",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_chat_users_are_served() {
+        assert!(is_chat_uid(CHAT_ID_MIN) && is_chat_uid(CHAT_ID_MAX));
+        for other in [0, 999, 1000, 65534, CHAT_ID_MIN - 1, CHAT_ID_MAX + 1] {
+            assert!(!is_chat_uid(other), "{other}");
+        }
+    }
+}
