@@ -109,7 +109,9 @@ pub fn turn_sandbox(user: &str, home: &str) -> Vec<String> {
         "SystemCallFilter=@system-service".into(),
         "SystemCallErrorNumber=EPERM".into(),
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6".into(),
-        "IPAddressDeny=127.0.0.0/8 169.254.0.0/16 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 100.64.0.0/10 0.0.0.0/8 ::1/128 fe80::/10 fc00::/7".into(),
+        "PrivateNetwork=yes".into(),
+        "IPAddressAllow=localhost".into(),
+        "IPAddressDeny=any".into(),
     ]
     .to_vec()
 }
