@@ -66,8 +66,9 @@ struct Ctx {
     open: Mutex<HashMap<u32, usize>>,
 }
 
-/// One connection's place in `Ctx::open`, given back when dropped.
-struct Slot(Arc<Ctx>, u32);
+/// One connection's place in `Ctx::open`, given back when the last holder drops it: the
+/// connection, or the tunnel it became (which outlives the HTTP exchange).
+pub struct Slot(Arc<Ctx>, u32);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -221,7 +222,7 @@ async fn connection(stream: tokio::net::UnixStream, ctx: Arc<Ctx>) {
         .ok()
         .flatten()
         .map_or_else(|| uid.to_string(), |u| u.name);
-    let Some(_slot) = ctx.take_slot(uid) else {
+    let Some(slot) = ctx.take_slot(uid).map(Arc::new) else {
         tracing::warn!(
             chat_user = who,
             decision = "refused",
@@ -231,8 +232,8 @@ async fn connection(stream: tokio::net::UnixStream, ctx: Arc<Ctx>) {
     };
     let c = ctx.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (c, who) = (c.clone(), who.clone());
-        async move { Ok::<_, Infallible>(handle(req, &c, &who).await) }
+        let (c, who, slot) = (c.clone(), who.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(handle(req, &c, &who, slot).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -243,9 +244,9 @@ async fn connection(stream: tokio::net::UnixStream, ctx: Arc<Ctx>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, ctx: &Ctx, who: &str) -> Response<Body> {
+async fn handle(req: Request<Incoming>, ctx: &Ctx, who: &str, slot: Arc<Slot>) -> Response<Body> {
     if req.method() == Method::CONNECT {
-        return tunnel::tunnel(req, &ctx.settings.egress, who).await;
+        return tunnel::tunnel(req, &ctx.settings.egress, who, slot).await;
     }
     if forward::is_api(req.uri()) {
         return forward::forward(req, &ctx.settings, &ctx.client, who).await;
@@ -259,7 +260,35 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, who: &str) -> Response<Body> 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn each_chat_holds_at_most_its_share_and_a_tunnel_keeps_its_place() {
+        let ctx = Arc::new(Ctx {
+            settings: setup::Settings {
+                egress: sandbox::Egress::Internet,
+                api_url: picortex_proto::egress::DEFAULT_API_URL.into(),
+                credential: setup::Credential::None,
+            },
+            client: reqwest::Client::new(),
+            open: Mutex::new(HashMap::new()),
+        });
+        let a = CHAT_ID_MIN;
+        let held: Vec<_> = (0..MAX_PER_CHAT)
+            .map(|_| ctx.take_slot(a).map(Arc::new))
+            .collect::<Option<_>>()
+            .unwrap_or_default();
+        assert_eq!(held.len(), MAX_PER_CHAT);
+        assert!(ctx.take_slot(a).is_none(), "one too many");
+        assert!(ctx.take_slot(a + 1).is_some(), "another chat is not held back");
+        // A connection that became a tunnel: the connection's holder goes, the tunnel's stays.
+        let tunnel = held[0].clone();
+        drop(held);
+        assert!(!ctx.idle(), "the tunnel still counts");
+        drop(tunnel);
+        assert!(ctx.idle());
+    }
 
     #[test]
     fn only_chat_users_are_served() {

@@ -103,7 +103,14 @@ fn host_addresses() -> Vec<IpAddr> {
         .collect()
 }
 
-pub async fn tunnel(req: Request<Incoming>, egress: &Egress, who: &str) -> Response<Body> {
+/// Open the tunnel `req` asks for, if the policy allows; `slot` (the connection's place in the
+/// per-chat count) is held until the tunnel closes.
+pub async fn tunnel(
+    req: Request<Incoming>,
+    egress: &Egress,
+    who: &str,
+    slot: std::sync::Arc<crate::Slot>,
+) -> Response<Body> {
     let authority = req
         .uri()
         .authority()
@@ -158,6 +165,7 @@ pub async fn tunnel(req: Request<Incoming>, egress: &Egress, who: &str) -> Respo
     tracing::info!(chat_user = who, target = %authority, address = %addr, decision = "allowed", "CONNECT tunnel opened");
     let who = who.to_owned();
     tokio::spawn(async move {
+        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(up) => {
                 let mut agent = TokioIo::new(up);
