@@ -281,7 +281,10 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(held.len(), MAX_PER_CHAT);
         assert!(ctx.take_slot(a).is_none(), "one too many");
-        assert!(ctx.take_slot(a + 1).is_some(), "another chat is not held back");
+        assert!(
+            ctx.take_slot(a + 1).is_some(),
+            "another chat is not held back"
+        );
         // A connection that became a tunnel: the connection's holder goes, the tunnel's stays.
         let tunnel = held[0].clone();
         drop(held);

@@ -230,9 +230,13 @@ pub fn archive(acct: &ChatAccount) -> Result<PathBuf, UserError> {
     empty_home(acct)?;
     crate::failpoint::hit("archive-after-empty");
     std::fs::remove_dir(home).map_err(io(acct.home.clone()))?;
-    let mut lock = root_cmd(USERMOD);
-    lock.args(["--lock", "--expiredate", "1", &acct.user]);
-    run(lock, "usermod --lock")?;
+    // A user record (see userdb) is locked for good (no password, no login shell); a user of an
+    // older picortex is a line of /etc/passwd and /etc/shadow, locked while archived.
+    if !crate::userdb::exists(&acct.tag) {
+        let mut lock = root_cmd(USERMOD);
+        lock.args(["--lock", "--expiredate", "1", &acct.user]);
+        run(lock, "usermod --lock")?;
+    }
     // Its views (the agent's credential among them) are made again at its next turn.
     crate::view::forget(&acct.tag)?;
     Ok(path)
@@ -277,9 +281,11 @@ pub fn restore_if_archived(acct: &ChatAccount) -> Result<Option<PathBuf>, UserEr
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let mut unlock = root_cmd(USERMOD);
-    unlock.args(["--unlock", "--expiredate", "", &acct.user]);
-    run(unlock, "usermod --unlock")?;
+    if !crate::userdb::exists(&acct.tag) {
+        let mut unlock = root_cmd(USERMOD);
+        unlock.args(["--unlock", "--expiredate", "", &acct.user]);
+        run(unlock, "usermod --unlock")?;
+    }
     // Keep it for the record, out of the way of the next restore.
     let done = path.with_extension("tar.restored");
     std::fs::rename(&path, &done).map_err(io(path.display().to_string()))?;
@@ -294,9 +300,12 @@ pub fn remove(acct: &ChatAccount) -> Result<Option<PathBuf>, UserError> {
     } else {
         latest_archive(&acct.tag)
     };
-    let mut del = root_cmd(USERDEL);
-    del.arg(&acct.user);
-    run(del, "userdel")?;
+    // A user record (see userdb); a user of an older picortex is a line of /etc/passwd.
+    if !crate::userdb::remove(&acct.tag, acct.uid)? {
+        let mut del = root_cmd(USERDEL);
+        del.arg(&acct.user);
+        run(del, "userdel")?;
+    }
     // Before anything else can look: a turn must not bring the user back.
     crate::users::mark_removed(&acct.tag)?;
     crate::view::forget(&acct.tag)?;

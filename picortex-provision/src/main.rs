@@ -20,6 +20,7 @@ mod outfiles;
 mod service;
 mod share;
 mod units;
+mod userdb;
 mod users;
 mod view;
 

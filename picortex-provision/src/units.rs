@@ -147,14 +147,15 @@ impl Host {
 }
 
 /// Files of /etc a turn has no business reading that every user may: the user and group
-/// database backups (every chat user is in them; the operator's configuration, which names the
+/// database backups, and the chats' user records (`userdb`: every chat user is in them; the
+/// operator's configuration, which names the
 /// owner, is replaced by the helper's view of it, see `view_properties`). The rest is out of reach
 /// without a mount of its own, which each costs the unit's start-up (SPEC P5): `/run` is an
 /// empty tmpfs (`RUN_KEPT` bound back), `/var/lib/picortex-provision` is root's alone (0700),
 /// the shadow backups are root's and group shadow's, and chat users are system users, which
 /// get no subordinate ids (`/etc/subuid`, `/etc/subgid`).
 /// `-`: a path missing on this machine is no error.
-pub const HIDDEN_PATHS: &[&str] = &["-/etc/passwd-", "-/etc/group-"];
+pub const HIDDEN_PATHS: &[&str] = &["-/etc/passwd-", "-/etc/group-", "-/etc/userdb"];
 /// Hidden as well when the helper has no view of it to put there.
 const OPERATOR_CONFIG_DIR: &str = "-/etc/picortex";
 
@@ -877,7 +878,7 @@ mod tests {
         let Prop::Strs(gone) = get(&p, "InaccessiblePaths") else {
             panic!("InaccessiblePaths")
         };
-        for g in ["-/etc/passwd-", "-/etc/group-"] {
+        for g in ["-/etc/passwd-", "-/etc/group-", "-/etc/userdb"] {
             assert!(gone.contains(&g.to_owned()), "{g}");
         }
         // The view replaces the operator's configuration, not both at once.

@@ -1,5 +1,6 @@
 //! Chat users and homes (SPEC P1, P5). One Unix user `chat-<tag>` and one home
-//! `/var/lib/picortex/chats/<tag>` (0700, owned by that user) per chat id.
+//! `/var/lib/picortex/chats/<tag>` (0700, owned by that user) per chat id. The user is a systemd
+//! user record in `/etc/userdb` (see `userdb`), never a line of `/etc/passwd`.
 //!
 //! The tag is the first 8 hex of sha256(chat id); a registry in the helper's own state directory
 //! (`/var/lib/picortex-provision/chats/<tag>`, root-only) records which chat owns which tag, so a
@@ -16,7 +17,6 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, Mode};
@@ -26,8 +26,6 @@ use picortex_proto::ids::{ChatId, ChatTag, CHATS_DIR, CHAT_ID_MAX, CHAT_ID_MIN};
 use crate::disk::DiskQuota;
 
 const REGISTRY_DIR: &str = "/var/lib/picortex-provision/chats";
-const USERADD: &str = "/usr/sbin/useradd";
-const NOLOGIN: &str = "/usr/sbin/nologin";
 const GATEWAY_USER: &str = "picortex";
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +39,7 @@ pub enum UserError {
     },
     #[error("{path}: {source}")]
     Sys { path: String, source: nix::Error },
-    #[error("useradd for {user} failed: {detail}")]
+    #[error("creating user {user} failed: {detail}")]
     Useradd { user: String, detail: String },
     #[error("{0}")]
     Unsafe(String),
@@ -217,12 +215,16 @@ pub fn ensure(chat: &ChatId, config: &str) -> Result<(ChatAccount, DiskQuota), U
     let user = match User::from_name(&name).map_err(sys(name.clone()))? {
         Some(u) => u,
         None => {
-            useradd(&tag)?;
+            crate::userdb::create(&tag, chat_uid(&tag)?)?;
             User::from_name(&name)
                 .map_err(sys(name.clone()))?
                 .ok_or_else(|| UserError::Useradd {
                     user: name.clone(),
-                    detail: "user not found after useradd".into(),
+                    detail: format!(
+                        "its record is in {} but the system does not see it: /etc/nsswitch.conf \
+                         must list `systemd` for passwd and group (package libnss-systemd)",
+                        crate::userdb::USERDB_DIR
+                    ),
                 })?
         }
     };
@@ -280,38 +282,6 @@ fn chat_uid(tag: &ChatTag) -> Result<u32, UserError> {
         }
     }
     Err(UserError::Exhausted)
-}
-
-fn useradd(tag: &ChatTag) -> Result<(), UserError> {
-    let name = tag.user_name();
-    let uid = chat_uid(tag)?.to_string();
-    let out = Command::new(USERADD)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .args(["--system", "--user-group", "--no-create-home"])
-        .args(["--uid", &uid])
-        // Ids from the chats' own range (not the shared system range), and no lastlog/faillog
-        // records, which at such uids would be huge sparse files.
-        .arg("--no-log-init")
-        .args(["-K", &format!("SYS_UID_MIN={CHAT_ID_MIN}")])
-        .args(["-K", &format!("SYS_UID_MAX={CHAT_ID_MAX}")])
-        .args(["-K", &format!("SYS_GID_MIN={CHAT_ID_MIN}")])
-        .args(["-K", &format!("SYS_GID_MAX={CHAT_ID_MAX}")])
-        .args(["--home-dir", &tag.home()])
-        .args(["--shell", NOLOGIN])
-        .args(["--comment", &format!("picortex chat {tag}")])
-        .arg(&name)
-        .output()
-        .map_err(io(USERADD))?;
-    if out.status.success() {
-        tracing::info!(user = %name, "created user");
-        Ok(())
-    } else {
-        Err(UserError::Useradd {
-            user: name,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
 }
 
 /// Open a directory path component by component without following symlinks. Every component

@@ -35,7 +35,20 @@ pub fn filter_db(text: &str, names: &[&str]) -> String {
         .collect()
 }
 
-/// The turn's `/etc/passwd` and `/etc/group`, written for the chat and returned as paths.
+/// The view's lines for the chat's own user and group (a user record in /etc/userdb, or a line
+/// of /etc/passwd for a chat of an older picortex: either way, the account as NSS gave it).
+pub fn own_lines(acct: &ChatAccount) -> (String, String) {
+    (
+        format!(
+            "{}:x:{}:{}:picortex chat {}:{}:/usr/sbin/nologin\n",
+            acct.user, acct.uid, acct.gid, acct.tag, acct.home
+        ),
+        format!("{}:x:{}:\n", acct.user, acct.gid),
+    )
+}
+
+/// The turn's `/etc/passwd` and `/etc/group`, written for the chat and returned as paths: the
+/// machine's root and nobody (nogroup), and the chat's own account.
 pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
     let dir = chat_views(&acct.tag);
     std::fs::DirBuilder::new()
@@ -44,17 +57,9 @@ pub fn write_user_db(acct: &ChatAccount) -> Result<(PathBuf, PathBuf), String> {
         .create(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
-    let (mut users, mut groups) = (VIEW_USERS.to_vec(), VIEW_GROUPS.to_vec());
-    users.push(&acct.user);
-    groups.push(&acct.user);
-    let passwd = filter_db(&read("/etc/passwd")?, &users);
-    let group = filter_db(&read("/etc/group")?, &groups);
-    if !passwd
-        .lines()
-        .any(|l| l.starts_with(&format!("{}:", acct.user)))
-    {
-        return Err(format!("user {} is not in /etc/passwd", acct.user));
-    }
+    let (own_user, own_group) = own_lines(acct);
+    let passwd = filter_db(&read("/etc/passwd")?, VIEW_USERS) + &own_user;
+    let group = filter_db(&read("/etc/group")?, VIEW_GROUPS) + &own_group;
     let p = dir.join("passwd");
     let g = dir.join("group");
     replace(&p, &passwd)?;
@@ -306,6 +311,23 @@ mod tests {
              nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         );
         assert!(!v.contains("bbbb2222"));
+    }
+
+    #[test]
+    fn the_chats_own_lines_come_from_its_account() {
+        let acct = ChatAccount {
+            tag: ChatTag::parse("aaaa1111").unwrap(),
+            user: "chat-aaaa1111".into(),
+            uid: 1_900_000_001,
+            gid: 1_900_000_001,
+            home: "/var/lib/picortex/chats/aaaa1111".into(),
+        };
+        let (p, g) = own_lines(&acct);
+        assert_eq!(
+            p,
+            "chat-aaaa1111:x:1900000001:1900000001:picortex chat aaaa1111:/var/lib/picortex/chats/aaaa1111:/usr/sbin/nologin\n"
+        );
+        assert_eq!(g, "chat-aaaa1111:x:1900000001:\n");
     }
 
     #[test]

@@ -2,15 +2,13 @@
 //! `/etc/group` are bound over the real files and hold only root, nobody (nogroup) and the
 //! chat's own user, so a turn learns no other chat's user name (SPEC P5, issue 7).
 //!
-//! That view does not survive a change of the real files: useradd and userdel (a chat added or
-//! removed) replace them by a rename, and the kernel detaches every mount on a replaced file in
-//! every namespace, after which the real files, with every chat's user, show through. A spare
-//! unit, started ahead of its turn and waiting minutes for it, meets that whenever a chat is
-//! added meanwhile; a fresh unit when a chat is added in the milliseconds before it looks. So
+//! That view does not survive a change of the real files: useradd and userdel replace them by a
+//! rename, and the kernel detaches every mount on a replaced file in every namespace, after which
+//! the real files show through. Chat users are records of /etc/userdb (picortex-provision's
+//! `userdb`), so adding a chat renames nothing; but the operator's own useradd still does. So
 //! once a turn's request is in, picortex-run looks: anything but the view and the turn goes
 //! back to the gateway (`stale_sandbox`), which runs it again in a fresh unit, with a fresh
-//! view (picortexd's `turns::again`). (A turn already running when a chat is added keeps
-//! running; the README says so.)
+//! view (picortexd's `turns::again`).
 
 use picortex_proto::ids::{VIEW_GROUPS, VIEW_USERS};
 

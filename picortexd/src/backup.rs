@@ -1,7 +1,7 @@
 //! `picortexd --backup DIR`: a consistent copy of the log (SQLite `VACUUM INTO`, safe while the
 //! gateway runs) and, when run as root, the small things a restore needs besides it: the
-//! helper's registry of which chat owns which user, the chat users' passwd/group lines, and the
-//! configuration. The chat homes and archives are big and live on their own filesystem: the
+//! helper's registry of which chat owns which user, the chat users' records (`/etc/userdb`; a
+//! chat of an older picortex: its passwd/group lines), and the configuration. The chat homes and archives are big and live on their own filesystem: the
 //! RESTORE.txt written with the copy says how to save and put back those (and the credentials).
 
 use std::path::{Path, PathBuf};
@@ -12,6 +12,8 @@ pub struct Sources {
     pub registry_dir: PathBuf,
     pub passwd: PathBuf,
     pub group: PathBuf,
+    /// The chat users' systemd user records (picortex-provision's `userdb`).
+    pub userdb: PathBuf,
     pub config: PathBuf,
 }
 
@@ -22,6 +24,7 @@ impl Sources {
             registry_dir: "/var/lib/picortex-provision/chats".into(),
             passwd: "/etc/passwd".into(),
             group: "/etc/group".into(),
+            userdb: "/etc/userdb".into(),
             config: config.to_owned(),
         }
     }
@@ -102,8 +105,14 @@ pub fn run(src: &Sources, dest: &Path, as_root: bool) -> Result<Report, String> 
             }
         }
         std::fs::write(dir.join("users.txt"), users).map_err(|e| e.to_string())?;
-        r.copied
-            .push("users.txt (passwd and group lines of the chat users)".into());
+        r.copied.push(
+            "users.txt (passwd and group lines of the chat users of an older picortex)".into(),
+        );
+        // The chat users' records: chat-<tag>.user/.group, and the <id>.user/.group links to them.
+        let n = copy_user_records(&src.userdb, &dir.join("userdb"))?;
+        r.copied.push(format!(
+            "userdb/ ({n} files: the chat users' records, /etc/userdb)"
+        ));
         if src.config.exists() {
             std::fs::copy(&src.config, dir.join("picortexd.toml"))
                 .map_err(|e| format!("{}: {e}", src.config.display()))?;
@@ -117,6 +126,36 @@ pub fn run(src: &Sources, dest: &Path, as_root: bool) -> Result<Report, String> 
     }
     std::fs::write(dir.join("RESTORE.txt"), restore_text(&r)).map_err(|e| e.to_string())?;
     Ok(r)
+}
+
+/// Copy the chat users' records of `from` into `to` (links as links): how many files.
+fn copy_user_records(from: &Path, to: &Path) -> Result<usize, String> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("{}: {e}", from.display())),
+    };
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        let ours =
+            |n: &str| n.starts_with("chat-") && (n.ends_with(".user") || n.ends_with(".group"));
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            if ours(&target.to_string_lossy()) {
+                std::os::unix::fs::symlink(&target, to.join(&name))
+                    .map_err(|e| format!("{}: {e}", to.join(&name).display()))?;
+                n += 1;
+            }
+        } else if meta.is_file() && ours(&name) {
+            std::fs::copy(&p, to.join(&name)).map_err(|e| format!("{}: {e}", p.display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn restore_text(r: &Report) -> String {
@@ -140,8 +179,9 @@ Not copied by picortexd --backup (save them with the filesystem's tools, at the 
 
 To restore, on a machine with the same picortex version installed:
   1. systemctl stop picortexd.socket picortexd.service
-  2. add the lines of users.txt to /etc/passwd and /etc/group (same names and ids; `vipw`,
-     `vigr`), then `pwck -s && grpck -s`
+  2. cp -a userdb/. /etc/userdb/ (the chat users' records; nsswitch.conf must list `systemd`
+     for passwd and group); add the lines of users.txt, if any, to /etc/passwd and /etc/group
+     (same names and ids; `vipw`, `vigr`), then `pwck -s && grpck -s`
   3. install -d -m700 /var/lib/picortex-provision/chats &&
      cp provision-registry/* /var/lib/picortex-provision/chats/
   4. put the chat homes back in /var/lib/picortex/chats (owned by their chat users, mode 0700),
@@ -179,11 +219,18 @@ mod tests {
         std::fs::write(reg.join("0123abcd"), "chat-id\n").unwrap();
         std::fs::write(d.path().join("passwd"), "root:x:0:0::/root:/bin/sh\nchat-0123abcd:x:1001:1001::/var/lib/picortex/chats/chat-0123abcd:/usr/sbin/nologin\n").unwrap();
         std::fs::write(d.path().join("group"), "chat-0123abcd:x:1001:\n").unwrap();
+        let userdb = d.path().join("userdb");
+        std::fs::create_dir_all(&userdb).unwrap();
+        std::fs::write(userdb.join("chat-89abcdef.user"), "{}").unwrap();
+        std::fs::write(userdb.join("chat-89abcdef.group"), "{}").unwrap();
+        std::os::unix::fs::symlink("chat-89abcdef.user", userdb.join("1900000001.user")).unwrap();
+        std::fs::write(userdb.join("someone.user"), "{}").unwrap();
         let src = Sources {
             state_dir: state.clone(),
             registry_dir: reg,
             passwd: d.path().join("passwd"),
             group: d.path().join("group"),
+            userdb: userdb.clone(),
             config: d.path().join("none.toml"),
         };
         let out = d.path().join("out");
@@ -201,6 +248,25 @@ mod tests {
         assert!(users.contains("passwd: chat-0123abcd:x:1001"), "{users}");
         assert!(users.contains("group: chat-0123abcd:x:1001:"), "{users}");
         assert!(!users.contains("root:"), "{users}");
+        let mut records: Vec<String> = std::fs::read_dir(r.dir.join("userdb"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        records.sort();
+        assert_eq!(
+            records,
+            [
+                "1900000001.user",
+                "chat-89abcdef.group",
+                "chat-89abcdef.user"
+            ]
+        );
+        assert!(
+            std::fs::symlink_metadata(r.dir.join("userdb/1900000001.user"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         let restore = std::fs::read_to_string(r.dir.join("RESTORE.txt")).unwrap();
         assert!(
             restore.contains("provision-registry/ (1 chats"),

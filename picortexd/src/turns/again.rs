@@ -3,14 +3,15 @@
 //! A unit ends having run nothing in three ways that running the turn again repairs:
 //! - its spare got no request (the gateway died handing it over: `no_request`);
 //! - its sandbox no longer held when the request came (`stale_sandbox`): the chat's views of
-//!   `/etc/passwd` and `/etc/group` were detached because useradd or userdel replaced the real
-//!   files after the sandbox was built (see picortex-run's `userdb`);
+//!   `/etc/passwd` and `/etc/group` were detached because something replaced the real files
+//!   after the sandbox was built (see picortex-run's `userdb`);
 //! - systemd could not build the sandbox (exit status 226, NAMESPACE): the same replacement
 //!   came while systemd was mounting the views ("…/etc/passwd: No such file or directory").
 //!
-//! A spare meets the second whenever a chat is added while it waits. A fresh unit meets the
-//! second and third when a chat is added in the milliseconds its sandbox is being built and
-//! checked, which happens whenever chats are created while others' turns start. A spare's
+//! Chat users are records of /etc/userdb, so picortex itself replaces neither file; the
+//! operator's useradd or userdel (or a package creating its system user) does, at any moment.
+//! A spare meets the second whenever that happens while it waits; a fresh unit the second and
+//! third when it happens in the milliseconds its sandbox is being built and checked. A spare's
 //! turn always runs again (in a fresh unit); a fresh unit's a few times only, so a failure
 //! that is not a race (a NAMESPACE failure for good) still ends, as the failure it is.
 

@@ -302,7 +302,7 @@ fn a_second_instance_refuses_and_the_live_turn_finishes() {
 }
 
 /// `picortexd --backup DIR` as root while the service runs: the log (with the chat), the
-/// helper's registry entry and the chat user's lines, and a RESTORE.txt.
+/// helper's registry entry and the chat user's record, and a RESTORE.txt.
 #[test]
 fn a_backup_while_running_holds_what_a_restore_needs() {
     let m = Machine::boot();
@@ -323,11 +323,13 @@ fn a_backup_while_running_holds_what_a_restore_needs() {
         "1"
     );
     assert!(m.path(&format!("{dir}/provision-registry/{tag}")).is_file());
-    let users = m.read(&format!("{dir}/users.txt"));
+    // The chat's user is a record of /etc/userdb (not a line of /etc/passwd), and so is its copy.
+    let record = m.read(&format!("{dir}/userdb/chat-{tag}.user"));
     assert!(
-        users.contains(&format!("/etc/passwd: chat-{tag}:")),
-        "{users}"
+        record.contains(&format!("\"userName\":\"chat-{tag}\"")),
+        "{record}"
     );
+    assert!(!m.read("/etc/passwd").contains(&format!("chat-{tag}")));
     assert!(m
         .read(&format!("{dir}/RESTORE.txt"))
         .contains("/var/lib/picortex/chats"));

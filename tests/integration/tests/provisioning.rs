@@ -73,7 +73,11 @@ fn users_and_homes_are_idempotent_collision_free_and_repaired() {
     m.ok(&format!("rm -rf {home}"));
     ensure(&m, a);
     assert_eq!(home_state(&m, &home), format!("700 chat-{tag}"));
-    m.ok(&format!("userdel chat-{tag}"));
+    // The user's records gone (chat users are records of /etc/userdb, see the helper's userdb).
+    m.ok(&format!(
+        "rm /etc/userdb/chat-{tag}.user /etc/userdb/chat-{tag}.group && find /etc/userdb -xtype l -delete"
+    ));
+    assert_ne!(m.sh(&format!("getent passwd chat-{tag}")).code, 0);
     ensure(&m, a);
     assert!(
         m.sh(&format!("getent passwd chat-{tag}")).code == 0,
@@ -133,7 +137,8 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
         0,
         "home still there after archiving"
     );
-    // Locked: password disabled and the account expired (shadow field 8 = day 1).
+    // Locked: password disabled and the account expired (shadow field 8 = day 1). A chat user
+    // is a record of /etc/userdb, locked for good: no login, archived or not.
     let expire = |m: &Machine| {
         m.ok(&format!("getent shadow {user} | cut -d: -f8"))
             .trim()
@@ -163,7 +168,8 @@ fn a_chat_archives_restores_on_the_next_message_and_is_removed() {
     assert_eq!(home_state(&m, &home), format!("700 {user}"));
     assert_eq!(m.ok(&format!("cat {home}/notes.txt")).trim(), "notes");
     assert_eq!(m.ok(&format!("stat -c %U {home}/notes.txt")).trim(), user);
-    assert_eq!(expire(&m), "", "user still locked");
+    assert_eq!(expire(&m), "1", "a chat user's record is locked for good");
+    assert!(m.path(&format!("/etc/userdb/{user}.user")).is_file());
 
     // Removal archives first, then deletes the user and home.
     let out = m.ok(&format!("busctl call org.picortex.Provision1 /org/picortex/Provision1 org.picortex.Provision1 RemoveChat s {chat}"));

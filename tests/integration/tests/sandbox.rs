@@ -195,8 +195,8 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     let home_a = format!("/var/lib/picortex/chats/{tag_a}");
     m.wait_replies(&a, 1, T);
     // A's spare runs (its sandbox, with its view of the user database, built) before B's user
-    // is created: the case where useradd's rename detaches that view.
-    m.wait_running_turn(Some(&tag_a), T);
+    // is created: the case where a rename of /etc/passwd (useradd's) would detach that view.
+    let spare_a = m.wait_running_turn(Some(&tag_a), T);
     let hosts = format!("hosts={HOST_V4},{HOST_V6}");
     let b = open_group(
         &m,
@@ -247,20 +247,25 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
         Some(&a),
         &format!("#attack other={home_b} abstract={HOLD} seek={b},{turn_b} {hosts}"),
     );
-    // A's spare started before B's user existed. useradd replaced /etc/passwd and /etc/group
-    // by rename, and the kernel detached the private copies the spare had mounted over them:
-    // picortex-run finds the real files when A's turn arrives and hands the turn back
-    // (stale_sandbox); the gateway runs it in a fresh unit, where A sees none of B, as B's own
-    // attack above, from a turn started after both chats existed, saw nothing.
+    // A's spare started before B's user existed, and A's attack runs in it: B's user is a
+    // record of /etc/userdb (hidden in turns), so creating it replaced nothing mounted in A's
+    // sandbox, and A, running since before B existed, sees none of B (B's own attack above, from
+    // a turn started after both chats existed, saw nothing either). With chat users in
+    // /etc/passwd, useradd's rename detached the spare's view and the real file showed through.
     let ra = assert_blocked_but("chat A", &attack_report(&m, &a, 1), &[]);
     let handed_back = m.journal(&format!(
         "SYSLOG_IDENTIFIER=picortexd PICORTEX_CHAT={a} | grep -c 'no longer had its own view of the user database' || true"
     ));
+    assert_eq!(handed_back.trim(), "0", "A's spare lost its view");
+    let ran = m.journal(&format!(
+        "_SYSTEMD_UNIT={spare_a} | grep -c 'turn started' || true"
+    ));
     assert_eq!(
-        handed_back.trim(),
+        ran.trim(),
         "1",
-        "A's spare, older than B's user, was not handed back"
+        "A's attack did not run in its spare {spare_a}"
     );
+    assert!(!m.read("/etc/passwd").contains("chat-"));
     // The probes met what they looked for: B's listener (not in A's network namespace at all;
     // were it, Landlock's scope would refuse it, EPERM) and the host's own addresses.
     let abs = ra["abstract_unix"]["detail"].as_str().unwrap_or("");
@@ -511,7 +516,7 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     assert!(binds.contains(&etc), "{etc} not in {binds}");
     assert_eq!(
         prop(&show, "InaccessiblePaths"),
-        "-/etc/passwd- -/etc/group-"
+        "-/etc/passwd- -/etc/group- -/etc/userdb"
     );
     // No credential of the helper's making (the test machine has no API key): each unit's
     // credentials are a mount in the host's namespace while it runs.
