@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 machine:
 # systemd, dbus, polkitd and iproute2 for the throwaway systemd; btrfs-progs for the chats
-# filesystem; libfaketime for one fault test; python3-venv for the Linq
+# filesystem; libnss-systemd for the chat users' records; libfaketime for one fault test; python3-venv for the Linq
 # client compatibility test; cargo-nextest; the pinned real Claude Code CLI (project-local). Quiet when everything is already there.
 set -euo pipefail
 need=()
@@ -16,6 +16,9 @@ command -v curl >/dev/null || need+=(curl)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 command -v useradd >/dev/null || need+=(passwd)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+# Chat users are systemd user records (/etc/userdb), which nss-systemd resolves; its package
+# adds `systemd` to nsswitch.conf's passwd and group lines.
+ls /lib/*/libnss_systemd.so.2 >/dev/null 2>&1 || need+=(libnss-systemd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # The real Claude Code CLI (tests/harness/install-claude-cli.sh) comes from the npm registry.
 command -v npm >/dev/null || need+=(npm)
