@@ -38,6 +38,8 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Connections one chat user may hold at once (API requests and tunnels together).
 const MAX_PER_CHAT: usize = 32;
+/// Threads resolving names at once (picortex-egress.service has TasksMax=64).
+const MAX_LOOKUP_THREADS: usize = 16;
 /// How long the service stays without a connection before it exits.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -168,8 +170,11 @@ fn main() -> anyhow::Result<()> {
         open: Mutex::new(HashMap::new()),
     });
     listener.set_nonblocking(true)?;
+    // Name lookups run on blocking threads: a bounded pool (lookups queue beyond it), well under
+    // the unit's TasksMax, so a burst of CONNECTs cannot make thread creation fail.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(MAX_LOOKUP_THREADS)
         .build()?;
     rt.block_on(async move { serve(tokio::net::UnixListener::from_std(listener)?, ctx).await })
 }
