@@ -302,27 +302,33 @@ impl Hold {
             .map(|_| marker)
             .map_err(|e| en(&e));
         let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        // Every connection, on either listener, is counted and handed a secret.
+        fn answer<C: Write>(
+            conns: impl Iterator<Item = io::Result<C>> + Send + 'static,
+            n: std::sync::Arc<AtomicUsize>,
+        ) {
+            std::thread::spawn(move || {
+                for mut c in conns.flatten() {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let _ = c.write_all(b"secret of the holding chat\n");
+                }
+            });
+        }
         let listener = UnixAddr::from_abstract_name(name.as_bytes())
             .and_then(|a| UnixListener::bind_addr(&a))
             .map(|l| {
-                let n = connections.clone();
-                std::thread::spawn(move || {
-                    for mut c in l.incoming().flatten() {
-                        n.fetch_add(1, Ordering::SeqCst);
-                        let _ = c.write_all(b"secret of the holding chat\n");
-                    }
-                });
+                answer(
+                    std::iter::repeat_with(move || l.accept().map(|(c, _)| c)),
+                    connections.clone(),
+                )
             })
             .map_err(|e| en(&e));
         let tcp = std::net::TcpListener::bind(("127.0.0.1", HOLD_TCP_PORT))
             .map(|l| {
-                let n = connections.clone();
-                std::thread::spawn(move || {
-                    for mut c in l.incoming().flatten() {
-                        n.fetch_add(1, Ordering::SeqCst);
-                        let _ = c.write_all(b"secret of the holding chat\n");
-                    }
-                });
+                answer(
+                    std::iter::repeat_with(move || l.accept().map(|(c, _)| c)),
+                    connections.clone(),
+                )
             })
             .map_err(|e| en(&e));
         Hold {
