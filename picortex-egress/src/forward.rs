@@ -63,8 +63,7 @@ pub fn upstream_headers(agent: &HeaderMap, credential: &Credential) -> HeaderMap
         out.append(k.clone(), v.clone());
     }
     let set = |out: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            let mut v = v;
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
             v.set_sensitive(true);
             out.insert(HeaderName::from_static(name), v);
         }

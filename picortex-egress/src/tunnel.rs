@@ -57,11 +57,10 @@ pub fn target(authority: &str) -> Result<Target, String> {
 
 /// Whether the policy lets `t`'s name be looked up at all (`Err`: why not). An address
 /// literal needs no lookup; the address check decides.
-pub fn may_resolve(e: &Egress, t: &Target) -> Result<bool, &'static str> {
+pub fn may_resolve(e: &Egress, t: &Target) -> Result<(), &'static str> {
     match (e, t.literal) {
-        (_, Some(_)) => Ok(false),
-        (Egress::Internet, None) => Ok(true),
-        (Egress::Allowlist { names, .. }, None) if name_allowed(names, &t.host) => Ok(true),
+        (_, Some(_)) | (Egress::Internet, None) => Ok(()),
+        (Egress::Allowlist { names, .. }, None) if name_allowed(names, &t.host) => Ok(()),
         (Egress::Allowlist { .. }, None) => Err("not in [sandbox] egress_allow"),
     }
 }
@@ -124,10 +123,12 @@ pub async fn tunnel(
         Ok(t) => t,
         Err(e) => return refused(e),
     };
-    let addrs: Vec<SocketAddr> = match (may_resolve(egress, &t), t.literal) {
-        (Err(why), _) => return refused(format!("{} is {why}", t.host)),
-        (Ok(_), Some(ip)) => vec![SocketAddr::new(ip, t.port)],
-        (Ok(_), None) => {
+    if let Err(why) = may_resolve(egress, &t) {
+        return refused(format!("{} is {why}", t.host));
+    }
+    let addrs: Vec<SocketAddr> = match t.literal {
+        Some(ip) => vec![SocketAddr::new(ip, t.port)],
+        None => {
             match tokio::time::timeout(
                 RESOLVE_TIMEOUT,
                 tokio::net::lookup_host((t.host.as_str(), t.port)),
@@ -212,18 +213,16 @@ mod tests {
     #[test]
     fn an_allowlist_never_resolves_a_name_it_does_not_hold() {
         let e = parse("[sandbox]\negress_allow = [\"github.com\", \"10.5.0.0/16\"]").unwrap();
-        assert_eq!(
-            may_resolve(&e, &target("github.com:443").unwrap()),
-            Ok(true)
-        );
+        assert_eq!(may_resolve(&e, &target("github.com:443").unwrap()), Ok(()));
         assert!(may_resolve(&e, &target("exfil-data.attacker.example:443").unwrap()).is_err());
-        assert_eq!(may_resolve(&e, &target("10.5.0.1:22").unwrap()), Ok(false));
+        // An address literal is not looked up: the address check decides.
+        assert_eq!(may_resolve(&e, &target("10.5.0.1:22").unwrap()), Ok(()));
         assert_eq!(
             may_resolve(
                 &crate::sandbox::Egress::Internet,
                 &target("any.example:443").unwrap()
             ),
-            Ok(true)
+            Ok(())
         );
     }
 
