@@ -180,11 +180,14 @@ pub fn check(s: &Sandbox) -> Result<Egress, KeyError> {
         "allowlist" => {
             let (mut ranges, mut names) = (Vec::new(), Vec::new());
             for entry in &s.egress_allow {
-                if entry.contains('/') || entry.parse::<IpAddr>().is_ok() {
-                    let r = match entry.parse::<IpAddr>() {
-                        Ok(ip) => single(ip),
-                        Err(_) => parse_cidr(entry).map_err(|e| bad("egress_allow", e))?,
-                    };
+                let range = match entry.parse::<IpAddr>() {
+                    Ok(ip) => Some(single(ip)),
+                    Err(_) if entry.contains('/') => {
+                        Some(parse_cidr(entry).map_err(|e| bad("egress_allow", e))?)
+                    }
+                    Err(_) => None,
+                };
+                if let Some(r) = range {
                     if touches_host(&r) {
                         return Err(bad(
                             "egress_allow",

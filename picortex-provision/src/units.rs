@@ -241,6 +241,7 @@ fn base_turn_properties(
     turn: &TurnId,
     limits: &Limits,
 ) -> Vec<(&'static str, Prop)> {
+    let (loopback, everything) = loopback_only();
     vec![
         (
             "Description",
@@ -378,8 +379,8 @@ fn base_turn_properties(
         // the machine's network shows: not its addresses, nor other chats' sockets in
         // /proc/net, nor abstract sockets bound in the host's namespace.
         ("PrivateNetwork", Prop::Bool(true)),
-        ("IPAddressAllow", Prop::Ips(loopback_only().0)),
-        ("IPAddressDeny", Prop::Ips(loopback_only().1)),
+        ("IPAddressAllow", Prop::Ips(loopback)),
+        ("IPAddressDeny", Prop::Ips(everything)),
         // Not MemoryDenyWriteExecute: the agent's JavaScript engine needs a JIT.
     ]
 }

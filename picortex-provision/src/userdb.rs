@@ -11,8 +11,7 @@
 //! user. A record is written through a temporary file and a rename inside the directory; the
 //! group first and the user last, so a user record always has its group.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use picortex_proto::ids::ChatTag;
@@ -66,23 +65,15 @@ fn err(p: &Path) -> impl FnOnce(std::io::Error) -> UserError + '_ {
     }
 }
 
-/// Write `text` to `path` through a temporary file in the same directory and a rename.
-fn replace(path: &Path, text: &str) -> Result<(), UserError> {
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    // The helper runs with UMask=0077; every process must read a user record.
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .and_then(|_| f.write_all(text.as_bytes()))
-        .and_then(|_| f.sync_all())
-        .map_err(err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(err(path))
+/// Write a record (0644: every process reads user records) through a temporary file in the same
+/// directory and a rename.
+fn replace(tag: &ChatTag, path: &Path, text: &str) -> Result<(), UserError> {
+    crate::view::write_view_file(path, text.as_bytes(), 0o644, None).map_err(|detail| {
+        UserError::Create {
+            user: tag.user_name(),
+            detail,
+        }
+    })
 }
 
 /// `link` → `target` (a name in the same directory), replacing whatever `link` was.
@@ -102,9 +93,9 @@ pub fn create_in(dir: &Path, tag: &ChatTag, id: u32) -> Result<(), UserError> {
         .create(dir)
         .map_err(err(dir))?;
     let [(group, group_n), (user, user_n)] = record_paths(dir, tag, id);
-    replace(&group, &group_record(tag, id))?;
+    replace(tag, &group, &group_record(tag, id))?;
     relink(&group_n, &group)?;
-    replace(&user, &user_record(tag, id))?;
+    replace(tag, &user, &user_record(tag, id))?;
     relink(&user_n, &user)?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

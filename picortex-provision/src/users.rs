@@ -40,7 +40,7 @@ pub enum UserError {
     #[error("{path}: {source}")]
     Sys { path: String, source: nix::Error },
     #[error("creating user {user} failed: {detail}")]
-    Useradd { user: String, detail: String },
+    Create { user: String, detail: String },
     #[error("{0}")]
     Unsafe(String),
     #[error(transparent)]
@@ -218,7 +218,7 @@ pub fn ensure(chat: &ChatId, config: &str) -> Result<(ChatAccount, DiskQuota), U
             crate::userdb::create(&tag, chat_uid(&tag)?)?;
             User::from_name(&name)
                 .map_err(sys(name.clone()))?
-                .ok_or_else(|| UserError::Useradd {
+                .ok_or_else(|| UserError::Create {
                     user: name.clone(),
                     detail: format!(
                         "its record is in {} but the system does not see it: /etc/nsswitch.conf \

@@ -117,45 +117,38 @@ fn sync_credentials(creds: &Path, dir: &Path, uid: u32, gid: u32) -> Result<(), 
         let (src, dst) = (creds.join(name), dir.join(name));
         let placeholder = picortex_proto::egress::placeholder(name)
             .ok_or_else(|| format!("{name}: no placeholder for this credential"))?;
-        match read_credential(&src)? {
-            Some(_) => replace_owned(&dst, placeholder.as_bytes(), uid, gid)?,
-            None => match std::fs::remove_file(&dst) {
+        if credential_present(&src)? {
+            replace_owned(&dst, placeholder.as_bytes(), uid, gid)?;
+        } else {
+            match std::fs::remove_file(&dst) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("{}: {e}", dst.display())),
-            },
+            }
         }
     }
     Ok(())
 }
 
-/// The operator's credential file, if there is one (a symlink is not followed; empty counts as
-/// none, as for the gateway's own credentials).
-fn read_credential(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    use std::io::Read;
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+/// Whether the operator's credential file is there: a regular file (a symlink is refused, not
+/// followed) that is not empty (as for the gateway's own credentials) and no larger than a
+/// token. Its contents are picortex-egress's to read, not the helper's.
+fn credential_present(path: &Path) -> Result<bool, String> {
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
+    if !m.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
-    let mut secret = Vec::new();
-    f.take(MAX_CREDENTIAL_BYTES + 1)
-        .read_to_end(&mut secret)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if secret.len() as u64 > MAX_CREDENTIAL_BYTES {
+    if m.len() > MAX_CREDENTIAL_BYTES {
         return Err(format!(
             "{} is larger than {MAX_CREDENTIAL_BYTES} bytes",
             path.display()
         ));
     }
-    Ok((!secret.is_empty()).then_some(secret))
+    Ok(m.len() > 0)
 }
 
 /// Like `replace`, for the chat's user alone: mode 0400, owned by `uid`:`gid`.
@@ -172,8 +165,8 @@ fn replace(path: &Path, text: &str) -> Result<(), String> {
 /// Write `bytes` to `path` through a temporary file and a rename, with `mode` (set, not asked
 /// for: the helper runs with UMask=0077) and, if given, that owner. A file that already holds
 /// them so is left as it is: StartTurn writes the views each time, and a rename per turn would
-/// be a write (and a sync) per turn for nothing.
-fn write_view_file(
+/// be a write (and a sync) per turn for nothing. (The chat users' records are written so too.)
+pub fn write_view_file(
     path: &Path,
     bytes: &[u8],
     mode: u32,
