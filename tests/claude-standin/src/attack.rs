@@ -1905,20 +1905,30 @@ fn provision_helper(me: u32) -> Finding {
     Finding::new("provision_helper", blocked, detail)
 }
 
+/// Send `request` on `s` and return the first line of the answer (empty if none came within
+/// `wait`).
+pub fn first_line(s: &mut TcpStream, request: &[u8], wait: Duration) -> String {
+    let _ = s.set_read_timeout(Some(wait));
+    let _ = s.write_all(request);
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Ok(how it failed) when the address could not be reached; Err(what happened) when it could.
-/// Refused counts as reached: the packets got there and back.
+/// Refused counts as not reached: in the turn's network namespace nothing listens there.
 fn tcp_probe(addr: SocketAddr) -> Result<String, String> {
     match TcpStream::connect_timeout(&addr, Duration::from_millis(1500)) {
         Ok(mut s) => {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
-            let _ = s.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n");
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let first = String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let first = first_line(
+                &mut s,
+                b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n",
+                Duration::from_millis(1000),
+            );
             Err(format!("{addr} connected ({first})"))
         }
         // Nothing listens there in this network namespace: whatever listens at that address
@@ -1935,15 +1945,11 @@ fn egress_probe(target: &str) -> Result<String, String> {
         Ok(s) => s,
         Err(e) => return Ok(format!("relay {}", en(&e))),
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
-    let _ = s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes());
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let status = String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let status = first_line(
+        &mut s,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        Duration::from_secs(15),
+    );
     if status.split_whitespace().nth(1) == Some("200") {
         Err(format!("{target} tunnel opened ({status})"))
     } else {

@@ -345,13 +345,7 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
                     k.flood_bytes = value.parse().ok().filter(|b| (400..=40_000).contains(b))
                 }
                 "#hold" => k.hold = Some(value.to_owned()).filter(|v| !v.is_empty()),
-                "#egress" => {
-                    k.egress = value
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                }
+                "#egress" => k.egress = list(value),
                 "#score" => k.score = Some(value.to_owned()),
                 "#hostile" => k.hostile = true,
                 "#forge" => k.forge = true,
@@ -370,25 +364,24 @@ fn parse_knobs(text: &str, k: &mut Knobs) {
             k.attack_abstract = Some(v.to_owned());
         }
         if let Some(v) = w.strip_prefix("hosts=") {
-            k.attack_hosts = v
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            k.attack_hosts = list(v);
         }
         if let Some(v) = w.strip_prefix("seek=") {
-            k.attack_seek = v
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            k.attack_seek = list(v);
         }
     }
 }
 
+/// A knob's comma-separated values, empty ones dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One `#egress=` target (see the table above): the HTTP status, or the error.
 fn egress_try(target: &str) -> String {
-    use std::io::{Read, Write};
     use std::net::TcpStream;
     let hostport = |url: &str| {
         url.trim_start_matches("http://")
@@ -438,13 +431,7 @@ fn egress_try(target: &str) -> String {
     let Some(req) = request else {
         return "connected".into();
     };
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(15)));
-    if let Err(e) = s.write_all(req.as_bytes()) {
-        return e.to_string();
-    }
-    let mut buf = [0u8; 128];
-    let n = s.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n])
+    attack::first_line(&mut s, req.as_bytes(), std::time::Duration::from_secs(15))
         .split_whitespace()
         .nth(1)
         .unwrap_or("no-answer")

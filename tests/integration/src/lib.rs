@@ -134,6 +134,23 @@ impl Machine {
         std::fs::read_to_string(self.path(p)).unwrap_or_else(|e| panic!("read {p}: {e}"))
     }
 
+    /// The files among `paths` (shell words: directories are searched whole, globs such as
+    /// `/proc/[0-9]*/environ` allowed) that hold `secret`, sorted. The secret is read from a
+    /// file, so the search's own command line does not contain it.
+    pub fn files_holding(&self, secret: &str, paths: &str) -> Vec<String> {
+        std::fs::write(self.path("/root/needle"), secret).expect("write the needle");
+        let mut v: Vec<String> = self
+            .sh(&format!(
+                "grep -r -l -a -F -f /root/needle {paths} 2>/dev/null; true"
+            ))
+            .stdout
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn journal(&self, args: &str) -> String {
         // Every journal: the system's and the turns' own (LogNamespace=picortex-turns). A
         // line is sent to journald asynchronously; `--sync` waits until every line sent

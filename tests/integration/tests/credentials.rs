@@ -73,24 +73,14 @@ fn a_turn_holds_a_placeholder_of_the_api_key_never_the_key() {
     assert!(checked >= 1, "no turn unit left to check");
     // Give the agent inside the sleeping turn time to start, so that its environment is searched.
     std::thread::sleep(Duration::from_millis(500));
-    // The searches read the key from a file, so that their own command lines do not contain it.
-    std::fs::write(m.path("/root/needle"), KEY).unwrap();
-    let env_hits = m
-        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ 2>/dev/null || true")
-        .stdout;
+    let env_hits = m.files_holding(KEY, "/proc/[0-9]*/environ");
     assert!(
-        env_hits.trim().is_empty(),
-        "key in process environments: {env_hits}"
+        env_hits.is_empty(),
+        "key in process environments: {env_hits:?}"
     );
     let copy = format!("/var/lib/picortex-provision/views/{tag}/etc/anthropic-api-key");
     // The operator's file is the only file with the key; the view has the placeholder.
-    let mut files: Vec<String> = m
-        .sh("grep -r -l -a -F -f /root/needle /etc /var/lib /run /tmp /home 2>/dev/null || true")
-        .stdout
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    files.sort();
+    let files = m.files_holding(KEY, "/etc /var/lib /run /tmp /home");
     assert_eq!(
         files,
         ["/etc/picortex/credentials/anthropic-api-key".to_owned()],
@@ -103,13 +93,8 @@ fn a_turn_holds_a_placeholder_of_the_api_key_never_the_key() {
         )),
         format!("chat-{tag} 400\nroot 700\n")
     );
-    let cmdlines = m
-        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/cmdline 2>/dev/null || true")
-        .stdout;
-    assert!(
-        cmdlines.trim().is_empty(),
-        "key in a command line: {cmdlines}"
-    );
+    let cmdlines = m.files_holding(KEY, "/proc/[0-9]*/cmdline");
+    assert!(cmdlines.is_empty(), "key in a command line: {cmdlines:?}");
     // The gateway itself never has it.
     assert!(!m
         .ok("systemctl show picortexd.service")

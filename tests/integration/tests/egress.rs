@@ -99,13 +99,13 @@ fn a_turn_reaches_out_only_through_egress_as_the_policy_says() {
         "/var/lib/picortex-provision/views/{tag}/etc/anthropic-api-key"
     ));
     assert_eq!(view, picortex_proto::egress::PLACEHOLDER_API_KEY);
-    std::fs::write(m.path("/root/needle"), KEY).unwrap();
-    let hits = m
-        .sh("grep -r -l -a -F -f /root/needle --exclude-dir=anthropic-standin /var/lib/picortex /var/lib/picortex-provision /run /tmp /var/tmp 2>/dev/null; true")
-        .stdout;
+    let hits = m.files_holding(
+        KEY,
+        "--exclude-dir=anthropic-standin /var/lib/picortex /var/lib/picortex-provision /run /tmp /var/tmp",
+    );
     assert!(
-        hits.trim().is_empty(),
-        "the key outside /etc/picortex/credentials: {hits}"
+        hits.is_empty(),
+        "the key outside /etc/picortex/credentials: {hits:?}"
     );
     // Each refusal is in the turns' journal, with who asked and why.
     let log = m.journal("SYSLOG_IDENTIFIER=picortex-egress");

@@ -110,26 +110,20 @@ fn the_key_reaches_the_api_and_nothing_the_chat_can_read_outside_the_turn() {
         (m.sh(&format!("pgrep -u {user} -x claude")).code == 0).then_some(())
     });
     std::thread::sleep(Duration::from_millis(1500));
-    std::fs::write(m.path("/root/needle"), KEY).unwrap();
-    let env_hits = m
-        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null || true")
-        .stdout;
+    let env_hits = m.files_holding(KEY, "/proc/[0-9]*/environ /proc/[0-9]*/cmdline");
     assert!(
-        env_hits.trim().is_empty(),
-        "key in process environments or argv: {env_hits}"
+        env_hits.is_empty(),
+        "key in process environments or argv: {env_hits:?}"
     );
-    let file_hits = m
-        .sh("grep -r -l -a -F -f /root/needle /var/lib/picortex /tmp /var/tmp /home 2>/dev/null || true")
-        .stdout;
-    assert!(file_hits.trim().is_empty(), "key in files: {file_hits}");
+    const FILES: &str = "/var/lib/picortex /tmp /var/tmp /home";
+    let file_hits = m.files_holding(KEY, FILES);
+    assert!(file_hits.is_empty(), "key in files: {file_hits:?}");
     m.wait_reply_containing(&chat, "slow done", T);
     m.wait_settled(T);
-    let file_hits = m
-        .sh("grep -r -l -a -F -f /root/needle /var/lib/picortex /tmp /var/tmp /home 2>/dev/null || true")
-        .stdout;
+    let file_hits = m.files_holding(KEY, FILES);
     assert!(
-        file_hits.trim().is_empty(),
-        "key in files after the turn: {file_hits}"
+        file_hits.is_empty(),
+        "key in files after the turn: {file_hits:?}"
     );
     assert!(!m.journal("").contains(KEY), "key in the journal");
     let req = requests_with(&m, "slow-one").pop().unwrap();
@@ -164,13 +158,13 @@ fn a_subscription_token_reaches_the_api_only_through_the_turn() {
         (m.sh(&format!("pgrep -u {user} -x claude")).code == 0).then_some(())
     });
     std::thread::sleep(Duration::from_millis(1500));
-    std::fs::write(m.path("/root/needle"), TOKEN).unwrap();
-    let hits = m
-        .sh("grep -l -a -F -f /root/needle /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null; grep -r -l -a -F -f /root/needle /var/lib/picortex /tmp /var/tmp /home 2>/dev/null; true")
-        .stdout;
+    let hits = m.files_holding(
+        TOKEN,
+        "/proc/[0-9]*/environ /proc/[0-9]*/cmdline /var/lib/picortex /tmp /var/tmp /home",
+    );
     assert!(
-        hits.trim().is_empty(),
-        "token outside the turn's credential: {hits}"
+        hits.is_empty(),
+        "token outside the operator's credential: {hits:?}"
     );
     m.wait_reply_containing(&chat, "oauth done", T);
     let req = requests_with(&m, "oauth-slow").pop().unwrap();
