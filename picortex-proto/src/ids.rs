@@ -24,8 +24,9 @@ pub const VIEW_USERS: &[&str] = &["root", "nobody"];
 pub const VIEW_GROUPS: &[&str] = &["root", "nogroup"];
 /// In a turn, `/etc/picortex` is the helper's view of it (bound read-only over the operator's,
 /// which names the owner): [`TURN_AGENT_CONFIG`], the `[agent]` table of `picortexd.toml`
-/// alone, which picortex-run reads, and the agent's credential, [`API_KEY_CREDENTIAL`] or
-/// [`OAUTH_CREDENTIAL`], readable by the chat's user alone. Files rather than systemd
+/// alone, which picortex-run reads, and a placeholder of the agent's credential
+/// ([`API_KEY_CREDENTIAL`] or [`OAUTH_CREDENTIAL`], see [`crate::egress`]), readable by the
+/// chat's user alone. Files rather than systemd
 /// credentials: each unit's credentials are a mount in the host's namespace for as long as it
 /// runs (spares included), and every unit start pays for every mount there.
 pub const TURN_CONFIG_DIR: &str = "/etc/picortex";

@@ -74,9 +74,8 @@ pub fn build_argv(config: &AgentConfig, req: &TurnRequest, session: &SessionArg)
 /// `--settings` for the agent when the turn has the API key (SPEC T2): in a turn, the helper's
 /// view of `/etc/picortex` (`TURN_CONFIG_DIR`) holds its placeholder
 /// (`picortex_proto::egress`; picortex-egress puts the real key in each request), readable by
-/// the chat's user alone; the CLI's `apiKeyHelper` reads it from there when it needs it. The
-/// same path serves a deployment whose view holds a real key: it is never in an environment,
-/// an argv, or a file in the chat's home.
+/// the chat's user alone; the CLI's `apiKeyHelper` reads it from there when it needs it, so
+/// not even the placeholder is in an environment, an argv, or a file in the chat's home.
 pub fn credential_settings(dir: &str) -> Option<String> {
     let safe = dir.starts_with('/')
         && dir

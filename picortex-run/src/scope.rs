@@ -2,9 +2,10 @@
 //! picortex-run restricts itself (and so every process the agent starts) so that nothing in the
 //! turn can connect to an abstract Unix socket or signal a process created outside the turn —
 //! another chat's listener, the host's, a leftover of an earlier turn. Abstract sockets live in
-//! the network namespace, which turns share, and no file permission guards them, so only the
-//! kernel's scoping can keep chats apart there. No filesystem or network access is handled:
-//! the unit's mount namespace and IP fence do that.
+//! the network namespace and no file permission guards them; each turn now has a network
+//! namespace of its own (`PrivateNetwork=yes`, see `relay`), and this scope stays as a second
+//! wall. No filesystem or network access is handled: the unit's mount and network namespaces
+//! do that.
 //!
 //! Landlock ABI 6 (Linux 6.12) is required. On an older kernel, or with Landlock disabled, the
 //! turn is refused rather than run with a channel to other chats open: the error names the

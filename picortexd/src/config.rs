@@ -74,8 +74,8 @@ pub struct Config {
     pub consent: ConsentConfig,
     /// Read by picortex-run (handed over by the helper); checked here with its rules.
     pub agent: picortex_run::config::AgentConfig,
-    /// Read by picortex-provision (the turn's network fence and disk quota); checked here with
-    /// its rules.
+    /// Read by picortex-egress (the turns' egress policy) and picortex-provision (the disk quota,
+    /// and the policy checked at each turn start); checked here with their rules.
     pub sandbox: sandbox::Sandbox,
 }
 
