@@ -61,10 +61,10 @@ for i in range(turns):
     r = control("POST", "/control/inbound", body)
     chat = r["chat_id"]
     deadline = t0 + 120
-    while len(control("GET", f"/control/sent?chat_id={chat}")) <= n_sent:
+    # The simulator holds the request until the reply is there (no polling beside the turn).
+    while len(control("GET", f"/control/sent?chat_id={chat}&more_than={n_sent}&wait_ms=50000")) <= n_sent:
         if time.monotonic() > deadline:
             raise SystemExit(f"real_cli.py: no reply to turn {i} within 120 s")
-        time.sleep(0.005)
     wall_ms = (time.monotonic() - t0) * 1000
     recs = api_records()[before:]
     api_ms = sum(r.get("spent_ms", 0) for r in recs)

@@ -112,7 +112,27 @@ impl Sim {
             Some(c) => format!("/control/sent?chat_id={c}"),
             None => "/control/sent".to_owned(),
         };
-        let v = self.get(&path).await?;
+        self.sent_at(&path).await
+    }
+
+    /// The bot's messages in `chat_id` once there are more than `more_than` of them, or after
+    /// `wait` (the simulator holds the request meanwhile): one request per reply, not a poll
+    /// loop competing for the CPU with the turn being measured.
+    pub async fn sent_after(
+        &self,
+        chat_id: &str,
+        more_than: usize,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Msg>> {
+        let ms = wait.as_millis().clamp(1, 50_000);
+        self.sent_at(&format!(
+            "/control/sent?chat_id={chat_id}&more_than={more_than}&wait_ms={ms}"
+        ))
+        .await
+    }
+
+    async fn sent_at(&self, path: &str) -> anyhow::Result<Vec<Msg>> {
+        let v = self.get(path).await?;
         let arr = v.as_array().cloned().unwrap_or_default();
         Ok(arr
             .iter()

@@ -82,14 +82,13 @@ pub async fn late_reply(sim: &Sim, nr: &NoReply) -> String {
     }
 }
 
-/// Send one message and wait for its reply; poll the simulator every `poll`.
+/// Send one message and wait for its reply (the simulator answers when it has one).
 pub async fn one(
     sim: &Sim,
     from: &str,
     chat_id: Option<&str>,
     text: &str,
     timeout: Duration,
-    poll: Duration,
 ) -> anyhow::Result<Sample> {
     let t0 = Instant::now();
     let before = match chat_id {
@@ -103,8 +102,10 @@ pub async fn one(
         bail!("webhook for {text:?} answered {:?}", sent.status);
     }
     let end = Instant::now() + timeout;
+    let mut seen = before;
     let reply = loop {
-        let msgs = sim.sent(Some(&sent.chat_id)).await?;
+        let left = end.saturating_duration_since(Instant::now());
+        let msgs = sim.sent_after(&sent.chat_id, seen, left).await?;
         if let Some(m) = find_reply(&msgs, &sent, before) {
             break m.clone();
         }
@@ -115,7 +116,7 @@ pub async fn one(
             }
             .into());
         }
-        tokio::time::sleep(poll).await;
+        seen = msgs.len();
     };
     if !is_answer(&reply.text) {
         bail!(
@@ -189,7 +190,6 @@ pub async fn sequential(
     n: usize,
     budget: Duration,
 ) -> anyhow::Result<SeqOutcome> {
-    let poll = Duration::from_millis(5);
     let t_end = Instant::now() + budget;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let capture = {
@@ -204,7 +204,6 @@ pub async fn sequential(
             None,
             "hello from the benchmark (warm-up)",
             Duration::from_secs(60),
-            poll,
         )
         .await
         .with_context(|| format!("warm-up of the chat with {h}"))?;
@@ -221,7 +220,6 @@ pub async fn sequential(
                 Some(&c.chat_id),
                 &format!("warm-up round {r}"),
                 Duration::from_secs(60),
-                poll,
             )
             .await
             .context("warm-up turn")?;
@@ -244,7 +242,6 @@ pub async fn sequential(
             Some(&c.chat_id),
             &format!("benchmark turn {i}"),
             Duration::from_secs(30),
-            poll,
         )
         .await
         {
@@ -268,7 +265,6 @@ pub async fn sequential(
 
 /// First messages of new chats, one at a time.
 pub async fn cold(sim: &Sim, handles: &[String], budget: Duration) -> SeqOutcome {
-    let poll = Duration::from_millis(5);
     let t_end = Instant::now() + budget;
     let mut samples = Vec::new();
     let mut errors = Vec::new();
@@ -284,7 +280,6 @@ pub async fn cold(sim: &Sim, handles: &[String], budget: Duration) -> SeqOutcome
             None,
             &format!("hello, I am new here ({i})"),
             Duration::from_secs(60),
-            poll,
         )
         .await
         {

@@ -127,6 +127,7 @@ async fn guard(State(sim): State<Shared>, req: Request, next: Next) -> Response 
             response: body_for_log(&rbytes),
         });
     }
+    sim.api_called.notify_waiters();
     Response::from_parts(rparts, Body::from(rbytes))
 }
 

@@ -3,6 +3,7 @@
 //! inject faults. Not part of Linq's API.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -267,6 +268,27 @@ struct ChatFilter {
     chat_id: Option<String>,
 }
 
+/// `GET /control/sent`'s query: with `more_than` and `wait_ms`, the answer waits (at most
+/// `wait_ms`, capped at `MAX_WAIT_MS`) until the list is longer than `more_than`, so a client
+/// waiting for a reply asks once instead of polling the simulator it is measuring.
+#[derive(Deserialize)]
+struct SentQuery {
+    chat_id: Option<String>,
+    more_than: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+const MAX_WAIT_MS: u64 = 60_000;
+
+fn count_messages(sim: &Sim, chat_id: Option<&str>, only_outbound: bool) -> usize {
+    sim.lock()
+        .messages
+        .iter()
+        .filter(|m| chat_id.is_none_or(|c| m.chat_id == c))
+        .filter(|m| !only_outbound || m.direction == Direction::Outbound)
+        .count()
+}
+
 fn message_view(m: &Message) -> Value {
     json!({
         "id": m.id,
@@ -299,8 +321,24 @@ async fn messages(State(sim): State<Shared>, Query(f): Query<ChatFilter>) -> Res
     list_messages(&sim, f.chat_id.as_deref(), false)
 }
 
-async fn sent(State(sim): State<Shared>, Query(f): Query<ChatFilter>) -> Response {
-    list_messages(&sim, f.chat_id.as_deref(), true)
+async fn sent(State(sim): State<Shared>, Query(f): Query<SentQuery>) -> Response {
+    let chat = f.chat_id.as_deref();
+    if let (Some(n), Some(ms)) = (f.more_than, f.wait_ms) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms.min(MAX_WAIT_MS));
+        loop {
+            // Registered before the count, so a send between the two still wakes this one.
+            let called = sim.api_called.notified();
+            tokio::pin!(called);
+            called.as_mut().enable();
+            if count_messages(&sim, chat, true) > n {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, called).await.is_err() {
+                break;
+            }
+        }
+    }
+    list_messages(&sim, chat, true)
 }
 
 #[derive(Deserialize)]
@@ -452,4 +490,104 @@ async fn clear_faults(State(sim): State<Shared>) -> Response {
 async fn reset(State(sim): State<Shared>) -> Response {
     sim.lock().reset();
     Json(json!({"ok": true})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::state::{Now, RuntimeConfig, SimConfig};
+
+    const TOKEN: &str = "test-token";
+    const BOT: &str = "+15550001000";
+
+    async fn serve(router: Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, router).await });
+        format!("http://{addr}")
+    }
+
+    /// A reply sent through the API ends a control request waiting for it, and one waiting for a
+    /// message that never comes answers with what there is when its time is up.
+    #[tokio::test]
+    async fn a_waiting_sent_request_answers_when_the_bot_sends() {
+        let sim = Arc::new(
+            Sim::new(
+                SimConfig {
+                    token: TOKEN.into(),
+                    secret: crate::webhooks::Secret::parse("whsec_dGVzdC1zZWNyZXQ=").unwrap(),
+                    bot_handle: BOT.into(),
+                    partner_id: "p".into(),
+                    subscription_id: "s".into(),
+                    media_base: "http://127.0.0.1:1".into(),
+                },
+                RuntimeConfig {
+                    webhook_url: None,
+                    echo_outbound: false,
+                    retry_base_ms: 200,
+                },
+            )
+            .unwrap(),
+        );
+        let chat = sim.lock().create_chat(
+            BOT,
+            &["+15550002000".to_string()],
+            "iMessage",
+            None,
+            None,
+            Now::get(),
+        );
+        let api = serve(crate::api::router(sim.clone())).await;
+        let control = serve(router(sim.clone())).await;
+        let http = reqwest::Client::new();
+        let sent = |more_than: usize, wait_ms: u64| {
+            let (http, control, chat) = (http.clone(), control.clone(), chat.clone());
+            async move {
+                let v: Vec<Value> = http
+                    .get(format!(
+                        "{control}/control/sent?chat_id={chat}&more_than={more_than}&wait_ms={wait_ms}"
+                    ))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v
+            }
+        };
+
+        // Nothing sent: answered empty once its wait is over.
+        let t = std::time::Instant::now();
+        assert!(sent(0, 300).await.is_empty());
+        assert!(t.elapsed() >= Duration::from_millis(300));
+
+        let waiting = tokio::spawn(sent(0, 30_000));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "answered before anything was sent");
+        let st = http
+            .post(format!("{api}/api/partner/v3/chats/{chat}/messages"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"message": {"parts": [{"type": "text", "value": "the reply"}]}}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(st.is_success(), "{st}");
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting request was not woken by the send")
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["text"], "the reply");
+        // Already more than asked for: answered at once.
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), sent(0, 30_000))
+                .await
+                .expect("not answered at once")
+                .len(),
+            1
+        );
+    }
 }

@@ -40,6 +40,9 @@ pub struct Sim {
     pub media: crate::media::Store,
     /// Attachments created with `POST /v3/attachments` (src/media.rs).
     pub attachments: crate::media::Attachments,
+    /// Woken after every API call, for control requests waiting on its effects
+    /// (`GET /control/sent?…&wait_ms=`).
+    pub api_called: tokio::sync::Notify,
 }
 
 impl Sim {
@@ -55,6 +58,7 @@ impl Sim {
             http,
             media: Default::default(),
             attachments: Default::default(),
+            api_called: tokio::sync::Notify::new(),
         })
     }
 
