@@ -241,15 +241,27 @@ pub fn name_allowed(names: &[String], host: &str) -> bool {
     })
 }
 
-/// `ip` as a single-address range; an IPv4-mapped IPv6 address as the IPv4 address it is.
+/// `ip` as a single-address range; an IPv6 address that stands for an IPv4 one as that IPv4
+/// address: IPv4-mapped (`::ffff:a.b.c.d`), and NAT64's well-known prefix (`64:ff9b::a.b.c.d`,
+/// RFC 6052), which a NAT64 gateway on the machine's network translates to that address, LAN
+/// and metadata service included.
 pub fn single(ip: IpAddr) -> Range {
     match ip {
         IpAddr::V4(a) => (AF_INET, a.octets().to_vec(), 32),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+        IpAddr::V6(a) => match a.to_ipv4_mapped().or_else(|| nat64_embedded(&a)) {
             Some(v4) => (AF_INET, v4.octets().to_vec(), 32),
             None => (AF_INET6, a.octets().to_vec(), 128),
         },
     }
+}
+
+/// The IPv4 address in a `64:ff9b::/96` address.
+fn nat64_embedded(a: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let o = a.octets();
+    let (prefix, v4) = o.split_at(12);
+    (prefix == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0])
+        .then(|| <[u8; 4]>::try_from(v4).ok().map(std::net::Ipv4Addr::from))
+        .flatten()
 }
 
 /// Why a turn may not connect to `ip` (`None`: it may), asked for by a name the allowlist
@@ -286,13 +298,15 @@ const NEVER: &[&str] = &[
     "::/128",
     "ff00::/8",
 ];
-/// The LAN: RFC 1918, shared address space (CGNAT), unique local IPv6.
+/// The LAN: RFC 1918, shared address space (CGNAT), unique local IPv6, and NAT64's local-use
+/// prefix (RFC 8215), whose translations only the site knows.
 const PRIVATE: &[&str] = &[
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
     "100.64.0.0/10",
     "fc00::/7",
+    "64:ff9b:1::/48",
 ];
 
 fn range(cidr: &str) -> Range {
@@ -503,6 +517,43 @@ mod tests {
             .contains("private"));
         // A name resolving into an allowed range is fine.
         assert_eq!(refusal(&e, ip("10.5.0.9"), true, &[]), None);
+    }
+
+    #[test]
+    fn nat64_addresses_are_judged_as_the_ipv4_address_they_reach() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let internet = Egress::Internet;
+        // The well-known prefix: the gateway's loopback, metadata, the LAN are refused as such.
+        for never in ["64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::e000:1"] {
+            assert!(
+                refusal(&internet, ip(never), true, &[])
+                    .unwrap()
+                    .contains("host itself"),
+                "{never}"
+            );
+        }
+        assert!(refusal(&internet, ip("64:ff9b::a00:1"), true, &[])
+            .unwrap()
+            .contains("private"));
+        assert!(refusal(&internet, ip("64:ff9b::c0a8:101"), false, &[]).is_some());
+        // The machine's own IPv4 address, asked for through NAT64.
+        assert!(refusal(
+            &internet,
+            ip("64:ff9b::c000:20a"),
+            false,
+            &[ip("192.0.2.10")]
+        )
+        .is_some());
+        // A public IPv4 address through NAT64 is what it would be without.
+        assert_eq!(refusal(&internet, ip("64:ff9b::808:808"), true, &[]), None);
+        // The local-use prefix: only the site knows what it reaches.
+        assert!(refusal(&internet, ip("64:ff9b:1::a00:1"), true, &[])
+            .unwrap()
+            .contains("private"));
+        // An IPv4 range the operator opens covers its NAT64 form.
+        let e = parse("[sandbox]\negress_allow = [\"10.5.0.0/16\"]").unwrap();
+        assert_eq!(refusal(&e, ip("64:ff9b::a05:101"), false, &[]), None);
+        assert!(refusal(&e, ip("64:ff9b::a06:101"), false, &[]).is_some());
     }
 
     #[test]
