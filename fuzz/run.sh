@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 export CARGO_TARGET_DIR=$PWD/target
 
 seconds=${FUZZ_SECONDS:-60}
-targets=${FUZZ_TARGETS:-webhook config turn_documents helper_args reply}
+targets=${FUZZ_TARGETS:-webhook config turn_documents helper_args reply egress_request}
 sanitizer=${FUZZ_SANITIZER:-none}
 toolchain=${FUZZ_TOOLCHAIN:-nightly}
 triple=x86_64-unknown-linux-gnu
