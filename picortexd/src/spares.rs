@@ -23,6 +23,23 @@ pub struct Spare {
     /// Write end of the unit's stdin: the request goes here, then it is closed.
     pub writer: File,
     pub since: Instant,
+    /// The limits its unit and slice were started with (`Turns::limits_for`).
+    pub limits: Vec<(&'static str, u64)>,
+}
+
+/// Whether a turn whose limits are `now` may run in a spare started with `then`: the same
+/// but for the unit's runtime cap, which a spare's is longer (the gateway keeps the turn's).
+pub fn same_slice_limits(then: &[(&str, u64)], now: &[(&str, u64)]) -> bool {
+    let slice = |l: &[(&str, u64)]| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = l
+            .iter()
+            .filter(|(k, _)| *k != picortex_proto::bus::limits::RUNTIME_MAX_USEC)
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        v.sort();
+        v
+    };
+    slice(then) == slice(now)
 }
 
 #[derive(Default)]
@@ -141,6 +158,31 @@ mod tests {
             unit: format!("picortex-turn-{id}.service"),
             writer: tempfile::tempfile().unwrap(),
             since: Instant::now(),
+            limits: LIMITS.to_vec(),
+        }
+    }
+
+    use picortex_proto::bus::limits as L;
+    const LIMITS: [(&str, u64); 6] = [
+        (L::MEMORY_MAX, 256 << 20),
+        (L::TASKS_MAX, 256),
+        (L::RUNTIME_MAX_USEC, 660_000_000),
+        (L::CPU_WEIGHT, 100),
+        (L::IO_WEIGHT, 100),
+        (L::CPU_QUOTA_PER_SEC_USEC, 1_000_000),
+    ];
+
+    #[test]
+    fn a_spare_serves_a_turn_only_under_the_same_slice_limits() {
+        // Its runtime cap is longer by design (it waits before its turn): that one may differ.
+        let mut now = LIMITS;
+        now[2].1 = 360_000_000;
+        assert!(same_slice_limits(&LIMITS, &now));
+        // Any slice limit changed since it started: the turn needs a fresh unit.
+        for i in [0, 1, 3, 4, 5] {
+            let mut changed = now;
+            changed[i].1 += 1;
+            assert!(!same_slice_limits(&LIMITS, &changed), "{}", changed[i].0);
         }
     }
 

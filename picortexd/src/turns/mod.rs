@@ -426,12 +426,23 @@ impl Turns {
             },
             model: discriminate.then(|| self.cfg.get().attention.discriminator_model.clone()),
         };
-        // A spare was started without grants: a granted turn never runs in one.
-        if let Some(spare) = grants
+        let limits = self.limits_for(&chat, self.cfg.get().turns.runtime_max_s);
+        // A spare was started without grants: a granted turn never runs in one. Nor in one
+        // started under other limits (the chat's memory limit or the configuration changed
+        // since): its slice has those, so the turn starts fresh, with these.
+        let spare = grants
             .is_empty()
             .then(|| self.spares.take(&chat.id))
             .flatten()
-        {
+            .and_then(|s| {
+                if crate::spares::same_slice_limits(&s.limits, &limits) {
+                    return Some(s);
+                }
+                tracing::info!(unit = %s.unit, "the chat's spare unit was started under other limits; starting a fresh one");
+                self.let_go(s);
+                None
+            });
+        if let Some(spare) = spare {
             starting.take();
             match self
                 .hand_to_spare(&job, chat.archived, spare, request.clone())
@@ -451,24 +462,6 @@ impl Turns {
             .results
             .create(&job.turn_id)
             .map_err(|e| Failure::internal(format!("result file: {e}")))?;
-        let limits = [
-            (
-                L::MEMORY_MAX,
-                chat.memory_max
-                    .unwrap_or_else(|| self.cfg.get().memory_max_bytes()),
-            ),
-            (L::TASKS_MAX, self.cfg.get().turns.tasks_max),
-            (
-                L::RUNTIME_MAX_USEC,
-                self.cfg.get().turns.runtime_max_s * 1_000_000,
-            ),
-            (L::CPU_WEIGHT, self.cfg.get().turns.cpu_weight),
-            (L::IO_WEIGHT, self.cfg.get().turns.io_weight),
-            (
-                L::CPU_QUOTA_PER_SEC_USEC,
-                self.cfg.get().cpu_quota_per_sec_usec(),
-            ),
-        ];
         crate::failpoint::hit("turn-before-start");
         let unit = match self
             .bus
@@ -845,11 +838,39 @@ impl Turns {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(s) = self.spares.take(chat_id) {
-            drop(s.writer);
-            let _ = self.bus.release_turn(&s.id).await;
-            self.results.remove(&s.id);
             tracing::debug!(chat = %chat_id, unit = %s.unit, "let go of the chat's spare unit");
+            self.let_go(s);
         }
+    }
+
+    /// Let a spare unit go: its pipe closes empty (picortex-run exits with `no_request`), the
+    /// unit is released in the background, its result file removed.
+    fn let_go(&self, s: Spare) {
+        drop(s.writer);
+        self.results.remove(&s.id);
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.release_turn(&s.id).await {
+                tracing::warn!(unit = %s.unit, error = %e, "could not release a spare unit");
+            }
+        });
+    }
+
+    /// The limits of a chat's turn unit and slice: the chat's own memory limit or the
+    /// configuration's, and `runtime_s` as the unit's RuntimeMaxSec.
+    fn limits_for(&self, chat: &queries::Chat, runtime_s: u64) -> [(&'static str, u64); 6] {
+        let cfg = self.cfg.get();
+        [
+            (
+                L::MEMORY_MAX,
+                chat.memory_max.unwrap_or_else(|| cfg.memory_max_bytes()),
+            ),
+            (L::TASKS_MAX, cfg.turns.tasks_max),
+            (L::RUNTIME_MAX_USEC, runtime_s * 1_000_000),
+            (L::CPU_WEIGHT, cfg.turns.cpu_weight),
+            (L::IO_WEIGHT, cfg.turns.io_weight),
+            (L::CPU_QUOTA_PER_SEC_USEC, cfg.cpu_quota_per_sec_usec()),
+        ]
     }
 
     async fn make_spare(&self, chat_id: &str, ttl: Duration) {
@@ -878,22 +899,8 @@ impl Turns {
             Ok(f) => f,
             Err(e) => return tracing::warn!(error = %e, "result file for a spare unit"),
         };
-        let runtime = self.cfg.get().turns.runtime_max_s + ttl.as_secs();
-        let limits = [
-            (
-                L::MEMORY_MAX,
-                chat.memory_max
-                    .unwrap_or_else(|| self.cfg.get().memory_max_bytes()),
-            ),
-            (L::TASKS_MAX, self.cfg.get().turns.tasks_max),
-            (L::RUNTIME_MAX_USEC, runtime * 1_000_000),
-            (L::CPU_WEIGHT, self.cfg.get().turns.cpu_weight),
-            (L::IO_WEIGHT, self.cfg.get().turns.io_weight),
-            (
-                L::CPU_QUOTA_PER_SEC_USEC,
-                self.cfg.get().cpu_quota_per_sec_usec(),
-            ),
-        ];
+        // The spare waits up to `ttl` before its turn; the gateway keeps the turn's own limit.
+        let limits = self.limits_for(&chat, self.cfg.get().turns.runtime_max_s + ttl.as_secs());
         match self
             .bus
             .start_turn(chat_id, &spare_id, reader, res_fd, &limits)
@@ -905,6 +912,7 @@ impl Turns {
                     unit: unit.clone(),
                     writer: std::fs::File::from(writer),
                     since: std::time::Instant::now(),
+                    limits: limits.to_vec(),
                 };
                 if let Err(s) = self.spares.put(chat_id, spare) {
                     drop(s.writer);

@@ -154,17 +154,31 @@ fn every_manage_method_changes_behaviour_and_only_for_the_allowed() {
     assert_eq!(decided(&m, &plain, &["answer", "skip"]).1, "always");
     m.wait_reply_containing(&group, "plain words without a mention", T);
 
-    // memory, permission and budget at once; the next turn runs with them.
+    // memory, permission and budget at once; the next turn runs with them, although the
+    // chat's spare unit (waited for here) was started under the old memory limit.
+    m.wait_spare(Some(&chat_tag(&group)), T);
     ctl_ok(
         &m,
         &format!("set '{group}' memory=512M permission=plan budget=5"),
     );
-    let argv = say(NEIGHBOUR, &group, "#argv first limits");
+    let argv = say(NEIGHBOUR, &group, "#argv #sleep=2 first limits");
+    // Read while the turn runs: after it, the chat's next spare sets the new limit anyway.
+    let unit = m.wait_for(&format!("the turn of {argv} running"), T, || {
+        let r = m.sql(&format!(
+            "SELECT t.unit FROM turns t JOIN messages x ON x.id = t.message_id
+             WHERE x.linq_id = '{argv}' AND t.kind = 'answer' AND t.status = 'running'"
+        ));
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(
+        memory_max(&m, &group),
+        (512u64 << 20).to_string(),
+        "the turn runs in {unit} under the old limit"
+    );
     let reply = m.wait_reply_containing(&group, "first limits", T);
     assert_eq!(outcome(&m, &argv), "ok");
     let text = reply["text"].as_str().unwrap();
     assert!(text.contains("--permission-mode plan"), "{text}");
-    assert_eq!(memory_max(&m, &group), (512u64 << 20).to_string());
     let c = chat_json(&m, &group);
     assert_eq!(c["chat"]["daily_budget_usd"], 5.0, "{c}");
     assert_eq!(c["chat"]["daily_budget_own"], true, "{c}");
