@@ -48,6 +48,8 @@ pub fn reply(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
+/// What every connection shares: the settings read as root, the API client, the count of
+/// open connections per chat user.
 pub struct Ctx {
     settings: setup::Settings,
     client: reqwest::Client,

@@ -196,7 +196,7 @@ fn attacks_from_inside_a_turn_are_all_blocked() {
     m.wait_replies(&a, 1, T);
     // A's spare runs (its sandbox, with its view of the user database, built) before B's user
     // is created: the case where a rename of /etc/passwd (useradd's) would detach that view.
-    let spare_a = m.wait_running_turn(Some(&tag_a), T);
+    let spare_a = m.wait_spare(Some(&tag_a), T);
     let hosts = format!("hosts={HOST_V4},{HOST_V6}");
     let b = open_group(
         &m,

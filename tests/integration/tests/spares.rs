@@ -34,7 +34,7 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
     assert!(first.contains("you said \"hello\""));
     // Running, waiting for its request: the finished turn's own unit may still be loaded, its
     // main process gone, while the gateway lets it go after the answer.
-    let spare = m.wait_running_turn(None, Duration::from_secs(20));
+    let spare = m.wait_spare(None, Duration::from_secs(20));
     let slice = m.ok(&format!("systemctl show -P Slice {spare}"));
     assert_eq!(
         slice.trim(),
@@ -81,7 +81,7 @@ fn a_gateway_killed_mid_handoff_runs_the_turn_again_exactly_once() {
     m.start_picortex();
     let sim = m.sim();
     let (chat, _) = open_chat(&m, "first");
-    m.wait_running_turn(None, Duration::from_secs(20));
+    m.wait_spare(None, Duration::from_secs(20));
     let before = m.gateway_invocation();
     sim.text(OWNER, Some(&chat), "second");
     m.wait_for("the crash", Duration::from_secs(20), || {
@@ -113,7 +113,7 @@ fn a_turn_in_a_spare_keeps_its_own_time_limit() {
     let (chat, _) = open_chat(&m, "hello");
     // Running, waiting for its request: the finished turn's own unit may still be loaded, its
     // main process gone, while the gateway lets it go after the answer.
-    let spare = m.wait_running_turn(None, Duration::from_secs(20));
+    let spare = m.wait_spare(None, Duration::from_secs(20));
     m.wait_for("the spare waiting", Duration::from_secs(20), || {
         (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(())
     });
@@ -229,7 +229,12 @@ fn a_turn_whose_fresh_sandbox_was_raced_by_useradd_runs_again() {
         "a stale sandbox ran the agent: {r}"
     );
     m.wait_chat_settled(&chat, Duration::from_secs(20));
-    let all = reruns(&m, &chat);
+    // journald may store the gateway's lines after the reply has reached the simulator: wait
+    // for as many as meant (more, or others, fail below).
+    let all = m.wait_for("the reruns in the journal", Duration::from_secs(20), || {
+        let all = reruns(&m, &chat);
+        (all.len() >= first.len() + max as usize).then_some(all)
+    });
     let second: Vec<u64> = all[first.len()..].iter().map(|r| r.0).collect();
     assert_eq!(
         second,
