@@ -667,38 +667,37 @@ pub fn tally_replies(sim: &Sim, expected: &[Expected]) -> Tally {
 // ---- sandbox and security tests (tests/sandbox.rs, tests/security.rs) ----
 
 impl Machine {
-    /// The first turn unit that is running now in chat `tag`'s slice (any chat's when `None`),
-    /// waiting up to `timeout` for one.
+    /// The turn units running now in chat `tag`'s slice (any chat's when `None`).
+    fn running_turn_units(&self, tag: Option<&str>) -> Vec<String> {
+        let filter = tag
+            .map(|t| format!("picortex-chat-{t}.slice"))
+            .unwrap_or_default();
+        self.sh(&format!(
+            "for u in $(systemctl list-units --plain --no-legend --state=running 'picortex-turn-*' | awk '{{print $1}}'); do \
+               s=$(systemctl show -P Slice \"$u\"); case \"$s\" in *'{filter}') echo \"$u\";; esac; done"
+        ))
+        .stdout
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+    }
+
     /// A spare turn unit (of the chat `tag`, or any): running, and no turn in the log runs in it
     /// (a turn that just answered may still have its own unit running while picortex-run exits,
     /// which `wait_running_turn` would return).
     pub fn wait_spare(&self, tag: Option<&str>, timeout: Duration) -> String {
-        let filter = tag
-            .map(|t| format!("picortex-chat-{t}.slice"))
-            .unwrap_or_default();
-        self.wait_for(&format!("a spare turn unit {filter}"), timeout, || {
-            let out = self.sh(&format!(
-                "for u in $(systemctl list-units --plain --no-legend --state=running 'picortex-turn-*' | awk '{{print $1}}'); do \
-                   s=$(systemctl show -P Slice \"$u\"); case \"$s\" in *'{filter}') echo \"$u\";; esac; done"
-            ));
-            out.stdout.split_whitespace().find_map(|u| {
-                let used = self.sql_n(&format!("SELECT count(*) FROM turns WHERE unit = '{u}'"));
-                (used == 0).then(|| u.to_owned())
+        self.wait_for(&format!("a spare turn unit of {tag:?}"), timeout, || {
+            self.running_turn_units(tag).into_iter().find(|u| {
+                self.sql_n(&format!("SELECT count(*) FROM turns WHERE unit = '{u}'")) == 0
             })
         })
     }
 
+    /// The first turn unit that is running now in chat `tag`'s slice (any chat's when `None`),
+    /// waiting up to `timeout` for one.
     pub fn wait_running_turn(&self, tag: Option<&str>, timeout: Duration) -> String {
-        let filter = tag
-            .map(|t| format!("picortex-chat-{t}.slice"))
-            .unwrap_or_default();
-        self.wait_for(&format!("a running turn unit {filter}"), timeout, || {
-            let out = self.sh(&format!(
-                "for u in $(systemctl list-units --plain --no-legend --state=running 'picortex-turn-*' | awk '{{print $1}}'); do \
-                   s=$(systemctl show -P Slice \"$u\"); case \"$s\" in *'{filter}') echo \"$u\"; break;; esac; done"
-            ));
-            let u = out.stdout.trim().to_owned();
-            (!u.is_empty()).then_some(u)
+        self.wait_for(&format!("a running turn unit of {tag:?}"), timeout, || {
+            self.running_turn_units(tag).into_iter().next()
         })
     }
 }
