@@ -29,17 +29,13 @@ pub struct Spare {
 
 /// Whether a turn whose limits are `now` may run in a spare started with `then`: the same
 /// but for the unit's runtime cap, which a spare's is longer (the gateway keeps the turn's).
+/// Both come from `Turns::limits_for`, in its order.
 pub fn same_slice_limits(then: &[(&str, u64)], now: &[(&str, u64)]) -> bool {
-    let slice = |l: &[(&str, u64)]| -> Vec<(String, u64)> {
-        let mut v: Vec<_> = l
-            .iter()
+    let slice = |l| {
+        <[(&str, u64)]>::iter(l)
             .filter(|(k, _)| *k != picortex_proto::bus::limits::RUNTIME_MAX_USEC)
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect();
-        v.sort();
-        v
     };
-    slice(then) == slice(now)
+    slice(then).eq(slice(now))
 }
 
 #[derive(Default)]

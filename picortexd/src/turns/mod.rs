@@ -430,18 +430,14 @@ impl Turns {
         // A spare was started without grants: a granted turn never runs in one. Nor in one
         // started under other limits (the chat's memory limit or the configuration changed
         // since): its slice has those, so the turn starts fresh, with these.
-        let spare = grants
+        let mut spare = grants
             .is_empty()
             .then(|| self.spares.take(&chat.id))
-            .flatten()
-            .and_then(|s| {
-                if crate::spares::same_slice_limits(&s.limits, &limits) {
-                    return Some(s);
-                }
-                tracing::info!(unit = %s.unit, "the chat's spare unit was started under other limits; starting a fresh one");
-                self.let_go(s);
-                None
-            });
+            .flatten();
+        if let Some(s) = spare.take_if(|s| !crate::spares::same_slice_limits(&s.limits, &limits)) {
+            tracing::info!(unit = %s.unit, "the chat's spare unit was started under other limits; starting a fresh one");
+            self.let_go(s).await;
+        }
         if let Some(spare) = spare {
             starting.take();
             match self
@@ -819,10 +815,8 @@ impl Turns {
                 },
                 _ = tick.tick() => {
                     for s in self.spares.expired(ttl) {
-                        drop(s.writer);
-                        let _ = self.bus.release_turn(&s.id).await;
-                        self.results.remove(&s.id);
                         tracing::debug!(unit = %s.unit, "let go of an unused spare unit");
+                        self.let_go(s).await;
                     }
                 }
             }
@@ -839,21 +833,18 @@ impl Turns {
         }
         if let Some(s) = self.spares.take(chat_id) {
             tracing::debug!(chat = %chat_id, unit = %s.unit, "let go of the chat's spare unit");
-            self.let_go(s);
+            self.let_go(s).await;
         }
     }
 
     /// Let a spare unit go: its pipe closes empty (picortex-run exits with `no_request`), the
-    /// unit is released in the background, its result file removed.
-    fn let_go(&self, s: Spare) {
+    /// unit is released, its result file removed.
+    async fn let_go(&self, s: Spare) {
         drop(s.writer);
+        if let Err(e) = self.bus.release_turn(&s.id).await {
+            tracing::warn!(unit = %s.unit, error = %e, "could not release a spare unit");
+        }
         self.results.remove(&s.id);
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            if let Err(e) = bus.release_turn(&s.id).await {
-                tracing::warn!(unit = %s.unit, error = %e, "could not release a spare unit");
-            }
-        });
     }
 
     /// The limits of a chat's turn unit and slice: the chat's own memory limit or the
@@ -915,8 +906,7 @@ impl Turns {
                     limits: limits.to_vec(),
                 };
                 if let Err(s) = self.spares.put(chat_id, spare) {
-                    drop(s.writer);
-                    let _ = self.bus.release_turn(&s.id).await;
+                    self.let_go(s).await;
                 } else {
                     tracing::debug!(chat = %chat_id, unit = %unit, "spare unit ready");
                 }
