@@ -257,11 +257,12 @@ pub fn single(ip: IpAddr) -> Range {
 
 /// The IPv4 address in a `64:ff9b::/96` address.
 fn nat64_embedded(a: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    let o = a.octets();
-    let (prefix, v4) = o.split_at(12);
-    (prefix == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0])
-        .then(|| <[u8; 4]>::try_from(v4).ok().map(std::net::Ipv4Addr::from))
-        .flatten()
+    match a.octets() {
+        [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0, b0, b1, b2, b3] => {
+            Some(std::net::Ipv4Addr::new(b0, b1, b2, b3))
+        }
+        _ => None,
+    }
 }
 
 /// Why a turn may not connect to `ip` (`None`: it may), asked for by a name the allowlist

@@ -280,13 +280,16 @@ struct SentQuery {
 
 const MAX_WAIT_MS: u64 = 60_000;
 
-fn count_messages(sim: &Sim, chat_id: Option<&str>, only_outbound: bool) -> usize {
-    sim.lock()
-        .messages
+/// The messages `/control/messages` and `/control/sent` list, oldest first.
+fn selected<'a>(
+    messages: &'a [Message],
+    chat_id: Option<&'a str>,
+    only_outbound: bool,
+) -> impl Iterator<Item = &'a Message> {
+    messages
         .iter()
-        .filter(|m| chat_id.is_none_or(|c| m.chat_id == c))
-        .filter(|m| !only_outbound || m.direction == Direction::Outbound)
-        .count()
+        .filter(move |m| chat_id.is_none_or(|c| m.chat_id == c))
+        .filter(move |m| !only_outbound || m.direction == Direction::Outbound)
 }
 
 fn message_view(m: &Message) -> Value {
@@ -307,11 +310,7 @@ fn message_view(m: &Message) -> Value {
 
 fn list_messages(sim: &Sim, chat_id: Option<&str>, only_outbound: bool) -> Response {
     let st = sim.lock();
-    let v: Vec<Value> = st
-        .messages
-        .iter()
-        .filter(|m| chat_id.is_none_or(|c| m.chat_id == c))
-        .filter(|m| !only_outbound || m.direction == Direction::Outbound)
+    let v: Vec<Value> = selected(&st.messages, chat_id, only_outbound)
         .map(message_view)
         .collect();
     Json(v).into_response()
@@ -330,7 +329,7 @@ async fn sent(State(sim): State<Shared>, Query(f): Query<SentQuery>) -> Response
             let called = sim.api_called.notified();
             tokio::pin!(called);
             called.as_mut().enable();
-            if count_messages(&sim, chat, true) > n {
+            if selected(&sim.lock().messages, chat, true).count() > n {
                 break;
             }
             if tokio::time::timeout_at(deadline, called).await.is_err() {
