@@ -41,7 +41,13 @@ for h in "${hier[@]}"; do
   echo $$ > "$h/$name/cgroup.procs"
 done
 
-mount --rbind /dev "$root/dev"
+# Not recursively: the host's /dev may have mounts stacked on /dev/shm and /dev/pts (this
+# kind of machine has two of each), and every one of them would be in the machine's mount table,
+# which systemd parses over and over while it builds each sandbox, so a machine of the test
+# harness would pay for mounts no real server has. The host's ptys, once; /dev/shm and
+# /dev/mqueue below are the machine's own.
+mount --bind /dev "$root/dev"
+mount --bind /dev/pts "$root/dev/pts"
 # The host's /dev is bound in, but shared memory and message queues must be the machine's own:
 # a private tmpfs over /dev/shm (else it is the host's, seen by every other machine too) and an
 # mqueue mounted from the machine's own IPC namespace. The mounts stay in this namespace.
