@@ -499,7 +499,7 @@ fn the_turn_unit_is_sandboxed_as_systemd_reports_it() {
     };
     assert_eq!(
         prop(&show, "TemporaryFileSystem"),
-        "/var/lib/picortex:ro /dev/shm:mode=1777,nosuid,nodev,noexec,size=64M /run:ro"
+        "/var/lib/picortex:ro /dev/shm:mode=1777,nosuid,nodev,noexec,size=64M /run:ro /sys/fs:ro"
     );
     let binds = prop(&show, "BindReadOnlyPaths");
     for b in [
