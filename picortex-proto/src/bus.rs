@@ -132,6 +132,20 @@ pub trait Provision {
     /// read its outcome).
     fn release_turn(&self, turn_id: &str) -> zbus::Result<()>;
 
+    /// ReleaseTurn(`release_turn_id`), then StartTurn, under one authorisation: how the gateway
+    /// lets an answered turn's unit go as it starts the chat's next (spare) one. The release
+    /// comes first and its failure does not stop the start. Returns the started unit's name.
+    #[allow(clippy::too_many_arguments)]
+    fn release_and_start_turn(
+        &self,
+        release_turn_id: &str,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<String>;
+
     /// Archive an idle chat: its home is tarred into the helper's state directory and removed,
     /// its user locked; the next turn restores it. Returns the archive's path.
     fn archive_chat(&self, chat_id: &str) -> zbus::Result<String>;

@@ -138,6 +138,33 @@ fn shown<T>(id: &Result<T, IdError>, as_str: fn(&T) -> &str) -> &str {
     id.as_ref().map_or("", as_str)
 }
 
+/// The audit's name for letting a turn's unit go, whichever method did it.
+const RELEASE: &str = "ReleaseTurn";
+
+/// ReleaseTurn's work once the caller is authorised: stop the unit, forget it, delete the
+/// turn's staged grants (a no-op for a turn without any), audit (`detail`: with which call).
+async fn release_authorized(
+    caller: &Caller,
+    turn: Result<TurnId, IdError>,
+    detail: &str,
+    conn: &Connection,
+) -> fdo::Result<()> {
+    let turn = turn.map_err(|e| bad_input(RELEASE, caller, "", "", e.to_string()))?;
+    let r = units::release_turn(conn, &turn).await;
+    let t = turn.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::share::remove_staged(&t)).await;
+    match r {
+        Ok(()) => {
+            audit::record(RELEASE, caller, "", turn.as_str(), "ok", detail);
+            Ok(())
+        }
+        Err(e) => {
+            audit::record(RELEASE, caller, "", turn.as_str(), "failed", &e.to_string());
+            Err(fdo::Error::Failed(e.to_string()))
+        }
+    }
+}
+
 impl Provision {
     /// Shared body of ArchiveChat and RemoveChat: authorise (manage-chat), validate, act on the
     /// chat's account as root in a blocking task, audit.
@@ -195,7 +222,7 @@ impl Provision {
 }
 
 impl Provision {
-    /// Shared body of StartTurn and StartGrantedTurn.
+    /// Shared body of StartTurn, StartGrantedTurn and ReleaseAndStartTurn.
     #[allow(clippy::too_many_arguments)]
     async fn start_turn_with(
         &self,
@@ -209,24 +236,45 @@ impl Provision {
         hdr: &Header<'_>,
         conn: &Connection,
     ) -> fdo::Result<String> {
-        let _g = self.activity.enter();
         let (chat, turn) = (ChatId::parse(chat_id), TurnId::parse(turn_id));
         let (shown_chat, shown_turn) = (shown(&chat, ChatId::as_str), shown(&turn, TurnId::as_str));
         let caller = authorize(conn, hdr, op, actions::START_TURN, shown_chat, shown_turn).await?;
-        let chat = chat.map_err(|e| bad_input(op, &caller, "", shown_turn, e.to_string()))?;
-        let turn = turn.map_err(|e| bad_input(op, &caller, chat.as_str(), "", e.to_string()))?;
+        self.start_authorized(
+            op, &caller, chat, turn, request, result, limits, grants, conn,
+        )
+        .await
+    }
+
+    /// StartTurn's work once the caller is authorised: validate, provision nothing, start the
+    /// unit, audit.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_authorized(
+        &self,
+        op: &'static str,
+        caller: &Caller,
+        chat: Result<ChatId, IdError>,
+        turn: Result<TurnId, IdError>,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<String, OwnedVariant>,
+        grants: &[(String, String)],
+        conn: &Connection,
+    ) -> fdo::Result<String> {
+        let shown_turn = shown(&turn, TurnId::as_str);
+        let chat = chat.map_err(|e| bad_input(op, caller, "", shown_turn, e.to_string()))?;
+        let turn = turn.map_err(|e| bad_input(op, caller, chat.as_str(), "", e.to_string()))?;
         let limits = Limits::from_dict(&limits)
-            .map_err(|e| bad_input(op, &caller, chat.as_str(), turn.as_str(), e))?;
+            .map_err(|e| bad_input(op, caller, chat.as_str(), turn.as_str(), e))?;
         let grants = crate::share::parse_grants(grants)
-            .map_err(|e| bad_input(op, &caller, chat.as_str(), turn.as_str(), e))?;
+            .map_err(|e| bad_input(op, caller, chat.as_str(), turn.as_str(), e))?;
         let (request, result): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) =
             (request.into(), result.into());
         let fail = |msg: String| {
-            audit::record(op, &caller, chat.as_str(), turn.as_str(), "failed", &msg);
+            audit::record(op, caller, chat.as_str(), turn.as_str(), "failed", &msg);
             fdo::Error::Failed(msg)
         };
         units::check_fds(&request, &result).map_err(|e| {
-            audit::record(op, &caller, chat.as_str(), turn.as_str(), "failed", &e);
+            audit::record(op, caller, chat.as_str(), turn.as_str(), "failed", &e);
             fdo::Error::InvalidArgs(e)
         })?;
         // Until the unit is started: not while the chat is being archived or removed.
@@ -284,7 +332,7 @@ impl Provision {
             Ok(unit) => {
                 audit::record(
                     op,
-                    &caller,
+                    caller,
                     chat.as_str(),
                     turn.as_str(),
                     "ok",
@@ -311,7 +359,7 @@ impl Provision {
             }
             Err(UnitError::Exists(m)) => {
                 // The turn's own earlier start holds the staged copies it was started with.
-                audit::record(op, &caller, chat.as_str(), turn.as_str(), "failed", &m);
+                audit::record(op, caller, chat.as_str(), turn.as_str(), "failed", &m);
                 Err(fdo::Error::FileExists(m))
             }
             Err(e) => {
@@ -383,6 +431,7 @@ impl Provision {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
         self.start_turn_with(
             "StartTurn",
             chat_id,
@@ -413,6 +462,7 @@ impl Provision {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
         self.start_turn_with(
             "StartGrantedTurn",
             chat_id,
@@ -722,25 +772,52 @@ impl Provision {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<()> {
         let _g = self.activity.enter();
-        const OP: &str = "ReleaseTurn";
         let turn = TurnId::parse(turn_id);
         let shown_turn = shown(&turn, TurnId::as_str);
-        let caller = authorize(conn, &hdr, OP, actions::START_TURN, "", shown_turn).await?;
-        let turn = turn.map_err(|e| bad_input(OP, &caller, "", "", e.to_string()))?;
-        let r = units::release_turn(conn, &turn).await;
-        // The turn's grants end with it (a no-op for a turn without any).
-        let t = turn.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::share::remove_staged(&t)).await;
-        match r {
-            Ok(()) => {
-                audit::record(OP, &caller, "", turn.as_str(), "ok", "");
-                Ok(())
-            }
-            Err(e) => {
-                audit::record(OP, &caller, "", turn.as_str(), "failed", &e.to_string());
-                Err(fdo::Error::Failed(e.to_string()))
-            }
+        let caller = authorize(conn, &hdr, RELEASE, actions::START_TURN, "", shown_turn).await?;
+        release_authorized(&caller, turn, "", conn).await
+    }
+
+    /// ReleaseTurn, then StartTurn, in one call and under one authorisation (both are
+    /// `start-turn`): how the gateway lets an answered turn's unit go as it starts the chat's
+    /// next one, at half the polkit checks and bus round trips of two calls. Each part is
+    /// audited under its own name; the release comes first and its failure does not stop the
+    /// start (the gateway releases again, which is idempotent, when this call fails).
+    /// Returns the started unit's name, as StartTurn does.
+    #[allow(clippy::too_many_arguments)] // a D-Bus method: its arguments are the interface's
+    async fn release_and_start_turn(
+        &self,
+        release_turn_id: &str,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: HashMap<String, OwnedVariant>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        let _g = self.activity.enter();
+        const OP: &str = "ReleaseAndStartTurn";
+        let old = TurnId::parse(release_turn_id);
+        let (chat, turn) = (ChatId::parse(chat_id), TurnId::parse(turn_id));
+        let (shown_chat, shown_turn) = (shown(&chat, ChatId::as_str), shown(&turn, TurnId::as_str));
+        let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, shown_turn).await?;
+        let with = format!("in ReleaseAndStartTurn, which starts turn {shown_turn}");
+        if let Err(e) = release_authorized(&caller, old, &with, conn).await {
+            tracing::warn!(error = %e, "the release part of ReleaseAndStartTurn failed; starting all the same");
         }
+        self.start_authorized(
+            "StartTurn",
+            &caller,
+            chat,
+            turn,
+            request,
+            result,
+            limits,
+            &[],
+            conn,
+        )
+        .await
     }
 
     /// Archive an idle chat (home tarred into the helper's state directory and removed, user

@@ -303,15 +303,7 @@ impl Bus {
             .await
         }
         .map_err(helper_err);
-        match self.check(r).await {
-            Ok(unit) => Ok(Started::Started(unit)),
-            Err(BusError::Exists(_)) => Ok(Started::AlreadyRunning(
-                picortex_proto::ids::TurnId::parse(turn_id)
-                    .map(|t| t.unit_name())
-                    .unwrap_or_default(),
-            )),
-            Err(e) => Err(e),
-        }
+        self.started(turn_id, r).await
     }
 
     /// ImportFile (SPEC C3): copy `path` of `source_chat`'s home into `dest_chat`'s inbox.
@@ -404,6 +396,53 @@ impl Bus {
         self.check(r).await
     }
 
+    /// ReleaseAndStartTurn: let `release_turn_id`'s unit go and start `turn_id` (a spare, no
+    /// grants) in one helper call, one polkit check.
+    pub async fn release_and_start_turn(
+        &self,
+        release_turn_id: &str,
+        chat_id: &str,
+        turn_id: &str,
+        request: OwnedFd,
+        result: OwnedFd,
+        limits: &[(&'static str, u64)],
+    ) -> Result<Started, BusError> {
+        let p = self.provision().await?;
+        let limits: HashMap<&str, Variant<'_>> = limits
+            .iter()
+            .map(|(k, v)| (*k, Variant::from(*v)))
+            .collect();
+        let r = p
+            .release_and_start_turn(
+                release_turn_id,
+                chat_id,
+                turn_id,
+                request.into(),
+                result.into(),
+                limits,
+            )
+            .await
+            .map_err(helper_err);
+        self.started(turn_id, r).await
+    }
+
+    /// A start's reply: the unit, or the unit of a turn that was started before.
+    async fn started(
+        &self,
+        turn_id: &str,
+        r: Result<String, BusError>,
+    ) -> Result<Started, BusError> {
+        match self.check(r).await {
+            Ok(unit) => Ok(Started::Started(unit)),
+            Err(BusError::Exists(_)) => Ok(Started::AlreadyRunning(
+                picortex_proto::ids::TurnId::parse(turn_id)
+                    .map(|t| t.unit_name())
+                    .unwrap_or_default(),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn release_turn(&self, turn_id: &str) -> Result<(), BusError> {
         let r = self
             .provision()
@@ -492,13 +531,15 @@ impl Bus {
             .await
             .map_err(sys)?;
         loop {
+            // As few round trips to PID 1 as the state needs: SubState only matters for an
+            // active unit, the pending job only for an inactive one.
             let state = unit_p.active_state().await.map_err(sys)?;
-            let sub = unit_p.sub_state().await.map_err(sys)?;
-            let job = unit_p.job().await.map_err(sys)?;
-            let done = (state == "active" && sub == "exited")
-                || state == "failed"
-                || (state == "inactive" && job.0 == 0);
-            if done {
+            let sub = match state.as_str() {
+                "active" => unit_p.sub_state().await.map_err(sys)?,
+                _ => String::new(),
+            };
+            let idle = state == "inactive" && unit_p.job().await.map_err(sys)?.0 == 0;
+            if unit_done(&state, &sub, idle) {
                 let svc = ServiceProxy::builder(c)
                     .path(path)
                     .cache_properties(CacheProperties::No)
@@ -522,5 +563,27 @@ impl Bus {
                 }
             }
         }
+    }
+}
+
+/// Whether a turn unit's main process is done: active and exited (it is kept,
+/// RemainAfterExit), failed, or inactive with no job pending (`idle`).
+fn unit_done(state: &str, sub: &str, idle: bool) -> bool {
+    (state == "active" && sub == "exited") || state == "failed" || (state == "inactive" && idle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unit_done;
+
+    #[test]
+    fn a_unit_is_done_once_exited_failed_or_idle() {
+        assert!(unit_done("active", "exited", false));
+        assert!(!unit_done("active", "running", false));
+        assert!(unit_done("failed", "", false));
+        assert!(unit_done("inactive", "", true));
+        assert!(!unit_done("inactive", "", false), "a start job is pending");
+        assert!(!unit_done("activating", "", false));
+        assert!(!unit_done("deactivating", "", false));
     }
 }

@@ -16,6 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A request to start a chat's spare unit, sent after each answered turn; `release`: the
+/// answered turn's unit, which goes in the same helper call (see `Turns::make_spare`) or, when
+/// no spare is started, on its own.
+#[derive(Debug)]
+pub struct Ask {
+    pub chat: String,
+    pub release: Option<String>,
+}
+
 pub struct Spare {
     /// The unit's own turn id (`picortex-turn-<id>.service`, `--turn <id>`), not a turn's.
     pub id: String,

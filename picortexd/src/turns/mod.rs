@@ -65,12 +65,24 @@ pub struct Turns {
     busy: Mutex<HashSet<String>>,
     /// Units started ahead of each chat's next turn (see `spares`).
     spares: Spares,
-    spare_tx: mpsc::UnboundedSender<String>,
-    spare_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    spare_tx: mpsc::UnboundedSender<crate::spares::Ask>,
+    spare_rx: Mutex<Option<mpsc::UnboundedReceiver<crate::spares::Ask>>>,
     /// Whose words a prompt marks as the owner's.
     owner: Owner,
     /// Turns run again after their fresh unit's sandbox failed them, and how often (`again`).
     sandbox_reruns: Mutex<HashMap<String, u32>>,
+}
+
+/// Who lets a finished turn's unit go once the turn is recorded (`Turns::finish_with`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// `finish_with`, at once: the unit has ended.
+    Now,
+    /// The start of the chat's next (spare) unit, in the same helper call, when the turn
+    /// answered and a spare is wanted; else the caller, once the unit has ended.
+    WithSpare,
+    /// Nobody: there is no unit left to let go.
+    No,
 }
 
 impl Turns {
@@ -528,12 +540,18 @@ impl Turns {
                 // recorded (D-Bus calls of its own) must not hold up the connection.
                 drop(ended);
                 crate::failpoint::hit("turn-ended");
-                self.finish_with(job, None, Some(result), false).await;
-                if let Err(e) = self.bus.wait_unit(&unit, give_up).await {
-                    tracing::warn!(unit = %unit, error = %e, "turn unit did not end after its answer; stopping it");
-                }
-                if let Err(e) = self.bus.release_turn(&unit_id).await {
-                    tracing::warn!(error = %e, "could not release the turn unit");
+                // The unit goes with the start of the chat's next one, when there is one (one
+                // helper call for both); else here, once it has ended.
+                if self
+                    .finish_with(job, None, Some(result), Release::WithSpare)
+                    .await
+                {
+                    if let Err(e) = self.bus.wait_unit(&unit, give_up).await {
+                        tracing::warn!(unit = %unit, error = %e, "turn unit did not end after its answer; stopping it");
+                    }
+                    if let Err(e) = self.bus.release_turn(&unit_id).await {
+                        tracing::warn!(error = %e, "could not release the turn unit");
+                    }
                 }
                 return;
             }
@@ -573,18 +591,23 @@ impl Turns {
     }
 
     async fn finish(&self, job: TurnJob, end: Option<UnitEnd>, result: Option<TurnResult>) {
-        let release = end.is_some();
-        self.finish_with(job, end, result, release).await
+        let release = if end.is_some() {
+            Release::Now
+        } else {
+            Release::No
+        };
+        self.finish_with(job, end, result, release).await;
     }
 
-    /// Record the turn's end and answer; `release`: let its unit go now (the unit has ended).
+    /// Record the turn's end and answer, and let its unit go as `release` says. Returns true
+    /// when the caller is left to let it go (`Release::WithSpare`, and no spare start took it).
     async fn finish_with(
         &self,
         job: TurnJob,
         end: Option<UnitEnd>,
         result: Option<TurnResult>,
-        release: bool,
-    ) {
+        release: Release,
+    ) -> bool {
         // Nothing ran, and running the turn again in a fresh unit will do (see `again`).
         let in_spare = job.unit_id() != job.turn_id;
         let why = again::nothing_ran(result.as_ref().map(|r| r.outcome), end.as_ref());
@@ -605,12 +628,12 @@ impl Turns {
             };
             self.finish_discriminator(&job, result.as_ref(), failed)
                 .await;
-            if release {
+            if release == Release::Now {
                 if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                     tracing::warn!(error = %e, "could not release the turn unit");
                 }
             }
-            return;
+            return release == Release::WithSpare;
         }
         if run_again {
             let reason = why.map(|w| w.reason(in_spare)).unwrap_or_default();
@@ -633,7 +656,7 @@ impl Turns {
             }
             let _ = self.bus.release_turn(&job.unit_id()).await;
             self.results.remove(&job.unit_id());
-            return;
+            return false;
         }
         let r = reply::compose(end.as_ref(), result.as_ref(), &self.cfg.get());
         let fin = Finished {
@@ -679,14 +702,21 @@ impl Turns {
                 self.outbox_wake.notify_one();
             }
         }
-        if release {
+        if release == Release::Now {
             if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
                 tracing::warn!(error = %e, "could not release the turn unit");
             }
         }
-        if r.outcome == O::Ok {
-            let _ = self.spare_tx.send(job.chat_id.clone());
-        }
+        let unit = (release == Release::WithSpare).then(|| job.unit_id());
+        let handed_on = r.outcome == O::Ok
+            && self
+                .spare_tx
+                .send(crate::spares::Ask {
+                    chat: job.chat_id.clone(),
+                    release: unit,
+                })
+                .is_ok();
+        release == Release::WithSpare && !handed_on
     }
 
     /// At start-up: release every turn unit, and delete every result file, that no in-flight
@@ -784,9 +814,10 @@ impl Turns {
     }
 
     /// Start spares when asked (after a chat's turn answered) and let go of unused ones.
-    async fn spare_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+    async fn spare_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<crate::spares::Ask>) {
         let ttl = Duration::from_secs(self.cfg.get().turns.spare_ttl_s);
         if ttl.is_zero() {
+            // Dropping `rx` makes every ask fail: whoever asked lets its unit go itself.
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -796,19 +827,29 @@ impl Turns {
         let slots = Arc::new(tokio::sync::Semaphore::new(SPARE_STARTS_AT_ONCE));
         loop {
             tokio::select! {
-                chat = rx.recv() => match chat {
-                    Some(chat) => {
+                ask = rx.recv() => match ask {
+                    Some(crate::spares::Ask { chat, release }) => {
                         let limit = self.cfg.get().turns.max_concurrent * 2;
+                        let me = self.clone();
                         if !self.spares.begin(&chat, limit) {
+                            if let Some(id) = release {
+                                tokio::spawn(async move { me.release_answered(&id).await });
+                            }
                             continue;
                         }
-                        let (me, slots) = (self.clone(), slots.clone());
+                        let slots = slots.clone();
                         tokio::spawn(async move {
-                            if let Ok(_slot) = slots.acquire().await {
-                                me.spares.make_way(SPARE_YIELD_MAX, SPARE_SETTLE).await;
-                                me.make_spare(&chat, ttl).await;
-                            }
+                            let left = match slots.acquire().await {
+                                Ok(_slot) => {
+                                    me.spares.make_way(SPARE_YIELD_MAX, SPARE_SETTLE).await;
+                                    me.make_spare(&chat, ttl, release).await
+                                }
+                                Err(_) => release,
+                            };
                             me.spares.started(&chat);
+                            if let Some(id) = left {
+                                me.release_answered(&id).await;
+                            }
                         });
                     }
                     None => return,
@@ -864,7 +905,23 @@ impl Turns {
         ]
     }
 
-    async fn make_spare(&self, chat_id: &str, ttl: Duration) {
+    /// Let an answered turn's unit go (its picortex-run is done or about to be: stopping the
+    /// unit ends what is left of it).
+    async fn release_answered(&self, unit_id: &str) {
+        if let Err(e) = self.bus.release_turn(unit_id).await {
+            tracing::warn!(error = %e, "could not release the turn unit");
+        }
+    }
+
+    /// Start the chat's spare unit, letting `release` (an answered turn's unit) go in the same
+    /// helper call. Returns `release` when that call did not happen or failed: the caller lets
+    /// it go then (releasing twice is harmless).
+    async fn make_spare(
+        &self,
+        chat_id: &str,
+        ttl: Duration,
+        release: Option<String>,
+    ) -> Option<String> {
         // One per chat, no more than twice as many as there can be turns at once (`begin`), and
         // not for a chat whose next turn is already waiting (the dispatcher starts it now).
         let id = chat_id.to_owned();
@@ -879,24 +936,38 @@ impl Turns {
             .await
         {
             Ok((false, Some(c))) if c.unix_user.is_some() && !c.archived => c,
-            _ => return,
+            _ => return release,
         };
         let spare_id = uuid::Uuid::new_v4().simple().to_string();
         let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(p) => p,
-            Err(e) => return tracing::warn!(error = %e, "pipe for a spare unit"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pipe for a spare unit");
+                return release;
+            }
         };
         let res_fd = match self.results.create(&spare_id) {
             Ok(f) => f,
-            Err(e) => return tracing::warn!(error = %e, "result file for a spare unit"),
+            Err(e) => {
+                tracing::warn!(error = %e, "result file for a spare unit");
+                return release;
+            }
         };
         // The spare waits up to `ttl` before its turn; the gateway keeps the turn's own limit.
         let limits = self.limits_for(&chat, self.cfg.get().turns.runtime_max_s + ttl.as_secs());
-        match self
-            .bus
-            .start_turn(chat_id, &spare_id, reader, res_fd, &limits)
-            .await
-        {
+        let started = match &release {
+            Some(old) => {
+                self.bus
+                    .release_and_start_turn(old, chat_id, &spare_id, reader, res_fd, &limits)
+                    .await
+            }
+            None => {
+                self.bus
+                    .start_turn(chat_id, &spare_id, reader, res_fd, &limits)
+                    .await
+            }
+        };
+        match started {
             Ok(Started::Started(unit)) | Ok(Started::AlreadyRunning(unit)) => {
                 let spare = Spare {
                     id: spare_id.clone(),
@@ -910,10 +981,12 @@ impl Turns {
                 } else {
                     tracing::debug!(chat = %chat_id, unit = %unit, "spare unit ready");
                 }
+                None
             }
             Err(e) => {
                 self.results.remove(&spare_id);
                 tracing::debug!(chat = %chat_id, error = %e, "no spare unit");
+                release
             }
         }
     }

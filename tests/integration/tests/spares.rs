@@ -47,6 +47,44 @@ fn the_next_turn_runs_in_a_spare_started_ahead_of_it() {
         || (m.ok(&format!("systemctl show -P SubState {spare}")).trim() == "running").then_some(()),
     );
 
+    // The answered turn's unit went in the same helper call that started the spare: one polkit
+    // check and one bus round trip for both (ReleaseAndStartTurn), audited as two operations.
+    let first_unit = m.sql(&format!(
+        "SELECT unit FROM turns WHERE chat_id = '{chat}' ORDER BY rowid LIMIT 1"
+    ));
+    let first_id = first_unit
+        .trim()
+        .trim_start_matches("picortex-turn-")
+        .trim_end_matches(".service")
+        .to_owned();
+    let spare_id = spare
+        .trim_start_matches("picortex-turn-")
+        .trim_end_matches(".service");
+    let released = m.wait_for(
+        "the answered turn's unit released",
+        Duration::from_secs(20),
+        || {
+            let r = m.journal(&format!(
+                "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=ReleaseTurn PICORTEX_TURN={first_id} PICORTEX_OUTCOME=ok -o cat"
+            ));
+            (!r.trim().is_empty()).then_some(r)
+        },
+    );
+    assert!(
+        released.contains(&format!(
+            "in ReleaseAndStartTurn, which starts turn {spare_id}"
+        )),
+        "the answered turn's unit {first_unit} was not released with the spare's start: {released}"
+    );
+    assert_eq!(
+        m.journal(&format!(
+            "SYSLOG_IDENTIFIER=picortex-provision PICORTEX_OP=StartTurn PICORTEX_TURN={spare_id} PICORTEX_OUTCOME=ok -o cat | wc -l"
+        ))
+        .trim(),
+        "1",
+        "the spare's start was not audited once"
+    );
+
     sim.text(OWNER, Some(&chat), "again");
     let r = reply_n(&m, &chat, 2);
     assert!(
