@@ -817,7 +817,13 @@ impl Turns {
     async fn spare_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<crate::spares::Ask>) {
         let ttl = Duration::from_secs(self.cfg.get().turns.spare_ttl_s);
         if ttl.is_zero() {
-            // Dropping `rx` makes every ask fail: whoever asked lets its unit go itself.
+            // Spares are off: an ask only lets its answered unit go (asks may have been queued
+            // before this loop ran, by turns resumed at start-up).
+            while let Some(ask) = rx.recv().await {
+                if let Some(id) = ask.release {
+                    self.release_answered(&id).await;
+                }
+            }
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(5));
