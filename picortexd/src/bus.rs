@@ -284,10 +284,7 @@ impl Bus {
         grants: &[(String, String)],
     ) -> Result<Started, BusError> {
         let p = self.provision().await?;
-        let limits: HashMap<&str, Variant<'_>> = limits
-            .iter()
-            .map(|(k, v)| (*k, Variant::from(*v)))
-            .collect();
+        let limits = limits_dict(limits);
         let r = if grants.is_empty() {
             p.start_turn(chat_id, turn_id, request.into(), result.into(), limits)
                 .await
@@ -408,10 +405,7 @@ impl Bus {
         limits: &[(&'static str, u64)],
     ) -> Result<Started, BusError> {
         let p = self.provision().await?;
-        let limits: HashMap<&str, Variant<'_>> = limits
-            .iter()
-            .map(|(k, v)| (*k, Variant::from(*v)))
-            .collect();
+        let limits = limits_dict(limits);
         let r = p
             .release_and_start_turn(
                 release_turn_id,
@@ -564,6 +558,14 @@ impl Bus {
             }
         }
     }
+}
+
+/// StartTurn's `limits` dictionary.
+fn limits_dict<'a>(limits: &[(&'a str, u64)]) -> HashMap<&'a str, Variant<'static>> {
+    limits
+        .iter()
+        .map(|(k, v)| (*k, Variant::from(*v)))
+        .collect()
 }
 
 /// Whether a turn unit's main process is done: active and exited (it is kept,
