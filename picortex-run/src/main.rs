@@ -14,7 +14,7 @@ use picortex_run::channel::ResultChannel;
 use picortex_run::config::{load_config, load_view_config};
 use picortex_run::request::{check_chat, read_request_or_none, validate_request};
 use picortex_run::{
-    audit, preflight, run_turn, scope, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
+    audit, run_turn, scope, EXIT_NO_RESULT, EXIT_OK, EXIT_REFUSED, EXIT_TURN_FAILED,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,9 +133,20 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(e) => return refuse(channel, &cli.turn, None, &e.to_string()),
     };
-    let identity = match preflight() {
+    let facts = picortex_run::preflight::gather_facts();
+    let identity = match picortex_run::preflight::check(&facts) {
         Ok(i) => i,
-        Err(e) => return refuse(channel, turn.as_str(), None, &e.0),
+        Err(e) => {
+            // Its own user not found, and the user database replaced under the view before
+            // this process looked (see picortex_run::userdb): not a refusal but a sandbox gone
+            // stale; the gateway runs the turn again in a fresh unit.
+            if facts.passwd.is_err() {
+                if let Err(stale) = picortex_run::userdb::check_system_unknown() {
+                    return stale_sandbox(channel, turn.as_str(), None, &stale);
+                }
+            }
+            return refuse(channel, turn.as_str(), None, &e.0);
+        }
     };
     // A spare unit waits here, sandbox ready, until the gateway hands it a turn.
     let request = match read_request_or_none(std::io::stdin().lock()) {
@@ -159,13 +170,7 @@ fn main() -> ExitCode {
     // The sandbox must still be what the helper built (see picortex_run::userdb): a spare may
     // have waited while a chat was added, which replaces the user database under its view.
     if let Err(e) = picortex_run::userdb::check_system(&identity.user) {
-        tracing::warn!(turn = %turn, chat = %request.chat_id, "{e}; the gateway runs the turn again in a fresh unit");
-        let r = TurnResult::failure(turn.as_str(), Outcome::StaleSandbox, &e);
-        return if write_result(channel, &r) {
-            ExitCode::from(EXIT_TURN_FAILED)
-        } else {
-            ExitCode::from(EXIT_NO_RESULT)
-        };
+        return stale_sandbox(channel, turn.as_str(), Some(&request.chat_id), &e);
     }
     let config = match &cli.config {
         Some(path) => load_config(path),
@@ -215,6 +220,22 @@ fn main() -> ExitCode {
         Outcome::Refused => ExitCode::from(EXIT_REFUSED),
         Outcome::NoRequest => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_TURN_FAILED),
+    }
+}
+
+/// The turn's sandbox is no longer what the helper built: told to the gateway, which runs the
+/// turn again in a fresh unit (`Outcome::StaleSandbox`).
+fn stale_sandbox(channel: ResultChannel, turn: &str, chat: Option<&str>, why: &str) -> ExitCode {
+    tracing::warn!(
+        turn,
+        chat,
+        "{why}; the gateway runs the turn again in a fresh unit"
+    );
+    let r = TurnResult::failure(turn, Outcome::StaleSandbox, why);
+    if write_result(channel, &r) {
+        ExitCode::from(EXIT_TURN_FAILED)
+    } else {
+        ExitCode::from(EXIT_NO_RESULT)
     }
 }
 

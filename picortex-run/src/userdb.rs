@@ -35,6 +35,35 @@ pub fn check(passwd: &str, group: &str, own: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `passwd` and `group` are past doubt not the view, for a user not known yet (its own
+/// lookup failed): more than one entry outside the view's accounts. Err names the first.
+pub fn check_unknown(passwd: &str, group: &str) -> Result<(), String> {
+    for (file, text, kept) in [
+        ("/etc/passwd", passwd, VIEW_USERS),
+        ("/etc/group", group, VIEW_GROUPS),
+    ] {
+        let mut others = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.split(':').next().unwrap_or(""))
+            .filter(|name| !kept.contains(name));
+        if let (Some(_), Some(name)) = (others.next(), others.next()) {
+            return Err(format!(
+                "{file} is not this turn's view of the user database (it lists {name:?}): it was \
+                 replaced after the unit started (a user was added or removed)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `check_unknown` on this process's `/etc/passwd` and `/etc/group`.
+pub fn check_system_unknown() -> Result<(), String> {
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
+    check_unknown(&read("/etc/passwd")?, &read("/etc/group")?)
+}
+
 /// `check` on this process's `/etc/passwd` and `/etc/group`.
 pub fn check_system(own: &str) -> Result<(), String> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
@@ -56,6 +85,16 @@ mod tests {
             check("chat-aaaa1111:x:1:1::/h:/n\n", "", "chat-aaaa1111"),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_user_that_cannot_be_looked_up_is_told_apart_from_a_detached_view() {
+        // The view: at most one account of its own besides the kept ones.
+        assert_eq!(check_unknown(VIEW_P, VIEW_G), Ok(()));
+        // The real files showing through: many.
+        let real = format!("{VIEW_P}daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n");
+        let e = check_unknown(&real, VIEW_G).unwrap_err();
+        assert!(e.contains("/etc/passwd") && e.contains("daemon"), "{e}");
     }
 
     #[test]
