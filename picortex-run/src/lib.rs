@@ -32,7 +32,7 @@ pub mod turn;
 pub mod userdb;
 
 pub use config::AgentConfig;
-pub use preflight::{preflight, Identity, Refusal};
+pub use preflight::{Identity, Refusal};
 pub use turn::run_turn;
 
 /// Exit status of picortex-run: the result line was written and the agent answered.

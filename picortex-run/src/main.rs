@@ -141,7 +141,7 @@ fn main() -> ExitCode {
             // this process looked (see picortex_run::userdb): not a refusal but a sandbox gone
             // stale; the gateway runs the turn again in a fresh unit.
             if facts.passwd.is_err() {
-                if let Err(stale) = picortex_run::userdb::check_system_unknown() {
+                if let Err(stale) = picortex_run::userdb::check_system(None) {
                     return stale_sandbox(channel, turn.as_str(), None, &stale);
                 }
             }
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
     }
     // The sandbox must still be what the helper built (see picortex_run::userdb): a spare may
     // have waited while a chat was added, which replaces the user database under its view.
-    if let Err(e) = picortex_run::userdb::check_system(&identity.user) {
+    if let Err(e) = picortex_run::userdb::check_system(Some(&identity.user)) {
         return stale_sandbox(channel, turn.as_str(), Some(&request.chat_id), &e);
     }
     let config = match &cli.config {

@@ -241,11 +241,6 @@ pub fn check(f: &Facts) -> Result<Identity, Refusal> {
     })
 }
 
-/// Gather and check: the gate the binary always passes through.
-pub fn preflight() -> Result<Identity, Refusal> {
-    check(&gather_facts())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,31 +13,10 @@
 use picortex_proto::ids::{VIEW_GROUPS, VIEW_USERS};
 
 /// Whether `passwd` and `group` (the files' text) are the view for user `own`: every entry one
-/// of the view's accounts. Err names the first other entry (its name only).
-pub fn check(passwd: &str, group: &str, own: &str) -> Result<(), String> {
-    for (file, text, kept) in [
-        ("/etc/passwd", passwd, VIEW_USERS),
-        ("/etc/group", group, VIEW_GROUPS),
-    ] {
-        let other = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| l.split(':').next().unwrap_or(""))
-            .find(|name| *name != own && !kept.contains(name));
-        if let Some(name) = other {
-            return Err(format!(
-                "{file} is not this turn's view of the user database (it lists {name:?}): it was \
-                 replaced after the unit started (a chat was added or removed)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `passwd` and `group` are past doubt not the view, for a user not known yet (its own
-/// lookup failed): more than one entry outside the view's accounts. Err names the first.
-pub fn check_unknown(passwd: &str, group: &str) -> Result<(), String> {
+/// of the view's accounts. `own` is `None` when this process could not look itself up: then one
+/// entry outside the view's accounts may be its own, and a second is the real database showing
+/// through. Err names the first entry that cannot be the view's (its name only).
+pub fn check(passwd: &str, group: &str, own: Option<&str>) -> Result<(), String> {
     for (file, text, kept) in [
         ("/etc/passwd", passwd, VIEW_USERS),
         ("/etc/group", group, VIEW_GROUPS),
@@ -47,8 +26,12 @@ pub fn check_unknown(passwd: &str, group: &str) -> Result<(), String> {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(|l| l.split(':').next().unwrap_or(""))
-            .filter(|name| !kept.contains(name));
-        if let (Some(_), Some(name)) = (others.next(), others.next()) {
+            .filter(|name| Some(*name) != own && !kept.contains(name));
+        let other = match own {
+            Some(_) => others.next(),
+            None => others.nth(1),
+        };
+        if let Some(name) = other {
             return Err(format!(
                 "{file} is not this turn's view of the user database (it lists {name:?}): it was \
                  replaced after the unit started (a user was added or removed)"
@@ -58,14 +41,8 @@ pub fn check_unknown(passwd: &str, group: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `check_unknown` on this process's `/etc/passwd` and `/etc/group`.
-pub fn check_system_unknown() -> Result<(), String> {
-    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
-    check_unknown(&read("/etc/passwd")?, &read("/etc/group")?)
-}
-
 /// `check` on this process's `/etc/passwd` and `/etc/group`.
-pub fn check_system(own: &str) -> Result<(), String> {
+pub fn check_system(own: Option<&str>) -> Result<(), String> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
     check(&read("/etc/passwd")?, &read("/etc/group")?, own)
 }
@@ -79,10 +56,10 @@ mod tests {
 
     #[test]
     fn the_helpers_view_passes() {
-        assert_eq!(check(VIEW_P, VIEW_G, "chat-aaaa1111"), Ok(()));
+        assert_eq!(check(VIEW_P, VIEW_G, Some("chat-aaaa1111")), Ok(()));
         // Fewer entries (a machine without nobody) is still the view.
         assert_eq!(
-            check("chat-aaaa1111:x:1:1::/h:/n\n", "", "chat-aaaa1111"),
+            check("chat-aaaa1111:x:1:1::/h:/n\n", "", Some("chat-aaaa1111")),
             Ok(())
         );
     }
@@ -90,25 +67,25 @@ mod tests {
     #[test]
     fn a_user_that_cannot_be_looked_up_is_told_apart_from_a_detached_view() {
         // The view: at most one account of its own besides the kept ones.
-        assert_eq!(check_unknown(VIEW_P, VIEW_G), Ok(()));
+        assert_eq!(check(VIEW_P, VIEW_G, None), Ok(()));
         // The real files showing through: many.
         let real = format!("{VIEW_P}daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n");
-        let e = check_unknown(&real, VIEW_G).unwrap_err();
+        let e = check(&real, VIEW_G, None).unwrap_err();
         assert!(e.contains("/etc/passwd") && e.contains("daemon"), "{e}");
     }
 
     #[test]
     fn the_real_files_showing_through_are_refused() {
         let real = format!("{VIEW_P}daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n");
-        let e = check(&real, VIEW_G, "chat-aaaa1111").unwrap_err();
+        let e = check(&real, VIEW_G, Some("chat-aaaa1111")).unwrap_err();
         assert!(e.contains("/etc/passwd") && e.contains("daemon"), "{e}");
         let other = format!("{VIEW_G}chat-bbbb2222:x:1900000002:\n");
-        let e = check(VIEW_P, &other, "chat-aaaa1111").unwrap_err();
+        let e = check(VIEW_P, &other, Some("chat-aaaa1111")).unwrap_err();
         assert!(
             e.contains("/etc/group") && e.contains("chat-bbbb2222"),
             "{e}"
         );
         // Another chat's view is not this chat's.
-        assert!(check(VIEW_P, VIEW_G, "chat-bbbb2222").is_err());
+        assert!(check(VIEW_P, VIEW_G, Some("chat-bbbb2222")).is_err());
     }
 }
