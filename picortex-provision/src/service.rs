@@ -802,9 +802,9 @@ impl Provision {
         let (chat, turn) = (ChatId::parse(chat_id), TurnId::parse(turn_id));
         let (shown_chat, shown_turn) = (shown(&chat, ChatId::as_str), shown(&turn, TurnId::as_str));
         let caller = authorize(conn, &hdr, OP, actions::START_TURN, shown_chat, shown_turn).await?;
-        let with = format!("in ReleaseAndStartTurn, which starts turn {shown_turn}");
+        let with = format!("in {OP}, which starts turn {shown_turn}");
         if let Err(e) = release_authorized(&caller, old, &with, conn).await {
-            tracing::warn!(error = %e, "the release part of ReleaseAndStartTurn failed; starting all the same");
+            tracing::warn!(error = %e, "the release part of {OP} failed; starting all the same");
         }
         self.start_authorized(
             "StartTurn",

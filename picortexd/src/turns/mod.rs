@@ -549,9 +549,7 @@ impl Turns {
                     if let Err(e) = self.bus.wait_unit(&unit, give_up).await {
                         tracing::warn!(unit = %unit, error = %e, "turn unit did not end after its answer; stopping it");
                     }
-                    if let Err(e) = self.bus.release_turn(&unit_id).await {
-                        tracing::warn!(error = %e, "could not release the turn unit");
-                    }
+                    self.release_unit(&unit_id).await;
                 }
                 return;
             }
@@ -629,9 +627,7 @@ impl Turns {
             self.finish_discriminator(&job, result.as_ref(), failed)
                 .await;
             if release == Release::Now {
-                if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
-                    tracing::warn!(error = %e, "could not release the turn unit");
-                }
+                self.release_unit(&job.unit_id()).await;
             }
             return release == Release::WithSpare;
         }
@@ -703,9 +699,7 @@ impl Turns {
             }
         }
         if release == Release::Now {
-            if let Err(e) = self.bus.release_turn(&job.unit_id()).await {
-                tracing::warn!(error = %e, "could not release the turn unit");
-            }
+            self.release_unit(&job.unit_id()).await;
         }
         let unit = (release == Release::WithSpare).then(|| job.unit_id());
         let handed_on = r.outcome == O::Ok
@@ -821,7 +815,7 @@ impl Turns {
             // before this loop ran, by turns resumed at start-up).
             while let Some(ask) = rx.recv().await {
                 if let Some(id) = ask.release {
-                    self.release_answered(&id).await;
+                    self.release_unit(&id).await;
                 }
             }
             return;
@@ -839,7 +833,7 @@ impl Turns {
                         let me = self.clone();
                         if !self.spares.begin(&chat, limit) {
                             if let Some(id) = release {
-                                tokio::spawn(async move { me.release_answered(&id).await });
+                                tokio::spawn(async move { me.release_unit(&id).await });
                             }
                             continue;
                         }
@@ -854,7 +848,7 @@ impl Turns {
                             };
                             me.spares.started(&chat);
                             if let Some(id) = left {
-                                me.release_answered(&id).await;
+                                me.release_unit(&id).await;
                             }
                         });
                     }
@@ -911,9 +905,10 @@ impl Turns {
         ]
     }
 
-    /// Let an answered turn's unit go (its picortex-run is done or about to be: stopping the
-    /// unit ends what is left of it).
-    async fn release_answered(&self, unit_id: &str) {
+    /// Let a turn's unit go (an answered one's picortex-run is done or about to be: stopping
+    /// the unit ends what is left of it). A failure is logged; at the next start the gateway
+    /// releases every unit no turn refers to.
+    async fn release_unit(&self, unit_id: &str) {
         if let Err(e) = self.bus.release_turn(unit_id).await {
             tracing::warn!(error = %e, "could not release the turn unit");
         }
