@@ -14,7 +14,7 @@ import sys
 
 def main():
     bench_path, journal_path = sys.argv[1], sys.argv[2]
-    phases = [a.split("=", 1)[1] for a in sys.argv[3:] if a.startswith("--phase=")] or ["turns", "cold"]
+    phases = [a.split("=", 1)[1] for a in sys.argv[3:] if a.startswith("--phase=")] or ["turns", "turns_back_to_back", "cold"]
     bench = json.load(open(bench_path))
     turn_of_event = {}
     ev = {}  # turn id -> {stage: us}

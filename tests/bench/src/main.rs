@@ -4,10 +4,12 @@
 //! table, one `BENCH <name> <value> <unit>` line per figure, and a JSON report.
 //!
 //! Phases, in order (each bounded in count and time):
-//! 1. turns: warm-up (provisions a few chats), then N sequential turns, zero-time agent:
-//!    turn_overhead_p50_ms / _p99_ms (gateway 2xx → reply at the simulator).
+//! 1. turns: warm-up (provisions a few chats), then N sequential turns, zero-time agent, each
+//!    once the machine has settled from the one before: turn_overhead_p50_ms / _p99_ms (gateway
+//!    2xx → reply at the simulator), turn_unsettled; then N more back to back in other chats:
+//!    turn_overhead_back_to_back_p50_ms / _p99_ms (see turns::Pace).
 //! 2. floor: the same agent via `systemd-run --wait --pipe -p User=…`: systemd_run_floor_p50_ms,
-//!    turn_overhead_ratio.
+//!    turn_overhead_ratio (and turn_overhead_back_to_back_ratio).
 //! 3. cold: first messages of new chats (provisioning + first turn): cold_chat_p50_ms / _p99_ms.
 //! 4. concurrent: the cold chats × M messages with a 2 s agent, sent at once:
 //!    concurrent_failures, gateway_peak_rss_mb.
@@ -249,7 +251,7 @@ fn host_cpu() -> Option<(f64, f64)> {
     Some((total - idle, total))
 }
 
-fn chat_tag(chat_id: &str) -> String {
+pub fn chat_tag(chat_id: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(chat_id.as_bytes()))[..8].to_owned()
 }
@@ -316,6 +318,7 @@ async fn run(o: Opts) -> anyhow::Result<()> {
     let has = |p: &str| o.phases.iter().any(|x| x == p);
     let mut turn_p50 = None;
     let mut turn_chats: Vec<turns::Chat> = Vec::new();
+    let mut back_to_back_p50: Option<f64> = None;
     let mut turn_unit_file: Option<String> = None;
     let mut cold_chats: Vec<turns::Chat> = Vec::new();
 
@@ -327,25 +330,70 @@ async fn run(o: Opts) -> anyhow::Result<()> {
         if n_chats != o.turn_chats {
             note(&format!("turns: using {n_chats} chats instead of {} to stay under 30 replies per chat per minute", o.turn_chats));
         }
-        note(&format!(
-            "turns: warming up {} chats, then {} sequential turns",
-            n_chats, o.turns
-        ));
-        let handles: Vec<String> = (0..n_chats).map(|i| handle(10, i)).collect();
-        let out = turns::sequential(
-            &sim,
-            &handles,
-            o.warm_rounds,
-            o.turns,
-            Duration::from_secs(150),
-        )
-        .await?;
-        let s = Summary::of(
-            &out.samples
-                .iter()
-                .map(|s| s.overhead_ms)
-                .collect::<Vec<_>>(),
-        );
+        // Settled turns first (the figure the ratio is about), then the same number back to
+        // back in chats of their own (each chat stays under Linq's rate either way).
+        let mut settled = None;
+        for (k, pace) in [turns::Pace::Settled, turns::Pace::BackToBack]
+            .into_iter()
+            .enumerate()
+        {
+            note(&format!(
+                "turns: warming up {n_chats} chats, then {} sequential turns, {}",
+                o.turns,
+                match pace {
+                    turns::Pace::Settled => "each once the machine has settled from the one before",
+                    turns::Pace::BackToBack => "back to back",
+                }
+            ));
+            let handles: Vec<String> = (k * n_chats..(k + 1) * n_chats)
+                .map(|i| handle(10, i))
+                .collect();
+            let out = turns::sequential(
+                &sim,
+                &handles,
+                o.warm_rounds,
+                o.turns,
+                pace,
+                Duration::from_secs(150),
+            )
+            .await?;
+            let s = Summary::of(
+                &out.samples
+                    .iter()
+                    .map(|s| s.overhead_ms)
+                    .collect::<Vec<_>>(),
+            );
+            note(&format!(
+                "turns ({pace:?}): {} measured, {} errors, p50 {:.1} ms",
+                s.n,
+                out.errors.len(),
+                s.p50
+            ));
+            if pace == turns::Pace::BackToBack {
+                rep.add("turn_overhead_back_to_back_p50_ms", r1(s.p50), "ms", None, "diagnostic: the same turns, each sent as soon as the reply to the one before arrived (so each shares the CPU with the sandbox set-up of the chat answered before), p50");
+                rep.add(
+                    "turn_overhead_back_to_back_p99_ms",
+                    r1(s.p99),
+                    "ms",
+                    None,
+                    "same, p99",
+                );
+                rep.add(
+                    "turn_errors_back_to_back",
+                    out.errors.len() as f64,
+                    "count",
+                    Some(("==", 0.0)),
+                    "back-to-back turns that failed or timed out",
+                );
+                back_to_back_p50 = Some(s.p50);
+                rep.details.insert("turns_back_to_back".into(), json!({
+                    "overhead_ms": s, "errors": out.errors, "chats": out.chats, "samples": out.samples,
+                }));
+                continue;
+            }
+            settled = Some((s, out));
+        }
+        let (s, out) = settled.context("the settled turns ran")?;
         let wh = Summary::of(
             &out.samples
                 .iter()
@@ -359,13 +407,8 @@ async fn run(o: Opts) -> anyhow::Result<()> {
                 .map(|s| s.inbound_call_ms)
                 .collect::<Vec<_>>(),
         );
-        note(&format!(
-            "turns: {} measured, {} errors, p50 {:.1} ms",
-            s.n,
-            out.errors.len(),
-            s.p50
-        ));
-        rep.add("turn_overhead_p50_ms", r1(s.p50), "ms", None, "warm turn, zero-time agent: gateway's 2xx for message.received → bot reply received by the simulator (simulator clock), p50");
+        let settle = Summary::of(&out.settle_ms);
+        rep.add("turn_overhead_p50_ms", r1(s.p50), "ms", None, "warm turn, zero-time agent, on a settled machine (the turn before's unit released, its chat's next unit started, no systemd job pending): gateway's 2xx for message.received → bot reply received by the simulator (simulator clock), p50");
         rep.add("turn_overhead_p99_ms", r1(s.p99), "ms", None, "same, p99");
         rep.add(
             "turn_errors",
@@ -374,8 +417,16 @@ async fn run(o: Opts) -> anyhow::Result<()> {
             Some(("==", 0.0)),
             "sequential turns that failed or timed out",
         );
+        rep.add(
+            "turn_unsettled",
+            out.unsettled as f64,
+            "count",
+            Some(("==", 0.0)),
+            "settled turns sent after 5 s without the machine settling (no spare unit per chat, or a job that did not end)",
+        );
         rep.details.insert("turns".into(), json!({
             "overhead_ms": s, "webhook_post_ms": wh, "client_exchange_ms": client, "inbound_call_ms": inbound_call,
+            "settle_wait_ms": settle, "unsettled": out.unsettled,
             "errors": out.errors, "chats": out.chats,
             "samples": out.samples, "turn_unit_file": out.turn_unit_file.clone(),
         }));
@@ -413,7 +464,7 @@ async fn run(o: Opts) -> anyhow::Result<()> {
             "floor: {} × systemd-run --wait --pipe -p User={user} claude-standin{}",
             o.floor_runs,
             if sandbox.is_some() {
-                " (interleaved with the same under the turn sandbox)"
+                ", then the same under the turn sandbox"
             } else {
                 ""
             }
@@ -443,8 +494,17 @@ async fn run(o: Opts) -> anyhow::Result<()> {
                 "turn_overhead_p50_ms / systemd_run_floor_p50_ms",
             );
         }
+        if let Some(t) = back_to_back_p50 {
+            rep.add(
+                "turn_overhead_back_to_back_ratio",
+                (t / s.p50 * 100.0).round() / 100.0,
+                "x",
+                None,
+                "diagnostic: turn_overhead_back_to_back_p50_ms / systemd_run_floor_p50_ms",
+            );
+        }
         if sandbox.is_some() {
-            rep.add("systemd_run_sandboxed_p50_ms", r1(sb.p50), "ms", None, "diagnostic: the same systemd-run with a real turn unit's sandbox properties, interleaved with the plain runs, p50");
+            rep.add("systemd_run_sandboxed_p50_ms", r1(sb.p50), "ms", None, "diagnostic: the same systemd-run with a real turn unit's sandbox properties, run after the plain ones, p50");
         }
         rep.add(
             "floor_errors",

@@ -5,7 +5,7 @@
 //! otherwise by position: a chat's turns run strictly in order, so the k-th new bot message of a
 //! chat answers the k-th message sent to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use self::futures_like::join_all;
@@ -151,7 +151,14 @@ pub struct SeqOutcome {
     pub chats: Vec<Chat>,
     /// A real turn unit's transient unit file, as systemd wrote it (for the sandboxed floor).
     pub turn_unit_file: Option<String>,
+    /// `Pace::Settled`: how long each turn waited for the machine to settle, ms, and how many
+    /// gave up waiting after `SETTLE_TIMEOUT` (and ran anyway).
+    pub settle_ms: Vec<f64>,
+    pub unsettled: usize,
 }
+
+/// How long a settled turn waits for the machine to settle before it runs anyway (counted).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Watch /run/systemd/transient for a turn unit's file and return the first one seen, complete.
 /// The helper starts turn units over D-Bus; systemd writes every property it was given there.
@@ -181,13 +188,97 @@ fn capture_turn_unit(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Opt
     None
 }
 
+/// How the measured turns of `sequential` follow each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Each message once the machine has settled from the turn before (see `settle`): the
+    /// answered unit released, its chat's next (spare) unit started, no systemd job pending. A
+    /// turn's own cost, as a person texting meets it, and as each `systemd-run --wait` of the
+    /// floor meets the machine (it returns once its unit is gone).
+    Settled,
+    /// Each message as soon as the reply to the one before arrived: every turn shares the CPU
+    /// with the work the turn before left behind (its unit's release, its chat's next unit's
+    /// sandbox set-up), so on 2 cores this is a throughput figure as much as a latency one.
+    BackToBack,
+}
+
+/// The turn units systemd has loaded, by name, each with its active/sub state and its chat's
+/// tag (the last word of its description), and whether any systemd job is pending (a unit
+/// starting or stopping).
+#[allow(clippy::type_complexity)]
+fn turn_units() -> anyhow::Result<(BTreeMap<String, (String, String)>, bool)> {
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("systemctl")
+            .args(args)
+            .args(["--no-legend", "--no-pager"])
+            .output()
+            .context("systemctl")?;
+        if !out.status.success() {
+            bail!(
+                "systemctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let jobs = run(&["list-jobs"])?;
+    let units = run(&["list-units", "--all", "--plain", "picortex-turn-*"])?
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let tag = f.last().copied().unwrap_or_default();
+            (f.len() >= 4).then(|| {
+                (
+                    f[0].to_owned(),
+                    (format!("{}/{}", f[2], f[3]), tag.to_owned()),
+                )
+            })
+        })
+        .collect();
+    Ok((units, !jobs.trim().is_empty()))
+}
+
+/// A settled machine, for `Pace::Settled`: no systemd job pending, and one turn unit for each
+/// chat of `tags`, running (a spare waiting for its chat's next message). `before`, those units
+/// in the last settled state, must have changed: until the answered turn's unit is released and
+/// its chat's next one has started, the machine is still busy with the turn just measured.
+/// Returns the units seen last, and how long it waited (None when it gave up after `timeout`).
+async fn settle(
+    before: &BTreeSet<String>,
+    tags: &BTreeSet<String>,
+    timeout: Duration,
+) -> anyhow::Result<(BTreeSet<String>, Option<Duration>)> {
+    let t0 = Instant::now();
+    loop {
+        let (units, pending) = tokio::task::spawn_blocking(turn_units).await??;
+        let ours: BTreeMap<&String, &String> = units
+            .iter()
+            .filter(|(_, (_, tag))| tags.contains(tag))
+            .map(|(name, (state, _))| (name, state))
+            .collect();
+        let names: BTreeSet<String> = ours.keys().map(|n| (*n).clone()).collect();
+        let settled = !pending
+            && ours.len() == tags.len()
+            && ours.values().all(|s| *s == "active/running")
+            && names != *before;
+        if settled {
+            return Ok((names, Some(t0.elapsed())));
+        }
+        if t0.elapsed() > timeout {
+            return Ok((names, None));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Warm up `n_chats` chats (their first turn provisions them, then `warm_rounds` more turns
-/// each), then `n` turns one at a time, round robin.
+/// each), then `n` turns one at a time, round robin, paced as `pace` says.
 pub async fn sequential(
     sim: &Sim,
     handles: &[String],
     warm_rounds: usize,
     n: usize,
+    pace: Pace,
     budget: Duration,
 ) -> anyhow::Result<SeqOutcome> {
     let t_end = Instant::now() + budget;
@@ -230,10 +321,23 @@ pub async fn sequential(
     let mut samples = Vec::new();
     let mut errors = Vec::new();
     let mut late = Vec::new();
+    let mut settle_ms = Vec::new();
+    let mut unsettled = 0;
+    // The first measured turn waits for the warm-up's last turn to settle, whatever the units.
+    let mut units = BTreeSet::new();
+    let tags: BTreeSet<String> = chats.iter().map(|c| crate::chat_tag(&c.chat_id)).collect();
     for i in 0..n {
         if Instant::now() > t_end {
             errors.push(format!("time budget of {budget:?} spent after {i} turns"));
             break;
+        }
+        if pace == Pace::Settled {
+            let (now, waited) = settle(&units, &tags, SETTLE_TIMEOUT).await?;
+            match waited {
+                Some(w) => settle_ms.push(w.as_secs_f64() * 1000.0),
+                None => unsettled += 1,
+            }
+            units = now;
         }
         let c = &chats[i % chats.len()];
         match one(
@@ -260,6 +364,8 @@ pub async fn sequential(
         errors,
         chats,
         turn_unit_file,
+        settle_ms,
+        unsettled,
     })
 }
 
@@ -301,6 +407,8 @@ pub async fn cold(sim: &Sim, handles: &[String], budget: Duration) -> SeqOutcome
         errors,
         chats,
         turn_unit_file: None,
+        settle_ms: Vec::new(),
+        unsettled: 0,
     }
 }
 
