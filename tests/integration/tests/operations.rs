@@ -32,14 +32,19 @@ fn start_fails(m: &Machine) {
 fn assert_refused_with(m: &Machine, needle: &str) {
     assert_eq!(prop(m, "picortexd.service", "ExecMainStatus"), "78");
     assert_eq!(prop(m, "picortexd.service", "NRestarts"), "0");
-    let status = m
-        .sh("systemctl status --no-pager -l -n 30 picortexd.service")
-        .stdout;
+    // journald takes in picortexd's stderr stream and systemd's notes of the exit through
+    // different sockets: the refusal can reach the journal after the unit has failed.
+    let status = m.wait_for("picortexd's own line in systemctl status", T, || {
+        let s = m
+            .sh("systemctl status --no-pager -l -n 30 picortexd.service")
+            .stdout;
+        s.lines().any(|l| l.contains(" picortexd[")).then_some(s)
+    });
     let lines: Vec<&str> = status.lines().collect();
     let last_own = lines
         .iter()
         .rposition(|l| l.contains(" picortexd["))
-        .unwrap_or_else(|| panic!("no line from picortexd in:\n{status}"));
+        .expect("waited for above");
     assert!(
         lines[last_own].contains(needle),
         "picortexd's last line is not about {needle:?}:\n{status}"
