@@ -96,7 +96,7 @@ def main():
         ("handed", "gateway dispatched the turn and wrote its request into the chat's spare unit"),
         ("run_started", "picortex-run (waiting in the spare) read the request: audit entry"),
         ("run_finished", "picortex-run: seed, run the stand-in (zero-time), normalise"),
-        ("gw_finished", "exit -> systemd -> PropertiesChanged -> gateway reads state+result, commits"),
+        ("gw_finished", "result document written; gateway reads it (inotify), records the turn, signals TurnFinished"),
         ("reply", "outbox: reply POSTed to the simulator"),
     ]
     stages = [
@@ -107,7 +107,7 @@ def main():
         ("sd_started", "forked child: sandbox set-up (mount namespace...), exec picortex-run ('Started')"),
         ("run_started", "picortex-run start-up to its audit entry"),
         ("run_finished", "picortex-run: seed, run the stand-in (zero-time), normalise"),
-        ("gw_finished", "exit -> systemd -> PropertiesChanged -> gateway reads state+result, commits"),
+        ("gw_finished", "result document written; gateway reads it (inotify), records the turn, signals TurnFinished"),
         ("reply", "outbox: reply POSTed to the simulator"),
     ]
     out = {}

@@ -256,6 +256,23 @@ pub fn chat_tag(chat_id: &str) -> String {
     hex::encode(Sha256::digest(chat_id.as_bytes()))[..8].to_owned()
 }
 
+/// The overhead figures of a run of turns, noted as they come.
+fn overhead(what: &str, out: &turns::SeqOutcome) -> Summary {
+    let s = Summary::of(
+        &out.samples
+            .iter()
+            .map(|s| s.overhead_ms)
+            .collect::<Vec<_>>(),
+    );
+    note(&format!(
+        "{what}: {} measured, {} errors, p50 {:.1} ms",
+        s.n,
+        out.errors.len(),
+        s.p50
+    ));
+    s
+}
+
 fn note(s: &str) {
     eprintln!(
         "[bench {:>7.1}s] {s}",
@@ -357,18 +374,7 @@ async fn run(o: Opts) -> anyhow::Result<()> {
                 Duration::from_secs(150),
             )
             .await?;
-            let s = Summary::of(
-                &out.samples
-                    .iter()
-                    .map(|s| s.overhead_ms)
-                    .collect::<Vec<_>>(),
-            );
-            note(&format!(
-                "turns ({pace:?}): {} measured, {} errors, p50 {:.1} ms",
-                s.n,
-                out.errors.len(),
-                s.p50
-            ));
+            let s = overhead(&format!("turns ({pace:?})"), &out);
             if pace == turns::Pace::BackToBack {
                 rep.add("turn_overhead_back_to_back_p50_ms", r1(s.p50), "ms", None, "diagnostic: the same turns, each sent as soon as the reply to the one before arrived (so each shares the CPU with the sandbox set-up of the chat answered before), p50");
                 rep.add(
@@ -528,18 +534,7 @@ async fn run(o: Opts) -> anyhow::Result<()> {
         ));
         let handles: Vec<String> = (0..o.cold_chats).map(|i| handle(20, i)).collect();
         let out = turns::cold(&sim, &handles, Duration::from_secs(150)).await;
-        let s = Summary::of(
-            &out.samples
-                .iter()
-                .map(|s| s.overhead_ms)
-                .collect::<Vec<_>>(),
-        );
-        note(&format!(
-            "cold: {} measured, {} errors, p50 {:.1} ms",
-            s.n,
-            out.errors.len(),
-            s.p50
-        ));
+        let s = overhead("cold", &out);
         rep.add("cold_chat_p50_ms", r1(s.p50), "ms", Some(("<=", 150.0)), "new chat's first message (useradd + home + slice + first turn), 2xx → reply at the simulator, p50");
         rep.add("cold_chat_p99_ms", r1(s.p99), "ms", None, "same, p99");
         rep.add(
