@@ -256,6 +256,38 @@ pub fn chat_tag(chat_id: &str) -> String {
     hex::encode(Sha256::digest(chat_id.as_bytes()))[..8].to_owned()
 }
 
+/// The `k`-th set of `n_chats` chats warmed up, then `o.turns` turns in them paced as `pace`
+/// says; with their overhead figures.
+async fn paced_turns(
+    sim: &Sim,
+    o: &Opts,
+    n_chats: usize,
+    k: usize,
+    pace: turns::Pace,
+) -> anyhow::Result<(Summary, turns::SeqOutcome)> {
+    note(&format!(
+        "turns: warming up {n_chats} chats, then {} sequential turns, {}",
+        o.turns,
+        match pace {
+            turns::Pace::Settled => "each once the machine has settled from the one before",
+            turns::Pace::BackToBack => "back to back",
+        }
+    ));
+    let handles: Vec<String> = (k * n_chats..(k + 1) * n_chats)
+        .map(|i| handle(10, i))
+        .collect();
+    let out = turns::sequential(
+        sim,
+        &handles,
+        o.warm_rounds,
+        o.turns,
+        pace,
+        Duration::from_secs(150),
+    )
+    .await?;
+    Ok((overhead(&format!("turns ({pace:?})"), &out), out))
+}
+
 /// The overhead figures of a run of turns, noted as they come.
 fn overhead(what: &str, out: &turns::SeqOutcome) -> Summary {
     let s = Summary::of(
@@ -349,57 +381,27 @@ async fn run(o: Opts) -> anyhow::Result<()> {
         }
         // Settled turns first (the figure the ratio is about), then the same number back to
         // back in chats of their own (each chat stays under Linq's rate either way).
-        let mut settled = None;
-        for (k, pace) in [turns::Pace::Settled, turns::Pace::BackToBack]
-            .into_iter()
-            .enumerate()
-        {
-            note(&format!(
-                "turns: warming up {n_chats} chats, then {} sequential turns, {}",
-                o.turns,
-                match pace {
-                    turns::Pace::Settled => "each once the machine has settled from the one before",
-                    turns::Pace::BackToBack => "back to back",
-                }
-            ));
-            let handles: Vec<String> = (k * n_chats..(k + 1) * n_chats)
-                .map(|i| handle(10, i))
-                .collect();
-            let out = turns::sequential(
-                &sim,
-                &handles,
-                o.warm_rounds,
-                o.turns,
-                pace,
-                Duration::from_secs(150),
-            )
-            .await?;
-            let s = overhead(&format!("turns ({pace:?})"), &out);
-            if pace == turns::Pace::BackToBack {
-                rep.add("turn_overhead_back_to_back_p50_ms", r1(s.p50), "ms", None, "diagnostic: the same turns, each sent as soon as the reply to the one before arrived (so each shares the CPU with the sandbox set-up of the chat answered before), p50");
-                rep.add(
-                    "turn_overhead_back_to_back_p99_ms",
-                    r1(s.p99),
-                    "ms",
-                    None,
-                    "same, p99",
-                );
-                rep.add(
-                    "turn_errors_back_to_back",
-                    out.errors.len() as f64,
-                    "count",
-                    Some(("==", 0.0)),
-                    "back-to-back turns that failed or timed out",
-                );
-                back_to_back_p50 = Some(s.p50);
-                rep.details.insert("turns_back_to_back".into(), json!({
-                    "overhead_ms": s, "errors": out.errors, "chats": out.chats, "samples": out.samples,
-                }));
-                continue;
-            }
-            settled = Some((s, out));
-        }
-        let (s, out) = settled.context("the settled turns ran")?;
+        let (s, out) = paced_turns(&sim, &o, n_chats, 0, turns::Pace::Settled).await?;
+        let (b2b, b2b_out) = paced_turns(&sim, &o, n_chats, 1, turns::Pace::BackToBack).await?;
+        rep.add("turn_overhead_back_to_back_p50_ms", r1(b2b.p50), "ms", None, "diagnostic: the same turns, each sent as soon as the reply to the one before arrived (so each shares the CPU with the sandbox set-up of the chat answered before), p50");
+        rep.add(
+            "turn_overhead_back_to_back_p99_ms",
+            r1(b2b.p99),
+            "ms",
+            None,
+            "same, p99",
+        );
+        rep.add(
+            "turn_errors_back_to_back",
+            b2b_out.errors.len() as f64,
+            "count",
+            Some(("==", 0.0)),
+            "back-to-back turns that failed or timed out",
+        );
+        back_to_back_p50 = Some(b2b.p50);
+        rep.details.insert("turns_back_to_back".into(), json!({
+            "overhead_ms": b2b, "errors": b2b_out.errors, "chats": b2b_out.chats, "samples": b2b_out.samples,
+        }));
         let wh = Summary::of(
             &out.samples
                 .iter()

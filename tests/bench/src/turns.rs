@@ -202,11 +202,13 @@ pub enum Pace {
     BackToBack,
 }
 
+/// A loaded turn unit's `active/sub` state and its chat's tag.
+type UnitState = (String, String);
+
 /// The turn units systemd has loaded, by name, each with its active/sub state and its chat's
 /// tag (the last word of its description), and whether any systemd job is pending (a unit
 /// starting or stopping).
-#[allow(clippy::type_complexity)]
-fn turn_units() -> anyhow::Result<(BTreeMap<String, (String, String)>, bool)> {
+fn turn_units() -> anyhow::Result<(BTreeMap<String, UnitState>, bool)> {
     let run = |args: &[&str]| -> anyhow::Result<String> {
         let out = std::process::Command::new("systemctl")
             .args(args)
